@@ -1,0 +1,388 @@
+//! The `hybridsync` command-line tool: manage a local store, inspect its outbox, and
+//! run the voice-profile demo. Every command that writes returns as soon as the local
+//! commit is done; none waits on the cloud.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod serve;
+mod stats;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hybridsync::{Config, HybridStore, Metric, Precision, Priority, VectorSpec, WriteOptions};
+use std::path::PathBuf;
+
+/// Local-first persistence with background cloud sync.
+#[derive(Debug, Parser)]
+#[command(name = "hybridsync", version, about)]
+struct Cli {
+    /// Data directory [env: HYBRIDSYNC_DATA_DIR] [default: ./hybridsync-data]
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Cloud PostgreSQL URL; without one the store runs local-only [env: HYBRIDSYNC_CLOUD_URL]
+    #[arg(long, global = true)]
+    cloud_url: Option<String>,
+    /// TOML configuration file (flags and environment override it)
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or list collections
+    #[command(subcommand)]
+    Collections(CollectionsCommand),
+    /// Write a JSON record (durable locally at once, queued for the cloud)
+    Put {
+        collection: String,
+        key: String,
+        /// The record, as JSON
+        #[arg(long)]
+        json: String,
+        /// Comma-separated embedding, for vector collections
+        #[arg(long)]
+        embedding: Option<String>,
+        #[arg(long, default_value = "normal")]
+        priority: Priority,
+    },
+    /// Print a record's JSON
+    Get { collection: String, key: String },
+    /// Delete a record (a tombstone that reaches the cloud)
+    Delete {
+        collection: String,
+        key: String,
+        #[arg(long, default_value = "normal")]
+        priority: Priority,
+    },
+    /// Nearest neighbours of an embedding
+    Search {
+        collection: String,
+        /// Comma-separated query embedding
+        #[arg(long)]
+        embedding: String,
+        #[arg(short, default_value_t = 5)]
+        k: usize,
+    },
+    /// Records per collection, outbox depth, cloud configuration
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The voice-profile scenario: enrol speakers, authenticate by similarity search
+    Demo(demo::DemoArgs),
+    /// Run the background drain and the metrics endpoint until SIGINT or SIGTERM
+    Serve {
+        /// Address of the Prometheus `/metrics` endpoint
+        #[arg(long, default_value = hybridsync::DEFAULT_METRICS_ADDR)]
+        metrics_addr: std::net::SocketAddr,
+        /// Seconds between drains when no write nudges one
+        #[arg(long)]
+        sync_interval: Option<f64>,
+    },
+    /// Ship the outbox to the cloud now; fails if anything is left when the timeout passes
+    Flush {
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Inspect and manage the outbox
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Cloud administration
+    #[command(subcommand)]
+    Cloud(CloudCommand),
+    /// Devices of this tenant in the cloud
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCommand {
+    /// List devices (id, name, last seen)
+    List,
+    /// Register this device under a name (or rename it)
+    Register { name: String },
+    /// Remove a device from the list
+    Deregister { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Entries per state and priority
+    Stats,
+    /// Move every failed entry back to pending
+    RetryFailed,
+    /// Delete failed entries (their changes will never reach the cloud)
+    ClearFailed,
+}
+
+#[derive(Debug, Subcommand)]
+enum CloudCommand {
+    /// Install or upgrade the cloud schema through --cloud-url (an administrative role)
+    Migrate {
+        /// Grant the sink's (non-owner) login role access, so row-level security applies to it
+        #[arg(long)]
+        grant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollectionsCommand {
+    /// Declare a collection (with --dim for a vector collection)
+    Create {
+        name: String,
+        #[arg(long)]
+        dim: Option<usize>,
+        #[arg(long, default_value = "cosine", requires = "dim")]
+        metric: Metric,
+        #[arg(long, default_value = "f32", requires = "dim")]
+        precision: Precision,
+    },
+    /// List collections
+    List,
+}
+
+/// File, then environment, then flags.
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Config::default(),
+    }
+    .with_env();
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
+    if let Some(url) = &cli.cloud_url {
+        config.cloud_url = Some(url.clone());
+    }
+    Ok(config)
+}
+
+async fn open(config: &Config) -> Result<HybridStore> {
+    let dir = config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("hybridsync-data"));
+    let store = HybridStore::builder(&dir).config(config)?.open().await;
+    store.with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+fn parse_embedding(csv: &str) -> Result<Vec<f32>> {
+    csv.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .with_context(|| format!("embedding component {v:?} is not a number"))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match real_main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = load_config(&cli)?;
+    match &cli.command {
+        Command::Demo(args) => return demo::run(args, config).await,
+        Command::Cloud(CloudCommand::Migrate { grant }) => {
+            let url = config
+                .cloud_url
+                .clone()
+                .context("cloud migrate needs --cloud-url (or HYBRIDSYNC_CLOUD_URL)")?;
+            let url = hybridsync::CloudUrl::new(url);
+            hybridsync::layers::cloud::migrate(&url, grant.as_deref()).await?;
+            println!(
+                "cloud schema {} ready at {url}",
+                hybridsync::layers::cloud::SCHEMA_VERSION
+            );
+            return Ok(());
+        }
+        Command::Serve {
+            sync_interval: Some(secs),
+            ..
+        } => config.sync.interval_secs = Some(*secs),
+        _ => {}
+    }
+    let store = open(&config).await?;
+    let result = run(&cli.command, &store).await;
+    store.close().await;
+    result
+}
+
+async fn run(command: &Command, store: &HybridStore) -> Result<()> {
+    match command {
+        Command::Collections(CollectionsCommand::Create {
+            name,
+            dim,
+            metric,
+            precision,
+        }) => {
+            let vector = dim
+                .map(|dim| VectorSpec::new(dim, *metric, *precision))
+                .transpose()?;
+            store.create_collection(name, vector).await?;
+            println!("collection {name} ready");
+        }
+        Command::Collections(CollectionsCommand::List) => {
+            for spec in store.collections().await? {
+                match spec.vector {
+                    Some(v) => println!(
+                        "{}\tdim={} metric={} precision={}",
+                        spec.name, v.dim, v.metric, v.precision
+                    ),
+                    None => println!("{}", spec.name),
+                }
+            }
+        }
+        Command::Put {
+            collection,
+            key,
+            json,
+            embedding,
+            priority,
+        } => {
+            let value: serde_json::Value =
+                serde_json::from_str(json).context("--json is not valid JSON")?;
+            let mut options = WriteOptions::default().priority(*priority);
+            if let Some(csv) = embedding {
+                options = options.embedding(parse_embedding(csv)?);
+            }
+            let version = store
+                .raw(collection)?
+                .put(key, serde_json::to_vec(&value)?, options)
+                .await?;
+            println!("stored {collection}/{key} at version {version}");
+        }
+        Command::Get { collection, key } => match store.raw(collection)?.get(key).await? {
+            Some(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => println!("{text}"),
+                Err(_) => bail!(
+                    "{collection}/{key} holds {} bytes of binary (typed) payload, not JSON",
+                    bytes.len()
+                ),
+            },
+            None => bail!("no record {collection}/{key}"),
+        },
+        Command::Delete {
+            collection,
+            key,
+            priority,
+        } => {
+            let version = store.raw(collection)?.delete(key, *priority).await?;
+            println!("deleted {collection}/{key} at version {version}");
+        }
+        Command::Search {
+            collection,
+            embedding,
+            k,
+        } => {
+            for hit in store
+                .raw(collection)?
+                .search(&parse_embedding(embedding)?, *k)
+                .await?
+            {
+                println!("{}\t{:.6}", hit.key, hit.distance);
+            }
+        }
+        Command::Status { json } => {
+            let status = store.status().await?;
+            // A short timeout: status must answer promptly when the cloud is down.
+            let reachable = store
+                .cloud_reachable(std::time::Duration::from_secs(2))
+                .await;
+            let sync = store.sync_status();
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stats::status_json(
+                        &status,
+                        reachable,
+                        sync.as_ref()
+                    ))?
+                );
+            } else {
+                print!("{}", stats::status_text(&status, reachable, sync.as_ref()));
+            }
+        }
+        Command::Queue(QueueCommand::Stats) => {
+            let outbox = store.status().await?.outbox;
+            println!(
+                "pending {}  in_flight {}  failed {}  done {}",
+                outbox.pending, outbox.in_flight, outbox.failed, outbox.done
+            );
+            for (priority, n) in &outbox.by_priority {
+                println!("  {priority:<9} {n}");
+            }
+        }
+        Command::Queue(QueueCommand::RetryFailed) => println!(
+            "{} failed entries back to pending",
+            store.retry_failed().await?
+        ),
+        Command::Queue(QueueCommand::ClearFailed) => {
+            println!(
+                "cleared {} failed entries; their changes will not reach the cloud",
+                store.clear_failed().await?
+            )
+        }
+        Command::Flush { timeout } => {
+            store
+                .verify_cloud_schema()
+                .await
+                .context("the cloud is not ready (run `hybridsync cloud migrate`)")?;
+            let timeout = std::time::Duration::try_from_secs_f64(*timeout).context("--timeout")?;
+            let left = store.flush(timeout).await?;
+            if left > 0 {
+                bail!("{left} outbox entries still pending or in flight after {timeout:?}");
+            }
+            println!("outbox flushed: nothing pending");
+        }
+        Command::Devices(DevicesCommand::List) => {
+            let this = store.device_id();
+            for device in store.devices().await? {
+                let marker = if device.id == this {
+                    " (this device)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{}\t{}\tlast seen {} ms{marker}",
+                    device.id, device.name, device.last_seen_ms
+                );
+            }
+        }
+        Command::Devices(DevicesCommand::Register { name }) => {
+            store.register_device(name).await?;
+            println!("registered {} as {name:?}", store.device_id());
+        }
+        Command::Devices(DevicesCommand::Deregister { id }) => {
+            let id = hybridsync::DeviceId::parse_hex(id)?;
+            if !store.deregister_device(id).await? {
+                bail!("no device {id} is registered");
+            }
+            println!("deregistered {id}");
+        }
+        Command::Serve { metrics_addr, .. } => serve::run(store.clone(), *metrics_addr).await?,
+        Command::Demo(_) | Command::Cloud(_) => unreachable!("handled before opening the store"),
+    }
+    Ok(())
+}

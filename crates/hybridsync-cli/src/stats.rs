@@ -1,0 +1,147 @@
+//! Rendering status and latency figures.
+
+use hybridsync::{CircuitState, Status, SyncStatus};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// The `status --json` document. Fields are only ever added, never renamed.
+fn circuit_name(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::Closed => "closed",
+        CircuitState::HalfOpen => "half_open",
+        CircuitState::Open => "open",
+    }
+}
+
+pub(crate) fn status_json(
+    status: &Status,
+    reachable: Option<bool>,
+    sync: Option<&SyncStatus>,
+) -> serde_json::Value {
+    let by_priority: serde_json::Map<String, serde_json::Value> = status
+        .outbox
+        .by_priority
+        .iter()
+        .map(|(p, n)| (p.to_string(), json!(n)))
+        .collect();
+    let collections: serde_json::Map<String, serde_json::Value> = status
+        .collections
+        .iter()
+        .map(|c| {
+            let vector = c.vector.map(|v| json!({"dim": v.dim, "metric": v.metric.as_str(), "precision": v.precision.as_str()}));
+            (c.name.to_string(), json!({"records": c.records, "indexed": c.indexed, "vector": vector}))
+        })
+        .collect();
+    json!({
+        "device_id": status.device_id.to_string(),
+        "data_dir": status.data_dir,
+        "outbox": {
+            "pending": status.outbox.pending,
+            "in_flight": status.outbox.in_flight,
+            "failed": status.outbox.failed,
+            "done": status.outbox.done,
+            "by_priority": by_priority,
+        },
+        "collections": collections,
+        "cache": {"entries": status.cache.entries, "bytes": status.cache.bytes, "hits": status.cache.hits, "misses": status.cache.misses},
+        "cloud": {
+            "configured": status.cloud.is_some(),
+            "url": status.cloud,
+            "reachable": reachable,
+            "circuit": sync.map(|s| circuit_name(s.circuit)),
+            "pool": sync.map(|s| json!({"size": s.pool.0, "max": s.pool.1, "load": s.pool_load})),
+        },
+        "sync": {
+            "last_sync_ms": status.outbox.last_shipped_ms,
+            "synced_total": status.outbox.done,
+            "failed_total": status.outbox.failed,
+        },
+    })
+}
+
+/// The human `status` view.
+pub(crate) fn status_text(
+    status: &Status,
+    reachable: Option<bool>,
+    sync: Option<&SyncStatus>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "device     {}", status.device_id);
+    let _ = writeln!(out, "data dir   {}", status.data_dir.display());
+    let cloud = status
+        .cloud
+        .as_deref()
+        .unwrap_or("not configured (local-only; changes wait in the outbox)");
+    let _ = writeln!(out, "cloud      {cloud}");
+    if let (Some(reachable), Some(sync)) = (reachable, sync) {
+        let _ = writeln!(
+            out,
+            "           {}, circuit {}, pool {}/{} (load {:.0}%)",
+            if reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            },
+            circuit_name(sync.circuit),
+            sync.pool.0,
+            sync.pool.1,
+            sync.pool_load * 100.0
+        );
+    }
+    let last = status
+        .outbox
+        .last_shipped_ms
+        .map_or("never".to_owned(), |ms| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
+        });
+    let _ = writeln!(out, "last sync  {last}");
+    let _ = writeln!(
+        out,
+        "outbox     {} pending, {} in flight, {} failed, {} done",
+        status.outbox.pending, status.outbox.in_flight, status.outbox.failed, status.outbox.done
+    );
+    for (priority, n) in &status.outbox.by_priority {
+        let _ = writeln!(out, "           {priority:<9} {n}");
+    }
+    let _ = writeln!(out, "collections");
+    for c in &status.collections {
+        let vector = c.vector.map_or(String::new(), |v| {
+            format!(
+                "  [{}-D {} {}; {} indexed]",
+                v.dim, v.metric, v.precision, c.indexed
+            )
+        });
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>8} records{vector}",
+            c.name.as_str(),
+            c.records
+        );
+    }
+    out
+}
+
+/// p50 and p99 of `samples`.
+pub(crate) fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+/// A duration in the most readable unit.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    let micros = d.as_secs_f64() * 1e6;
+    if micros < 1_000.0 {
+        format!("{micros:.1} µs")
+    } else {
+        format!("{:.2} ms", micros / 1_000.0)
+    }
+}

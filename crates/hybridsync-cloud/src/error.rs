@@ -1,0 +1,107 @@
+//! The sink's error type and the mapping from `sqlx::Error` by SQLSTATE.
+
+/// Errors of the cloud sink. [`Error::is_retryable`] decides whether the engine retries.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server cannot be reached or will not serve us right now: refused or reset
+    /// connections, pool acquire timeouts, no free slots (53300), admin shutdown (57P01).
+    #[error("cloud unavailable: {0}")]
+    Unavailable(String),
+    /// A transient failure of one statement: serialization failure (40001), deadlock
+    /// (40P01), statement timeout (57014), lock not available (55P03).
+    #[error("cloud transient failure (SQLSTATE {code}): {message}")]
+    Transient { code: String, message: String },
+    /// The server refused the data or the statement (classes 22, 23, 42 and others):
+    /// retrying the same thing will fail the same way.
+    #[error("cloud rejected the request (SQLSTATE {code}): {message}")]
+    Rejected { code: String, message: String },
+    /// The server's schema is not one this build knows.
+    #[error("unexpected cloud schema: {0}")]
+    Schema(String),
+    /// The configuration is unusable (bad URL, tenant or role name).
+    #[error("invalid cloud configuration: {0}")]
+    Config(String),
+    /// A row from the server that does not fit the data model.
+    #[error("unreadable row from the cloud: {0}")]
+    BadRow(String),
+}
+
+impl Error {
+    /// Whether the same request may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Transient { .. })
+    }
+}
+
+/// SQLSTATE classes and codes that mean "the server is not serving us now".
+fn unavailable_code(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || code == "53300" // too many connections
+        || code == "53000" // insufficient resources
+        || code == "25006" // read-only transaction (failover in progress)
+}
+
+fn transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" | "40P01" | "57014" | "55P03" | "53200" | "53100"
+    )
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                let message = db.message().to_owned();
+                if unavailable_code(&code) {
+                    Error::Unavailable(format!("SQLSTATE {code}: {message}"))
+                } else if transient_code(&code) {
+                    Error::Transient { code, message }
+                } else {
+                    Error::Rejected { code, message }
+                }
+            }
+            sqlx::Error::Io(io) => Error::Unavailable(format!("i/o: {io}")),
+            sqlx::Error::Tls(tls) => Error::Unavailable(format!("tls: {tls}")),
+            sqlx::Error::PoolTimedOut => {
+                Error::Unavailable("timed out waiting for a pooled connection".into())
+            }
+            sqlx::Error::PoolClosed => Error::Unavailable("the connection pool is closed".into()),
+            sqlx::Error::WorkerCrashed => {
+                Error::Unavailable("the connection worker crashed".into())
+            }
+            sqlx::Error::Protocol(p) => Error::Unavailable(format!("protocol: {p}")),
+            sqlx::Error::Configuration(_) => {
+                Error::Config("the connection settings were refused".into())
+            }
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::Decode(_) => Error::Schema(e.to_string()),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
+            other => Error::Schema(other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for hybridsync_core::Error {
+    fn from(e: Error) -> Self {
+        hybridsync_core::Error::Cloud {
+            retryable: e.is_retryable(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// `Result` with the sink's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,27 @@
+//! The cloud sink of hybridsync: PostgreSQL through sqlx, implementing
+//! [`hybridsync_core::CloudSink`].
+//!
+//! - A connection pool with a hard cap (default 3), acquire and statement timeouts, an
+//!   idle lifetime, stale-connection checks after a server restart, and a moving
+//!   average of its load. Creating a sink never waits on the network.
+//! - Batch upserts as one statement per batch (`UNNEST` arrays), idempotent and
+//!   monotone: a row is replaced only by a strictly newer `(hlc, origin)`.
+//! - A change feed whose cursor cannot skip a row committed out of order.
+//! - Tenant isolation by row-level security; the tenant is set with a transaction-local
+//!   setting so it never leaks to the next user of a pooled connection.
+//! - `sqlx::Error` is mapped here, by SQLSTATE, into [`Error`], which says whether a
+//!   failure is worth retrying.
+//!
+//! It knows nothing of SQLite, vectors or metrics exporters; the engine drives it.
+#![forbid(unsafe_code)]
+
+mod error;
+mod schema;
+mod sink;
+
+pub use error::{Error, Result};
+pub use schema::{SCHEMA_VERSION, migrate};
+pub use sink::{CloudOptions, PostgresSink};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,590 @@
+//! Tests of the PostgreSQL sink against throwaway servers from the test kit.
+
+use super::*;
+use crate::sink::encode_cursor;
+use hybridsync_core::{
+    ChangeCursor, CloudSink, CloudUrl, CollectionName, DeviceId, Hlc, Key, Record,
+};
+use hybridsync_testkit::{ShutdownMode, TempPostgres};
+use sqlx::Connection;
+use std::time::Duration;
+
+/// A server with the schema installed and a non-owner login role `app` for the sink.
+fn server() -> TempPostgres {
+    let pg = TempPostgres::start().unwrap();
+    pg.psql("postgres", "CREATE ROLE app LOGIN PASSWORD 'app-password'")
+        .unwrap();
+    pg
+}
+
+async fn migrated() -> TempPostgres {
+    let pg = server();
+    migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
+        .await
+        .unwrap();
+    pg
+}
+
+fn app_url(pg: &TempPostgres) -> CloudUrl {
+    CloudUrl::new(format!(
+        "postgres://app:app-password@127.0.0.1:{}/postgres",
+        pg.port()
+    ))
+}
+
+fn sink(pg: &TempPostgres, tenant: &str) -> PostgresSink {
+    PostgresSink::new(CloudOptions::new(app_url(pg), tenant)).unwrap()
+}
+
+fn name(s: &str) -> CollectionName {
+    CollectionName::new(s).unwrap()
+}
+
+fn record(key: &str, ms: u64, payload: &str) -> Record {
+    Record::new(
+        name("notes"),
+        Key::new(key).unwrap(),
+        payload.as_bytes().to_vec(),
+        Some(vec![0.5, -1.0, 2.0]),
+        Hlc {
+            physical_ms: ms,
+            logical: 0,
+            origin: DeviceId([7; 16]),
+        },
+        false,
+    )
+}
+
+async fn pull_all(sink: &PostgresSink) -> Vec<Record> {
+    let mut cursor = ChangeCursor::default();
+    let mut all = Vec::new();
+    loop {
+        let batch = sink.pull(&name("notes"), &cursor, 2).await.unwrap();
+        if batch.records.is_empty() {
+            return all;
+        }
+        all.extend(batch.records);
+        cursor = batch.next;
+    }
+}
+
+#[tokio::test]
+async fn upsert_and_pull_round_trip_exactly() {
+    let pg = migrated().await;
+    let sink = sink(&pg, "tenant-a");
+    sink.verify_schema().await.unwrap();
+    let tombstone = Record::new(
+        name("notes"),
+        Key::new("gone").unwrap(),
+        vec![],
+        None,
+        record("gone", 5, "").version,
+        true,
+    );
+    let sent = vec![record("a", 1, "one"), record("b", 2, "two"), tombstone];
+    sink.upsert_batch(&sent).await.unwrap();
+    let mut got = pull_all(&sink).await;
+    got.sort_by(|x, y| x.key.cmp(&y.key));
+    let mut want = sent.clone();
+    want.sort_by(|x, y| x.key.cmp(&y.key));
+    assert_eq!(got, want);
+    assert!(
+        sink.pull(&name("other"), &ChangeCursor::default(), 10)
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn upserts_are_idempotent_and_never_move_a_row_backwards() {
+    let pg = migrated().await;
+    let sink = sink(&pg, "t");
+    let old = vec![record("k", 100, "old"), record("j", 100, "old")];
+    let new = vec![record("k", 200, "new"), record("j", 300, "new")];
+    sink.upsert_batch(&new).await.unwrap();
+    // Replays and reordered, older batches change nothing.
+    for batch in [&old, &new, &old] {
+        sink.upsert_batch(batch).await.unwrap();
+    }
+    // A batch holding two versions of one key keeps the newer, whatever the order.
+    sink.upsert_batch(&[record("k", 250, "newest"), record("k", 240, "stale")])
+        .await
+        .unwrap();
+    let rows = pull_all(&sink).await;
+    let payload = |k: &str| {
+        rows.iter()
+            .find(|r| r.key.as_str() == k)
+            .map(|r| r.payload.clone())
+            .unwrap()
+    };
+    assert_eq!(payload("k"), b"newest");
+    assert_eq!(payload("j"), b"new");
+    assert_eq!(rows.len(), 2);
+    // Same (hlc) from another origin: the higher origin wins, deterministically.
+    let mut other = record("j", 300, "other-origin");
+    other.version.origin = DeviceId([9; 16]);
+    sink.upsert_batch(&[other]).await.unwrap();
+    assert_eq!(
+        pull_all(&sink)
+            .await
+            .iter()
+            .find(|r| r.key.as_str() == "j")
+            .unwrap()
+            .payload,
+        b"other-origin"
+    );
+}
+
+/// Two transactions commit in the reverse order of the sequence numbers they took.
+/// A reader that pages by sequence number alone skips the late one for ever; ours
+/// waits for it and then delivers both.
+#[tokio::test]
+async fn the_change_feed_cannot_skip_a_row_committed_out_of_order() {
+    let pg = migrated().await;
+    let ours = sink(&pg, "t");
+    let admin = pg.url("postgres");
+    let insert = "INSERT INTO hs_records (tenant, collection, key, payload, hlc, origin, tombstone, hash) \
+                  VALUES ('t', 'notes', $1, '', 1, $2, false, $3)";
+    let mut early = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let mut late = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let row = |key: &str| {
+        let r = Record::new(
+            name("notes"),
+            Key::new(key).unwrap(),
+            vec![],
+            None,
+            Hlc {
+                physical_ms: 1,
+                logical: 0,
+                origin: DeviceId([7; 16]),
+            },
+            false,
+        );
+        (
+            key.to_owned(),
+            r.version.origin.0.to_vec(),
+            r.hash.0.to_vec(),
+        )
+    };
+
+    let mut slow = early.begin().await.unwrap();
+    let (k, o, h) = row("slow");
+    sqlx::query(insert)
+        .bind(k)
+        .bind(o)
+        .bind(h)
+        .execute(&mut *slow)
+        .await
+        .unwrap(); // takes seq 1
+    let mut fast = late.begin().await.unwrap();
+    let (k, o, h) = row("fast");
+    sqlx::query(insert)
+        .bind(k)
+        .bind(o)
+        .bind(h)
+        .execute(&mut *fast)
+        .await
+        .unwrap(); // takes seq 2
+    fast.commit().await.unwrap();
+
+    let mut reader = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let naive = |after: i64| {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT key, seq FROM hs_records WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(after)
+    };
+    let first: Vec<(String, i64)> = naive(0).fetch_all(&mut reader).await.unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["fast"]
+    );
+    let naive_cursor = first.last().unwrap().1;
+    let feed = ours
+        .pull(&name("notes"), &ChangeCursor::default(), 100)
+        .await
+        .unwrap();
+    assert!(
+        feed.records.is_empty(),
+        "ours holds back while an older transaction is open"
+    );
+
+    slow.commit().await.unwrap();
+    let naive_rest: Vec<(String, i64)> = naive(naive_cursor).fetch_all(&mut reader).await.unwrap();
+    assert!(
+        naive_rest.is_empty(),
+        "the naive cursor skipped `slow` for ever: this is the bug we avoid"
+    );
+    let mut keys: Vec<String> = pull_all(&ours)
+        .await
+        .into_iter()
+        .map(|r| r.key.to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["fast", "slow"], "our feed delivers both");
+}
+
+#[tokio::test]
+async fn tenants_cannot_read_or_overwrite_each_other() {
+    let pg = migrated().await;
+    let a = sink(&pg, "tenant-a");
+    let b = sink(&pg, "tenant-b");
+    a.upsert_batch(&[record("shared-key", 100, "a's data")])
+        .await
+        .unwrap();
+    assert!(pull_all(&b).await.is_empty(), "b sees nothing of a's");
+    b.upsert_batch(&[record("shared-key", 999, "b's data")])
+        .await
+        .unwrap();
+    assert_eq!(
+        pull_all(&a).await[0].payload,
+        b"a's data",
+        "b's newer write did not touch a's row"
+    );
+    assert_eq!(pull_all(&b).await[0].payload, b"b's data");
+
+    // Even hand-written SQL as the app role cannot reach across tenants.
+    let mut conn = sqlx::PgConnection::connect(app_url(&pg).expose())
+        .await
+        .unwrap();
+    sqlx::query("SELECT set_config('hybridsync.tenant', 'tenant-b', false)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let touched = sqlx::query("UPDATE hs_records SET payload = 'x' WHERE tenant = 'tenant-a'")
+        .execute(&mut conn)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(touched, 0);
+    let forged = sqlx::query(
+        "INSERT INTO hs_records (tenant, collection, key, payload, hlc, origin, tombstone, hash) \
+         VALUES ('tenant-a', 'notes', 'forged', '', 1, '', false, '')",
+    )
+    .execute(&mut conn)
+    .await;
+    assert!(
+        forged.is_err(),
+        "writing a row for another tenant violates the policy"
+    );
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM hs_records")
+            .unwrap(),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn the_tenant_never_leaks_to_the_next_user_of_a_pooled_connection() {
+    let pg = migrated().await;
+    let mut options = CloudOptions::new(app_url(&pg), "tenant-a");
+    options.max_connections = 1;
+    let sink = PostgresSink::new(options).unwrap();
+    sink.upsert_batch(&[record("k", 1, "v")]).await.unwrap();
+    let setting: Option<String> =
+        sqlx::query_scalar("SELECT nullif(current_setting('hybridsync.tenant', true), '')")
+            .fetch_one(&sink.pool_for_tests())
+            .await
+            .unwrap();
+    assert_eq!(
+        setting, None,
+        "the same (only) connection carries no tenant after the transaction"
+    );
+}
+
+#[tokio::test]
+async fn the_pool_never_exceeds_its_cap() {
+    let pg = migrated().await;
+    let mut options = CloudOptions::new(app_url(&pg), "t");
+    options.max_connections = 2;
+    options.application_name = "hs-cap-test".into();
+    let sink = std::sync::Arc::new(PostgresSink::new(options).unwrap());
+    let workers: Vec<_> = (0..24)
+        .map(|i| {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                for j in 0..5u64 {
+                    sink.upsert_batch(&[record(&format!("k{i}-{j}"), j + 1, "v")])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut max_seen = 0;
+    while workers.iter().any(|w| !w.is_finished()) {
+        let seen: u32 = pg
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hs-cap-test'",
+            )
+            .unwrap()
+            .parse()
+            .unwrap();
+        max_seen = max_seen.max(seen);
+        assert!(sink.pool_size() <= 2);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(max_seen <= 2, "saw {max_seen} connections");
+    assert!(max_seen >= 1, "the sampler saw our connections at all");
+    assert_eq!(pull_all(&sink).await.len(), 120);
+    assert!(sink.pool_load() > 0.0 && sink.pool_load() <= 1.0);
+}
+
+#[tokio::test]
+async fn failures_are_classified_retryable_or_permanent() {
+    let pg = migrated().await;
+    let mut options = CloudOptions::new(app_url(&pg), "t");
+    options.statement_timeout = Duration::from_millis(200);
+    options.acquire_timeout = Duration::from_secs(2);
+    let sink = PostgresSink::new(options).unwrap();
+    let pool = sink.pool_for_tests();
+    let err = Error::from(
+        sqlx::query("SELECT pg_sleep(2)")
+            .execute(&pool)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(err, Error::Transient { ref code, .. } if code == "57014"),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    let err = Error::from(
+        sqlx::query("SELECT 1 / 0")
+            .execute(&pool)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(err, Error::Rejected { ref code, .. } if code == "22012"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    // Our backend terminated mid-session: retryable, and the next call recovers.
+    let mut conn = pool.acquire().await.unwrap();
+    pg.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hybridsync'").unwrap();
+    let err = Error::from(
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err(),
+    );
+    assert!(err.is_retryable(), "{err}");
+    drop(conn);
+    sink.upsert_batch(&[record("after-terminate", 1, "v")])
+        .await
+        .unwrap();
+
+    // Server down: retryable as core::Error::Cloud; after a crash restart it works again.
+    pg.stop(ShutdownMode::Immediate).unwrap();
+    let err = sink.upsert_batch(&[record("k", 2, "v")]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            hybridsync_core::Error::Cloud {
+                retryable: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(sink.health_check().await.is_err());
+    pg.start_again().unwrap();
+    sink.health_check().await.unwrap();
+    sink.upsert_batch(&[record("k", 3, "v")]).await.unwrap();
+}
+
+#[tokio::test]
+async fn passwords_never_appear_in_errors_or_debug_output() {
+    let pg = migrated().await;
+    let url = CloudUrl::new(format!(
+        "postgres://app:hunter2-secret@127.0.0.1:{}/no_such_database",
+        pg.port()
+    ));
+    let options = CloudOptions::new(url.clone(), "t");
+    assert!(!format!("{options:?}").contains("hunter2"));
+    let sink = PostgresSink::new(options).unwrap();
+    assert!(!format!("{sink:?}").contains("hunter2"));
+    let err = sink.health_check().await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let bad = PostgresSink::new(CloudOptions::new(
+        CloudUrl::new("postgres://u:hunter2@[::1"),
+        "t",
+    ))
+    .unwrap_err();
+    assert!(!format!("{bad} {bad:?}").contains("hunter2"), "{bad}");
+}
+
+#[tokio::test]
+async fn schema_mismatches_are_refused() {
+    let pg = server();
+    let sink = sink(&pg, "t");
+    assert!(
+        matches!(sink.verify_schema().await, Err(Error::Schema(_))),
+        "no schema yet"
+    );
+    let admin = CloudUrl::new(pg.url("postgres"));
+    migrate(&admin, Some("app")).await.unwrap();
+    migrate(&admin, Some("app")).await.unwrap(); // idempotent
+    sink.verify_schema().await.unwrap();
+    pg.psql(
+        "postgres",
+        "INSERT INTO _hybridsync_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99, 'future', true, '\\x00', 0)",
+    )
+    .unwrap();
+    assert!(matches!(sink.verify_schema().await, Err(Error::Schema(_))));
+    assert!(matches!(migrate(&admin, None).await, Err(Error::Schema(_))));
+    assert!(matches!(
+        migrate(&admin, Some("app; drop table x")).await,
+        Err(Error::Config(_))
+    ));
+}
+
+#[test]
+fn cursors_round_trip_and_bad_ones_are_refused() {
+    let cursor = encode_cursor(42, 7);
+    assert_eq!(cursor.0.len(), 16);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async {
+        let sink = PostgresSink::new(CloudOptions::new(
+            CloudUrl::new("postgres://127.0.0.1:1/x"),
+            "t",
+        ))
+        .unwrap();
+        sink.pull(&name("notes"), &ChangeCursor(vec![1, 2, 3]), 10)
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        matches!(
+            err,
+            hybridsync_core::Error::Cloud {
+                retryable: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// TLS through rustls: a server with a self-signed certificate, `sslmode=require`, and
+/// proof from the server that the session is encrypted.
+#[tokio::test]
+async fn connects_over_tls() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let pg = server();
+    let data = pg.dir().join("data");
+    let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make a test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // The server insists its key is private and its own.
+    let owner = std::fs::metadata(&data).unwrap();
+    for file in [&cert, &key] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(file, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+    pg.psql("postgres", "ALTER SYSTEM SET ssl = on").unwrap();
+    pg.restart(ShutdownMode::Fast).unwrap();
+    migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
+        .await
+        .unwrap();
+    let url = CloudUrl::new(format!(
+        "postgres://app:app-password@127.0.0.1:{}/postgres?sslmode=require",
+        pg.port()
+    ));
+    let sink = PostgresSink::new(CloudOptions::new(url, "t")).unwrap();
+    sink.upsert_batch(&[record("over-tls", 1, "v")])
+        .await
+        .unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&sink.pool_for_tests())
+            .await
+            .unwrap();
+    assert!(encrypted, "the session is not encrypted");
+    assert_eq!(pull_all(&sink).await.len(), 1);
+}
+
+#[tokio::test]
+async fn devices_register_rename_touch_list_and_deregister_per_tenant() {
+    let pg = migrated().await;
+    let a = sink(&pg, "tenant-a");
+    let b = sink(&pg, "tenant-b");
+    let (phone, laptop) = (DeviceId([1; 16]), DeviceId([2; 16]));
+    a.register_device(phone, "phone").await.unwrap();
+    a.register_device(laptop, "laptop").await.unwrap();
+    a.register_device(phone, "work phone").await.unwrap(); // rename
+    let listed = a.list_devices().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|d| (d.id, d.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(laptop, "laptop"), (phone, "work phone")]
+    );
+    assert!(
+        b.list_devices().await.unwrap().is_empty(),
+        "devices are per tenant"
+    );
+    assert!(
+        !b.deregister_device(phone).await.unwrap(),
+        "b cannot remove a's device"
+    );
+
+    let before = listed.iter().find(|d| d.id == phone).unwrap().last_seen_ms;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.touch_device(phone).await.unwrap();
+    let after = a
+        .list_devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.id == phone)
+        .unwrap()
+        .last_seen_ms;
+    assert!(after > before, "touch moves last-seen: {before} -> {after}");
+    b.touch_device(DeviceId([9; 16])).await.unwrap(); // unknown: a no-op
+
+    assert!(a.deregister_device(phone).await.unwrap());
+    assert!(!a.deregister_device(phone).await.unwrap());
+    assert_eq!(a.list_devices().await.unwrap().len(), 1);
+    for bad in ["", " padded", &"x".repeat(65), "tab\there"] {
+        assert!(
+            a.register_device(phone, bad).await.is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Events broadcast by the engine.
+
+use crate::{CollectionName, Hlc, Key};
+
+/// Which sync operation an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncOperation {
+    Drain,
+    Seed,
+    Hydrate,
+    Sync,
+}
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// Something that happened in the engine, for subscribers of its event stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    SyncStarted {
+        operation: SyncOperation,
+    },
+    SyncProgress {
+        operation: SyncOperation,
+        percent: f32,
+        message: String,
+    },
+    SyncCompleted {
+        operation: SyncOperation,
+        records: u64,
+    },
+    SyncError {
+        operation: SyncOperation,
+        message: String,
+    },
+    ConflictDetected {
+        collection: CollectionName,
+        key: Key,
+    },
+    RecordSynced {
+        collection: CollectionName,
+        key: Key,
+        version: Hlc,
+    },
+    RecordFailed {
+        collection: CollectionName,
+        key: Key,
+        error: String,
+    },
+    CircuitStateChanged {
+        from: CircuitState,
+        to: CircuitState,
+    },
+}

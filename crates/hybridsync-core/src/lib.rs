@@ -1,0 +1,42 @@
+//! Core types and traits of hybridsync: records, validated names, hybrid logical clocks,
+//! content hashes, priorities, vector specs, conflicts, events and the three seams the
+//! engine talks through ([`LocalStore`], [`VectorCache`], [`CloudSink`]).
+//!
+//! This crate does no I/O and knows nothing of SQLite, usearch, PostgreSQL or any
+//! runtime. Everything here is pure data and pure functions, so every other crate can
+//! depend on it and it can be tested exhaustively (see the property tests).
+#![forbid(unsafe_code)]
+
+mod codec;
+mod conflict;
+mod error;
+mod event;
+mod hash;
+mod hlc;
+mod limits;
+mod name;
+mod priority;
+mod record;
+mod secret;
+mod traits;
+mod vector;
+
+pub use codec::{decode_payload, encode_payload};
+pub use conflict::{Conflict, ConflictResolver, Resolution, Strategy, resolve};
+pub use error::{BoxError, Error, Result};
+pub use event::{CircuitState, SyncEvent, SyncOperation};
+pub use hash::ContentHash;
+pub use hlc::{Clock, DeviceId, Hlc, HlcClock, ManualClock, SystemClock};
+pub use limits::Limits;
+pub use name::{CollectionName, Key};
+pub use priority::Priority;
+pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
+pub use secret::CloudUrl;
+pub use traits::{
+    ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, LocalStore, OutboxEntry, OutboxOutcome,
+    OutboxState, OutboxStats, VectorCache, VectorHit, validate_device_name,
+};
+pub use vector::{Metric, Precision, VectorSpec};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! The seams between the engine and its layers. The engine is generic over these, so
+//! each layer can be tested alone and swapped.
+
+use crate::{
+    CollectionName, CollectionSpec, Key, Priority, Record, Result, WriteReceipt, WriteRequest,
+};
+use std::collections::BTreeMap;
+
+/// An outbox entry's state. Entries move pending → in-flight → done or failed; in-flight
+/// entries return to pending when the store is reopened.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    Pending = 0,
+    InFlight = 1,
+    Done = 2,
+    Failed = 3,
+}
+
+/// Outbox depth per state and, for pending entries, per priority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub failed: u64,
+    pub done: u64,
+    /// Pending and in-flight entries per priority class.
+    pub by_priority: BTreeMap<Priority, u64>,
+    /// When an entry last reached the cloud (ms since the epoch), by any process.
+    pub last_shipped_ms: Option<u64>,
+}
+
+/// A claimed outbox entry with the record's current state, ready to ship.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub record: Record,
+    pub priority: Priority,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// What became of a claimed entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxOutcome {
+    /// The cloud holds this state (or a newer one): done.
+    Shipped,
+    /// Try again no earlier than `next_attempt_ms`.
+    Retry { error: String, next_attempt_ms: u64 },
+    /// Parked as failed: kept, visible, retryable by hand.
+    Failed { error: String },
+    /// Claimed but never tried: back to pending as it was.
+    Released,
+}
+
+/// The durable local store. Every acknowledged write is durable and has an outbox entry.
+#[async_trait::async_trait]
+pub trait LocalStore: Send + Sync + 'static {
+    /// Every collection the store knows.
+    async fn collections(&self) -> Result<Vec<CollectionSpec>>;
+    /// Declares a collection; declaring the same spec again is a no-op, a different
+    /// spec for an existing name is an error.
+    async fn create_collection(&self, spec: &CollectionSpec) -> Result<()>;
+    /// Applies the writes (puts and deletes) and their outbox entries in one
+    /// transaction, stamping each with a fresh version. All or nothing.
+    async fn write(&self, requests: Vec<WriteRequest>) -> Result<Vec<WriteReceipt>>;
+    /// The current record for a key, tombstones included.
+    async fn get(&self, collection: &CollectionName, key: &Key) -> Result<Option<Record>>;
+    /// Up to `limit` live records with keys after `after`, in key order.
+    async fn list(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>>;
+    /// Every live embedding of a collection with its label, for building the index.
+    async fn embeddings(&self, collection: &CollectionName) -> Result<Vec<(u64, Key, Vec<f32>)>>;
+    /// Live records per collection.
+    async fn counts(&self) -> Result<BTreeMap<CollectionName, u64>>;
+    /// Outbox depth.
+    async fn outbox_stats(&self) -> Result<OutboxStats>;
+    /// This store's persistent device id.
+    fn device_id(&self) -> crate::DeviceId;
+    /// Claims up to `limit` pending entries due at `now_ms` whose priority is at least
+    /// `most_urgent_only` (e.g. `High` claims critical and high), most urgent first,
+    /// marking them in flight. Each comes with its record's current state.
+    async fn claim_outbox(
+        &self,
+        limit: usize,
+        now_ms: u64,
+        most_urgent_only: Priority,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Settles claimed entries in one transaction. An entry that would return to
+    /// pending or failed while a newer open entry exists for its record is superseded
+    /// instead (the newer one ships the record's current state).
+    async fn settle_outbox(&self, outcomes: Vec<(i64, OutboxOutcome)>) -> Result<()>;
+    /// Returns every in-flight entry to pending (after a crash, or at shutdown).
+    async fn requeue_in_flight(&self) -> Result<u64>;
+    /// Moves every failed entry back to pending with its attempts reset.
+    async fn retry_failed(&self) -> Result<u64>;
+    /// Deletes failed entries (explicitly dropping them); returns how many.
+    async fn clear_failed(&self) -> Result<u64>;
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorHit {
+    pub key: Key,
+    pub distance: f32,
+}
+
+/// The in-memory vector index, one per vector collection. Synchronous: calls are short
+/// and CPU-bound; callers run large ones off the async executor.
+pub trait VectorCache: Send + Sync + 'static {
+    /// Creates (or replaces) the index of a collection from `(label, key, embedding)`.
+    fn build(
+        &self,
+        collection: &CollectionName,
+        spec: &crate::VectorSpec,
+        rows: Vec<(u64, Key, Vec<f32>)>,
+    ) -> Result<()>;
+    /// Inserts or replaces one vector.
+    fn upsert(
+        &self,
+        collection: &CollectionName,
+        label: u64,
+        key: &Key,
+        embedding: &[f32],
+    ) -> Result<()>;
+    /// Removes a vector; absent labels are ignored.
+    fn remove(&self, collection: &CollectionName, label: u64) -> Result<()>;
+    /// The `k` nearest keys to `query`, nearest first.
+    fn search(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<VectorHit>>;
+    /// Number of vectors indexed for a collection.
+    fn len(&self, collection: &CollectionName) -> usize;
+}
+
+/// A position in a cloud change feed (opaque to the engine).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeCursor(pub Vec<u8>);
+
+/// A page of remote changes and the cursor after them.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeBatch {
+    pub records: Vec<Record>,
+    pub next: ChangeCursor,
+}
+
+/// A device known to the cloud.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceInfo {
+    pub id: crate::DeviceId,
+    pub name: String,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// Checks a device name: 1–64 characters, no control characters.
+pub fn validate_device_name(name: &str) -> Result<()> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > 64 || name.chars().any(char::is_control) || name.trim() != name {
+        return Err(crate::Error::Parse {
+            what: "device name (1-64 printable characters)",
+            value: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A cloud destination for local changes and a source of remote ones.
+#[async_trait::async_trait]
+pub trait CloudSink: Send + Sync + 'static {
+    /// Upserts records, keeping only the newest version of each key (idempotent and monotone).
+    async fn upsert_batch(&self, records: &[Record]) -> Result<()>;
+    /// Remote changes of a collection after `cursor`, at most `limit`.
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        cursor: &ChangeCursor,
+        limit: usize,
+    ) -> Result<ChangeBatch>;
+    /// A cheap round trip that proves the cloud is reachable.
+    async fn health_check(&self) -> Result<()>;
+    /// Registers (or renames) a device of this tenant; marks it seen now.
+    async fn register_device(&self, id: crate::DeviceId, name: &str) -> Result<()>;
+    /// Every device of this tenant, by name.
+    async fn list_devices(&self) -> Result<Vec<DeviceInfo>>;
+    /// Removes a device; false when it was not registered.
+    async fn deregister_device(&self, id: crate::DeviceId) -> Result<bool>;
+    /// Updates a registered device's last-seen time (a no-op for unknown devices).
+    async fn touch_device(&self, id: crate::DeviceId) -> Result<()>;
+    /// Mean share of the connection cap in use recently (0.0–1.0); above the engine's
+    /// gate only critical and high entries drain.
+    fn load(&self) -> f64 {
+        0.0
+    }
+    /// Connections open now and the cap, for status and metrics.
+    fn pool_size(&self) -> (u32, u32) {
+        (0, 0)
+    }
+}

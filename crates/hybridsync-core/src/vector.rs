@@ -1,0 +1,128 @@
+//! Vector specs: dimension, distance metric and stored precision per collection.
+
+use crate::{Error, Result};
+use std::fmt;
+
+/// The distance a collection's similarity search uses. Smaller is closer for all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Squared Euclidean distance.
+    L2,
+    /// `1 - cos(a, b)`.
+    Cosine,
+    /// `1 - a·b` (inner product as a distance).
+    Ip,
+}
+
+/// How the index stores vectors. The store always keeps the exact f32 values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+    /// Only meaningful for cosine: the index normalises vectors before quantising.
+    I8,
+}
+
+/// A collection's vector configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct VectorSpec {
+    pub dim: usize,
+    pub metric: Metric,
+    pub precision: Precision,
+}
+
+impl VectorSpec {
+    /// The largest supported dimension.
+    pub const MAX_DIM: usize = 4096;
+
+    /// A validated spec.
+    pub fn new(dim: usize, metric: Metric, precision: Precision) -> Result<Self> {
+        if dim == 0 || dim > Self::MAX_DIM {
+            return Err(Error::InvalidVectorSpec {
+                reason: format!("dimension {dim} is outside 1..={}", Self::MAX_DIM),
+            });
+        }
+        if precision == Precision::I8 && metric != Metric::Cosine {
+            return Err(Error::InvalidVectorSpec {
+                reason: format!(
+                    "i8 precision normalises vectors, so it needs the cosine metric, not {metric}"
+                ),
+            });
+        }
+        Ok(Self {
+            dim,
+            metric,
+            precision,
+        })
+    }
+
+    /// Refuses an embedding of the wrong dimension or with a NaN or infinite component.
+    pub fn validate(&self, collection: &str, embedding: &[f32]) -> Result<()> {
+        if embedding.len() != self.dim {
+            return Err(Error::DimensionMismatch {
+                collection: collection.to_owned(),
+                expected: self.dim,
+                got: embedding.len(),
+            });
+        }
+        if let Some(index) = embedding.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteEmbedding {
+                collection: collection.to_owned(),
+                index,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Metric {
+    /// The exact distance between two equal-length vectors under this metric.
+    pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+            Metric::Ip => 1.0 - dot(a, b),
+            Metric::Cosine => {
+                let norms = (dot(a, a) * dot(b, b)).sqrt();
+                if norms == 0.0 {
+                    1.0
+                } else {
+                    1.0 - dot(a, b) / norms
+                }
+            }
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+macro_rules! text_enum {
+    ($ty:ident, $what:literal, $($variant:ident => $text:literal $(| $alias:literal)*),+) => {
+        impl $ty {
+            /// The lowercase name used in the CLI, configuration and storage.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($text $(| $alias)* => Ok($ty::$variant),)+
+                    _ => Err(Error::Parse { what: $what, value: s.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(Metric, "metric", L2 => "l2" | "l2sq", Cosine => "cosine" | "cos", Ip => "ip");
+text_enum!(Precision, "precision", F32 => "f32", F16 => "f16", I8 => "i8");

@@ -1,0 +1,125 @@
+//! The circuit breaker in front of the cloud: a pure state machine, fed the time.
+
+use hybridsync_core::CircuitState;
+use std::time::{Duration, Instant};
+
+/// Breaker thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before letting probes through.
+    pub open_for: Duration,
+    /// Consecutive successful probes that close it again.
+    pub half_open_successes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(60),
+            half_open_successes: 2,
+        }
+    }
+}
+
+/// CLOSED → OPEN after `failure_threshold` consecutive failures; OPEN for `open_for`;
+/// then HALF_OPEN, where calls are probes: `half_open_successes` successes close it,
+/// one failure opens it again.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    state: CircuitState,
+    failures: u32,
+    successes: u32,
+    opened_at: Option<Instant>,
+}
+
+/// A state change, for events and metrics.
+pub type Transition = (CircuitState, CircuitState);
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            state: CircuitState::Closed,
+            failures: 0,
+            successes: 0,
+            opened_at: None,
+        }
+    }
+
+    /// The current state (without advancing time).
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    fn go(&mut self, to: CircuitState, now: Instant) -> Option<Transition> {
+        let from = self.state;
+        self.state = to;
+        self.failures = 0;
+        self.successes = 0;
+        self.opened_at = (to == CircuitState::Open).then_some(now);
+        (from != to).then_some((from, to))
+    }
+
+    /// Whether a call may go through now; an open circuit whose time is up turns
+    /// half-open here.
+    pub fn allow(&mut self, now: Instant) -> (bool, Option<Transition>) {
+        match self.state {
+            CircuitState::Closed | CircuitState::HalfOpen => (true, None),
+            CircuitState::Open => {
+                let opened = self.opened_at.unwrap_or(now);
+                if now.duration_since(opened) >= self.config.open_for {
+                    (true, self.go(CircuitState::HalfOpen, now))
+                } else {
+                    (false, None)
+                }
+            }
+        }
+    }
+
+    /// Records a successful call.
+    pub fn on_success(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            CircuitState::Closed => {
+                self.failures = 0;
+                None
+            }
+            CircuitState::HalfOpen => {
+                self.successes += 1;
+                (self.successes >= self.config.half_open_successes)
+                    .then(|| self.go(CircuitState::Closed, now))
+                    .flatten()
+            }
+            CircuitState::Open => None,
+        }
+    }
+
+    /// Records a failed call.
+    pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            CircuitState::Closed => {
+                self.failures += 1;
+                (self.failures >= self.config.failure_threshold)
+                    .then(|| self.go(CircuitState::Open, now))
+                    .flatten()
+            }
+            CircuitState::HalfOpen => self.go(CircuitState::Open, now),
+            CircuitState::Open => None,
+        }
+    }
+}
+
+/// The delay before retry number `attempt` (1-based): `initial · 2^(attempt-1)`, capped
+/// at `max`, with "equal jitter" (half fixed, half random) so a fleet coming back does
+/// not retry in lockstep. Entries keep their attempt count in the outbox, so the
+/// schedule survives restarts; that is why this is a formula over the attempt count
+/// rather than an in-memory backoff object.
+pub fn retry_delay(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let full = initial.saturating_mul(1u32 << exponent).min(max);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}

@@ -1,0 +1,336 @@
+//! The local read and write paths.
+
+use crate::Result;
+use hybridsync_core::{
+    CollectionName, CollectionSpec, Error, Key, LocalStore, OutboxStats, Priority, Record,
+    VectorCache, VectorHit, WriteReceipt, WriteRequest,
+};
+use hybridsync_telemetry::catalogue;
+use hybridsync_vector::{HotCache, HotCacheStats};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+/// Sizing of the in-memory caches.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Most records the hot cache holds.
+    pub hot_entries: usize,
+    /// Most bytes (approximately) the hot cache holds.
+    pub hot_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            hot_entries: 10_000,
+            hot_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How a search runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SearchOptions {
+    /// Re-rank the index's candidates by exact f32 distance from the store's vectors,
+    /// fetching this many times `k` candidates first (0 = no re-rank).
+    pub rerank_factor: usize,
+}
+
+/// A snapshot of the local side, for `status`.
+#[derive(Debug, Clone)]
+pub struct LocalStatus {
+    /// Live records per collection.
+    pub records: BTreeMap<CollectionName, u64>,
+    /// Vectors indexed per vector collection.
+    pub indexed: BTreeMap<CollectionName, usize>,
+    pub specs: Vec<CollectionSpec>,
+    pub outbox: OutboxStats,
+    pub cache: HotCacheStats,
+    pub uptime_secs: f64,
+}
+
+/// The local-first engine over a store `S` and a vector cache `V`.
+#[derive(Debug)]
+pub struct Engine<S, V> {
+    store: Arc<S>,
+    vectors: Arc<V>,
+    hot: HotCache,
+    specs: RwLock<HashMap<CollectionName, CollectionSpec>>,
+    opened: Instant,
+    /// Notified after every committed write, so a drain can start at once.
+    nudge: Arc<tokio::sync::Notify>,
+    /// Queue depth per priority, refreshed at most once a second, for the soft caps.
+    queued: std::sync::Mutex<(Option<Instant>, BTreeMap<Priority, u64>)>,
+}
+
+impl<S: LocalStore, V: VectorCache> Engine<S, V> {
+    /// Builds the vector index of every vector collection from the store (off the
+    /// async executor) and returns a ready engine.
+    pub async fn open(store: Arc<S>, vectors: Arc<V>, config: EngineConfig) -> Result<Self> {
+        let engine = Self {
+            store,
+            vectors,
+            hot: HotCache::new(config.hot_entries, config.hot_bytes),
+            specs: RwLock::new(HashMap::new()),
+            opened: Instant::now(),
+            nudge: Arc::new(tokio::sync::Notify::new()),
+            queued: std::sync::Mutex::new((None, BTreeMap::new())),
+        };
+        engine.refresh_specs().await?;
+        Ok(engine)
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Notified after every committed write; hand it to a `Syncer`.
+    pub fn write_nudge(&self) -> Arc<tokio::sync::Notify> {
+        self.nudge.clone()
+    }
+
+    /// Applies the per-class soft caps: a class at its cap hands new entries to the
+    /// next class down (never critical; nothing is dropped).
+    async fn apply_soft_caps(&self, requests: &mut [WriteRequest]) -> Result<()> {
+        let stale = {
+            let queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            queued
+                .0
+                .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(1))
+        };
+        if stale {
+            let stats = self.store.outbox_stats().await?;
+            *self.queued.lock().unwrap_or_else(|e| e.into_inner()) =
+                (Some(Instant::now()), stats.by_priority);
+        }
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        for request in requests {
+            let depth = queued.1.get(&request.priority).copied().unwrap_or(0);
+            request.priority = request.priority.downgraded(depth);
+            *queued.1.entry(request.priority).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn spec(&self, collection: &CollectionName) -> Option<CollectionSpec> {
+        self.specs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .cloned()
+    }
+
+    /// Learns collections the store knows and this engine does not (created by another
+    /// process, or at open) and builds their indexes.
+    async fn refresh_specs(&self) -> Result<()> {
+        for spec in self.store.collections().await? {
+            if self.spec(&spec.name).is_none() {
+                self.load_index(&spec).await?;
+                self.specs
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.name.clone(), spec);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_index(&self, spec: &CollectionSpec) -> Result<()> {
+        let Some(vector) = spec.vector else {
+            return Ok(());
+        };
+        let rows = self.store.embeddings(&spec.name).await?;
+        let (vectors, name) = (self.vectors.clone(), spec.name.clone());
+        let started = Instant::now();
+        let count = rows.len();
+        tokio::task::spawn_blocking(move || vectors.build(&name, &vector, rows))
+            .await
+            .map_err(|e| Error::Vector(Box::new(e)))??;
+        tracing::debug!(collection = %spec.name, count, elapsed_ms = started.elapsed().as_millis() as u64, "vector index built");
+        Ok(())
+    }
+
+    async fn require_spec(&self, collection: &CollectionName) -> Result<CollectionSpec> {
+        if let Some(spec) = self.spec(collection) {
+            return Ok(spec);
+        }
+        self.refresh_specs().await?;
+        self.spec(collection)
+            .ok_or_else(|| Error::UnknownCollection(collection.to_string()))
+    }
+
+    /// Declares a collection (idempotent for the same spec).
+    pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
+        self.store.create_collection(&spec).await?;
+        self.refresh_specs().await
+    }
+
+    /// Every known collection.
+    pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
+        self.refresh_specs().await?;
+        self.store.collections().await
+    }
+
+    /// Applies writes durably (one transaction), then updates the index and the hot
+    /// cache. Returns once the local commit is done; never waits on the cloud.
+    pub async fn write(&self, mut requests: Vec<WriteRequest>) -> Result<Vec<WriteReceipt>> {
+        let started = Instant::now();
+        for request in &requests {
+            self.require_spec(&request.collection).await?;
+        }
+        self.apply_soft_caps(&mut requests).await?;
+        let receipts = self.store.write(requests).await?;
+        self.nudge.notify_one();
+        for receipt in &receipts {
+            let record = &receipt.record;
+            if self
+                .spec(&record.collection)
+                .is_some_and(|s| s.vector.is_some())
+            {
+                match (&record.embedding, record.tombstone) {
+                    (Some(embedding), false) => self.vectors.upsert(
+                        &record.collection,
+                        receipt.label,
+                        &record.key,
+                        embedding,
+                    )?,
+                    _ => self.vectors.remove(&record.collection, receipt.label)?,
+                }
+            }
+            self.hot.insert(Arc::new(record.clone()));
+        }
+        metrics::histogram!(catalogue::WRITE_LATENCY).record(started.elapsed().as_secs_f64());
+        Ok(receipts)
+    }
+
+    /// One put.
+    pub async fn put(&self, request: WriteRequest) -> Result<WriteReceipt> {
+        Ok(self.write(vec![request]).await?.remove(0))
+    }
+
+    /// Deletes a key (writes a tombstone). Deleting an absent key still records the
+    /// tombstone, so the delete reaches other devices.
+    pub async fn delete(
+        &self,
+        collection: CollectionName,
+        key: Key,
+        priority: Priority,
+    ) -> Result<WriteReceipt> {
+        self.put(WriteRequest::delete(collection, key).with_priority(priority))
+            .await
+    }
+
+    /// The live record for a key, from the hot cache or the store.
+    pub async fn get(&self, collection: &CollectionName, key: &Key) -> Result<Option<Arc<Record>>> {
+        let started = Instant::now();
+        let record = match self.hot.get(collection, key) {
+            Some(record) => {
+                metrics::counter!(catalogue::CACHE_HITS).increment(1);
+                metrics::histogram!(catalogue::READ_LATENCY, "source" => "cache")
+                    .record(started.elapsed().as_secs_f64());
+                record
+            }
+            None => {
+                metrics::counter!(catalogue::CACHE_MISSES).increment(1);
+                let Some(record) = self.store.get(collection, key).await? else {
+                    self.require_spec(collection).await?;
+                    return Ok(None);
+                };
+                let record = Arc::new(record);
+                self.hot.insert(record.clone());
+                metrics::histogram!(catalogue::READ_LATENCY, "source" => "sqlite")
+                    .record(started.elapsed().as_secs_f64());
+                record
+            }
+        };
+        Ok((!record.tombstone).then_some(record))
+    }
+
+    /// Up to `limit` live records after `after`, in key order, from the store.
+    pub async fn list(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        self.require_spec(collection).await?;
+        self.store.list(collection, after, limit).await
+    }
+
+    /// The `k` nearest keys to `query`. The query is validated like a stored embedding.
+    pub async fn search(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+        options: SearchOptions,
+    ) -> Result<Vec<VectorHit>> {
+        let started = Instant::now();
+        let spec = self.require_spec(collection).await?;
+        let vector = spec.vector.ok_or_else(|| Error::EmbeddingNotAllowed {
+            collection: collection.to_string(),
+        })?;
+        vector.validate(collection.as_str(), query)?;
+        let hits = if options.rerank_factor > 1 {
+            let candidates = self
+                .vectors
+                .search(collection, query, k * options.rerank_factor)?;
+            let mut exact = Vec::with_capacity(candidates.len());
+            for hit in candidates {
+                if let Some(embedding) = self
+                    .get(collection, &hit.key)
+                    .await?
+                    .and_then(|r| r.embedding.clone())
+                {
+                    exact.push(VectorHit {
+                        distance: vector.metric.distance(query, &embedding),
+                        key: hit.key,
+                    });
+                }
+            }
+            exact.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+            exact.truncate(k);
+            exact
+        } else {
+            self.vectors.search(collection, query, k)?
+        };
+        metrics::histogram!(catalogue::SEARCH_LATENCY).record(started.elapsed().as_secs_f64());
+        Ok(hits)
+    }
+
+    /// Counts, outbox depth and cache figures; also refreshes the gauges.
+    pub async fn status(&self) -> Result<LocalStatus> {
+        self.refresh_specs().await?;
+        let outbox = self.store.outbox_stats().await?;
+        let specs = self.store.collections().await?;
+        let indexed = specs
+            .iter()
+            .filter(|s| s.vector.is_some())
+            .map(|s| (s.name.clone(), self.vectors.len(&s.name)))
+            .collect();
+        let status = LocalStatus {
+            records: self.store.counts().await?,
+            indexed,
+            specs,
+            cache: self.hot.stats(),
+            uptime_secs: self.opened.elapsed().as_secs_f64(),
+            outbox,
+        };
+        for priority in Priority::ALL {
+            let depth = status
+                .outbox
+                .by_priority
+                .get(&priority)
+                .copied()
+                .unwrap_or(0);
+            metrics::gauge!(catalogue::QUEUE_SIZE, "priority" => priority.as_str())
+                .set(depth as f64);
+        }
+        metrics::gauge!(catalogue::QUEUE_FAILED).set(status.outbox.failed as f64);
+        metrics::gauge!(catalogue::CACHE_SIZE).set(status.cache.entries as f64);
+        metrics::gauge!(catalogue::UPTIME).set(status.uptime_secs);
+        Ok(status)
+    }
+}

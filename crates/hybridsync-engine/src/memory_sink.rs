@@ -1,0 +1,246 @@
+//! An in-memory [`CloudSink`] for unit tests of the engine, with fault injection. It
+//! keeps the contract of the real sink: monotone upserts by `(hlc, origin)` and a
+//! change feed in commit order.
+
+use hybridsync_core::{
+    ChangeBatch, ChangeCursor, CloudSink, CollectionName, DeviceId, DeviceInfo, Error, Key, Record,
+    Result,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+struct State {
+    rows: BTreeMap<(CollectionName, Key), (u64, Record)>,
+    next_seq: u64,
+    devices: BTreeMap<DeviceId, DeviceInfo>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A cloud that lives in memory. Faults: [`MemorySink::set_down`] (every call fails,
+/// retryably), [`MemorySink::fail_next`] (the next n calls fail retryably) and
+/// [`MemorySink::reject_key`] (any batch holding that key is refused permanently).
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    state: Mutex<State>,
+    down: AtomicBool,
+    fail_next: AtomicU32,
+    rejected: Mutex<HashSet<String>>,
+    calls: AtomicU64,
+    load: Mutex<f64>,
+    latency: Mutex<std::time::Duration>,
+}
+
+fn unavailable(why: &str) -> Error {
+    Error::Cloud {
+        retryable: true,
+        source: why.to_owned().into(),
+    }
+}
+
+impl MemorySink {
+    /// An empty, healthy sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the cloud down (or brings it back).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Fails the next `n` calls with a retryable error.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Refuses, permanently, any batch that holds `key`.
+    pub fn reject_key(&self, key: &str) {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned());
+    }
+
+    /// Pretends the pool is this loaded.
+    pub fn set_load(&self, load: f64) {
+        *self.load.lock().unwrap_or_else(|e| e.into_inner()) = load;
+    }
+
+    /// Makes every upsert take at least this long.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        *self.latency.lock().unwrap_or_else(|e| e.into_inner()) = latency;
+    }
+
+    /// Upsert and health calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The stored record for a key.
+    pub fn get(&self, collection: &CollectionName, key: &Key) -> Option<Record> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .rows
+            .get(&(collection.clone(), key.clone()))
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Every stored record.
+    pub fn all(&self) -> Vec<Record> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.rows.values().map(|(_, r)| r.clone()).collect()
+    }
+
+    fn gate(&self) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(unavailable("memory sink is down"));
+        }
+        let failing = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(unavailable("memory sink injected failure"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl CloudSink for MemorySink {
+    async fn upsert_batch(&self, records: &[Record]) -> Result<()> {
+        self.gate()?;
+        let latency = *self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let rejected = self
+            .rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(bad) = records.iter().find(|r| rejected.contains(r.key.as_str())) {
+            return Err(Error::Cloud {
+                retryable: false,
+                source: format!("key {} rejected", bad.key).into(),
+            });
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for record in records {
+            let id = (record.collection.clone(), record.key.clone());
+            if state
+                .rows
+                .get(&id)
+                .is_some_and(|(_, existing)| existing.version >= record.version)
+            {
+                continue;
+            }
+            state.next_seq += 1;
+            let seq = state.next_seq;
+            state.rows.insert(id, (seq, record.clone()));
+        }
+        Ok(())
+    }
+
+    async fn pull(
+        &self,
+        collection: &CollectionName,
+        cursor: &ChangeCursor,
+        limit: usize,
+    ) -> Result<ChangeBatch> {
+        self.gate()?;
+        let after = cursor
+            .0
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changes: Vec<(u64, Record)> = state
+            .rows
+            .iter()
+            .filter(|((c, _), (seq, _))| c == collection && *seq > after)
+            .map(|(_, (seq, r))| (*seq, r.clone()))
+            .collect();
+        changes.sort_by_key(|(seq, _)| *seq);
+        changes.truncate(limit);
+        let next = changes.last().map_or_else(
+            || cursor.clone(),
+            |(seq, _)| ChangeCursor(seq.to_be_bytes().to_vec()),
+        );
+        Ok(ChangeBatch {
+            records: changes.into_iter().map(|(_, r)| r).collect(),
+            next,
+        })
+    }
+
+    async fn health_check(&self) -> Result<()> {
+        self.gate()
+    }
+
+    async fn register_device(&self, id: DeviceId, name: &str) -> Result<()> {
+        hybridsync_core::validate_device_name(name)?;
+        self.gate()?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let info = state.devices.entry(id).or_insert(DeviceInfo {
+            id,
+            name: String::new(),
+            registered_ms: now,
+            last_seen_ms: now,
+        });
+        info.name = name.to_owned();
+        info.last_seen_ms = now;
+        Ok(())
+    }
+
+    async fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.gate()?;
+        let mut devices: Vec<DeviceInfo> = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .devices
+            .values()
+            .cloned()
+            .collect();
+        devices.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(devices)
+    }
+
+    async fn deregister_device(&self, id: DeviceId) -> Result<bool> {
+        self.gate()?;
+        Ok(self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .devices
+            .remove(&id)
+            .is_some())
+    }
+
+    async fn touch_device(&self, id: DeviceId) -> Result<()> {
+        self.gate()?;
+        if let Some(info) = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .devices
+            .get_mut(&id)
+        {
+            info.last_seen_ms = now_ms();
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> f64 {
+        *self.load.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

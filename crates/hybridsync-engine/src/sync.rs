@@ -1,0 +1,594 @@
+//! The write-behind drain: ships the outbox to the cloud in batches, most urgent first,
+//! behind a circuit breaker, with per-entry retries and no head-of-line blocking.
+
+use crate::breaker::{BreakerConfig, CircuitBreaker, Transition, retry_delay};
+use hybridsync_core::{
+    CircuitState, CloudSink, Error, LocalStore, OutboxEntry, OutboxOutcome, Priority, Record,
+    SyncEvent, SyncOperation,
+};
+use hybridsync_telemetry::catalogue;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Drain timing and sizing. Every timing is configurable so tests run fast.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The drain runs at least this often; writes nudge it sooner.
+    pub interval: Duration,
+    /// Starting batch size; adapts between `min_batch` and `max_batch`.
+    pub batch_size: usize,
+    pub min_batch: usize,
+    pub max_batch: usize,
+    /// A batch faster than this grows the next one; slower than twice this shrinks it.
+    pub target_batch_latency: Duration,
+    /// Failed attempts after which an entry is parked as failed.
+    pub max_attempts: u32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub breaker: BreakerConfig,
+    /// Health checks run this often while the circuit is not closed.
+    pub health_interval: Duration,
+    /// Above this pool load only critical and high entries drain.
+    pub load_gate: f64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            batch_size: 50,
+            min_batch: 10,
+            max_batch: 1_000,
+            target_batch_latency: Duration::from_millis(250),
+            max_attempts: 5,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            breaker: BreakerConfig::default(),
+            health_interval: Duration::from_secs(10),
+            load_gate: 0.8,
+        }
+    }
+}
+
+/// What one drain pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    pub claimed: usize,
+    pub shipped: usize,
+    pub retried: usize,
+    pub failed: usize,
+    /// The circuit was open, so nothing was tried.
+    pub circuit_open: bool,
+}
+
+/// The drain's state for `status`.
+#[derive(Debug, Clone)]
+pub struct SyncStatus {
+    pub circuit: CircuitState,
+    pub last_success: Option<SystemTime>,
+    pub shipped_total: u64,
+    pub failed_total: u64,
+    pub batch_size: usize,
+    /// Open connections and the cap.
+    pub pool: (u32, u32),
+    pub pool_load: f64,
+}
+
+/// Ships a [`LocalStore`]'s outbox to a [`CloudSink`].
+pub struct Syncer<S, C> {
+    store: Arc<S>,
+    sink: Arc<C>,
+    config: SyncConfig,
+    breaker: Mutex<CircuitBreaker>,
+    batch_size: AtomicUsize,
+    nudge: Arc<Notify>,
+    events: broadcast::Sender<SyncEvent>,
+    shipped_total: AtomicU64,
+    failed_total: AtomicU64,
+    last_success: Mutex<Option<SystemTime>>,
+    /// Serialises drain passes within this process.
+    draining: tokio::sync::Mutex<()>,
+    /// The next batch, claimed while the previous one shipped.
+    prefetched: Mutex<Vec<OutboxEntry>>,
+    /// When this device's last-seen time was last updated in the cloud.
+    last_touch: Mutex<Option<Instant>>,
+}
+
+/// How often a syncing device refreshes its last-seen time in the cloud.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+impl<S, C> std::fmt::Debug for Syncer<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_retryable(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::Cloud {
+            retryable: false,
+            ..
+        }
+    )
+}
+
+fn circuit_code(state: CircuitState) -> f64 {
+    match state {
+        CircuitState::Closed => 0.0,
+        CircuitState::HalfOpen => 1.0,
+        CircuitState::Open => 2.0,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
+    /// A syncer; `nudge` is notified by writes (see `Engine::write_nudge`).
+    pub fn new(store: Arc<S>, sink: Arc<C>, config: SyncConfig, nudge: Arc<Notify>) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            store,
+            sink,
+            batch_size: AtomicUsize::new(
+                config
+                    .batch_size
+                    .clamp(config.min_batch.max(1), config.max_batch.max(1)),
+            ),
+            breaker: Mutex::new(CircuitBreaker::new(config.breaker)),
+            config,
+            nudge,
+            events,
+            shipped_total: AtomicU64::new(0),
+            failed_total: AtomicU64::new(0),
+            last_success: Mutex::new(None),
+            draining: tokio::sync::Mutex::new(()),
+            prefetched: Mutex::new(Vec::new()),
+            last_touch: Mutex::new(None),
+        }
+    }
+
+    /// The event stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
+        self.events.subscribe()
+    }
+
+    /// The sink underneath.
+    pub fn sink(&self) -> &Arc<C> {
+        &self.sink
+    }
+
+    fn emit(&self, event: SyncEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn transitioned(&self, transition: Option<Transition>) {
+        if let Some((from, to)) = transition {
+            tracing::warn!(?from, ?to, "cloud circuit changed state");
+            metrics::gauge!(catalogue::CIRCUIT_STATE).set(circuit_code(to));
+            self.emit(SyncEvent::CircuitStateChanged { from, to });
+            if to == CircuitState::Closed {
+                // Recovery: drain the backlog at once rather than at the next interval.
+                self.nudge.notify_one();
+            }
+        }
+    }
+
+    /// The drain's state now.
+    pub fn status(&self) -> SyncStatus {
+        let pool = self.sink.pool_size();
+        SyncStatus {
+            circuit: self.breaker().state(),
+            last_success: *self.last_success.lock().unwrap_or_else(|e| e.into_inner()),
+            shipped_total: self.shipped_total.load(Ordering::Relaxed),
+            failed_total: self.failed_total.load(Ordering::Relaxed),
+            batch_size: self.batch_size.load(Ordering::Relaxed),
+            pool,
+            pool_load: self.sink.load(),
+        }
+    }
+
+    /// One pass: claim a batch due now, ship it, settle every entry.
+    pub async fn drain_once(&self) -> Result<DrainReport, Error> {
+        self.drain_pass(now_ms()).await
+    }
+
+    async fn drain_pass(&self, due_ms: u64) -> Result<DrainReport, Error> {
+        let _guard = self.draining.lock().await;
+        let (allowed, transition) = self.breaker().allow(Instant::now());
+        self.transitioned(transition);
+        if !allowed {
+            let held =
+                std::mem::take(&mut *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()));
+            self.release(held).await;
+            return Ok(DrainReport {
+                circuit_open: true,
+                ..DrainReport::default()
+            });
+        }
+        let load = self.sink.load();
+        metrics::gauge!(catalogue::POOL_LOAD).set(load);
+        metrics::gauge!(catalogue::POOL_SIZE).set(f64::from(self.sink.pool_size().0));
+        let gate = if load > self.config.load_gate {
+            Priority::High
+        } else {
+            Priority::Deferred
+        };
+        let batch = self.batch_size.load(Ordering::Relaxed);
+        // One batch per connection the pool may open, shipped concurrently (at most 3
+        // lanes: the pool's default cap); a sink without a pool gets one lane.
+        let lanes = (self.sink.pool_size().1 as usize).clamp(1, 3);
+        let want = batch * lanes;
+        let prefetched =
+            std::mem::take(&mut *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut entries = if prefetched.is_empty() {
+            self.store.claim_outbox(want, due_ms, gate).await?
+        } else {
+            prefetched
+        };
+        // A full claim means more is waiting: claim the next batch from SQLite while this
+        // one is on its way to the cloud.
+        let prefetch = entries.len() >= want;
+        let mut report = DrainReport {
+            claimed: entries.len(),
+            ..DrainReport::default()
+        };
+        if entries.is_empty() {
+            return Ok(report);
+        }
+        let per_lane = entries.len().div_ceil(lanes);
+        let mut lane_entries: Vec<Vec<OutboxEntry>> = Vec::with_capacity(lanes);
+        while !entries.is_empty() {
+            let rest = entries.split_off(per_lane.min(entries.len()));
+            lane_entries.push(std::mem::replace(&mut entries, rest));
+        }
+        let mut lane_entries = lane_entries.into_iter();
+        let next_claim = async {
+            if prefetch {
+                self.store.claim_outbox(want, due_ms, gate).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let ((a, b, c), next) = tokio::join!(
+            async {
+                tokio::join!(
+                    self.ship_lane(lane_entries.next()),
+                    self.ship_lane(lane_entries.next()),
+                    self.ship_lane(lane_entries.next()),
+                )
+            },
+            next_claim
+        );
+        let mut outcomes = Vec::with_capacity(report.claimed);
+        for (lane_outcomes, lane_report) in [a, b, c] {
+            outcomes.extend(lane_outcomes);
+            report.shipped += lane_report.shipped;
+            report.retried += lane_report.retried;
+            report.failed += lane_report.failed;
+        }
+        let next = next.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "prefetching the next batch failed");
+            Vec::new()
+        });
+        let settled = self.store.settle_outbox(outcomes).await;
+        if settled.is_err() || report.retried > 0 || report.failed > 0 {
+            // Trouble: give the prefetched entries back untouched rather than hold them.
+            self.release(next).await;
+        } else {
+            *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        }
+        settled?;
+        if report.shipped > 0 {
+            self.touch_if_due().await;
+        }
+        self.shipped_total
+            .fetch_add(report.shipped as u64, Ordering::Relaxed);
+        self.failed_total
+            .fetch_add(report.failed as u64, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// Refreshes this device's last-seen time after a successful sync, at most once a
+    /// minute; a failure here never fails the drain.
+    async fn touch_if_due(&self) {
+        {
+            let mut last = self.last_touch.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < TOUCH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(e) = self.sink.touch_device(self.store.device_id()).await {
+            tracing::debug!(error = %e, "could not refresh this device's last-seen time");
+        }
+    }
+
+    /// Returns claimed, untried entries to pending.
+    async fn release(&self, entries: Vec<OutboxEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let outcomes = entries
+            .into_iter()
+            .map(|e| (e.id, OutboxOutcome::Released))
+            .collect();
+        if let Err(e) = self.store.settle_outbox(outcomes).await {
+            tracing::warn!(error = %e, "releasing prefetched entries failed; they return to pending at the next start");
+        }
+    }
+
+    async fn ship_lane(
+        &self,
+        entries: Option<Vec<OutboxEntry>>,
+    ) -> (Vec<(i64, OutboxOutcome)>, DrainReport) {
+        let mut outcomes = Vec::new();
+        let mut report = DrainReport::default();
+        if let Some(entries) = entries {
+            self.ship(entries, &mut outcomes, &mut report).await;
+        }
+        (outcomes, report)
+    }
+
+    /// Ships `entries`; on a permanent refusal, splits the batch to find the entries
+    /// at fault, so one poisonous record is parked and the rest still ship.
+    async fn ship(
+        &self,
+        entries: Vec<OutboxEntry>,
+        outcomes: &mut Vec<(i64, OutboxOutcome)>,
+        report: &mut DrainReport,
+    ) {
+        let mut stack = vec![entries];
+        while let Some(entries) = stack.pop() {
+            let records: Vec<Record> = entries.iter().map(|e| e.record.clone()).collect();
+            let started = Instant::now();
+            let result = self.sink.upsert_batch(&records).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(()) => {
+                    metrics::histogram!(catalogue::SYNC_LATENCY).record(elapsed.as_secs_f64());
+                    metrics::counter!(catalogue::SYNCS, "status" => "ok").increment(1);
+                    metrics::counter!(catalogue::RECORDS_SYNCED).increment(records.len() as u64);
+                    let transition = self.breaker().on_success(Instant::now());
+                    self.transitioned(transition);
+                    self.adapt_batch(records.len(), elapsed);
+                    *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(SystemTime::now());
+                    report.shipped += entries.len();
+                    for entry in entries {
+                        self.emit(SyncEvent::RecordSynced {
+                            collection: entry.record.collection.clone(),
+                            key: entry.record.key.clone(),
+                            version: entry.record.version,
+                        });
+                        outcomes.push((entry.id, OutboxOutcome::Shipped));
+                    }
+                }
+                Err(e) if is_retryable(&e) => {
+                    metrics::counter!(catalogue::SYNCS, "status" => "retry").increment(1);
+                    tracing::warn!(error = %e, entries = entries.len(), "cloud write failed; will retry");
+                    let transition = self.breaker().on_failure(Instant::now());
+                    self.transitioned(transition);
+                    self.shrink_batch();
+                    for entry in entries.into_iter().chain(stack.drain(..).flatten()) {
+                        outcomes.push(self.retry_or_park(entry, &e.to_string(), report));
+                    }
+                }
+                Err(e) if entries.len() > 1 => {
+                    metrics::counter!(catalogue::SYNCS, "status" => "rejected").increment(1);
+                    let mut entries = entries;
+                    let second = entries.split_off(entries.len() / 2);
+                    stack.push(second);
+                    stack.push(entries);
+                    tracing::debug!(error = %e, "batch refused; splitting it to isolate the record at fault");
+                }
+                Err(e) => {
+                    metrics::counter!(catalogue::SYNCS, "status" => "rejected").increment(1);
+                    let entry = entries.into_iter().next().expect("one entry");
+                    tracing::error!(collection = %entry.record.collection, key = %entry.record.key, error = %e, "cloud refused a record; parked as failed");
+                    report.failed += 1;
+                    self.emit(SyncEvent::RecordFailed {
+                        collection: entry.record.collection.clone(),
+                        key: entry.record.key.clone(),
+                        error: e.to_string(),
+                    });
+                    outcomes.push((
+                        entry.id,
+                        OutboxOutcome::Failed {
+                            error: e.to_string(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    fn retry_or_park(
+        &self,
+        entry: OutboxEntry,
+        error: &str,
+        report: &mut DrainReport,
+    ) -> (i64, OutboxOutcome) {
+        let attempt = entry.attempts + 1;
+        if attempt >= self.config.max_attempts {
+            report.failed += 1;
+            self.emit(SyncEvent::RecordFailed {
+                collection: entry.record.collection.clone(),
+                key: entry.record.key.clone(),
+                error: error.to_owned(),
+            });
+            return (
+                entry.id,
+                OutboxOutcome::Failed {
+                    error: format!("gave up after {attempt} attempts: {error}"),
+                },
+            );
+        }
+        report.retried += 1;
+        let delay = retry_delay(
+            attempt,
+            self.config.retry_initial,
+            self.config.retry_max,
+            rand::random::<f64>(),
+        );
+        (
+            entry.id,
+            OutboxOutcome::Retry {
+                error: error.to_owned(),
+                next_attempt_ms: now_ms() + delay.as_millis() as u64,
+            },
+        )
+    }
+
+    fn adapt_batch(&self, shipped: usize, elapsed: Duration) {
+        let current = self.batch_size.load(Ordering::Relaxed);
+        let next = if elapsed < self.config.target_batch_latency && shipped >= current {
+            current.saturating_mul(2)
+        } else if elapsed > self.config.target_batch_latency * 2 {
+            current / 2
+        } else {
+            current
+        };
+        self.batch_size.store(
+            next.clamp(self.config.min_batch.max(1), self.config.max_batch.max(1)),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn shrink_batch(&self) {
+        let current = self.batch_size.load(Ordering::Relaxed);
+        self.batch_size.store(
+            (current / 2).max(self.config.min_batch.max(1)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Drains until nothing due is left, the circuit opens, or a pass makes no progress.
+    pub async fn drain_until_idle(&self) -> Result<DrainReport, Error> {
+        let mut total = DrainReport::default();
+        loop {
+            let report = self.drain_once().await?;
+            total.claimed += report.claimed;
+            total.shipped += report.shipped;
+            total.retried += report.retried;
+            total.failed += report.failed;
+            total.circuit_open |= report.circuit_open;
+            if report.claimed == 0 || report.circuit_open || report.retried > 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Ships everything pending or in flight now, ignoring retry schedules, until the
+    /// outbox holds nothing but failed entries or `timeout` passes. Returns how many
+    /// entries are still pending or in flight (0 on success).
+    pub async fn flush(&self, timeout: Duration) -> Result<u64, Error> {
+        let deadline = Instant::now() + timeout;
+        self.store.requeue_in_flight().await?;
+        loop {
+            let report = self.drain_pass(u64::MAX).await?;
+            let stats = self.store.outbox_stats().await?;
+            let left = stats.pending + stats.in_flight;
+            if left == 0 || Instant::now() >= deadline {
+                return Ok(left);
+            }
+            if report.claimed == 0 || report.retried > 0 || report.circuit_open {
+                // The cloud is unwell: wait a little (health checks may close the circuit).
+                self.probe_if_due().await;
+                tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
+            }
+        }
+    }
+
+    /// A health check while the circuit is not closed; closes it on recovery.
+    async fn probe_if_due(&self) {
+        let (allowed, transition) = {
+            let mut breaker = self.breaker();
+            if breaker.state() == CircuitState::Closed {
+                return;
+            }
+            breaker.allow(Instant::now())
+        };
+        self.transitioned(transition);
+        if !allowed {
+            return;
+        }
+        let result = self.sink.health_check().await;
+        let transition = match result {
+            Ok(()) => self.breaker().on_success(Instant::now()),
+            Err(_) => self.breaker().on_failure(Instant::now()),
+        };
+        self.transitioned(transition);
+    }
+
+    /// Starts the background drain and health loops.
+    pub fn start(self: &Arc<Self>) -> SyncHandle {
+        let (stop, stopped) = watch::channel(false);
+        let drainer = {
+            let this = self.clone();
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(this.config.interval) => {}
+                        _ = this.nudge.notified() => {}
+                        _ = stopped.changed() => break,
+                    }
+                    if let Err(e) = this.drain_until_idle().await {
+                        tracing::warn!(error = %e, "drain pass failed");
+                        this.emit(SyncEvent::SyncError {
+                            operation: SyncOperation::Drain,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            })
+        };
+        let health = {
+            let this = self.clone();
+            let mut stopped = stopped;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(this.config.health_interval) => this.probe_if_due().await,
+                        _ = stopped.changed() => break,
+                    }
+                }
+            })
+        };
+        SyncHandle {
+            stop,
+            tasks: vec![drainer, health],
+        }
+    }
+}
+
+/// Running background loops; stop them with [`SyncHandle::shutdown`].
+#[derive(Debug)]
+pub struct SyncHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SyncHandle {
+    /// Stops the loops and waits for them to finish their current pass.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

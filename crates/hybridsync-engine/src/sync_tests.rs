@@ -1,0 +1,617 @@
+//! The drain, proven against both the in-memory sink and the real PostgreSQL sink by
+//! one shared suite (`sync_suite!`), plus memory-only fault drills.
+
+use crate::{BreakerConfig, MemorySink, SyncConfig, Syncer};
+use hybridsync_core::{
+    ChangeCursor, CircuitState, CloudSink, CloudUrl, CollectionName, CollectionSpec, Key,
+    LocalStore, Priority, Record, SyncEvent, WriteRequest,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A cloud a test can take down and bring back.
+trait TestCloud: Send + Sync {
+    type Sink: CloudSink;
+    fn sink(&self) -> Arc<Self::Sink>;
+    fn down(&self);
+    fn up(&self);
+}
+
+struct MemoryCloud(Arc<MemorySink>);
+
+impl TestCloud for MemoryCloud {
+    type Sink = MemorySink;
+    fn sink(&self) -> Arc<MemorySink> {
+        self.0.clone()
+    }
+    fn down(&self) {
+        self.0.set_down(true);
+    }
+    fn up(&self) {
+        self.0.set_down(false);
+    }
+}
+
+fn memory_cloud() -> MemoryCloud {
+    MemoryCloud(Arc::new(MemorySink::new()))
+}
+
+struct PgCloud {
+    server: hybridsync_testkit::TempPostgres,
+    sink: Arc<hybridsync_cloud::PostgresSink>,
+}
+
+impl TestCloud for PgCloud {
+    type Sink = hybridsync_cloud::PostgresSink;
+    fn sink(&self) -> Arc<Self::Sink> {
+        self.sink.clone()
+    }
+    fn down(&self) {
+        self.server
+            .stop(hybridsync_testkit::ShutdownMode::Fast)
+            .unwrap();
+    }
+    fn up(&self) {
+        self.server.start_again().unwrap();
+    }
+}
+
+async fn pg_cloud() -> PgCloud {
+    let server = hybridsync_testkit::TempPostgres::start().unwrap();
+    server.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
+    hybridsync_cloud::migrate(&CloudUrl::new(server.url("postgres")), Some("app"))
+        .await
+        .unwrap();
+    let url = CloudUrl::new(format!(
+        "postgres://app@127.0.0.1:{}/postgres",
+        server.port()
+    ));
+    let mut options = hybridsync_cloud::CloudOptions::new(url, "tenant");
+    options.acquire_timeout = Duration::from_secs(1);
+    let sink = Arc::new(hybridsync_cloud::PostgresSink::new(options).unwrap());
+    PgCloud { server, sink }
+}
+
+fn fast_config() -> SyncConfig {
+    SyncConfig {
+        interval: Duration::from_millis(50),
+        batch_size: 10,
+        min_batch: 5,
+        max_batch: 200,
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(40),
+        breaker: BreakerConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_millis(200),
+            half_open_successes: 2,
+        },
+        health_interval: Duration::from_millis(50),
+        ..SyncConfig::default()
+    }
+}
+
+type LocalEngine = crate::tests::TestEngine;
+
+async fn local(dir: &std::path::Path) -> LocalEngine {
+    crate::tests::open_engine(
+        dir,
+        CollectionSpec {
+            name: notes(),
+            vector: None,
+        },
+    )
+    .await
+}
+
+fn notes() -> CollectionName {
+    CollectionName::new("notes").unwrap()
+}
+
+fn write(key: &str, value: &str, priority: Priority) -> WriteRequest {
+    WriteRequest::put(
+        notes(),
+        Key::new(key).unwrap(),
+        value.as_bytes().to_vec(),
+        None,
+    )
+    .with_priority(priority)
+}
+
+async fn cloud_rows<C: CloudSink>(sink: &C) -> BTreeMap<String, Record> {
+    let (mut cursor, mut rows) = (ChangeCursor::default(), BTreeMap::new());
+    loop {
+        let batch = sink.pull(&notes(), &cursor, 500).await.unwrap();
+        if batch.records.is_empty() {
+            return rows;
+        }
+        for record in batch.records {
+            rows.insert(record.key.to_string(), record);
+        }
+        cursor = batch.next;
+    }
+}
+
+/// Every live local record (and tombstone) is in the cloud at exactly its local version.
+async fn assert_converged<C: CloudSink>(engine: &LocalEngine, sink: &C, keys: &[String]) {
+    let cloud = cloud_rows(sink).await;
+    for key in keys {
+        let local = engine
+            .store()
+            .get(&notes(), &Key::new(key.as_str()).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let remote = cloud
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} never reached the cloud"));
+        assert_eq!(remote, &local, "{key}: cloud differs from local");
+    }
+    let stats = engine.store().outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.in_flight, stats.failed),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+}
+
+async fn ships_everything_most_urgent_first<T: TestCloud>(cloud: T) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let mut keys = Vec::new();
+    let classes = [
+        Priority::Deferred,
+        Priority::Low,
+        Priority::Normal,
+        Priority::High,
+        Priority::Critical,
+    ];
+    for (i, priority) in classes.iter().cycle().take(100).enumerate() {
+        keys.push(format!("k{i:03}"));
+        engine
+            .put(write(&keys[i], &format!("v{i}"), *priority))
+            .await
+            .unwrap();
+    }
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        cloud.sink(),
+        fast_config(),
+        engine.write_nudge(),
+    );
+    let mut events = syncer.subscribe();
+    let report = syncer.drain_until_idle().await.unwrap();
+    assert_eq!(report.shipped, 100, "{report:?}");
+    assert_converged(&engine, &*cloud.sink(), &keys).await;
+    let mut order = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let SyncEvent::RecordSynced { key, .. } = event {
+            let i: usize = key.as_str()[1..].parse().unwrap();
+            order.push(classes[i % 5]);
+        }
+    }
+    assert_eq!(order.len(), 100);
+    // Batches ship concurrently within a pass, so check order across passes: the first
+    // 30 shipped (the first pass, or the first three) are all critical or high, the
+    // last 10 (the final pass) all low or deferred.
+    let urgent = [Priority::Critical, Priority::High];
+    let least = [Priority::Low, Priority::Deferred];
+    assert!(
+        order[..30].iter().all(|p| urgent.contains(p)),
+        "most urgent first: {order:?}"
+    );
+    assert!(
+        order[90..].iter().all(|p| least.contains(p)),
+        "least urgent last: {order:?}"
+    );
+}
+
+async fn survives_an_outage_and_converges<T: TestCloud>(cloud: T) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Arc::new(local(tmp.path()).await);
+    let syncer = Arc::new(Syncer::new(
+        engine.store().clone(),
+        cloud.sink(),
+        fast_config(),
+        engine.write_nudge(),
+    ));
+    let mut events = syncer.subscribe();
+    let handle = syncer.start();
+    let mut keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        engine
+            .put(write(key, "before", Priority::Normal))
+            .await
+            .unwrap();
+    }
+
+    cloud.down();
+    for (i, key) in keys.iter().enumerate() {
+        // Writes and reads keep working locally while the cloud is away.
+        engine
+            .put(write(key, &format!("during-{i}"), Priority::High))
+            .await
+            .unwrap();
+        assert!(
+            engine
+                .get(&notes(), &Key::new(key.as_str()).unwrap())
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    for i in 0..20 {
+        keys.push(format!("new{i}"));
+        engine
+            .put(write(&format!("new{i}"), "during", Priority::Low))
+            .await
+            .unwrap();
+    }
+    engine
+        .delete(notes(), Key::new("k0").unwrap(), Priority::Critical)
+        .await
+        .unwrap();
+    let opened = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(SyncEvent::CircuitStateChanged {
+                to: CircuitState::Open,
+                ..
+            }) = events.recv().await
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(opened.is_ok(), "the circuit never opened during the outage");
+
+    cloud.up();
+    let converged = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let stats = engine.store().outbox_stats().await.unwrap();
+            if stats.pending + stats.in_flight == 0
+                && syncer.status().circuit == CircuitState::Closed
+            {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the backlog drained after the cloud came back");
+    assert_eq!(converged.failed, 0);
+    handle.shutdown().await;
+    assert_converged(&engine, &*cloud.sink(), &keys).await;
+    assert!(
+        cloud_rows(&*cloud.sink()).await["k0"].tombstone,
+        "the delete reached the cloud"
+    );
+}
+
+async fn shutdown_stops_the_loops<T: TestCloud>(cloud: T) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let syncer = Arc::new(Syncer::new(
+        engine.store().clone(),
+        cloud.sink(),
+        fast_config(),
+        engine.write_nudge(),
+    ));
+    let handle = syncer.start();
+    engine.put(write("a", "1", Priority::Normal)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.store().outbox_stats().await.unwrap().pending > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a nudged write drains well before the interval");
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .expect("shutdown returns promptly");
+    engine.put(write("b", "2", Priority::Normal)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        engine.store().outbox_stats().await.unwrap().pending,
+        1,
+        "nothing drains after shutdown"
+    );
+    assert_eq!(
+        syncer.flush(Duration::from_secs(10)).await.unwrap(),
+        0,
+        "flush ships the rest"
+    );
+    assert_converged(&engine, &*cloud.sink(), &["a".to_owned(), "b".to_owned()]).await;
+}
+
+macro_rules! sync_suite {
+    ($module:ident, $cloud:expr) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ships_everything_most_urgent_first() {
+                super::ships_everything_most_urgent_first($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn survives_an_outage_and_converges() {
+                super::survives_an_outage_and_converges($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shutdown_stops_the_loops() {
+                super::shutdown_stops_the_loops($cloud).await;
+            }
+        }
+    };
+}
+
+sync_suite!(memory, memory_cloud());
+sync_suite!(postgres, pg_cloud().await);
+
+#[tokio::test]
+async fn a_poisonous_record_is_parked_and_the_rest_ship() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let sink = Arc::new(MemorySink::new());
+    sink.reject_key("poison");
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for key in keys.iter().take(15) {
+        engine.put(write(key, "v", Priority::Normal)).await.unwrap();
+    }
+    engine
+        .put(write("poison", "v", Priority::Critical))
+        .await
+        .unwrap();
+    for key in keys.iter().skip(15) {
+        engine.put(write(key, "v", Priority::Normal)).await.unwrap();
+    }
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        sink.clone(),
+        fast_config(),
+        engine.write_nudge(),
+    );
+    let report = syncer.drain_until_idle().await.unwrap();
+    assert_eq!((report.shipped, report.failed), (30, 1), "{report:?}");
+    let stats = engine.store().outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.failed),
+        (0, 1),
+        "the poison is parked, visible, and blocks nothing"
+    );
+    assert_eq!(sink.all().len(), 30);
+    // Once the cloud accepts it, retrying the failed entry ships it.
+    let fixed = Arc::new(MemorySink::new());
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        fixed.clone(),
+        fast_config(),
+        engine.write_nudge(),
+    );
+    assert_eq!(engine.store().retry_failed().await.unwrap(), 1);
+    assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 1);
+}
+
+#[tokio::test]
+async fn retries_back_off_and_give_up_after_max_attempts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let sink = Arc::new(MemorySink::new());
+    let mut config = fast_config();
+    config.max_attempts = 3;
+    config.breaker.failure_threshold = 100;
+    config.retry_initial = Duration::from_millis(1);
+    config.retry_max = Duration::from_millis(2);
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        sink.clone(),
+        config,
+        engine.write_nudge(),
+    );
+    engine.put(write("k", "v", Priority::Normal)).await.unwrap();
+    sink.set_down(true);
+    let mut total_failed = 0;
+    for _ in 0..20 {
+        total_failed += syncer.drain_once().await.unwrap().failed;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(total_failed, 1);
+    let stats = engine.store().outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.failed),
+        (0, 1),
+        "parked after 3 attempts, kept"
+    );
+    assert_eq!(sink.calls(), 3, "exactly max_attempts tries");
+    sink.set_down(false);
+    engine.store().retry_failed().await.unwrap();
+    assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 1);
+}
+
+#[tokio::test]
+async fn under_pool_pressure_only_critical_and_high_drain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let sink = Arc::new(MemorySink::new());
+    sink.set_load(0.9);
+    for (key, priority) in [
+        ("c", Priority::Critical),
+        ("h", Priority::High),
+        ("n", Priority::Normal),
+        ("l", Priority::Low),
+    ] {
+        engine.put(write(key, "v", priority)).await.unwrap();
+    }
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        sink.clone(),
+        fast_config(),
+        engine.write_nudge(),
+    );
+    assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 2);
+    assert_eq!(
+        engine.store().outbox_stats().await.unwrap().pending,
+        2,
+        "normal and low wait, kept"
+    );
+    sink.set_load(0.1);
+    assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 2);
+}
+
+#[tokio::test]
+async fn soft_caps_downgrade_new_entries_but_never_critical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let batch: Vec<_> = (0..60)
+        .map(|i| write(&format!("d{i}"), "v", Priority::Deferred))
+        .collect();
+    engine.write(batch).await.unwrap();
+    let highs: Vec<_> = (0..510)
+        .map(|i| write(&format!("h{i}"), "v", Priority::High))
+        .collect();
+    engine.write(highs).await.unwrap();
+    let crit: Vec<_> = (0..1100)
+        .map(|i| write(&format!("c{i}"), "v", Priority::Critical))
+        .collect();
+    engine.write(crit).await.unwrap();
+    let stats = engine.store().outbox_stats().await.unwrap();
+    assert_eq!(stats.by_priority[&Priority::High], 500);
+    assert_eq!(
+        stats.by_priority[&Priority::Normal],
+        10,
+        "the overflow of high went one class down"
+    );
+    assert_eq!(
+        stats.by_priority[&Priority::Critical],
+        1100,
+        "critical is never downgraded"
+    );
+    assert_eq!(
+        stats.by_priority[&Priority::Deferred],
+        60,
+        "nothing is dropped at the bottom"
+    );
+    assert_eq!(stats.pending, 1670);
+}
+
+#[test]
+fn breaker_opens_half_opens_and_closes() {
+    use crate::CircuitBreaker;
+    use std::time::Instant;
+    let config = BreakerConfig {
+        failure_threshold: 5,
+        open_for: Duration::from_secs(60),
+        half_open_successes: 2,
+    };
+    let mut breaker = CircuitBreaker::new(config);
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(breaker.on_failure(t0), None);
+    }
+    assert_eq!(
+        breaker.on_failure(t0),
+        Some((CircuitState::Closed, CircuitState::Open))
+    );
+    assert!(
+        !breaker.allow(t0 + Duration::from_secs(59)).0,
+        "open for 60 s"
+    );
+    assert_eq!(
+        breaker.allow(t0 + Duration::from_secs(60)),
+        (true, Some((CircuitState::Open, CircuitState::HalfOpen)))
+    );
+    assert_eq!(
+        breaker.on_failure(t0 + Duration::from_secs(61)),
+        Some((CircuitState::HalfOpen, CircuitState::Open))
+    );
+    let t1 = t0 + Duration::from_secs(121);
+    assert!(breaker.allow(t1).0);
+    assert_eq!(breaker.on_success(t1), None);
+    assert_eq!(
+        breaker.on_success(t1),
+        Some((CircuitState::HalfOpen, CircuitState::Closed))
+    );
+    // A success in between resets the count of consecutive failures.
+    for _ in 0..4 {
+        breaker.on_failure(t1);
+    }
+    breaker.on_success(t1);
+    assert_eq!(breaker.on_failure(t1), None);
+}
+
+#[test]
+fn retry_delays_double_to_the_cap_with_jitter() {
+    let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
+    let full: Vec<u64> = (1..=8)
+        .map(|n| crate::retry_delay(n, initial, max, 1.0).as_secs())
+        .collect();
+    assert_eq!(full, [1, 2, 4, 8, 16, 32, 60, 60]);
+    assert_eq!(
+        crate::retry_delay(3, initial, max, 0.0),
+        Duration::from_secs(2),
+        "jitter keeps at least half"
+    );
+}
+
+#[tokio::test]
+async fn batch_size_grows_while_fast_and_shrinks_when_slow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let sink = Arc::new(MemorySink::new());
+    let mut config = fast_config();
+    config.target_batch_latency = Duration::from_millis(50);
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        sink.clone(),
+        config,
+        engine.write_nudge(),
+    );
+    let batch: Vec<_> = (0..400)
+        .map(|i| write(&format!("k{i}"), "v", Priority::Normal))
+        .collect();
+    engine.write(batch).await.unwrap();
+    assert_eq!(syncer.status().batch_size, 10);
+    syncer.drain_until_idle().await.unwrap();
+    let grown = syncer.status().batch_size;
+    assert!(grown >= 80, "fast batches should grow the batch: {grown}");
+
+    sink.set_latency(Duration::from_millis(150));
+    let batch: Vec<_> = (0..400)
+        .map(|i| write(&format!("s{i}"), "v", Priority::Normal))
+        .collect();
+    engine.write(batch).await.unwrap();
+    syncer.drain_once().await.unwrap();
+    let shrunk = syncer.status().batch_size;
+    assert!(
+        shrunk < grown,
+        "slow batches should shrink the batch: {grown} -> {shrunk}"
+    );
+    syncer.drain_until_idle().await.unwrap();
+    let slowest = syncer.status().batch_size;
+    assert!(
+        slowest < shrunk,
+        "keeps shrinking while slow: {shrunk} -> {slowest}"
+    );
+}
+
+#[tokio::test]
+async fn a_successful_drain_marks_this_device_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let sink = Arc::new(MemorySink::new());
+    let me = engine.store().device_id();
+    sink.register_device(me, "me").await.unwrap();
+    let registered = sink.list_devices().await.unwrap()[0].last_seen_ms;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let syncer = Syncer::new(
+        engine.store().clone(),
+        sink.clone(),
+        fast_config(),
+        engine.write_nudge(),
+    );
+    engine.put(write("k", "v", Priority::Normal)).await.unwrap();
+    syncer.drain_until_idle().await.unwrap();
+    assert!(sink.list_devices().await.unwrap()[0].last_seen_ms > registered);
+}

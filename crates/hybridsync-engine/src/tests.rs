@@ -1,0 +1,299 @@
+//! Engine tests over the real SQLite store and usearch cache.
+
+use super::*;
+use hybridsync_core::{
+    CollectionName, CollectionSpec, Error, Key, LocalStore, Metric, Precision, Priority,
+    VectorSpec, WriteRequest,
+};
+use hybridsync_store::{SqliteStore, StoreOptions};
+use hybridsync_testkit::workload::Clustered;
+use hybridsync_vector::UsearchCache;
+use std::sync::Arc;
+
+pub(crate) type TestEngine = Engine<SqliteStore, UsearchCache>;
+
+fn name(s: &str) -> CollectionName {
+    CollectionName::new(s).unwrap()
+}
+
+fn key(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+
+const DIM: usize = 16;
+
+fn voices() -> CollectionSpec {
+    CollectionSpec {
+        name: name("voices"),
+        vector: Some(VectorSpec::new(DIM, Metric::Cosine, Precision::F16).unwrap()),
+    }
+}
+
+/// An engine over a real store and index in `dir`, with `spec` declared. Shared by
+/// the engine's test modules.
+pub(crate) async fn open_engine(dir: &std::path::Path, spec: CollectionSpec) -> TestEngine {
+    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir)).await.unwrap());
+    let engine = Engine::open(
+        store,
+        Arc::new(UsearchCache::default()),
+        EngineConfig::default(),
+    )
+    .await
+    .unwrap();
+    engine.create_collection(spec).await.unwrap();
+    engine
+}
+
+async fn engine(dir: &std::path::Path) -> TestEngine {
+    open_engine(dir, voices()).await
+}
+
+fn enrol(speaker: usize, embedding: Vec<f32>) -> WriteRequest {
+    WriteRequest::put(
+        name("voices"),
+        key(&format!("speaker-{speaker}")),
+        format!("profile {speaker}").into_bytes(),
+        Some(embedding),
+    )
+    .with_priority(Priority::High)
+}
+
+#[tokio::test]
+async fn writes_are_readable_from_cache_and_after_restart_from_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = Clustered::new(3, 50, DIM, 0.05);
+    {
+        let engine = engine(tmp.path()).await;
+        let batch = (0..50).map(|i| enrol(i, data.sample(i))).collect();
+        engine.write(batch).await.unwrap();
+        let record = engine
+            .get(&name("voices"), &key("speaker-7"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.payload, b"profile 7");
+        let status = engine.status().await.unwrap();
+        assert_eq!(
+            status.cache.hits, 1,
+            "a just-written record is served from the cache"
+        );
+        assert_eq!(status.records[&name("voices")], 50);
+        assert_eq!(status.indexed[&name("voices")], 50);
+        assert_eq!(status.outbox.by_priority[&Priority::High], 50);
+        engine.store().close().await;
+    }
+    let engine = engine(tmp.path()).await;
+    assert_eq!(
+        engine.status().await.unwrap().indexed[&name("voices")],
+        50,
+        "index rebuilt from the store at open"
+    );
+    assert!(
+        engine
+            .get(&name("voices"), &key("speaker-7"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        engine
+            .get(&name("voices"), &key("speaker-7"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let cache = engine.status().await.unwrap().cache;
+    assert_eq!(
+        (cache.misses, cache.hits),
+        (1, 1),
+        "first read misses, second hits"
+    );
+    // Authentication by similarity: a fresh sample of speaker 12 finds speaker 12.
+    let hits = engine
+        .search(
+            &name("voices"),
+            &data.sample(12),
+            3,
+            SearchOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits[0].key.as_str(), "speaker-12");
+}
+
+#[tokio::test]
+async fn deletes_leave_the_index_and_reads_see_the_latest_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = engine(tmp.path()).await;
+    let mut data = Clustered::new(4, 5, DIM, 0.05);
+    engine
+        .write((0..5).map(|i| enrol(i, data.sample(i))).collect())
+        .await
+        .unwrap();
+    let probe = data.sample(2);
+    assert_eq!(
+        engine
+            .search(&name("voices"), &probe, 1, SearchOptions::default())
+            .await
+            .unwrap()[0]
+            .key
+            .as_str(),
+        "speaker-2"
+    );
+
+    engine
+        .delete(name("voices"), key("speaker-2"), Priority::Normal)
+        .await
+        .unwrap();
+    assert!(
+        engine
+            .get(&name("voices"), &key("speaker-2"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let hits = engine
+        .search(&name("voices"), &probe, 5, SearchOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        hits.iter().all(|h| h.key.as_str() != "speaker-2"),
+        "{hits:?}"
+    );
+    assert_eq!(engine.status().await.unwrap().indexed[&name("voices")], 4);
+
+    let mut update = enrol(3, data.sample(3));
+    update.payload = b"re-enrolled".to_vec();
+    engine.put(update).await.unwrap();
+    assert_eq!(
+        engine
+            .get(&name("voices"), &key("speaker-3"))
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        b"re-enrolled"
+    );
+}
+
+#[tokio::test]
+async fn rerank_returns_exact_distances_sorted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = engine(tmp.path()).await;
+    let mut data = Clustered::new(5, 20, DIM, 0.2);
+    let vectors = data.samples(200);
+    let batch = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| enrol(i, v.clone()))
+        .collect();
+    engine.write(batch).await.unwrap();
+    let query = data.sample(9);
+    let hits = engine
+        .search(
+            &name("voices"),
+            &query,
+            5,
+            SearchOptions { rerank_factor: 4 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 5);
+    for hit in &hits {
+        let i: usize = hit
+            .key
+            .as_str()
+            .trim_start_matches("speaker-")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            hit.distance,
+            Metric::Cosine.distance(&query, &vectors[i]),
+            "exact f32 distance"
+        );
+    }
+    assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+}
+
+#[tokio::test]
+async fn bad_queries_and_unknown_collections_are_typed_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = engine(tmp.path()).await;
+    let search = |q: Vec<f32>| {
+        let engine = &engine;
+        async move {
+            engine
+                .search(&name("voices"), &q, 3, SearchOptions::default())
+                .await
+        }
+    };
+    assert!(matches!(
+        search(vec![1.0; DIM - 1]).await,
+        Err(Error::DimensionMismatch { .. })
+    ));
+    let mut nan = vec![1.0; DIM];
+    nan[3] = f32::NAN;
+    assert!(matches!(
+        search(nan).await,
+        Err(Error::NonFiniteEmbedding { index: 3, .. })
+    ));
+    assert!(matches!(
+        engine.get(&name("nowhere"), &key("k")).await,
+        Err(Error::UnknownCollection(_))
+    ));
+    let wrong_dim = WriteRequest::put(name("voices"), key("x"), vec![], Some(vec![0.5; DIM + 1]));
+    assert!(matches!(
+        engine.put(wrong_dim).await,
+        Err(Error::DimensionMismatch { .. })
+    ));
+    assert_eq!(
+        engine.status().await.unwrap().indexed[&name("voices")],
+        0,
+        "nothing indexed"
+    );
+}
+
+#[tokio::test]
+async fn a_collection_created_by_another_handle_is_picked_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = engine(tmp.path()).await;
+    let other = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap();
+    let faces = CollectionSpec {
+        name: name("faces"),
+        vector: Some(VectorSpec::new(4, Metric::L2, Precision::F32).unwrap()),
+    };
+    other.create_collection(&faces).await.unwrap();
+    other
+        .write(vec![WriteRequest::put(
+            name("faces"),
+            key("f1"),
+            vec![1],
+            Some(vec![0.0, 0.0, 0.0, 1.0]),
+        )])
+        .await
+        .unwrap();
+    engine
+        .put(WriteRequest::put(
+            name("faces"),
+            key("f2"),
+            vec![2],
+            Some(vec![0.0, 0.0, 1.0, 0.0]),
+        ))
+        .await
+        .unwrap();
+    let hits = engine
+        .search(
+            &name("faces"),
+            &[0.0, 0.0, 0.0, 1.0],
+            2,
+            SearchOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.key.as_str()).collect::<Vec<_>>(),
+        ["f1", "f2"]
+    );
+}

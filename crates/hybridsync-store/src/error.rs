@@ -1,0 +1,55 @@
+//! The store's error type.
+
+use std::path::PathBuf;
+
+/// Errors of the local store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Input refused by the data model (names, sizes, dimensions, ...); nothing was written.
+    #[error(transparent)]
+    Invalid(#[from] hybridsync_core::Error),
+    /// The file is not a healthy SQLite database. It is left untouched.
+    #[error("database {path} is corrupted or truncated: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    /// The database was written by a newer hybridsync; refusing to touch it.
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this build knows"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("cannot prepare data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sqlite: {0}")]
+    Sqlite(#[source] sqlx::Error),
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that this build cannot interpret (e.g. an unknown priority code).
+    #[error("unreadable row in {table}: {detail}")]
+    BadRow { table: &'static str, detail: String },
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Sqlite(e)
+    }
+}
+
+impl From<Error> for hybridsync_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(inner) => inner,
+            other => hybridsync_core::Error::Store(Box::new(other)),
+        }
+    }
+}
+
+/// `Result` with the store's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,22 @@
+//! The local store of hybridsync: SQLite through sqlx.
+//!
+//! It owns the database file (records, the collection catalogue, the transactional
+//! outbox, device identity and the HLC high-water mark) and implements
+//! [`hybridsync_core::LocalStore`]. A write and its outbox entry commit in one
+//! transaction, so an acknowledged write is durable and will reach the cloud.
+//!
+//! It knows nothing of vectors indexes, the cloud or metrics exporters; the engine
+//! composes it with those through the traits in `hybridsync-core`.
+#![forbid(unsafe_code)]
+
+mod error;
+mod open;
+mod outbox;
+mod rows;
+mod write;
+
+pub use error::{Error, Result};
+pub use open::{DB_FILE, Durability, SqliteStore, StoreOptions};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+//! Opening a store: the data directory, file permissions, integrity and schema checks,
+//! migrations, device identity and crash recovery of the outbox.
+
+use crate::{Error, Result};
+use hybridsync_core::{
+    Clock, CollectionName, CollectionSpec, DeviceId, Hlc, HlcClock, Limits, Metric, Precision,
+    SystemClock, VectorSpec,
+};
+use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "hybridsync.db";
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL` in WAL mode: a commit survives a process crash; a power
+    /// loss may drop the last few commits, never corrupt the file.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is flushed before it is acknowledged.
+    Full,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = hybridsync_core::Error;
+    fn from_str(s: &str) -> hybridsync_core::Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Durability::Normal),
+            "full" => Ok(Durability::Full),
+            _ => Err(hybridsync_core::Error::Parse {
+                what: "durability",
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// How to open a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The data directory; created with mode 0700 if missing.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub limits: Limits,
+    /// Physical time for version stamps (injectable for tests).
+    pub clock: Arc<dyn Clock>,
+    /// How far ahead of the local clock a remote version may be.
+    pub max_drift_ms: u64,
+    /// Reader connections (WAL lets them run beside the writer).
+    pub readers: u32,
+    /// How long a write waits for another process holding the write lock.
+    pub busy_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            durability: Durability::Normal,
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+            max_drift_ms: HlcClock::<SystemClock>::DEFAULT_MAX_DRIFT_MS,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The SQLite-backed local store. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    pub(crate) path: PathBuf,
+    /// One connection: SQLite has one writer at a time, so queueing here is cheaper
+    /// than retrying on `SQLITE_BUSY`.
+    pub(crate) writer: SqlitePool,
+    pub(crate) readers: SqlitePool,
+    pub(crate) hlc: HlcClock<Arc<dyn Clock>>,
+    pub(crate) limits: Limits,
+    pub(crate) catalogue: RwLock<HashMap<CollectionName, CollectionSpec>>,
+}
+
+fn migrator() -> Migrator {
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sqlx::SqlStr::from_static(sql),
+            false,
+        )
+    };
+    let mut migrator = Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../migrations/0001_init.sql")),
+        migration(
+            2,
+            "outbox claims",
+            include_str!("../migrations/0002_outbox_claims.sql"),
+        ),
+    ]);
+    migrator.set_locking(false);
+    migrator
+}
+
+/// Maps a connect or query failure on open to [`Error::Corrupt`] when SQLite says the
+/// file is damaged or not a database.
+fn corrupt_or(path: &Path, e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &e {
+        let primary = db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff);
+        // SQLITE_CORRUPT (11) and SQLITE_NOTADB (26).
+        if matches!(primary, Some(11 | 26)) {
+            return Error::Corrupt {
+                path: path.to_owned(),
+                detail: db.message().to_owned(),
+            };
+        }
+    }
+    Error::Sqlite(e)
+}
+
+fn prepare_files(dir: &Path, db: &Path) -> Result<()> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    if db.exists() {
+        // Tighten a file another tool created too loosely. SQLite gives the -wal and
+        // -shm files the main file's mode.
+        fs::set_permissions(db, fs::Permissions::from_mode(0o600)).map_err(io(db))?;
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(db)
+            .map_err(io(db))?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `options.data_dir`.
+    ///
+    /// Refuses a corrupted or truncated file ([`Error::Corrupt`]) and a schema newer
+    /// than this build ([`Error::SchemaTooNew`]) without modifying the file. Outbox
+    /// entries left in flight by a crash return to pending.
+    pub async fn open(options: StoreOptions) -> Result<Self> {
+        let path = options.data_dir.join(DB_FILE);
+        prepare_files(&options.data_dir, &path)?;
+        let synchronous = match options.durability {
+            Durability::Normal => SqliteSynchronous::Normal,
+            Durability::Full => SqliteSynchronous::Full,
+        };
+        let connect = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16384")
+            .pragma("mmap_size", "268435456");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(connect.clone())
+            .await
+            .map_err(|e| corrupt_or(&path, e))?;
+        check_integrity(&writer, &path).await?;
+        check_schema_version(&writer, &path).await?;
+        migrator().run(&writer).await?;
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .connect_with(connect.pragma("query_only", "ON"))
+            .await
+            .map_err(|e| corrupt_or(&path, e))?;
+
+        let (device, high_water) = load_identity(&writer).await?;
+        let hlc = HlcClock::new(options.clock, device, high_water, options.max_drift_ms);
+        let store = Self {
+            path,
+            writer,
+            readers,
+            hlc,
+            limits: options.limits,
+            catalogue: RwLock::new(HashMap::new()),
+        };
+        store.reload_catalogue().await?;
+        let recovered = store.requeue().await?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "outbox entries in flight at the last stop returned to pending"
+            );
+        }
+        Ok(store)
+    }
+
+    /// This store's persistent device id.
+    pub fn device_id(&self) -> DeviceId {
+        self.hlc.device()
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The input limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    pub(crate) async fn reload_catalogue(&self) -> Result<()> {
+        let rows = sqlx::query("SELECT name, dim, metric, precision FROM collections")
+            .fetch_all(&self.readers)
+            .await?;
+        let mut specs = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let spec = spec_from_row(&row)?;
+            specs.insert(spec.name.clone(), spec);
+        }
+        *self.catalogue.write().unwrap_or_else(|e| e.into_inner()) = specs;
+        Ok(())
+    }
+}
+
+fn spec_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CollectionSpec> {
+    let bad = |detail: String| Error::BadRow {
+        table: "collections",
+        detail,
+    };
+    let name: String = row.try_get("name")?;
+    let name = CollectionName::new(name).map_err(|e| bad(e.to_string()))?;
+    let dim: Option<i64> = row.try_get("dim")?;
+    let vector = match dim {
+        None => None,
+        Some(dim) => {
+            let metric: String = row.try_get("metric")?;
+            let precision: String = row.try_get("precision")?;
+            let metric: Metric = metric
+                .parse()
+                .map_err(|e: hybridsync_core::Error| bad(e.to_string()))?;
+            let precision: Precision = precision
+                .parse()
+                .map_err(|e: hybridsync_core::Error| bad(e.to_string()))?;
+            Some(VectorSpec::new(dim as usize, metric, precision).map_err(|e| bad(e.to_string()))?)
+        }
+    };
+    Ok(CollectionSpec { name, vector })
+}
+
+async fn check_integrity(pool: &SqlitePool, path: &Path) -> Result<()> {
+    let rows = sqlx::query("PRAGMA quick_check")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| corrupt_or(path, e))?;
+    let messages: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+    if messages.len() == 1 && messages[0] == "ok" {
+        return Ok(());
+    }
+    Err(Error::Corrupt {
+        path: path.to_owned(),
+        detail: messages.join("; "),
+    })
+}
+
+async fn check_schema_version(pool: &SqlitePool, path: &Path) -> Result<()> {
+    let supported = migrator().iter().map(|m| m.version).max().unwrap_or(0);
+    let has_table: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !has_table {
+        return Ok(());
+    }
+    let found: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(pool)
+        .await?;
+    match found {
+        Some(found) if found > supported => Err(Error::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads (or creates on first open) the device id and the HLC high-water mark.
+async fn load_identity(pool: &SqlitePool) -> Result<(DeviceId, Option<Hlc>)> {
+    let fresh = DeviceId(rand::random());
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('device_id', ?1), ('hlc_high_water', 0) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(fresh.0.to_vec())
+    .execute(pool)
+    .await?;
+    let bytes: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'device_id'")
+        .fetch_one(pool)
+        .await?;
+    let device = DeviceId(bytes.try_into().map_err(|_| Error::BadRow {
+        table: "meta",
+        detail: "device_id is not 16 bytes".into(),
+    })?);
+    let packed: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'hlc_high_water'")
+        .fetch_one(pool)
+        .await?;
+    Ok((
+        device,
+        (packed > 0).then(|| Hlc::from_packed(packed, device)),
+    ))
+}

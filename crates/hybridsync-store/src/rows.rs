@@ -1,0 +1,64 @@
+//! Conversions between SQLite rows and core types.
+
+use crate::{Error, Result};
+use hybridsync_core::{CollectionName, ContentHash, DeviceId, Hlc, Key, Record};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+/// Embeddings are stored as little-endian f32 bytes.
+pub(crate) fn embedding_to_blob(embedding: &[f32]) -> Vec<u8> {
+    embedding.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub(crate) fn blob_to_embedding(blob: &[u8]) -> Result<Vec<f32>> {
+    if blob.len() % 4 != 0 {
+        return Err(Error::BadRow {
+            table: "records",
+            detail: format!("embedding blob of {} bytes", blob.len()),
+        });
+    }
+    Ok(blob
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+pub(crate) fn device_from_blob(blob: &[u8]) -> Result<DeviceId> {
+    blob.try_into().map(DeviceId).map_err(|_| Error::BadRow {
+        table: "records",
+        detail: format!("origin of {} bytes", blob.len()),
+    })
+}
+
+/// Reads a record from the columns `key, payload, embedding, hlc, origin, tombstone, hash`,
+/// starting at column `first`.
+pub(crate) fn record_from_row(
+    collection: &CollectionName,
+    row: &SqliteRow,
+    first: usize,
+) -> Result<Record> {
+    let bad = |detail: String| Error::BadRow {
+        table: "records",
+        detail,
+    };
+    let key: String = row.try_get(first)?;
+    let key = Key::new(key).map_err(|e| bad(e.to_string()))?;
+    let payload: Vec<u8> = row.try_get(first + 1)?;
+    let embedding: Option<Vec<u8>> = row.try_get(first + 2)?;
+    let embedding = embedding.as_deref().map(blob_to_embedding).transpose()?;
+    let origin: Vec<u8> = row.try_get(first + 4)?;
+    let version = Hlc::from_packed(row.try_get(first + 3)?, device_from_blob(&origin)?);
+    let tombstone: bool = row.try_get(first + 5)?;
+    let hash: Vec<u8> = row.try_get(first + 6)?;
+    let hash = ContentHash::from_slice(&hash)
+        .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?;
+    Ok(Record {
+        collection: collection.clone(),
+        key,
+        payload,
+        embedding,
+        version,
+        tombstone,
+        hash,
+    })
+}

@@ -1,0 +1,732 @@
+//! Tests of the SQLite store against real SQLite files in temp directories.
+
+use super::*;
+use hybridsync_core::{
+    CollectionName, CollectionSpec, Key, LocalStore, ManualClock, Metric, Precision, Priority,
+    VectorSpec, WriteRequest,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+fn name(s: &str) -> CollectionName {
+    CollectionName::new(s).unwrap()
+}
+
+fn key(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+
+fn voices() -> CollectionSpec {
+    CollectionSpec {
+        name: name("voices"),
+        vector: Some(VectorSpec::new(3, Metric::Cosine, Precision::F32).unwrap()),
+    }
+}
+
+fn notes() -> CollectionSpec {
+    CollectionSpec {
+        name: name("notes"),
+        vector: None,
+    }
+}
+
+async fn open(dir: &std::path::Path) -> SqliteStore {
+    let store = SqliteStore::open(StoreOptions::new(dir)).await.unwrap();
+    store.create_collection(&voices()).await.unwrap();
+    store.create_collection(&notes()).await.unwrap();
+    store
+}
+
+fn put(collection: &str, k: &str, payload: &[u8], embedding: Option<Vec<f32>>) -> WriteRequest {
+    WriteRequest::put(name(collection), key(k), payload.to_vec(), embedding)
+}
+
+#[tokio::test]
+async fn files_are_private_and_identity_persists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = open(&dir).await;
+    store
+        .write(vec![put("notes", "a", b"1", None)])
+        .await
+        .unwrap();
+    let device = store.device_id();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for file in [DB_FILE, "hybridsync.db-wal", "hybridsync.db-shm"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    store.close().await;
+    let reopened = SqliteStore::open(StoreOptions::new(&dir)).await.unwrap();
+    assert_eq!(reopened.device_id(), device);
+    assert_eq!(
+        reopened
+            .get(&name("notes"), &key("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        b"1"
+    );
+}
+
+#[tokio::test]
+async fn write_read_delete_and_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let receipts = store
+        .write(vec![
+            put("voices", "alice", b"A", Some(vec![1.0, 0.0, 0.0])),
+            put("notes", "n1", b"N", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(receipts.len(), 2);
+    let alice = store
+        .get(&name("voices"), &key("alice"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice, receipts[0].record);
+    assert_eq!(alice.embedding.as_deref(), Some(&[1.0, 0.0, 0.0][..]));
+
+    let deleted = store
+        .write(vec![WriteRequest::delete(name("voices"), key("alice"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted[0].label, receipts[0].label,
+        "a key keeps its label across versions"
+    );
+    assert!(deleted[0].record.version > alice.version);
+    let tomb = store
+        .get(&name("voices"), &key("alice"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tomb.tombstone);
+    assert!(
+        store
+            .list(&name("voices"), None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "tombstones are not listed"
+    );
+    assert_eq!(store.embeddings(&name("voices")).await.unwrap().len(), 0);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts[&name("voices")], counts[&name("notes")]), (0, 1));
+}
+
+#[tokio::test]
+async fn outbox_coalesces_per_key_keeping_latest_state_and_highest_priority() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    store
+        .write(vec![
+            put("notes", "k", b"1", None).with_priority(Priority::High),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![
+            put("notes", "k", b"2", None).with_priority(Priority::Low),
+        ])
+        .await
+        .unwrap();
+    let last = store
+        .write(vec![
+            put("notes", "k", b"3", None).with_priority(Priority::Deferred),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![put("notes", "other", b"x", None)])
+        .await
+        .unwrap();
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.pending, 2, "three writes to one key are one entry");
+    assert_eq!(stats.by_priority.get(&Priority::High), Some(&1));
+    assert_eq!(stats.by_priority.get(&Priority::Normal), Some(&1));
+    let hlc: i64 = sqlx::query_scalar(
+        "SELECT o.hlc FROM outbox o JOIN records r ON r.id = o.record_id WHERE r.key = 'k'",
+    )
+    .fetch_one(&store.readers)
+    .await
+    .unwrap();
+    assert_eq!(
+        hlc,
+        last[0].record.version.packed(),
+        "the entry ships the latest version"
+    );
+}
+
+#[tokio::test]
+async fn batch_is_atomic_and_duplicate_keys_coalesce() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let mut batch: Vec<WriteRequest> = (0..150)
+        .map(|i| put("notes", &format!("k{i:03}"), b"v", None))
+        .collect();
+    batch.push(put("notes", "k000", b"last", None));
+    let receipts = store.write(batch).await.unwrap();
+    assert_eq!(receipts.len(), 150);
+    assert_eq!(
+        store
+            .get(&name("notes"), &key("k000"))
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        b"last"
+    );
+    let mut versions: Vec<_> = receipts.iter().map(|r| r.record.version).collect();
+    versions.sort();
+    versions.dedup();
+    assert_eq!(versions.len(), 150, "every key gets its own version");
+
+    // One bad request refuses the whole batch.
+    let bad = vec![
+        put("notes", "fine", b"v", None),
+        put("voices", "bad", b"v", Some(vec![1.0])),
+    ];
+    assert!(store.write(bad).await.is_err());
+    assert!(
+        store
+            .get(&name("notes"), &key("fine"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 150);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_typed_error_and_writes_nothing() {
+    use hybridsync_core::Error as E;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(tmp.path());
+    options.limits.max_payload_bytes = 16;
+    let store = SqliteStore::open(options).await.unwrap();
+    store.create_collection(&voices()).await.unwrap();
+    store.create_collection(&notes()).await.unwrap();
+    type Expect = fn(&E) -> bool;
+    let cases: Vec<(WriteRequest, Expect)> = vec![
+        (put("voices", "a", b"x", Some(vec![1.0, 2.0])), |e| {
+            matches!(
+                e,
+                E::DimensionMismatch {
+                    expected: 3,
+                    got: 2,
+                    ..
+                }
+            )
+        }),
+        (
+            put("voices", "a", b"x", Some(vec![1.0, f32::NAN, 0.0])),
+            |e| matches!(e, E::NonFiniteEmbedding { index: 1, .. }),
+        ),
+        (
+            put("voices", "a", b"x", Some(vec![f32::NEG_INFINITY, 0.0, 0.0])),
+            |e| matches!(e, E::NonFiniteEmbedding { .. }),
+        ),
+        (put("notes", "a", &[0; 17], None), |e| {
+            matches!(
+                e,
+                E::PayloadTooLarge {
+                    size: 17,
+                    limit: 16
+                }
+            )
+        }),
+        (put("notes", "a", b"x", Some(vec![1.0])), |e| {
+            matches!(e, E::EmbeddingNotAllowed { .. })
+        }),
+        (put("missing", "a", b"x", None), |e| {
+            matches!(e, E::UnknownCollection(_))
+        }),
+    ];
+    for (request, expected) in cases {
+        let err = store.write(vec![request.clone()]).await.unwrap_err();
+        assert!(expected(&err), "{request:?} gave {err}");
+    }
+    assert_eq!(store.counts().await.unwrap().values().sum::<u64>(), 0);
+    assert_eq!(store.outbox_stats().await.unwrap(), Default::default());
+    // Still usable.
+    store
+        .write(vec![put("notes", "ok", b"x", None)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn collection_specs_are_persisted_and_a_different_spec_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    store.create_collection(&voices()).await.unwrap();
+    let other = CollectionSpec {
+        name: name("voices"),
+        vector: Some(VectorSpec::new(4, Metric::L2, Precision::F16).unwrap()),
+    };
+    assert!(matches!(
+        store.create_collection(&other).await,
+        Err(hybridsync_core::Error::CollectionSpecMismatch { .. })
+    ));
+    store.close().await;
+    let reopened = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.collections().await.unwrap(),
+        vec![notes(), voices()]
+    );
+}
+
+#[tokio::test]
+async fn in_flight_entries_return_to_pending_on_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    store
+        .write(vec![
+            put("notes", "a", b"1", None),
+            put("notes", "b", b"2", None),
+        ])
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox SET state = 1")
+        .execute(&store.writer)
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().in_flight, 2);
+    store.close().await;
+    let reopened = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap();
+    let stats = reopened.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.in_flight), (2, 0));
+}
+
+#[tokio::test]
+async fn versions_stay_monotone_across_restarts_and_clock_steps_and_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mut options = StoreOptions::new(tmp.path());
+    options.clock = clock.clone();
+    let store = SqliteStore::open(options.clone()).await.unwrap();
+    store.create_collection(&notes()).await.unwrap();
+    let first = store
+        .write(vec![put("notes", "k", b"1", None)])
+        .await
+        .unwrap()[0]
+        .record
+        .version;
+    store.close().await;
+
+    clock.set(500_000); // the wall clock stepped back while we were down
+    let reopened = SqliteStore::open(options.clone()).await.unwrap();
+    let second = reopened
+        .write(vec![put("notes", "k", b"2", None)])
+        .await
+        .unwrap()[0]
+        .record
+        .version;
+    assert!(second > first, "{second} after {first}");
+
+    // A second handle on the same directory (another process) with a clock far behind.
+    let mut behind = options.clone();
+    behind.clock = Arc::new(ManualClock::new(1));
+    let other = SqliteStore::open(behind).await.unwrap();
+    let third = other
+        .write(vec![put("notes", "k", b"3", None)])
+        .await
+        .unwrap()[0]
+        .record
+        .version;
+    assert!(third > second, "{third} after {second}");
+    assert_eq!(
+        reopened
+            .get(&name("notes"), &key("k"))
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        b"3"
+    );
+}
+
+fn file_digest(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test]
+async fn corrupted_and_truncated_files_are_refused_and_left_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let batch: Vec<_> = (0..2000)
+        .map(|i| put("notes", &format!("key-{i}"), &[7; 200], None))
+        .collect();
+    store.write(batch).await.unwrap();
+    store.close().await;
+    let db = tmp.path().join(DB_FILE);
+    let healthy = file_digest(&db);
+
+    // Truncated to half.
+    std::fs::write(&db, &healthy[..healthy.len() / 2]).unwrap();
+    let err = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "truncated file gave {err}"
+    );
+    assert_eq!(
+        file_digest(&db),
+        &healthy[..healthy.len() / 2],
+        "the file was modified"
+    );
+
+    // Garbage in place of the header.
+    let mut garbage = healthy.clone();
+    garbage[..100].fill(0x5a);
+    std::fs::write(&db, &garbage).unwrap();
+    let err = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "garbage header gave {err}"
+    );
+    assert_eq!(file_digest(&db), garbage);
+
+    // Damaged pages in the middle.
+    let mut damaged = healthy.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle..middle + 8192].fill(0xff);
+    std::fs::write(&db, &damaged).unwrap();
+    let err = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "damaged pages gave {err}"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&store.writer)
+    .await
+    .unwrap();
+    store.close().await;
+    let err = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SchemaTooNew {
+                found: 999,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[tokio::test]
+async fn a_write_that_fails_inside_sqlite_rolls_back_every_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let gone = CollectionSpec {
+        name: name("gone"),
+        vector: None,
+    };
+    store.create_collection(&gone).await.unwrap();
+    // Another process drops the collection after we cached the catalogue: the insert
+    // passes validation and then violates the foreign key inside SQLite.
+    sqlx::query("DELETE FROM collections WHERE name = 'gone'")
+        .execute(&store.writer)
+        .await
+        .unwrap();
+
+    // 100 good rows span two scripts; the failing row is in the second.
+    let mut batch: Vec<_> = (0..100)
+        .map(|i| put("notes", &format!("k{i}"), b"v", None))
+        .collect();
+    batch.push(put("gone", "x", b"v", None));
+    let err = store.write(batch).await.unwrap_err();
+    assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+    assert_eq!(
+        store.counts().await.unwrap()[&name("notes")],
+        0,
+        "the first chunk was rolled back"
+    );
+    assert_eq!(store.outbox_stats().await.unwrap(), Default::default());
+
+    // The writer is usable again: no transaction was left open on a pooled connection.
+    store
+        .write(vec![put("notes", "after", b"v", None)])
+        .await
+        .unwrap();
+    assert_eq!(store.counts().await.unwrap()[&name("notes")], 1);
+}
+
+mod drain {
+    use super::*;
+    use hybridsync_core::{OutboxOutcome, Priority};
+
+    async fn filled(dir: &std::path::Path) -> SqliteStore {
+        let store = open(dir).await;
+        let writes = [
+            ("c", Priority::Critical),
+            ("h", Priority::High),
+            ("n", Priority::Normal),
+            ("d", Priority::Deferred),
+        ];
+        for (k, p) in writes {
+            store
+                .write(vec![put("notes", k, k.as_bytes(), None).with_priority(p)])
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn claims_go_most_urgent_first_and_respect_the_gate_and_the_schedule() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = filled(tmp.path()).await;
+        let gated = store
+            .claim_outbox(10, u64::MAX, Priority::High)
+            .await
+            .unwrap();
+        let keys: Vec<&str> = gated.iter().map(|e| e.record.key.as_str()).collect();
+        assert_eq!(keys, ["c", "h"], "under load only critical and high drain");
+        assert_eq!(gated[0].record.payload, b"c");
+        assert_eq!(store.outbox_stats().await.unwrap().in_flight, 2);
+        let rest = store
+            .claim_outbox(1, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(rest[0].record.key.as_str(), "n");
+
+        // A retry scheduled in the future is not claimed before its time.
+        store
+            .settle_outbox(vec![(
+                rest[0].id,
+                OutboxOutcome::Retry {
+                    error: "down".into(),
+                    next_attempt_ms: 5_000,
+                },
+            )])
+            .await
+            .unwrap();
+        let early = store
+            .claim_outbox(10, 4_999, Priority::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(
+            early
+                .iter()
+                .map(|e| e.record.key.as_str())
+                .collect::<Vec<_>>(),
+            ["d"]
+        );
+        let due = store
+            .claim_outbox(10, 5_000, Priority::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].record.key.as_str(), due[0].attempts), ("n", 1));
+    }
+
+    #[tokio::test]
+    async fn released_entries_return_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = filled(tmp.path()).await;
+        let claimed = store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        let released = claimed
+            .iter()
+            .map(|e| (e.id, OutboxOutcome::Released))
+            .collect();
+        store.settle_outbox(released).await.unwrap();
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.in_flight, stats.done), (4, 0, 0));
+        let again = store.claim_outbox(10, 0, Priority::Deferred).await.unwrap();
+        assert_eq!(again.len(), 4, "released entries are due at once");
+        assert!(
+            again.iter().all(|e| e.attempts == 0),
+            "releasing is not an attempt"
+        );
+    }
+
+    #[tokio::test]
+    async fn settling_ships_retries_and_parks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = filled(tmp.path()).await;
+        let claimed = store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        let outcomes = vec![
+            (claimed[0].id, OutboxOutcome::Shipped),
+            (claimed[1].id, OutboxOutcome::Shipped),
+            (
+                claimed[2].id,
+                OutboxOutcome::Retry {
+                    error: "timeout".into(),
+                    next_attempt_ms: 0,
+                },
+            ),
+            (
+                claimed[3].id,
+                OutboxOutcome::Failed {
+                    error: "rejected".into(),
+                },
+            ),
+        ];
+        store.settle_outbox(outcomes).await.unwrap();
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.done, stats.pending, stats.in_flight, stats.failed),
+            (2, 1, 0, 1)
+        );
+        assert_eq!(store.retry_failed().await.unwrap(), 1);
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
+        let again = store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        let failed = again.iter().find(|e| e.record.key.as_str() == "d").unwrap();
+        store
+            .settle_outbox(vec![(
+                failed.id,
+                OutboxOutcome::Failed {
+                    error: "rejected".into(),
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(store.clear_failed().await.unwrap(), 1);
+        assert_eq!(store.outbox_stats().await.unwrap().failed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_during_flight_gets_its_own_entry_and_supersedes_a_retry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        store
+            .write(vec![put("notes", "k", b"v1", None)])
+            .await
+            .unwrap();
+        let first = store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(first[0].record.payload, b"v1");
+        store
+            .write(vec![put("notes", "k", b"v2", None)])
+            .await
+            .unwrap();
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.in_flight),
+            (1, 1),
+            "v2 waits beside the v1 in flight"
+        );
+        store
+            .settle_outbox(vec![(
+                first[0].id,
+                OutboxOutcome::Retry {
+                    error: "x".into(),
+                    next_attempt_ms: 0,
+                },
+            )])
+            .await
+            .unwrap();
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.pending, stats.in_flight, stats.done),
+            (1, 0, 1),
+            "the v1 retry is superseded by v2"
+        );
+        let second = store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(second[0].record.payload, b"v2");
+    }
+
+    #[tokio::test]
+    async fn reopening_with_an_entry_in_flight_and_a_newer_one_pending_keeps_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        store
+            .write(vec![put("notes", "k", b"v1", None)])
+            .await
+            .unwrap();
+        store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        store
+            .write(vec![put("notes", "k", b"v2", None)])
+            .await
+            .unwrap();
+        store.close().await; // "crash" with v1 in flight
+        let reopened = SqliteStore::open(StoreOptions::new(tmp.path()))
+            .await
+            .unwrap();
+        let stats = reopened.outbox_stats().await.unwrap();
+        assert_eq!((stats.pending, stats.in_flight), (1, 0), "{stats:?}");
+        let claimed = reopened
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(
+            claimed[0].record.payload, b"v2",
+            "the survivor ships the current state"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_drainers_never_claim_the_same_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = open(tmp.path()).await;
+        let b = SqliteStore::open(StoreOptions::new(tmp.path()))
+            .await
+            .unwrap();
+        let batch: Vec<_> = (0..200)
+            .map(|i| put("notes", &format!("k{i}"), b"v", None))
+            .collect();
+        a.write(batch).await.unwrap();
+        let (mut seen, mut total) = (std::collections::HashSet::new(), 0);
+        loop {
+            let (x, y) = tokio::join!(
+                a.claim_outbox(7, u64::MAX, Priority::Deferred),
+                b.claim_outbox(7, u64::MAX, Priority::Deferred)
+            );
+            let (x, y) = (x.unwrap(), y.unwrap());
+            if x.is_empty() && y.is_empty() {
+                break;
+            }
+            for entry in x.iter().chain(&y) {
+                assert!(seen.insert(entry.id), "entry {} claimed twice", entry.id);
+                total += 1;
+            }
+        }
+        assert_eq!(total, 200);
+    }
+}

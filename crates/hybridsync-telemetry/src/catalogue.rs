@@ -1,0 +1,122 @@
+//! The metric catalogue: every metric hybridsync records, in one place. Code refers to
+//! the constants; docs and dashboards are generated from [`ALL`].
+
+/// What kind of metric an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One catalogue entry.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+macro_rules! catalogue {
+    ($($(#[$doc:meta])* $konst:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)+) => {
+        $($(#[$doc])* pub const $konst: &str = $name;)+
+        /// Every metric, in catalogue order.
+        pub const ALL: &[MetricDef] = &[
+            $(MetricDef { name: $name, kind: Kind::$kind, help: $help, labels: &[$($label),*] },)+
+        ];
+    };
+}
+
+catalogue! {
+    /// Reads answered by the hot-record cache.
+    CACHE_HITS = "hybridsync_cache_hits_total", Counter, [], "Reads answered by the hot-record cache.";
+    /// Reads the hot-record cache could not answer.
+    CACHE_MISSES = "hybridsync_cache_misses_total", Counter, [], "Reads the hot-record cache could not answer.";
+    /// Point-read latency by source (`cache` or `sqlite`).
+    READ_LATENCY = "hybridsync_read_latency_seconds", Histogram, ["source"], "Point-read latency by source (cache or sqlite).";
+    /// Latency of a durable local write (records and outbox in one transaction).
+    WRITE_LATENCY = "hybridsync_write_latency_seconds", Histogram, [], "Latency of a durable local write (record and outbox entry in one transaction).";
+    /// Latency of a vector similarity search.
+    SEARCH_LATENCY = "hybridsync_search_latency_seconds", Histogram, [], "Latency of a vector similarity search.";
+    /// Outbox entries waiting to reach the cloud, by priority.
+    QUEUE_SIZE = "hybridsync_queue_size", Gauge, ["priority"], "Outbox entries pending or in flight, by priority.";
+    /// Outbox entries parked as failed.
+    QUEUE_FAILED = "hybridsync_queue_failed", Gauge, [], "Outbox entries parked as failed (kept, retryable).";
+    /// Records held by the hot-record cache.
+    CACHE_SIZE = "hybridsync_cache_size", Gauge, [], "Records held by the hot-record cache.";
+    /// Latency of one drained batch reaching the cloud.
+    SYNC_LATENCY = "hybridsync_sync_latency_seconds", Histogram, [], "Latency of one outbox batch reaching the cloud.";
+    /// Batches drained, by outcome (`ok`, `retry`, `rejected`).
+    SYNCS = "hybridsync_syncs_total", Counter, ["status"], "Outbox batches sent to the cloud, by outcome (ok, retry, rejected).";
+    /// Records shipped to the cloud.
+    RECORDS_SYNCED = "hybridsync_records_synced_total", Counter, [], "Records the cloud acknowledged.";
+    /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
+    CIRCUIT_STATE = "hybridsync_circuit_state", Gauge, [], "Circuit breaker state: 0 closed, 1 half-open, 2 open.";
+    /// Open cloud connections.
+    POOL_SIZE = "hybridsync_connection_pool_size", Gauge, [], "Open cloud connections (never above the cap).";
+    /// Mean share of the pool cap in use over the last 100 operations.
+    POOL_LOAD = "hybridsync_connection_pool_load", Gauge, [], "Mean share of the cloud pool cap in use over the last 100 operations.";
+    /// Seconds since the store was opened.
+    UPTIME = "hybridsync_uptime_seconds", Gauge, [], "Seconds since the store was opened.";
+}
+
+/// Histogram buckets for latencies: 10 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+    5.0, 10.0,
+];
+
+/// Registers every entry's help text with the installed recorder.
+pub fn describe_all() {
+    for def in ALL {
+        match def.kind {
+            Kind::Counter => metrics::describe_counter!(def.name, def.help),
+            Kind::Gauge => metrics::describe_gauge!(def.name, def.help),
+            Kind::Histogram => {
+                metrics::describe_histogram!(def.name, metrics::Unit::Seconds, def.help)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_list_every_metric_with_its_help() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/metrics.md"
+        ))
+        .unwrap();
+        for def in ALL {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", def.name)));
+            let row = row.unwrap_or_else(|| panic!("docs/metrics.md lacks {}", def.name));
+            assert!(
+                row.contains(def.help),
+                "docs/metrics.md describes {} differently from the catalogue",
+                def.name
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_unique_prefixed_and_suffixed_by_kind() {
+        let mut names: Vec<_> = ALL.iter().map(|d| d.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "duplicate metric names");
+        for def in ALL {
+            assert!(def.name.starts_with("hybridsync_"), "{}", def.name);
+            match def.kind {
+                Kind::Counter => assert!(def.name.ends_with("_total"), "{}", def.name),
+                Kind::Histogram => assert!(def.name.ends_with("_seconds"), "{}", def.name),
+                Kind::Gauge => assert!(!def.name.ends_with("_total"), "{}", def.name),
+            }
+        }
+    }
+}

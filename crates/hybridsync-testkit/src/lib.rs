@@ -1,0 +1,44 @@
+//! Test kit for hybridsync: throwaway PostgreSQL ([`TempPostgres`]) and Redis
+//! ([`TempRedis`]) servers started from the machine's installed binaries on free
+//! loopback ports in temp directories, and deterministic workload generators.
+//!
+//! Tests never rely on a server that is already running and never share one between
+//! runs: every server here is private to the test that made it and removed on drop.
+//! Nothing here is used by the library itself.
+#![forbid(unsafe_code)]
+
+mod postgres;
+mod process;
+mod redis;
+pub mod workload;
+
+pub use postgres::{ShutdownMode, TempPostgres, TempPostgresOptions};
+pub use redis::TempRedis;
+
+/// Errors of the test kit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{what} not found: {hint}")]
+    NotInstalled { what: &'static str, hint: String },
+    #[error("`{command}` failed ({status}): {output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("{what} did not become ready within {seconds} s")]
+    NotReady { what: &'static str, seconds: u64 },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with the test kit's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

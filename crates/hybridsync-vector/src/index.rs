@@ -1,0 +1,291 @@
+//! usearch HNSW indexes, one per vector collection.
+
+use crate::{Error, Result};
+use hybridsync_core::{CollectionName, Key, Metric, Precision, VectorCache, VectorHit, VectorSpec};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
+
+/// Tuning for the indexes.
+#[derive(Debug, Clone, Copy)]
+pub struct VectorOptions {
+    /// At or below this many vectors a search scans exactly instead of walking the graph:
+    /// it is as fast there and always exact.
+    pub exact_below: usize,
+    /// HNSW expansion factor at search time (0 = usearch's default).
+    pub expansion_search: usize,
+    /// Threads used to build an index at open.
+    pub build_threads: usize,
+}
+
+impl Default for VectorOptions {
+    fn default() -> Self {
+        Self {
+            exact_below: 2_000,
+            expansion_search: 0,
+            build_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// One collection's index and its label → key map.
+struct CollectionIndex {
+    /// Searches share the lock; adds and removes take it exclusively. usearch allows
+    /// concurrent adds, but not beside growth and exact scans, and our writes are
+    /// serialised by the store anyway.
+    index: RwLock<usearch::Index>,
+    /// Slots written since creation (usearch does not reuse a removed vector's slot
+    /// until compaction), to grow capacity before it runs out.
+    used: Mutex<usize>,
+    keys: RwLock<HashMap<u64, Key>>,
+    slots: Slots,
+}
+
+/// usearch serves at most as many concurrent calls as it reserved thread contexts for;
+/// one more fails. This bounds the callers instead.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Self {
+        Self {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+impl std::fmt::Debug for CollectionIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectionIndex")
+            .field("len", &self.keys.read().map_or(0, |k| k.len()))
+            .finish()
+    }
+}
+
+fn usearch_error(e: impl std::fmt::Display) -> Error {
+    Error::Usearch(e.to_string())
+}
+
+/// Concurrent calls one index serves.
+const THREAD_SLOTS: usize = 16;
+
+fn reserve(index: &usearch::Index, capacity: usize) -> Result<()> {
+    index
+        .reserve_capacity_and_threads(capacity.max(64), THREAD_SLOTS)
+        .map_err(usearch_error)
+}
+
+fn new_index(
+    spec: &VectorSpec,
+    options: &VectorOptions,
+    capacity: usize,
+) -> Result<usearch::Index> {
+    let index = usearch::Index::new(&IndexOptions {
+        dimensions: spec.dim,
+        metric: match spec.metric {
+            Metric::L2 => MetricKind::L2sq,
+            Metric::Cosine => MetricKind::Cos,
+            Metric::Ip => MetricKind::IP,
+        },
+        quantization: match spec.precision {
+            Precision::F32 => ScalarKind::F32,
+            Precision::F16 => ScalarKind::F16,
+            Precision::I8 => ScalarKind::I8,
+        },
+        connectivity: 0,
+        expansion_add: 0,
+        expansion_search: options.expansion_search,
+        multi: false,
+    })
+    .map_err(usearch_error)?;
+    reserve(&index, capacity)?;
+    Ok(index)
+}
+
+/// usearch HNSW indexes keyed by collection. Implements [`VectorCache`].
+#[derive(Debug, Default)]
+pub struct UsearchCache {
+    options: VectorOptions,
+    collections: RwLock<HashMap<CollectionName, Arc<CollectionIndex>>>,
+}
+
+impl UsearchCache {
+    /// An empty cache with `options`.
+    pub fn new(options: VectorOptions) -> Self {
+        Self {
+            options,
+            collections: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, collection: &CollectionName) -> Result<Arc<CollectionIndex>> {
+        self.collections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .cloned()
+            .ok_or_else(|| Error::NoIndex(collection.to_string()))
+    }
+
+    /// Exact search over the same index, bypassing the graph: the ground truth that
+    /// recall is measured against.
+    pub fn exact_search(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<VectorHit>> {
+        let entry = self.get(collection)?;
+        let _slot = entry.slots.acquire();
+        let matches = entry
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .exact_search(query, k);
+        hits(&entry, matches.map_err(usearch_error)?)
+    }
+}
+
+fn hits(entry: &CollectionIndex, matches: usearch::ffi::Matches) -> Result<Vec<VectorHit>> {
+    let keys = entry.keys.read().unwrap_or_else(|e| e.into_inner());
+    Ok(matches
+        .keys
+        .iter()
+        .zip(&matches.distances)
+        .filter_map(|(label, distance)| {
+            keys.get(label).map(|key| VectorHit {
+                key: key.clone(),
+                distance: *distance,
+            })
+        })
+        .collect())
+}
+
+impl VectorCache for UsearchCache {
+    fn build(
+        &self,
+        collection: &CollectionName,
+        spec: &VectorSpec,
+        rows: Vec<(u64, Key, Vec<f32>)>,
+    ) -> hybridsync_core::Result<()> {
+        let index = new_index(spec, &self.options, rows.len())?;
+        let threads = self.options.build_threads.clamp(1, THREAD_SLOTS);
+        let chunk = rows.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = rows
+                .chunks(chunk)
+                .map(|part| {
+                    let index = &index;
+                    scope.spawn(move || {
+                        part.iter()
+                            .try_for_each(|(label, _, v)| index.add(*label, v))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("index build thread panicked"))
+        })
+        .map_err(usearch_error)?;
+        let used = Mutex::new(rows.len());
+        let keys = rows
+            .into_iter()
+            .map(|(label, key, _)| (label, key))
+            .collect();
+        let entry = CollectionIndex {
+            index: RwLock::new(index),
+            keys: RwLock::new(keys),
+            used,
+            slots: Slots::new(THREAD_SLOTS),
+        };
+        self.collections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.clone(), Arc::new(entry));
+        Ok(())
+    }
+
+    fn upsert(
+        &self,
+        collection: &CollectionName,
+        label: u64,
+        key: &Key,
+        embedding: &[f32],
+    ) -> hybridsync_core::Result<()> {
+        let entry = self.get(collection)?;
+        let index = entry.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut used = entry.used.lock().unwrap_or_else(|e| e.into_inner());
+        if *used + 1 >= index.capacity() {
+            reserve(&index, (*used + 1) * 2)?;
+        }
+        if index.contains(label) {
+            index.remove(label).map_err(usearch_error)?;
+        }
+        index.add(label, embedding).map_err(usearch_error)?;
+        *used += 1;
+        entry
+            .keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label, key.clone());
+        Ok(())
+    }
+
+    fn remove(&self, collection: &CollectionName, label: u64) -> hybridsync_core::Result<()> {
+        let entry = self.get(collection)?;
+        let index = entry.index.write().unwrap_or_else(|e| e.into_inner());
+        if index.contains(label) {
+            index.remove(label).map_err(usearch_error)?;
+        }
+        entry
+            .keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&label);
+        Ok(())
+    }
+
+    fn search(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+    ) -> hybridsync_core::Result<Vec<VectorHit>> {
+        let entry = self.get(collection)?;
+        let _slot = entry.slots.acquire();
+        let index = entry.index.read().unwrap_or_else(|e| e.into_inner());
+        let matches = if index.size() <= self.options.exact_below {
+            index.exact_search(query, k)
+        } else {
+            index.search(query, k)
+        };
+        Ok(hits(&entry, matches.map_err(usearch_error)?)?)
+    }
+
+    fn len(&self, collection: &CollectionName) -> usize {
+        self.get(collection).map_or(0, |e| {
+            e.index.read().unwrap_or_else(|e| e.into_inner()).size()
+        })
+    }
+}

@@ -1,0 +1,34 @@
+//! The in-memory side of hybridsync's read path: one usearch HNSW index per vector
+//! collection ([`UsearchCache`], an implementation of [`hybridsync_core::VectorCache`])
+//! and a bounded LRU cache of hot records ([`HotCache`]).
+//!
+//! This is the only crate that touches FFI (usearch). It knows nothing of SQLite, the
+//! cloud or metrics exporters: it keeps counts, and the engine reports them.
+
+mod hot;
+mod index;
+
+pub use hot::{HotCache, HotCacheStats};
+pub use index::{UsearchCache, VectorOptions};
+
+/// Errors of the vector layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("usearch: {0}")]
+    Usearch(String),
+    #[error("no vector index for collection {0}")]
+    NoIndex(String),
+}
+
+impl From<Error> for hybridsync_core::Error {
+    fn from(e: Error) -> Self {
+        hybridsync_core::Error::Vector(Box::new(e))
+    }
+}
+
+/// `Result` with the vector layer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

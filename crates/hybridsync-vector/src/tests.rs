@@ -1,0 +1,167 @@
+//! Tests of the usearch indexes and the hot cache.
+
+use super::*;
+use hybridsync_core::{
+    CollectionName, DeviceId, Hlc, Key, Metric, Precision, Record, VectorCache, VectorSpec,
+};
+use hybridsync_testkit::workload::Clustered;
+use std::sync::Arc;
+
+fn name(s: &str) -> CollectionName {
+    CollectionName::new(s).unwrap()
+}
+
+fn rows(vectors: &[Vec<f32>]) -> Vec<(u64, Key, Vec<f32>)> {
+    vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64 + 1, Key::new(format!("k{i}")).unwrap(), v.clone()))
+        .collect()
+}
+
+fn recall_at_10(metric: Metric, precision: Precision) -> f64 {
+    let (dim, n) = (48, 6_000);
+    let mut data = Clustered::new(7, 60, dim, 0.15);
+    let vectors = data.samples(n);
+    let cache = UsearchCache::new(VectorOptions {
+        exact_below: 0,
+        ..VectorOptions::default()
+    });
+    let spec = VectorSpec::new(dim, metric, precision).unwrap();
+    cache.build(&name("v"), &spec, rows(&vectors)).unwrap();
+    assert_eq!(cache.len(&name("v")), n);
+    let queries = data.samples(100);
+    let mut found = 0;
+    for q in &queries {
+        let approx: Vec<Key> = cache
+            .search(&name("v"), q, 10)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.key)
+            .collect();
+        let exact = cache.exact_search(&name("v"), q, 10).unwrap();
+        assert_eq!(exact.len(), 10);
+        found += exact.iter().filter(|h| approx.contains(&h.key)).count();
+    }
+    found as f64 / (queries.len() * 10) as f64
+}
+
+#[test]
+fn hnsw_recall_on_clustered_data_is_at_least_095() {
+    for (metric, precision) in [
+        (Metric::Cosine, Precision::F32),
+        (Metric::Cosine, Precision::F16),
+        (Metric::Cosine, Precision::I8),
+        (Metric::L2, Precision::F16),
+    ] {
+        let recall = recall_at_10(metric, precision);
+        assert!(recall >= 0.95, "{metric}/{precision}: recall@10 {recall}");
+    }
+}
+
+#[test]
+fn distances_match_the_core_metric() {
+    let spec = VectorSpec::new(3, Metric::L2, Precision::F32).unwrap();
+    let cache = UsearchCache::default();
+    let a = vec![1.0, 2.0, 3.0];
+    let b = vec![0.0, 0.0, 1.0];
+    cache
+        .build(&name("v"), &spec, rows(&[a.clone(), b.clone()]))
+        .unwrap();
+    let hits = cache.search(&name("v"), &b, 2).unwrap();
+    assert_eq!(hits[0].key.as_str(), "k1");
+    assert_eq!(hits[0].distance, 0.0);
+    assert!((hits[1].distance - Metric::L2.distance(&a, &b)).abs() < 1e-4);
+}
+
+#[test]
+fn upsert_replaces_remove_forgets_and_the_index_grows_under_concurrent_search() {
+    let spec = VectorSpec::new(8, Metric::Cosine, Precision::F16).unwrap();
+    let cache = Arc::new(UsearchCache::default());
+    let v = name("v");
+    cache.build(&v, &spec, Vec::new()).unwrap();
+    assert!(cache.search(&v, &[1.0; 8], 5).unwrap().is_empty());
+
+    let mut data = Clustered::new(1, 10, 8, 0.1);
+    let vectors = data.samples(3_000);
+    std::thread::scope(|s| {
+        for part in 0..2 {
+            let (cache, vectors, v) = (&cache, &vectors, &v);
+            s.spawn(move || {
+                for (i, vector) in vectors.iter().enumerate().skip(part).step_by(2) {
+                    cache
+                        .upsert(v, i as u64, &Key::new(format!("k{i}")).unwrap(), vector)
+                        .unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            for q in vectors.iter().take(300) {
+                cache.search(&v, q, 3).unwrap();
+            }
+        });
+    });
+    assert_eq!(cache.len(&v), 3_000);
+
+    // Moving k0 next to a fresh point makes it that point's nearest neighbour.
+    let far = vec![-5.0, 5.0, -5.0, 5.0, -5.0, 5.0, -5.0, 5.0];
+    cache.upsert(&v, 0, &Key::new("k0").unwrap(), &far).unwrap();
+    assert_eq!(cache.len(&v), 3_000, "upsert replaces, it does not add");
+    assert_eq!(cache.search(&v, &far, 1).unwrap()[0].key.as_str(), "k0");
+    cache.remove(&v, 0).unwrap();
+    assert_ne!(cache.search(&v, &far, 1).unwrap()[0].key.as_str(), "k0");
+    assert_eq!(cache.len(&v), 2_999);
+    assert!(cache.search(&name("nope"), &far, 1).is_err());
+}
+
+fn record(key: &str, ms: u64, payload: usize) -> Arc<Record> {
+    Arc::new(Record::new(
+        name("c"),
+        Key::new(key).unwrap(),
+        vec![0; payload],
+        None,
+        Hlc {
+            physical_ms: ms,
+            logical: 0,
+            origin: DeviceId::default(),
+        },
+        false,
+    ))
+}
+
+#[test]
+fn hot_cache_evicts_least_recently_used_by_entries() {
+    let cache = HotCache::new(2, usize::MAX);
+    cache.insert(record("a", 1, 1));
+    cache.insert(record("b", 1, 1));
+    assert!(cache.get(&name("c"), &Key::new("a").unwrap()).is_some()); // a is now fresher than b
+    cache.insert(record("c", 1, 1));
+    assert!(
+        cache.get(&name("c"), &Key::new("b").unwrap()).is_none(),
+        "b was least recently used"
+    );
+    assert!(cache.get(&name("c"), &Key::new("a").unwrap()).is_some());
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 2));
+}
+
+#[test]
+fn hot_cache_is_bounded_by_bytes_and_refuses_older_versions() {
+    let one = record("k0", 1, 1_000).approx_size();
+    let cache = HotCache::new(100, one * 3);
+    for i in 0..10 {
+        cache.insert(record(&format!("k{i}"), 1, 1_000));
+    }
+    let stats = cache.stats();
+    assert!(stats.bytes <= one * 3 && stats.entries == 3, "{stats:?}");
+
+    cache.insert(record("v", 5, 10));
+    cache.insert(record("v", 4, 20));
+    let cached = cache.get(&name("c"), &Key::new("v").unwrap()).unwrap();
+    assert_eq!(
+        cached.version.physical_ms, 5,
+        "an older version never replaces a newer one"
+    );
+    cache.remove(&name("c"), &Key::new("v").unwrap());
+    assert!(cache.get(&name("c"), &Key::new("v").unwrap()).is_none());
+}

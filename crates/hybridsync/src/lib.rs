@@ -1,0 +1,106 @@
+//! hybridsync: local-first persistence with background cloud sync.
+//!
+//! An application writes and reads a local SQLite store at memory speed, searches its
+//! embeddings in an in-memory usearch index, and never waits on the network: every
+//! change is durable locally first and queued in a transactional outbox for the cloud.
+//!
+//! ```no_run
+//! # async fn demo() -> hybridsync::Result<()> {
+//! use hybridsync::{HybridStore, Metric, Precision, VectorSpec, WriteOptions};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct VoiceProfile { name: String, pitch_mean_hz: f32 }
+//!
+//! let store = HybridStore::builder("./data").open().await?;
+//! store.create_collection("voices", Some(VectorSpec::new(192, Metric::Cosine, Precision::F16)?)).await?;
+//! let voices = store.collection::<VoiceProfile>("voices")?;
+//! let embedding = vec![0.1; 192];
+//! voices.put_with("alice", &VoiceProfile { name: "Alice".into(), pitch_mean_hz: 212.0 },
+//!     WriteOptions::default().embedding(embedding.clone())).await?;
+//! let best = voices.search(&embedding, 1).await?;
+//! assert_eq!(best[0].key.as_str(), "alice");
+//! # Ok(()) }
+//! ```
+//!
+//! With a cloud URL, [`HybridStore::start_sync`] ships the outbox to PostgreSQL in the
+//! background and [`HybridStore::flush`] ships it now; without one, changes wait.
+//!
+//! This crate is a thin facade: it wires the layers (`hybridsync-store`,
+//! `hybridsync-vector`, `hybridsync-cloud`, `hybridsync-engine`, `hybridsync-telemetry`)
+//! and contains no sync logic of its own.
+#![forbid(unsafe_code)]
+
+mod config;
+mod store;
+
+pub use config::Config;
+pub use store::{
+    Collection, HybridStore, HybridStoreBuilder, RawCollection, Status, SyncMetrics, WriteOptions,
+};
+
+#[doc(inline)]
+pub use hybridsync_core::{CircuitState, SyncEvent};
+#[doc(inline)]
+pub use hybridsync_core::{
+    CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, Hlc, Key, Limits, Metric,
+    OutboxStats, Precision, Priority, Record, VectorHit as SearchHit, VectorSpec,
+};
+#[doc(inline)]
+pub use hybridsync_engine::{HotCacheStats, SyncConfig, SyncStatus};
+#[doc(inline)]
+pub use hybridsync_store::Durability;
+
+/// The layers, for users who compose them differently.
+pub mod layers {
+    #[doc(inline)]
+    pub use hybridsync_cloud as cloud;
+    #[doc(inline)]
+    pub use hybridsync_core as core;
+    #[doc(inline)]
+    pub use hybridsync_engine as engine;
+    #[doc(inline)]
+    pub use hybridsync_store as store;
+    #[doc(inline)]
+    pub use hybridsync_telemetry as telemetry;
+    #[doc(inline)]
+    pub use hybridsync_vector as vector;
+}
+
+#[cfg(feature = "prometheus")]
+#[doc(inline)]
+pub use hybridsync_telemetry::{DEFAULT_METRICS_ADDR, install_prometheus};
+
+/// Errors of the facade.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Refused input or a failure in a layer, as the layers report it.
+    #[error(transparent)]
+    Core(#[from] hybridsync_core::Error),
+    /// Opening the local store failed (corrupt file, newer schema, permissions, ...).
+    #[error(transparent)]
+    Store(#[from] hybridsync_store::Error),
+    /// The cloud sink refused its configuration or its schema.
+    #[error(transparent)]
+    Cloud(#[from] hybridsync_cloud::Error),
+    /// The operation needs a cloud and none is configured.
+    #[error("no cloud is configured (set cloud_url, HYBRIDSYNC_CLOUD_URL or --cloud-url)")]
+    NoCloud,
+}
+
+impl Error {
+    /// The store's error, if this is one, looking through the core wrapper.
+    pub fn as_store_error(&self) -> Option<&hybridsync_store::Error> {
+        match self {
+            Error::Store(e) => Some(e),
+            Error::Core(hybridsync_core::Error::Store(e)) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with the facade's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The local SQLite paths next to raw rusqlite on the same bytes: a cache-miss point
+//! read, a single durable write, and batched writes, under NORMAL and FULL.
+
+use crate::reads::{nanos, percentile};
+use crate::report::Row;
+use anyhow::Result;
+use hybridsync::{Durability, HybridStore, WriteOptions};
+use std::hint::black_box;
+use std::time::Instant;
+
+const ROWS: usize = 10_000;
+const PAYLOAD: usize = 256;
+
+fn raw_sqlite(dir: &std::path::Path, synchronous: &str) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(dir.join("raw.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t (key TEXT PRIMARY KEY, payload BLOB NOT NULL)",
+    )?;
+    Ok(conn)
+}
+
+pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
+    println!("local paths: {ROWS} rows of {PAYLOAD} B; {single_writes} single writes per mode");
+    let keys: Vec<String> = (0..ROWS).map(|i| format!("note-{i:06}")).collect();
+    let payload = vec![7u8; PAYLOAD];
+    let mut rows = Vec::new();
+
+    for (durability, synchronous) in [(Durability::Normal, "NORMAL"), (Durability::Full, "FULL")] {
+        let tmp = tempfile::tempdir()?;
+        // A one-entry hot cache: every read below is a miss served by SQLite.
+        let store = HybridStore::builder(tmp.path().join("ours"))
+            .durability(durability)
+            .hot_cache(1, usize::MAX)
+            .open()
+            .await?;
+        store.create_collection("notes", None).await?;
+        let raw = store.raw("notes")?;
+        let conn = raw_sqlite(tmp.path(), synchronous)?;
+
+        // Batched writes: 1,000 rows per transaction.
+        let started = Instant::now();
+        for chunk in keys.chunks(1_000) {
+            raw.put_many(
+                chunk
+                    .iter()
+                    .map(|k| (k.clone(), payload.clone(), WriteOptions::default()))
+                    .collect(),
+            )
+            .await?;
+        }
+        let ours_batch = ROWS as f64 / started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for chunk in keys.chunks(1_000) {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut insert =
+                    tx.prepare_cached("INSERT OR REPLACE INTO t (key, payload) VALUES (?1, ?2)")?;
+                for k in chunk {
+                    insert.execute(rusqlite::params![k, payload])?;
+                }
+            }
+            tx.commit()?;
+        }
+        let raw_batch = ROWS as f64 / started.elapsed().as_secs_f64();
+
+        // Single durable writes.
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for i in 0..single_writes {
+            let key = format!("single-{i}");
+            let started = Instant::now();
+            raw.put(&key, payload.clone(), WriteOptions::default())
+                .await?;
+            ours.push(started.elapsed());
+            let started = Instant::now();
+            conn.prepare_cached("INSERT OR REPLACE INTO t (key, payload) VALUES (?1, ?2)")?
+                .execute(rusqlite::params![key, payload])?;
+            base.push(started.elapsed());
+        }
+        let (o50, b50) = (percentile(&mut ours, 0.5), percentile(&mut base, 0.5));
+        let mode = synchronous.to_ascii_lowercase();
+        println!(
+            "  {mode}: batched {ours_batch:.0} vs {raw_batch:.0} rows/s; single p50 {:.1} vs {:.1} µs",
+            nanos(o50) / 1e3,
+            nanos(b50) / 1e3
+        );
+        rows.push(Row::throughput(
+            &format!("durable_write_batched_{mode}"),
+            ours_batch,
+            "rusqlite_tx_insert",
+            raw_batch,
+            ">= 0.5x",
+        ));
+        rows.push(Row::latency(
+            &format!("durable_write_single_p50_{mode}"),
+            nanos(o50),
+            "rusqlite_insert_p50",
+            nanos(b50),
+            "<= 5x",
+        ));
+
+        if durability == Durability::Normal {
+            // Cache-miss point reads.
+            let (mut ours, mut base) = (Vec::new(), Vec::new());
+            let mut select = conn.prepare_cached("SELECT payload FROM t WHERE key = ?1")?;
+            for i in 0..ROWS {
+                let key = &keys[(i * 7_919) % ROWS];
+                let started = Instant::now();
+                black_box(raw.get(key).await?);
+                ours.push(started.elapsed());
+                let started = Instant::now();
+                black_box(select.query_row([key], |row| row.get::<_, Vec<u8>>(0))?);
+                base.push(started.elapsed());
+            }
+            let misses = store.metrics().await?.cache_misses;
+            anyhow::ensure!(
+                misses as usize >= ROWS - 1,
+                "expected cache misses, got {misses}"
+            );
+            let (o50, b50) = (percentile(&mut ours, 0.5), percentile(&mut base, 0.5));
+            println!(
+                "  cache-miss read p50 {:.1} vs rusqlite {:.1} µs",
+                nanos(o50) / 1e3,
+                nanos(b50) / 1e3
+            );
+            rows.push(Row::latency(
+                "cache_miss_read_p50",
+                nanos(o50),
+                "rusqlite_point_read_p50",
+                nanos(b50),
+                "<= 3x",
+            ));
+        }
+        store.close().await;
+    }
+    Ok(rows)
+}

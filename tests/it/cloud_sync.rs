@@ -1,0 +1,354 @@
+//! The `hybridsync` binary against a real PostgreSQL: flush, status, serve, and a
+//! crash drill that kills the draining process with SIGKILL again and again.
+
+use crate::cli::binary;
+use hybridsync_testkit::{ShutdownMode, TempPostgres};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Cloud {
+    pg: TempPostgres,
+    data: tempfile::TempDir,
+}
+
+impl Cloud {
+    /// A server with the schema installed by `hybridsync cloud migrate` and a
+    /// non-owner role `app` for the sync.
+    fn new() -> Self {
+        let pg = TempPostgres::start().unwrap();
+        pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
+        let cloud = Self {
+            pg,
+            data: tempfile::tempdir().unwrap(),
+        };
+        let admin = cloud.pg.url("postgres");
+        cloud.ok_with(&admin, &["cloud", "migrate", "--grant", "app"]);
+        cloud.ok(&["collections", "create", "notes"]);
+        cloud
+    }
+
+    fn app_url(&self) -> String {
+        format!("postgres://app@127.0.0.1:{}/postgres", self.pg.port())
+    }
+
+    fn command(&self, url: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--cloud-url")
+            .arg(url)
+            .args(args);
+        cmd.env_remove("HYBRIDSYNC_DATA_DIR")
+            .env_remove("RUST_BACKTRACE");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(&self.app_url(), args).output().unwrap()
+    }
+
+    fn ok_with(&self, url: &str, args: &[&str]) -> String {
+        let out = self.command(url, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(&self.app_url(), args)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    /// Payloads in the cloud by key.
+    fn cloud_rows(&self) -> BTreeMap<String, String> {
+        let rows = self
+            .pg
+            .psql("postgres", "SELECT key || '=' || convert_from(payload, 'UTF8') FROM hs_records WHERE NOT tombstone")
+            .unwrap();
+        rows.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn flush_ships_the_outbox_and_status_reports_the_cloud() {
+    let cloud = Cloud::new();
+    for i in 0..3 {
+        cloud.ok(&[
+            "put",
+            "notes",
+            &format!("k{i}"),
+            "--json",
+            &format!("{{\"v\":{i}}}"),
+        ]);
+    }
+    let before = cloud.status();
+    assert_eq!(before["outbox"]["pending"], 3);
+    assert_eq!(before["cloud"]["configured"], true);
+    assert_eq!(before["cloud"]["reachable"], true);
+    assert_eq!(before["cloud"]["circuit"], "closed");
+    assert!(!before["cloud"]["url"].as_str().unwrap().is_empty());
+    assert_eq!(before["sync"]["last_sync_ms"], serde_json::Value::Null);
+
+    assert!(
+        cloud
+            .ok(&["flush", "--timeout", "30"])
+            .contains("nothing pending")
+    );
+    let after = cloud.status();
+    assert_eq!(after["outbox"]["pending"], 0);
+    assert_eq!(after["sync"]["synced_total"], 3);
+    assert!(after["sync"]["last_sync_ms"].as_u64().is_some());
+    assert_eq!(cloud.cloud_rows().len(), 3);
+    assert_eq!(cloud.cloud_rows()["k1"], "{\"v\":1}");
+}
+
+#[test]
+fn with_the_cloud_down_writes_and_status_still_answer_and_flush_reports_what_is_left() {
+    let cloud = Cloud::new();
+    cloud.pg.stop(ShutdownMode::Fast).unwrap();
+    let started = Instant::now();
+    cloud.ok(&["put", "notes", "offline", "--json", "{}"]);
+    let status = cloud.status();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "put and status must not hang on a dead cloud"
+    );
+    assert_eq!(status["cloud"]["reachable"], false);
+    assert_eq!(status["outbox"]["pending"], 1);
+    let out = cloud.run(&["flush", "--timeout", "1"]);
+    assert!(
+        !out.status.success(),
+        "flush must fail while the cloud is down"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cloud.pg.start_again().unwrap();
+    cloud.ok(&["flush", "--timeout", "30"]);
+    assert_eq!(cloud.cloud_rows()["offline"], "{}");
+}
+
+fn serve(cloud: &Cloud, metrics_port: u16) -> Child {
+    cloud
+        .command(
+            &cloud.app_url(),
+            &[
+                "serve",
+                "--sync-interval",
+                "0.2",
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn serve_drains_writes_from_other_processes_and_stops_cleanly_on_sigterm() {
+    let cloud = Cloud::new();
+    let port = hybridsync_testkit::free_port().unwrap();
+    let mut daemon = serve(&cloud, port);
+    for i in 0..5 {
+        cloud.ok(&["put", "notes", &format!("p{i}"), "--json", "{}"]);
+    }
+    wait_for(
+        "serve to drain the CLI's writes",
+        Duration::from_secs(30),
+        || cloud.cloud_rows().len() == 5,
+    );
+    let metrics = crate::metrics_endpoint::scrape(([127, 0, 0, 1], port).into());
+    assert!(
+        metrics.contains("hybridsync_records_synced_total"),
+        "{metrics}"
+    );
+    let pid = daemon.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "serve exited with {status}");
+}
+
+/// Jepsen-style set check: the draining process is SIGKILLed at random moments, many
+/// times, while writes keep being acknowledged. After a final flush every acknowledged
+/// write must be in PostgreSQL with its latest value: lost = acknowledged but absent = 0.
+#[test]
+fn no_acknowledged_write_is_lost_when_the_drainer_is_killed_repeatedly() {
+    let cloud = Cloud::new();
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    let mut seed = 0x2545_f491_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..12 {
+        let port = hybridsync_testkit::free_port().unwrap();
+        let mut daemon = serve(&cloud, port);
+        for write in 0..4 {
+            let key = format!("key{}", next() % 12); // overlapping keys: later values must win
+            let value = format!("{{\"round\":{round},\"write\":{write}}}");
+            if cloud
+                .run(&["put", "notes", &key, "--json", &value])
+                .status
+                .success()
+            {
+                acknowledged.insert(key, value);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(next() % 250));
+        daemon.kill().unwrap(); // SIGKILL, wherever it is
+        daemon.wait().unwrap();
+    }
+    cloud.ok(&["flush", "--timeout", "60"]);
+    let rows = cloud.cloud_rows();
+    let lost: Vec<&String> = acknowledged
+        .keys()
+        .filter(|k| !rows.contains_key(*k))
+        .collect();
+    let stale: Vec<&String> = acknowledged
+        .iter()
+        .filter(|(k, v)| rows.get(*k).is_some_and(|r| r != *v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    assert!(stale.is_empty(), "cloud holds an older value for {stale:?}");
+    assert!(
+        acknowledged.len() >= 8,
+        "the drill acknowledged too few writes to mean anything"
+    );
+    let status = cloud.status();
+    assert_eq!(
+        (
+            status["outbox"]["pending"].as_u64(),
+            status["outbox"]["in_flight"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn the_cloud_password_never_reaches_output_or_logs() {
+    let cloud = Cloud::new();
+    let url = format!(
+        "postgres://app:hunter2-secret@127.0.0.1:{}/no_such_database",
+        cloud.pg.port()
+    );
+    cloud.ok_with(&url, &["put", "notes", "k", "--json", "{}"]);
+    for args in [
+        &["status", "--json"][..],
+        &["status"],
+        &["flush", "--timeout", "1"],
+        &["queue", "stats"],
+    ] {
+        let out = cloud
+            .command(&url, args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains("hunter2"),
+            "{args:?} printed the password:\n{all}"
+        );
+        assert!(!all.is_empty());
+    }
+    let status: serde_json::Value = serde_json::from_slice(
+        &cloud
+            .command(&url, &["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        status["cloud"]["url"],
+        format!(
+            "postgres://app:***@127.0.0.1:{}/no_such_database",
+            cloud.pg.port()
+        )
+    );
+    assert_eq!(status["cloud"]["reachable"], false);
+}
+
+#[test]
+fn devices_register_list_and_deregister_and_sync_marks_them_seen() {
+    let cloud = Cloud::new();
+    let out = cloud.ok(&["devices", "register", "kitchen tablet"]);
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    let listed = cloud.ok(&["devices", "list"]);
+    assert!(
+        listed.contains(&id)
+            && listed.contains("kitchen tablet")
+            && listed.contains("(this device)"),
+        "{listed}"
+    );
+    let seen = |listing: &str| -> u64 {
+        listing
+            .split("last seen ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = seen(&listed);
+    std::thread::sleep(Duration::from_millis(20));
+    cloud.ok(&["put", "notes", "k", "--json", "{}"]);
+    cloud.ok(&["flush", "--timeout", "30"]);
+    assert!(
+        seen(&cloud.ok(&["devices", "list"])) > before,
+        "a sync updates last-seen"
+    );
+    assert!(
+        cloud
+            .ok(&["devices", "deregister", &id])
+            .contains("deregistered")
+    );
+    assert!(!cloud.ok(&["devices", "list"]).contains(&id));
+    let out = cloud.run(&["devices", "deregister", &id]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no device"));
+    let out = cloud.run(&["devices", "deregister", "not-hex"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid device id"));
+}

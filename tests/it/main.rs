@@ -1,0 +1,9 @@
+//! End-to-end tests of hybridsync: the `hybridsync` binary as a user runs it, the
+//! facade over real SQLite and usearch, the throwaway servers of the test kit, and the
+//! Prometheus endpoint. One test binary, modules by area.
+
+mod cli;
+mod cloud_sync;
+mod metrics_endpoint;
+mod pool_pressure;
+mod testkit;

@@ -1,0 +1,80 @@
+//! `cargo xtask test`: formatting, lints, tidy, and every test of the workspace.
+//!
+//! The tests start what they need themselves (throwaway PostgreSQL and Redis from the
+//! installed binaries, via `hybridsync-testkit`); this only checks those binaries exist
+//! so a missing install fails early with a clear message.
+
+use crate::project_root;
+use anyhow::{Context, Result, bail};
+use std::process::Command;
+use std::time::Instant;
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(project_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    eprintln!("  ok in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn check_prerequisites() -> Result<()> {
+    let pg = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").exists());
+    if !pg && std::env::var_os("HYBRIDSYNC_PG_BIN").is_none() {
+        bail!(
+            "PostgreSQL server binaries not found (apt-get install postgresql, or set HYBRIDSYNC_PG_BIN)"
+        );
+    }
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!("redis-server not found (apt-get install redis-server)");
+    }
+    Ok(())
+}
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    check_prerequisites()?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    crate::tidy::run()?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The end-to-end tests run the `hybridsync` binary; `cargo test` builds a package's
+    // binaries only for that package's own integration tests, so build it explicitly.
+    cargo(&[
+        "build",
+        "--locked",
+        "-p",
+        "hybridsync-cli",
+        "--bin",
+        "hybridsync",
+    ])?;
+    let mut test = vec!["test", "--workspace", "--locked", "--no-fail-fast"];
+    test.extend(args.iter().map(String::as_str));
+    cargo(&test)?;
+    eprintln!(
+        "cargo xtask test: all green in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
