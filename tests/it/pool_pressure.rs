@@ -74,23 +74,33 @@ async fn slot_exhaustion_terminated_backends_and_restarts_never_break_the_cap_or
     let notes = store.raw("notes").unwrap();
     store.start_sync().await.unwrap();
 
-    // Fill every non-superuser slot. Our pool may already hold one (min_connections),
-    // in which case one hog is refused: what matters is that no slot is left.
-    let mut hogs: Vec<Child> = (0..5).map(|_| hog(&pg)).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pg
-        .psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
-        )
-        .unwrap()
-        != "5"
-    {
+    // Fill every non-superuser slot. Our pool holds some of them (between min and max
+    // connections, changing as it works), so hogs that were refused are replaced until
+    // no slot is left.
+    let mut hogs: Vec<Child> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let taken: usize = pg
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+            )
+            .unwrap()
+            .parse()
+            .unwrap();
+        if taken >= 5 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the non-superuser slots never filled up"
+            "the non-superuser slots never filled up ({taken} of 5)"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        hogs.retain_mut(|h| matches!(h.try_wait(), Ok(None)));
+        let ours = our_connections(&pg) as usize;
+        for _ in (hogs.len() + ours)..5 {
+            hogs.push(hog(&pg));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     let mut max_seen = 0;
