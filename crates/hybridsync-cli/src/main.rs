@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod replicate;
 mod serve;
 mod stats;
 
@@ -80,6 +81,22 @@ enum Command {
         /// Seconds between drains when no write nudges one
         #[arg(long)]
         sync_interval: Option<f64>,
+        /// Seconds between two-way syncs of every collection (0 turns auto-sync off)
+        #[arg(long, default_value_t = 30.0)]
+        auto_sync: f64,
+    },
+    /// Push every local record and collection definition to the cloud (one-way backup)
+    Seed(replicate::Selection),
+    /// Pull every remote record (and collection definition) into this store; resumes
+    /// where an interrupted run stopped
+    Hydrate(replicate::Selection),
+    /// Pull remote changes (settling conflicts), then push local ones
+    Sync {
+        #[command(flatten)]
+        selection: replicate::Selection,
+        /// Conflict strategy: newest (by version), local or remote
+        #[arg(long, default_value = "newest", value_parser = replicate::parse_strategy)]
+        strategy: hybridsync::Strategy,
     },
     /// Ship the outbox to the cloud now; fails if anything is left when the timeout passes
     Flush {
@@ -115,6 +132,11 @@ enum QueueCommand {
     RetryFailed,
     /// Delete failed entries (their changes will never reach the cloud)
     ClearFailed,
+    /// Delete shipped entries older than the given age (history only)
+    ClearDone {
+        #[arg(long, default_value_t = 24.0)]
+        older_than_hours: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +366,24 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 store.clear_failed().await?
             )
         }
+        Command::Seed(selection) => {
+            replicate::run(store, replicate::Operation::Seed, selection).await?
+        }
+        Command::Hydrate(selection) => {
+            replicate::run(store, replicate::Operation::Hydrate, selection).await?
+        }
+        Command::Sync {
+            selection,
+            strategy,
+        } => replicate::run(store, replicate::Operation::Sync(*strategy), selection).await?,
+        Command::Queue(QueueCommand::ClearDone { older_than_hours }) => {
+            let age = std::time::Duration::try_from_secs_f64(older_than_hours * 3600.0)
+                .context("--older-than-hours")?;
+            println!(
+                "cleared {} shipped entries older than {older_than_hours} h",
+                store.clear_completed(age).await?
+            );
+        }
         Command::Flush { timeout } => {
             store
                 .verify_cloud_schema()
@@ -381,7 +421,15 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             }
             println!("deregistered {id}");
         }
-        Command::Serve { metrics_addr, .. } => serve::run(store.clone(), *metrics_addr).await?,
+        Command::Serve {
+            metrics_addr,
+            auto_sync,
+            ..
+        } => {
+            let auto_sync =
+                std::time::Duration::try_from_secs_f64(*auto_sync).context("--auto-sync")?;
+            serve::run(store.clone(), *metrics_addr, auto_sync).await?
+        }
         Command::Demo(_) | Command::Cloud(_) => unreachable!("handled before opening the store"),
     }
     Ok(())

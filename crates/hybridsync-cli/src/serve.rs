@@ -7,7 +7,11 @@ use std::time::Duration;
 /// How long shutdown may spend shipping what is left.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
-pub(crate) async fn run(store: HybridStore, metrics_addr: std::net::SocketAddr) -> Result<()> {
+pub(crate) async fn run(
+    store: HybridStore,
+    metrics_addr: std::net::SocketAddr,
+    auto_sync: Duration,
+) -> Result<()> {
     hybridsync::install_prometheus(metrics_addr)?;
     if store.cloud_configured() {
         if let Err(e) = store.verify_cloud_schema().await {
@@ -15,6 +19,11 @@ pub(crate) async fn run(store: HybridStore, metrics_addr: std::net::SocketAddr) 
             tracing::warn!(error = %e, "cloud not ready; the drain will keep retrying");
         }
         store.start_sync().await?;
+        if !auto_sync.is_zero() {
+            store
+                .start_auto_sync(auto_sync, hybridsync::Strategy::NewestWins)
+                .await?;
+        }
         eprintln!(
             "serving: draining the outbox to {}; metrics on http://{metrics_addr}/metrics",
             store.status().await?.cloud.unwrap_or_default()

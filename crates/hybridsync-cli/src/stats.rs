@@ -56,6 +56,7 @@ pub(crate) fn status_json(
             "last_sync_ms": status.outbox.last_shipped_ms,
             "synced_total": status.outbox.done,
             "failed_total": status.outbox.failed,
+            "history": status.history,
         },
     })
 }
@@ -93,10 +94,7 @@ pub(crate) fn status_text(
         .outbox
         .last_shipped_ms
         .map_or("never".to_owned(), |ms| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
+            format!("{:.1} s ago", now_ms().saturating_sub(ms) as f64 / 1000.0)
         });
     let _ = writeln!(out, "last sync  {last}");
     let _ = writeln!(
@@ -106,6 +104,25 @@ pub(crate) fn status_text(
     );
     for (priority, n) in &status.outbox.by_priority {
         let _ = writeln!(out, "           {priority:<9} {n}");
+    }
+    if !status.history.is_empty() {
+        let _ = writeln!(out, "history");
+        for h in &status.history {
+            let outcome = h.error.as_deref().unwrap_or("ok");
+            let _ = writeln!(
+                out,
+                "  {:>6.1} min ago  {:<8} {} pushed, {} pulled, {} conflicts, {} ms: {outcome}",
+                now_ms().saturating_sub(h.started_ms) as f64 / 60_000.0,
+                serde_json::to_value(h.operation)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                h.pushed,
+                h.pulled,
+                h.conflicts,
+                h.duration_ms
+            );
+        }
     }
     let _ = writeln!(out, "collections");
     for c in &status.collections {
@@ -123,6 +140,12 @@ pub(crate) fn status_text(
         );
     }
     out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// p50 and p99 of `samples`.

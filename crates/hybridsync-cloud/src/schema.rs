@@ -8,20 +8,30 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
 pub(crate) const MIGRATIONS_TABLE: &str = "_hybridsync_migrations";
 
 fn migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        sqlx::SqlStr::from_static(include_str!("../migrations/0001_init.sql")),
-        false,
-    )]);
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sqlx::SqlStr::from_static(sql),
+            false,
+        )
+    };
+    let mut migrator = Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../migrations/0001_init.sql")),
+        migration(
+            2,
+            "collections",
+            include_str!("../migrations/0002_collections.sql"),
+        ),
+    ]);
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
     migrator
 }
@@ -64,7 +74,7 @@ pub async fn migrate(admin_url: &hybridsync_core::CloudUrl, app_role: Option<&st
     migrator().run(&pool).await?;
     if let Some(role) = app_role {
         let grants = format!(
-            "GRANT SELECT, INSERT, UPDATE ON hs_records, hs_devices TO {role};\n\
+            "GRANT SELECT, INSERT, UPDATE ON hs_records, hs_devices, hs_collections TO {role};\n\
              GRANT DELETE ON hs_devices TO {role};\n\
              GRANT USAGE ON SEQUENCE hs_change_seq TO {role};\n\
              GRANT SELECT ON {MIGRATIONS_TABLE} TO {role};"

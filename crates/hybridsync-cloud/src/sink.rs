@@ -3,8 +3,8 @@
 use crate::schema::{SCHEMA_VERSION, applied_version};
 use crate::{Error, Result};
 use hybridsync_core::{
-    ChangeBatch, ChangeCursor, CloudSink, CloudUrl, CollectionName, ContentHash, DeviceId,
-    DeviceInfo, Hlc, Key, Record,
+    ChangeBatch, ChangeCursor, CloudSink, CloudUrl, CollectionName, CollectionSpec, ContentHash,
+    DeviceId, DeviceInfo, Hlc, Key, Record, VectorSpec,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -31,6 +31,9 @@ pub struct CloudOptions {
     pub idle_timeout: Duration,
     /// Shown in `pg_stat_activity`, so operators (and tests) can count our connections.
     pub application_name: String,
+    /// A row stamped further than this ahead of the server's clock is refused, so a
+    /// device whose clock runs far ahead cannot pin a key for everyone.
+    pub max_drift: Duration,
 }
 
 impl CloudOptions {
@@ -46,6 +49,9 @@ impl CloudOptions {
             statement_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             application_name: "hybridsync".into(),
+            max_drift: Duration::from_millis(
+                hybridsync_core::HlcClock::<hybridsync_core::SystemClock>::DEFAULT_MAX_DRIFT_MS,
+            ),
         }
     }
 }
@@ -59,6 +65,7 @@ pub struct PostgresSink {
     pool: PgPool,
     tenant: String,
     max_connections: u32,
+    max_drift_ms: i64,
     load: Mutex<VecDeque<f64>>,
 }
 
@@ -100,6 +107,7 @@ impl PostgresSink {
             pool,
             tenant: tenant.to_owned(),
             max_connections: options.max_connections,
+            max_drift_ms: options.max_drift.as_millis().min(i64::MAX as u128) as i64,
             load: Mutex::new(VecDeque::new()),
         })
     }
@@ -146,13 +154,22 @@ impl PostgresSink {
     /// A transaction scoped to our tenant. `set_config(..., true)` is transaction-local,
     /// so the tenant is gone when the connection returns to the pool.
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.begin_clocked().await?.0)
+    }
+
+    /// [`Self::begin`], also returning the server's clock (ms since the epoch), read in
+    /// the same round trip.
+    async fn begin_clocked(&self) -> Result<(Transaction<'static, Postgres>, i64)> {
         self.sample_load();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('hybridsync.tenant', $1, true)")
-            .bind(&self.tenant)
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        let server_ms: i64 = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
+             FROM (SELECT set_config('hybridsync.tenant', $1, true)) AS tenant",
+        )
+        .bind(&self.tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok((tx, server_ms))
     }
 
     /// Checks that the server's hybridsync schema is the one this build expects.
@@ -182,7 +199,23 @@ impl PostgresSink {
         } else {
             records
         };
-        let mut tx = self.begin().await?;
+        let (mut tx, server_ms) = self.begin_clocked().await?;
+        let limit_ms = server_ms.saturating_add(self.max_drift_ms);
+        if let Some(ahead) = records
+            .iter()
+            .find(|r| r.version.physical_ms.min(i64::MAX as u64) as i64 > limit_ms)
+        {
+            return Err(Error::Rejected {
+                code: "clock".into(),
+                message: format!(
+                    "{}/{} is stamped {} ms ahead of the server clock (limit {} ms); check that device's clock",
+                    ahead.collection,
+                    ahead.key,
+                    ahead.version.physical_ms as i64 - server_ms,
+                    self.max_drift_ms
+                ),
+            });
+        }
         // One statement per batch; the WHERE clause makes the upsert monotone.
         let applied = sqlx::query(
             "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash)
@@ -243,6 +276,62 @@ impl PostgresSink {
             next = encode_cursor(row.try_get::<i64, _>(7)? as u64, row.try_get(8)?);
         }
         Ok(ChangeBatch { records, next })
+    }
+
+    async fn count_rows(&self, collection: &CollectionName) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM hs_records WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1",
+        )
+        .bind(collection.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(count as u64)
+    }
+
+    /// Publishes collection specs in one transaction; any name known with another spec
+    /// rolls it all back.
+    async fn publish(&self, specs: &[CollectionSpec]) -> Result<()> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let (dims, metrics, precisions) = spec_columns(specs);
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO hs_collections (tenant, name, dim, metric, precision)
+             SELECT current_setting('hybridsync.tenant'), * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[])
+             ON CONFLICT (tenant, name) DO NOTHING",
+        )
+        .bind(specs.iter().map(|s| s.name.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(dims)
+        .bind(metrics)
+        .bind(precisions)
+        .execute(&mut *tx)
+        .await?;
+        let known = read_specs(&mut tx).await?;
+        for spec in specs {
+            if let Some(other) = known.iter().find(|k| k.name == spec.name && *k != spec) {
+                return Err(Error::Rejected {
+                    code: "spec".into(),
+                    message: format!(
+                        "collection {} exists in the cloud with another spec ({}), not {}",
+                        spec.name,
+                        describe(other),
+                        describe(spec)
+                    ),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn specs(&self) -> Result<Vec<CollectionSpec>> {
+        let mut tx = self.begin().await?;
+        let specs = read_specs(&mut tx).await?;
+        tx.commit().await?;
+        Ok(specs)
     }
 
     async fn register(&self, id: DeviceId, name: &str) -> Result<()> {
@@ -308,6 +397,67 @@ impl PostgresSink {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+type SpecColumns = (Vec<Option<i32>>, Vec<Option<String>>, Vec<Option<String>>);
+
+fn spec_columns(specs: &[CollectionSpec]) -> SpecColumns {
+    let vector = |f: &dyn Fn(&VectorSpec) -> String| {
+        specs
+            .iter()
+            .map(|s| s.vector.as_ref().map(f))
+            .collect::<Vec<_>>()
+    };
+    (
+        specs
+            .iter()
+            .map(|s| s.vector.map(|v| v.dim.min(i32::MAX as usize) as i32))
+            .collect(),
+        vector(&|v| v.metric.as_str().to_owned()),
+        vector(&|v| v.precision.as_str().to_owned()),
+    )
+}
+
+fn describe(spec: &CollectionSpec) -> String {
+    match &spec.vector {
+        None => "no vectors".into(),
+        Some(v) => format!("{}-D {} {}", v.dim, v.metric, v.precision),
+    }
+}
+
+async fn read_specs(tx: &mut Transaction<'static, Postgres>) -> Result<Vec<CollectionSpec>> {
+    let rows = sqlx::query(
+        "SELECT name, dim, metric, precision FROM hs_collections
+         WHERE tenant = current_setting('hybridsync.tenant') ORDER BY name",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let bad = |e: hybridsync_core::Error| Error::BadRow(e.to_string());
+            let name = CollectionName::new(row.try_get::<String, _>(0)?).map_err(bad)?;
+            let dim: Option<i32> = row.try_get(1)?;
+            let metric: Option<String> = row.try_get(2)?;
+            let precision: Option<String> = row.try_get(3)?;
+            let vector = match (dim, metric, precision) {
+                (None, None, None) => None,
+                (Some(dim), Some(metric), Some(precision)) => Some(
+                    VectorSpec::new(
+                        dim.max(0) as usize,
+                        metric.parse().map_err(bad)?,
+                        precision.parse().map_err(bad)?,
+                    )
+                    .map_err(bad)?,
+                ),
+                _ => {
+                    return Err(Error::BadRow(format!(
+                        "collection {name}: partial vector spec"
+                    )));
+                }
+            };
+            Ok(CollectionSpec { name, vector })
+        })
+        .collect()
 }
 
 fn has_duplicate_keys(records: &[Record]) -> bool {
@@ -415,6 +565,18 @@ impl CloudSink for PostgresSink {
         limit: usize,
     ) -> hybridsync_core::Result<ChangeBatch> {
         Ok(self.changes(collection, cursor, limit).await?)
+    }
+
+    async fn count(&self, collection: &CollectionName) -> hybridsync_core::Result<u64> {
+        Ok(self.count_rows(collection).await?)
+    }
+
+    async fn publish_collections(&self, specs: &[CollectionSpec]) -> hybridsync_core::Result<()> {
+        Ok(self.publish(specs).await?)
+    }
+
+    async fn remote_collections(&self) -> hybridsync_core::Result<Vec<CollectionSpec>> {
+        Ok(self.specs().await?)
     }
 
     async fn health_check(&self) -> hybridsync_core::Result<()> {

@@ -60,3 +60,22 @@ pub fn resolve(conflict: Conflict<'_>, resolver: &dyn ConflictResolver) -> Resol
     }
     resolver.resolve(conflict)
 }
+
+/// Which side a settled conflict kept, for reports and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolutionKind {
+    KeepLocal,
+    KeepRemote,
+    Merged,
+}
+
+impl From<&Resolution> for ResolutionKind {
+    fn from(resolution: &Resolution) -> Self {
+        match resolution {
+            Resolution::KeepLocal => Self::KeepLocal,
+            Resolution::KeepRemote => Self::KeepRemote,
+            Resolution::Merged { .. } => Self::Merged,
+        }
+    }
+}

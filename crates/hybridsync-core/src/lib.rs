@@ -17,12 +17,13 @@ mod limits;
 mod name;
 mod priority;
 mod record;
+mod replication;
 mod secret;
 mod traits;
 mod vector;
 
 pub use codec::{decode_payload, encode_payload};
-pub use conflict::{Conflict, ConflictResolver, Resolution, Strategy, resolve};
+pub use conflict::{Conflict, ConflictResolver, Resolution, ResolutionKind, Strategy, resolve};
 pub use error::{BoxError, Error, Result};
 pub use event::{CircuitState, SyncEvent, SyncOperation};
 pub use hash::ContentHash;
@@ -31,6 +32,7 @@ pub use limits::Limits;
 pub use name::{CollectionName, Key};
 pub use priority::Priority;
 pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
+pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
 pub use secret::CloudUrl;
 pub use traits::{
     ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, LocalStore, OutboxEntry, OutboxOutcome,

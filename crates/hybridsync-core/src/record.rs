@@ -121,19 +121,49 @@ impl WriteRequest {
     /// Validates the request against its collection's spec and `limits`:
     /// payload size, embedding presence, dimension and finiteness.
     pub fn validate(&self, spec: &CollectionSpec, limits: &crate::Limits) -> crate::Result<()> {
-        limits.check_payload(&self.payload)?;
-        if self.key.as_str().len() > limits.max_key_bytes {
-            return Err(crate::Error::InvalidKey {
-                len: self.key.as_str().len(),
-                reason: "longer than the key limit",
-            });
-        }
-        match (&spec.vector, &self.embedding) {
-            (_, None) => Ok(()),
-            (None, Some(_)) => Err(crate::Error::EmbeddingNotAllowed {
-                collection: self.collection.to_string(),
-            }),
-            (Some(vector), Some(embedding)) => vector.validate(self.collection.as_str(), embedding),
-        }
+        validate_content(
+            spec,
+            limits,
+            &self.key,
+            &self.payload,
+            self.embedding.as_deref(),
+        )
+    }
+}
+
+impl Record {
+    /// Checks a record from elsewhere (the cloud) against this store's spec and limits,
+    /// exactly as a local write is checked.
+    pub fn validate(&self, spec: &CollectionSpec, limits: &crate::Limits) -> crate::Result<()> {
+        validate_content(
+            spec,
+            limits,
+            &self.key,
+            &self.payload,
+            self.embedding.as_deref(),
+        )
+    }
+}
+
+fn validate_content(
+    spec: &CollectionSpec,
+    limits: &crate::Limits,
+    key: &Key,
+    payload: &[u8],
+    embedding: Option<&[f32]>,
+) -> crate::Result<()> {
+    limits.check_payload(payload)?;
+    if key.as_str().len() > limits.max_key_bytes {
+        return Err(crate::Error::InvalidKey {
+            len: key.as_str().len(),
+            reason: "longer than the key limit",
+        });
+    }
+    match (&spec.vector, embedding) {
+        (_, None) => Ok(()),
+        (None, Some(_)) => Err(crate::Error::EmbeddingNotAllowed {
+            collection: spec.name.to_string(),
+        }),
+        (Some(vector), Some(embedding)) => vector.validate(spec.name.as_str(), embedding),
     }
 }

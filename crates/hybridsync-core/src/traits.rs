@@ -2,7 +2,8 @@
 //! each layer can be tested alone and swapped.
 
 use crate::{
-    CollectionName, CollectionSpec, Key, Priority, Record, Result, WriteReceipt, WriteRequest,
+    ApplyOutcome, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, Key, Priority,
+    Record, Result, WriteReceipt, WriteRequest,
 };
 use std::collections::BTreeMap;
 
@@ -102,6 +103,39 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn retry_failed(&self) -> Result<u64>;
     /// Deletes failed entries (explicitly dropping them); returns how many.
     async fn clear_failed(&self) -> Result<u64>;
+    /// Deletes shipped (done) outbox entries last updated before `before_ms` (ms since
+    /// the epoch); returns how many.
+    async fn clear_done(&self, before_ms: u64) -> Result<u64>;
+
+    /// Up to `limit` records after `after` in key order, tombstones included (what a
+    /// seed pushes).
+    async fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>>;
+    /// Records in a collection, tombstones included.
+    async fn count_all(&self, collection: &CollectionName) -> Result<u64>;
+    /// Where this store's pull of `collection` stands in the cloud's change feed.
+    async fn cursor(&self, collection: &CollectionName) -> Result<ChangeCursor>;
+    /// Applies a page of remote changes and moves the collection's cursor to `next`, in
+    /// one transaction. A remote row replaces the local one only if it is newer; a
+    /// remote row meeting a pending local change is a conflict, settled with
+    /// [`crate::resolve`] and `resolver`, and a result that must win everywhere is
+    /// written as a new local version (queued for the cloud). Applied remote rows are
+    /// never queued for the cloud (no echo).
+    async fn apply_remote(
+        &self,
+        collection: &CollectionName,
+        records: Vec<Record>,
+        next: &ChangeCursor,
+        resolver: &dyn ConflictResolver,
+    ) -> Result<ApplyOutcome>;
+    /// Appends to the sync history (the newest 1,000 entries are kept).
+    async fn record_history(&self, entry: &HistoryEntry) -> Result<()>;
+    /// The newest `limit` history entries, newest first.
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
 }
 
 /// One search result.
@@ -186,6 +220,13 @@ pub trait CloudSink: Send + Sync + 'static {
         cursor: &ChangeCursor,
         limit: usize,
     ) -> Result<ChangeBatch>;
+    /// Records (tombstones included) the cloud holds for a collection.
+    async fn count(&self, collection: &CollectionName) -> Result<u64>;
+    /// Publishes collection definitions. A name the cloud already knows with another
+    /// spec is refused (permanent error) and nothing is published.
+    async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()>;
+    /// Every collection definition the cloud knows for this tenant.
+    async fn remote_collections(&self) -> Result<Vec<CollectionSpec>>;
     /// A cheap round trip that proves the cloud is reachable.
     async fn health_check(&self) -> Result<()>;
     /// Registers (or renames) a device of this tenant; marks it seen now.

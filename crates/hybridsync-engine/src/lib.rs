@@ -13,11 +13,13 @@
 mod breaker;
 mod local;
 mod memory_sink;
+mod replicate;
 mod sync;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Transition, retry_delay};
 pub use local::{Engine, EngineConfig, LocalStatus, SearchOptions};
 pub use memory_sink::MemorySink;
+pub use replicate::{Progress, Replicator, SyncReport, no_progress};
 pub use sync::{DrainReport, SyncConfig, SyncHandle, SyncStatus, Syncer};
 
 pub use hybridsync_vector::{HotCache, HotCacheStats};

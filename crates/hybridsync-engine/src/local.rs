@@ -183,7 +183,14 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         self.apply_soft_caps(&mut requests).await?;
         let receipts = self.store.write(requests).await?;
         self.nudge.notify_one();
-        for receipt in &receipts {
+        self.reflect(&receipts)?;
+        metrics::histogram!(catalogue::WRITE_LATENCY).record(started.elapsed().as_secs_f64());
+        Ok(receipts)
+    }
+
+    /// Brings the vector index and the hot cache up to committed changes.
+    fn reflect(&self, receipts: &[WriteReceipt]) -> Result<()> {
+        for receipt in receipts {
             let record = &receipt.record;
             if self
                 .spec(&record.collection)
@@ -201,8 +208,29 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             }
             self.hot.insert(Arc::new(record.clone()));
         }
-        metrics::histogram!(catalogue::WRITE_LATENCY).record(started.elapsed().as_secs_f64());
-        Ok(receipts)
+        Ok(())
+    }
+
+    /// Applies a page of remote changes (see [`LocalStore::apply_remote`]), then updates
+    /// the index and the hot cache. Conflict results written as new local versions
+    /// nudge the drain.
+    pub async fn apply_remote(
+        &self,
+        collection: &CollectionName,
+        records: Vec<Record>,
+        next: &hybridsync_core::ChangeCursor,
+        resolver: &dyn hybridsync_core::ConflictResolver,
+    ) -> Result<hybridsync_core::ApplyOutcome> {
+        self.require_spec(collection).await?;
+        let outcome = self
+            .store
+            .apply_remote(collection, records, next, resolver)
+            .await?;
+        self.reflect(&outcome.changed)?;
+        if outcome.changed.len() > outcome.applied {
+            self.nudge.notify_one();
+        }
+        Ok(outcome)
     }
 
     /// One put.

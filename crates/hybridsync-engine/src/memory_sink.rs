@@ -3,8 +3,8 @@
 //! change feed in commit order.
 
 use hybridsync_core::{
-    ChangeBatch, ChangeCursor, CloudSink, CollectionName, DeviceId, DeviceInfo, Error, Key, Record,
-    Result,
+    ChangeBatch, ChangeCursor, CloudSink, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
+    Error, Key, Record, Result,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -15,6 +15,7 @@ struct State {
     rows: BTreeMap<(CollectionName, Key), (u64, Record)>,
     next_seq: u64,
     devices: BTreeMap<DeviceId, DeviceInfo>,
+    collections: BTreeMap<CollectionName, CollectionSpec>,
 }
 
 fn now_ms() -> u64 {
@@ -179,6 +180,38 @@ impl CloudSink for MemorySink {
             records: changes.into_iter().map(|(_, r)| r).collect(),
             next,
         })
+    }
+
+    async fn count(&self, collection: &CollectionName) -> Result<u64> {
+        self.gate()?;
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(state.rows.keys().filter(|(c, _)| c == collection).count() as u64)
+    }
+
+    async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()> {
+        self.gate()?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(spec) = specs.iter().find(|s| {
+            state
+                .collections
+                .get(&s.name)
+                .is_some_and(|known| known != *s)
+        }) {
+            return Err(Error::Cloud {
+                retryable: false,
+                source: format!("collection {} exists with another spec", spec.name).into(),
+            });
+        }
+        for spec in specs {
+            state.collections.insert(spec.name.clone(), spec.clone());
+        }
+        Ok(())
+    }
+
+    async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
+        self.gate()?;
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(state.collections.values().cloned().collect())
     }
 
     async fn health_check(&self) -> Result<()> {

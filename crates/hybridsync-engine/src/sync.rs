@@ -167,7 +167,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         &self.sink
     }
 
-    fn emit(&self, event: SyncEvent) {
+    pub(crate) fn emit(&self, event: SyncEvent) {
         let _ = self.events.send(event);
     }
 
@@ -584,6 +584,10 @@ pub struct SyncHandle {
 }
 
 impl SyncHandle {
+    pub(crate) fn new(stop: watch::Sender<bool>, tasks: Vec<JoinHandle<()>>) -> Self {
+        Self { stop, tasks }
+    }
+
     /// Stops the loops and waits for them to finish their current pass.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

@@ -13,6 +13,7 @@ mod error;
 mod open;
 mod outbox;
 mod rows;
+mod sync_state;
 mod write;
 
 pub use error::{Error, Result};

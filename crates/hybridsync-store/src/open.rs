@@ -108,6 +108,11 @@ fn migrator() -> Migrator {
             "outbox claims",
             include_str!("../migrations/0002_outbox_claims.sql"),
         ),
+        migration(
+            3,
+            "sync state",
+            include_str!("../migrations/0003_sync_state.sql"),
+        ),
     ]);
     migrator.set_locking(false);
     migrator

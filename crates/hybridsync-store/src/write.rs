@@ -130,7 +130,7 @@ impl SqliteStore {
 
     /// The spec of a known collection, rereading the catalogue once in case another
     /// process created it since we loaded it.
-    async fn require_spec(&self, collection: &CollectionName) -> Result<CollectionSpec> {
+    pub(crate) async fn require_spec(&self, collection: &CollectionName) -> Result<CollectionSpec> {
         if let Some(spec) = self.spec(collection) {
             return Ok(spec);
         }
@@ -448,5 +448,53 @@ impl LocalStore for SqliteStore {
 
     async fn clear_failed(&self) -> hybridsync_core::Result<u64> {
         Ok(self.clear_all_failed().await?)
+    }
+
+    async fn clear_done(&self, before_ms: u64) -> hybridsync_core::Result<u64> {
+        Ok(self.clear_done_before(before_ms).await?)
+    }
+
+    async fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> hybridsync_core::Result<Vec<Record>> {
+        Ok(self.scan_all(collection, after, limit).await?)
+    }
+
+    async fn count_all(&self, collection: &CollectionName) -> hybridsync_core::Result<u64> {
+        Ok(self.count_records(collection).await?)
+    }
+
+    async fn cursor(
+        &self,
+        collection: &CollectionName,
+    ) -> hybridsync_core::Result<hybridsync_core::ChangeCursor> {
+        Ok(self.load_cursor(collection).await?)
+    }
+
+    async fn apply_remote(
+        &self,
+        collection: &CollectionName,
+        records: Vec<Record>,
+        next: &hybridsync_core::ChangeCursor,
+        resolver: &dyn hybridsync_core::ConflictResolver,
+    ) -> hybridsync_core::Result<hybridsync_core::ApplyOutcome> {
+        Ok(self.apply(collection, records, next, resolver).await?)
+    }
+
+    async fn record_history(
+        &self,
+        entry: &hybridsync_core::HistoryEntry,
+    ) -> hybridsync_core::Result<()> {
+        Ok(self.append_history(entry).await?)
+    }
+
+    async fn history(
+        &self,
+        limit: usize,
+    ) -> hybridsync_core::Result<Vec<hybridsync_core::HistoryEntry>> {
+        Ok(self.load_history(limit).await?)
     }
 }

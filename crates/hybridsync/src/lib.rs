@@ -39,14 +39,17 @@ pub use store::{
 };
 
 #[doc(inline)]
-pub use hybridsync_core::{CircuitState, SyncEvent};
+pub use hybridsync_core::{
+    CircuitState, Conflict, ConflictResolver, HistoryEntry, Resolution, Strategy, SyncEvent,
+    SyncOperation,
+};
 #[doc(inline)]
 pub use hybridsync_core::{
     CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, Hlc, Key, Limits, Metric,
     OutboxStats, Precision, Priority, Record, VectorHit as SearchHit, VectorSpec,
 };
 #[doc(inline)]
-pub use hybridsync_engine::{HotCacheStats, SyncConfig, SyncStatus};
+pub use hybridsync_engine::{HotCacheStats, SyncConfig, SyncReport, SyncStatus};
 #[doc(inline)]
 pub use hybridsync_store::Durability;
 

@@ -3,11 +3,13 @@
 use crate::{Config, Result};
 use hybridsync_cloud::{CloudOptions, PostgresSink};
 use hybridsync_core::{
-    Clock, CloudUrl, CollectionName, CollectionSpec, DeviceId, Hlc, Key, Limits, OutboxStats,
-    Priority, VectorHit, VectorSpec, WriteRequest, decode_payload, encode_payload,
+    Clock, CloudUrl, CollectionName, CollectionSpec, DeviceId, HistoryEntry, Hlc, Key, Limits,
+    OutboxStats, Priority, Strategy, VectorHit, VectorSpec, WriteRequest, decode_payload,
+    encode_payload,
 };
 use hybridsync_engine::{
-    Engine, EngineConfig, HotCacheStats, SearchOptions, SyncConfig, SyncHandle, SyncStatus, Syncer,
+    Engine, EngineConfig, HotCacheStats, Replicator, SearchOptions, SyncConfig, SyncHandle,
+    SyncReport, SyncStatus, Syncer,
 };
 use hybridsync_store::{Durability, SqliteStore, StoreOptions};
 use hybridsync_vector::{UsearchCache, VectorOptions};
@@ -129,7 +131,7 @@ impl HybridStoreBuilder {
     pub async fn open(self) -> Result<HybridStore> {
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let vectors = Arc::new(UsearchCache::new(VectorOptions::default()));
-        let engine = Engine::open(store.clone(), vectors, self.engine).await?;
+        let engine = Arc::new(Engine::open(store.clone(), vectors, self.engine).await?);
         let syncer = match &self.cloud_url {
             None => None,
             Some(url) => {
@@ -146,11 +148,16 @@ impl HybridStoreBuilder {
                 )))
             }
         };
+        let replicator = syncer
+            .as_ref()
+            .map(|syncer| Arc::new(Replicator::new(engine.clone(), syncer.clone())));
         let inner = Inner {
             engine,
             cloud_url: self.cloud_url,
             syncer,
+            replicator,
             running: tokio::sync::Mutex::new(None),
+            auto_sync: tokio::sync::Mutex::new(None),
         };
         Ok(HybridStore {
             inner: Arc::new(inner),
@@ -160,10 +167,12 @@ impl HybridStoreBuilder {
 
 #[derive(Debug)]
 struct Inner {
-    engine: Engine<SqliteStore, UsearchCache>,
+    engine: Arc<Engine<SqliteStore, UsearchCache>>,
     cloud_url: Option<CloudUrl>,
     syncer: Option<Arc<Syncer<SqliteStore, PostgresSink>>>,
+    replicator: Option<Arc<Replicator<SqliteStore, UsearchCache, PostgresSink>>>,
     running: tokio::sync::Mutex<Option<SyncHandle>>,
+    auto_sync: tokio::sync::Mutex<Option<SyncHandle>>,
 }
 
 /// A local-first store: SQLite for durability, usearch for similarity search, an
@@ -204,6 +213,8 @@ pub struct Status {
     pub cache: HotCacheStats,
     /// The configured cloud, redacted.
     pub cloud: Option<String>,
+    /// The newest seed, hydrate and sync runs, newest first.
+    pub history: Vec<HistoryEntry>,
 }
 
 /// A snapshot of the figures the metrics endpoint exports, for applications that want
@@ -321,6 +332,7 @@ impl HybridStore {
             outbox: local.outbox,
             cache: local.cache,
             cloud: self.inner.cloud_url.as_ref().map(CloudUrl::redacted),
+            history: self.history(5).await?,
         })
     }
 
@@ -414,6 +426,101 @@ impl HybridStore {
         Ok(hybridsync_core::CloudSink::deregister_device(&**self.syncer()?.sink(), id).await?)
     }
 
+    fn replicator(&self) -> Result<&Arc<Replicator<SqliteStore, UsearchCache, PostgresSink>>> {
+        self.inner.replicator.as_ref().ok_or(crate::Error::NoCloud)
+    }
+
+    fn names(&self, collections: &[&str]) -> Result<Vec<CollectionName>> {
+        Ok(collections
+            .iter()
+            .map(|name| CollectionName::new(*name))
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Pushes every local record and collection definition of `collections` (all when
+    /// empty) to the cloud: a one-way backup. `progress` gets a percentage and a message.
+    pub async fn seed(
+        &self,
+        collections: &[&str],
+        progress: impl Fn(f32, &str) + Send + Sync,
+    ) -> Result<SyncReport> {
+        let names = self.names(collections)?;
+        Ok(self.replicator()?.seed(&names, &progress).await?)
+    }
+
+    /// Pulls every remote record of `collections` (all the cloud knows when empty),
+    /// learning their definitions: a new device's restore. Resumes where an
+    /// interrupted run stopped.
+    pub async fn hydrate(
+        &self,
+        collections: &[&str],
+        progress: impl Fn(f32, &str) + Send + Sync,
+    ) -> Result<SyncReport> {
+        let names = self.names(collections)?;
+        Ok(self.replicator()?.hydrate(&names, &progress).await?)
+    }
+
+    /// Both ways: pulls remote changes (conflicts settled by the collection's resolver,
+    /// else `strategy`), then pushes every pending local change.
+    pub async fn sync(
+        &self,
+        collections: &[&str],
+        strategy: Strategy,
+        progress: impl Fn(f32, &str) + Send + Sync,
+    ) -> Result<SyncReport> {
+        let names = self.names(collections)?;
+        Ok(self
+            .replicator()?
+            .sync(&names, &strategy, &progress)
+            .await?)
+    }
+
+    /// Settles `collection`'s conflicts with a custom resolver (which may merge).
+    pub fn set_resolver(
+        &self,
+        collection: &str,
+        resolver: Arc<dyn hybridsync_core::ConflictResolver>,
+    ) -> Result<()> {
+        let name = CollectionName::new(collection)?;
+        self.replicator()?.set_resolver(name, resolver);
+        Ok(())
+    }
+
+    /// Starts syncing every collection both ways every `interval` (replacing a running
+    /// auto-sync).
+    pub async fn start_auto_sync(
+        &self,
+        interval: std::time::Duration,
+        strategy: Strategy,
+    ) -> Result<()> {
+        let handle = self.replicator()?.start(interval, strategy);
+        if let Some(old) = self.inner.auto_sync.lock().await.replace(handle) {
+            old.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Stops auto-sync (after its current round); a no-op when it is not running.
+    pub async fn stop_auto_sync(&self) {
+        if let Some(handle) = self.inner.auto_sync.lock().await.take() {
+            handle.shutdown().await;
+        }
+    }
+
+    /// The newest `limit` seed, hydrate and sync runs, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        Ok(hybridsync_core::LocalStore::history(&**self.engine().store(), limit).await?)
+    }
+
+    /// Deletes shipped outbox entries older than `age`; returns how many.
+    pub async fn clear_completed(&self, age: std::time::Duration) -> Result<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let before = now.saturating_sub(age).as_millis().min(u64::MAX as u128) as u64;
+        Ok(hybridsync_core::LocalStore::clear_done(&**self.engine().store(), before).await?)
+    }
+
     /// Moves every failed outbox entry back to pending; returns how many.
     pub async fn retry_failed(&self) -> Result<u64> {
         Ok(hybridsync_core::LocalStore::retry_failed(&**self.engine().store()).await?)
@@ -428,6 +535,7 @@ impl HybridStore {
     /// entries still in flight to pending, and closes every connection.
     pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<u64> {
         let mut left = 0;
+        self.stop_auto_sync().await;
         if let Some(handle) = self.inner.running.lock().await.take() {
             handle.shutdown().await;
         }

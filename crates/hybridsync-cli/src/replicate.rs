@@ -1,0 +1,97 @@
+//! `hybridsync seed | hydrate | sync`: two-way sync with progress on stderr (a bar on
+//! a terminal, plain lines otherwise) and a one-line report on stdout.
+
+use anyhow::{Result, bail};
+use hybridsync::{HybridStore, Strategy, SyncReport};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+/// Which collections an operation covers.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Selection {
+    /// Only this collection (repeatable); every collection when omitted
+    #[arg(long = "collection", value_name = "NAME")]
+    collections: Vec<String>,
+}
+
+/// `--strategy newest|local|remote`.
+pub(crate) fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s {
+        "newest" => Ok(Strategy::NewestWins),
+        "local" => Ok(Strategy::LocalWins),
+        "remote" => Ok(Strategy::RemoteWins),
+        other => Err(format!(
+            "unknown strategy {other:?} (newest, local or remote)"
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Operation {
+    Seed,
+    Hydrate,
+    Sync(Strategy),
+}
+
+/// Reports progress: a bar on a terminal, a line per 10 % otherwise.
+fn progress() -> Box<dyn Fn(f32, &str) + Send + Sync> {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(100);
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}") {
+            bar.set_style(style);
+        }
+        Box::new(move |percent, message| {
+            bar.set_position(percent as u64);
+            bar.set_message(message.to_owned());
+            if percent >= 100.0 {
+                bar.finish_and_clear();
+            }
+        })
+    } else {
+        let last = Mutex::new(-100.0f32);
+        Box::new(move |percent, message| {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            if percent - *last >= 10.0 || (percent >= 100.0 && *last < 100.0) {
+                *last = percent;
+                eprintln!("{percent:5.1}% {message}");
+            }
+        })
+    }
+}
+
+pub(crate) async fn run(
+    store: &HybridStore,
+    operation: Operation,
+    selection: &Selection,
+) -> Result<()> {
+    if !store.cloud_configured() {
+        bail!("no cloud configured (set --cloud-url, HYBRIDSYNC_CLOUD_URL or cloud_url)");
+    }
+    let names: Vec<&str> = selection.collections.iter().map(String::as_str).collect();
+    let progress = progress();
+    let report = match operation {
+        Operation::Seed => store.seed(&names, &progress).await?,
+        Operation::Hydrate => store.hydrate(&names, &progress).await?,
+        Operation::Sync(strategy) => store.sync(&names, strategy, &progress).await?,
+    };
+    println!("{}", summary(&report));
+    Ok(())
+}
+
+pub(crate) fn summary(report: &SyncReport) -> String {
+    format!(
+        "{}: {} collections, {} pushed, {} pulled, {} conflicts ({} resolved by a new version), {} refused, in {:.2} s",
+        serde_json::to_value(report.operation)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        report.collections,
+        report.pushed,
+        report.pulled,
+        report.conflicts_detected,
+        report.conflicts_resolved,
+        report.refused,
+        report.duration_ms as f64 / 1000.0
+    )
+}

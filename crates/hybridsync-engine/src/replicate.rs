@@ -1,0 +1,406 @@
+//! Two-way sync between a device and the cloud: seed (push everything local), hydrate
+//! (pull everything remote) and sync (both ways, resolving conflicts), plus auto-sync on
+//! an interval. Pulls follow the cloud's change feed from a cursor persisted per
+//! collection, so an interrupted run resumes where it stopped.
+
+use crate::{Engine, Result, SyncHandle, Syncer};
+use hybridsync_core::{
+    CloudSink, CollectionName, CollectionSpec, ConflictResolver, Error, HistoryEntry, LocalStore,
+    Strategy, SyncEvent, SyncOperation, VectorCache,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Progress callback: percentage (0–100) and a short message.
+pub type Progress<'a> = &'a (dyn Fn(f32, &str) + Send + Sync);
+
+/// A progress callback that ignores progress.
+pub fn no_progress(_: f32, _: &str) {}
+
+/// What a seed, hydrate or sync did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    pub operation: SyncOperation,
+    /// Collections visited.
+    pub collections: usize,
+    /// Records examined: pushed plus every remote row pulled (applied or not).
+    pub processed: u64,
+    /// Records sent to the cloud.
+    pub pushed: u64,
+    /// Remote rows that changed the local state.
+    pub pulled: u64,
+    pub conflicts_detected: u64,
+    /// Conflicts whose result was written as a new version (local kept or merged).
+    pub conflicts_resolved: u64,
+    /// Remote rows refused (stamped too far in the future, or invalid here).
+    pub refused: u64,
+    pub duration_ms: u64,
+}
+
+impl SyncReport {
+    fn new(operation: SyncOperation) -> Self {
+        Self {
+            operation,
+            collections: 0,
+            processed: 0,
+            pushed: 0,
+            pulled: 0,
+            conflicts_detected: 0,
+            conflicts_resolved: 0,
+            refused: 0,
+            duration_ms: 0,
+        }
+    }
+}
+
+/// Rows per pull or push page.
+const PAGE: usize = 1_000;
+
+/// How long a sync waits for its pushes to reach the cloud.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs seed, hydrate and sync for one device. One operation runs at a time.
+pub struct Replicator<S, V, C> {
+    engine: Arc<Engine<S, V>>,
+    syncer: Arc<Syncer<S, C>>,
+    resolvers: RwLock<HashMap<CollectionName, Arc<dyn ConflictResolver>>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl<S, V, C> std::fmt::Debug for Replicator<S, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator").finish_non_exhaustive()
+    }
+}
+
+impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
+    /// A replicator over an engine and the syncer that drains its outbox.
+    pub fn new(engine: Arc<Engine<S, V>>, syncer: Arc<Syncer<S, C>>) -> Self {
+        Self {
+            engine,
+            syncer,
+            resolvers: RwLock::new(HashMap::new()),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Settles this collection's conflicts with `resolver` instead of the strategy
+    /// passed to [`Self::sync`].
+    pub fn set_resolver(&self, collection: CollectionName, resolver: Arc<dyn ConflictResolver>) {
+        self.resolvers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection, resolver);
+    }
+
+    fn resolver_for(&self, collection: &CollectionName) -> Option<Arc<dyn ConflictResolver>> {
+        self.resolvers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .cloned()
+    }
+
+    /// Pushes every local record (tombstones included) and the catalogue of the chosen
+    /// collections (all when `collections` is empty): a one-way backup.
+    pub async fn seed(
+        &self,
+        collections: &[CollectionName],
+        progress: Progress<'_>,
+    ) -> Result<SyncReport> {
+        self.run(SyncOperation::Seed, progress, async |report| {
+            let specs = self.local_specs(collections).await?;
+            self.syncer.sink().publish_collections(&specs).await?;
+            report.collections = specs.len();
+            for (i, spec) in specs.iter().enumerate() {
+                let total = self.engine.store().count_all(&spec.name).await?.max(1);
+                let mut after = None;
+                let mut done = 0u64;
+                loop {
+                    let page = self
+                        .engine
+                        .store()
+                        .scan(&spec.name, after.as_ref(), PAGE)
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.key.clone());
+                    self.syncer.sink().upsert_batch(&page).await?;
+                    done += page.len() as u64;
+                    report.pushed += page.len() as u64;
+                    self.progress(
+                        SyncOperation::Seed,
+                        progress,
+                        overall(i, specs.len(), done, total),
+                        &format!("{}: pushed {done} of {total}", spec.name),
+                    );
+                    if page.len() < PAGE {
+                        break;
+                    }
+                }
+            }
+            report.processed = report.pushed;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Pulls every remote change of the chosen collections (all the cloud knows when
+    /// `collections` is empty) into this store, learning their definitions first: a
+    /// new device's restore. Resumes from the persisted cursor.
+    pub async fn hydrate(
+        &self,
+        collections: &[CollectionName],
+        progress: Progress<'_>,
+    ) -> Result<SyncReport> {
+        self.run(SyncOperation::Hydrate, progress, async |report| {
+            let specs = self.learn_catalogue(collections).await?;
+            report.collections = specs.len();
+            for (i, spec) in specs.iter().enumerate() {
+                self.pull(
+                    SyncOperation::Hydrate,
+                    spec,
+                    &Strategy::NewestWins,
+                    (i, specs.len()),
+                    progress,
+                    report,
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Both ways: publishes and learns collection definitions, pulls remote changes
+    /// (settling conflicts with the collection's resolver, else `resolver`), then pushes
+    /// every pending local change, including the conflict results.
+    pub async fn sync(
+        &self,
+        collections: &[CollectionName],
+        resolver: &dyn ConflictResolver,
+        progress: Progress<'_>,
+    ) -> Result<SyncReport> {
+        self.run(SyncOperation::Sync, progress, async |report| {
+            let local = self.local_specs(collections).await?;
+            self.syncer.sink().publish_collections(&local).await?;
+            let specs = self.learn_catalogue(collections).await?;
+            report.collections = specs.len();
+            for (i, spec) in specs.iter().enumerate() {
+                let custom = self.resolver_for(&spec.name);
+                let resolver = custom.as_deref().unwrap_or(resolver);
+                self.pull(
+                    SyncOperation::Sync,
+                    spec,
+                    resolver,
+                    (i, specs.len()),
+                    progress,
+                    report,
+                )
+                .await?;
+            }
+            let before = self.syncer.status().shipped_total;
+            let left = self.syncer.flush(PUSH_TIMEOUT).await?;
+            report.pushed = self.syncer.status().shipped_total - before;
+            report.processed += report.pushed;
+            if left > 0 {
+                return Err(Error::Cloud {
+                    retryable: true,
+                    source: format!("{left} local changes could not be pushed yet").into(),
+                });
+            }
+            self.progress(SyncOperation::Sync, progress, 100.0, "pushed local changes");
+            Ok(())
+        })
+        .await
+    }
+
+    /// Starts auto-sync: a [`Self::sync`] of every collection with `strategy` every
+    /// `interval`, until the handle is shut down. Failures are reported as events and
+    /// in the history; the next round tries again.
+    pub fn start(self: &Arc<Self>, interval: Duration, strategy: Strategy) -> SyncHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stopped.changed() => break,
+                }
+                if let Err(e) = this.sync(&[], &strategy, &no_progress).await {
+                    tracing::warn!(error = %e, "auto-sync round failed");
+                }
+            }
+        });
+        SyncHandle::new(stop, vec![task])
+    }
+
+    /// Wraps an operation with its events, timing and history entry.
+    async fn run(
+        &self,
+        operation: SyncOperation,
+        progress: Progress<'_>,
+        body: impl AsyncFnOnce(&mut SyncReport) -> Result<()>,
+    ) -> Result<SyncReport> {
+        let _one_at_a_time = self.running.lock().await;
+        let started = Instant::now();
+        let started_ms = now_ms();
+        self.syncer.emit(SyncEvent::SyncStarted { operation });
+        progress(0.0, "starting");
+        let mut report = SyncReport::new(operation);
+        let result = body(&mut report).await;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let entry = HistoryEntry {
+            started_ms,
+            operation,
+            pushed: report.pushed,
+            pulled: report.pulled,
+            conflicts: report.conflicts_detected,
+            duration_ms: report.duration_ms,
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        if let Err(e) = self.engine.store().record_history(&entry).await {
+            tracing::warn!(error = %e, "cannot record sync history");
+        }
+        match result {
+            Ok(()) => {
+                progress(100.0, "done");
+                self.syncer.emit(SyncEvent::SyncCompleted {
+                    operation,
+                    records: report.processed,
+                });
+                Ok(report)
+            }
+            Err(e) => {
+                self.syncer.emit(SyncEvent::SyncError {
+                    operation,
+                    message: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn progress(
+        &self,
+        operation: SyncOperation,
+        progress: Progress<'_>,
+        percent: f32,
+        message: &str,
+    ) {
+        progress(percent, message);
+        self.syncer.emit(SyncEvent::SyncProgress {
+            operation,
+            percent,
+            message: message.to_owned(),
+        });
+    }
+
+    /// The local specs of the chosen collections (all when none are chosen).
+    async fn local_specs(&self, collections: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
+        let all = self.engine.collections().await?;
+        select(all, collections)
+    }
+
+    /// Creates locally every remote collection (of the chosen ones) this store lacks;
+    /// a remote spec that disagrees with a local one is an error. Returns the specs of
+    /// the chosen collections known on either side.
+    async fn learn_catalogue(&self, collections: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
+        let remote = self.syncer.sink().remote_collections().await?;
+        for spec in &remote {
+            if collections.is_empty() || collections.contains(&spec.name) {
+                self.engine.create_collection(spec.clone()).await?;
+            }
+        }
+        self.local_specs(collections).await
+    }
+
+    /// Pulls one collection's changes from its cursor to the end of the feed.
+    async fn pull(
+        &self,
+        operation: SyncOperation,
+        spec: &CollectionSpec,
+        resolver: &dyn ConflictResolver,
+        (index, of): (usize, usize),
+        progress: Progress<'_>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let store = self.engine.store();
+        let sink = self.syncer.sink();
+        let total = sink.count(&spec.name).await?.max(1);
+        let mut cursor = store.cursor(&spec.name).await?;
+        let mut seen = 0u64;
+        loop {
+            let batch = sink.pull(&spec.name, &cursor, PAGE).await?;
+            let rows = batch.records.len();
+            if rows == 0 {
+                break;
+            }
+            let outcome = self
+                .engine
+                .apply_remote(&spec.name, batch.records, &batch.next, resolver)
+                .await?;
+            cursor = batch.next;
+            seen += rows as u64;
+            report.processed += rows as u64;
+            report.pulled += outcome.applied as u64;
+            report.refused += outcome.refused.len() as u64;
+            report.conflicts_detected += outcome.conflicts.len() as u64;
+            report.conflicts_resolved += (outcome.changed.len() - outcome.applied) as u64;
+            for conflict in &outcome.conflicts {
+                self.syncer.emit(SyncEvent::ConflictDetected {
+                    collection: spec.name.clone(),
+                    key: conflict.key.clone(),
+                });
+            }
+            for (key, reason) in outcome.refused {
+                tracing::warn!(collection = %spec.name, %key, %reason, "remote change refused");
+                self.syncer.emit(SyncEvent::RecordFailed {
+                    collection: spec.name.clone(),
+                    key,
+                    error: reason,
+                });
+            }
+            self.progress(
+                operation,
+                progress,
+                overall(index, of, seen, total),
+                &format!("{}: pulled {seen} of ~{total}", spec.name),
+            );
+            if rows < PAGE {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Overall percentage when collection `index` of `of` is `done` of `total` through.
+fn overall(index: usize, of: usize, done: u64, total: u64) -> f32 {
+    let within = (done as f32 / total as f32).min(1.0);
+    ((index as f32 + within) / of.max(1) as f32 * 100.0).min(100.0)
+}
+
+/// The specs named in `chosen` (every spec when `chosen` is empty); a name that is not
+/// known is an error.
+fn select(all: Vec<CollectionSpec>, chosen: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
+    if chosen.is_empty() {
+        return Ok(all);
+    }
+    chosen
+        .iter()
+        .map(|name| {
+            all.iter()
+                .find(|s| s.name == *name)
+                .cloned()
+                .ok_or_else(|| Error::UnknownCollection(name.to_string()))
+        })
+        .collect()
+}

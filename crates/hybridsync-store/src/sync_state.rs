@@ -1,0 +1,380 @@
+//! Two-way sync state: applying pages of remote changes (with conflict resolution),
+//! the per-collection change-feed cursors, the sync history, and scans for seeding.
+
+use crate::rows::{embedding_to_blob, record_from_row};
+use crate::write::ScriptConnection;
+use crate::{Error, Result, SqliteStore};
+use hybridsync_core::{
+    ApplyOutcome, ChangeCursor, CollectionName, Conflict, ConflictResolver, HistoryEntry, Hlc, Key,
+    Priority, Record, Resolution, ResolutionKind, SettledConflict, SyncOperation, WriteReceipt,
+};
+use sqlx::{Row, SqliteConnection};
+use std::collections::HashMap;
+
+/// Keys per lookup statement, well below SQLite's bind-variable limit.
+const KEYS_PER_LOOKUP: usize = 500;
+
+/// History entries kept.
+const HISTORY_KEPT: i64 = 1_000;
+
+/// A key's local state as the apply sees it.
+struct Local {
+    record: Record,
+    /// The key has a change not yet in the cloud (pending, in flight or failed).
+    pending: bool,
+}
+
+/// What becomes of one remote row.
+enum Action {
+    /// Make the remote row the local state as it is; if `supersede`, the pending local
+    /// change is dropped (the remote one won).
+    Apply { supersede: bool },
+    /// Write this content as a new local version that wins everywhere.
+    Restamp {
+        payload: Vec<u8>,
+        embedding: Option<Vec<f32>>,
+        tombstone: bool,
+    },
+    /// Leave the local state as it is.
+    Keep,
+}
+
+/// What to do with `remote`, and how the conflict was settled if it met a pending local
+/// change. A remote row equal to the local version is our own echo, never a conflict.
+fn decide(
+    local: Option<&Local>,
+    remote: &Record,
+    resolver: &dyn ConflictResolver,
+) -> (Action, Option<ResolutionKind>) {
+    let Some(local) = local else {
+        return (Action::Apply { supersede: false }, None);
+    };
+    let newer = remote.version > local.record.version;
+    if !local.pending || remote.version == local.record.version {
+        let action = if newer {
+            Action::Apply { supersede: false }
+        } else {
+            Action::Keep
+        };
+        return (action, None);
+    }
+    let conflict = Conflict {
+        local: &local.record,
+        remote,
+    };
+    let resolution = hybridsync_core::resolve(conflict, resolver);
+    let kind = ResolutionKind::from(&resolution);
+    let action = match resolution {
+        Resolution::KeepRemote if newer => Action::Apply { supersede: true },
+        Resolution::KeepRemote => Action::Restamp {
+            payload: remote.payload.clone(),
+            embedding: remote.embedding.clone(),
+            tombstone: remote.tombstone,
+        },
+        Resolution::KeepLocal if !newer => Action::Keep,
+        Resolution::KeepLocal => Action::Restamp {
+            payload: local.record.payload.clone(),
+            embedding: local.record.embedding.clone(),
+            tombstone: local.record.tombstone,
+        },
+        Resolution::Merged { payload, embedding } => Action::Restamp {
+            payload,
+            embedding,
+            tombstone: false,
+        },
+    };
+    (action, Some(kind))
+}
+
+const UPSERT_RECORD: &str = "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (collection, key) DO UPDATE SET payload = excluded.payload, embedding = excluded.embedding, \
+     hlc = excluded.hlc, origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash \
+     RETURNING id";
+
+async fn upsert_record(conn: &mut SqliteConnection, record: &Record) -> Result<u64> {
+    let id: i64 = sqlx::query_scalar(UPSERT_RECORD)
+        .bind(record.collection.as_str())
+        .bind(record.key.as_str())
+        .bind(record.payload.as_slice())
+        .bind(record.embedding.as_deref().map(embedding_to_blob))
+        .bind(record.version.packed())
+        .bind(record.version.origin.0.as_slice())
+        .bind(record.tombstone)
+        .bind(record.hash.0.as_slice())
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(id as u64)
+}
+
+fn operation_name(operation: SyncOperation) -> &'static str {
+    match operation {
+        SyncOperation::Drain => "drain",
+        SyncOperation::Seed => "seed",
+        SyncOperation::Hydrate => "hydrate",
+        SyncOperation::Sync => "sync",
+    }
+}
+
+fn operation_from(name: &str) -> Result<SyncOperation> {
+    Ok(match name {
+        "drain" => SyncOperation::Drain,
+        "seed" => SyncOperation::Seed,
+        "hydrate" => SyncOperation::Hydrate,
+        "sync" => SyncOperation::Sync,
+        other => {
+            return Err(Error::BadRow {
+                table: "sync_history",
+                detail: format!("unknown operation {other:?}"),
+            });
+        }
+    })
+}
+
+impl SqliteStore {
+    async fn local_state(
+        conn: &mut SqliteConnection,
+        collection: &CollectionName,
+        keys: &[&Key],
+    ) -> Result<HashMap<Key, Local>> {
+        let mut found = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(KEYS_PER_LOOKUP) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash, \
+                 EXISTS (SELECT 1 FROM outbox o WHERE o.record_id = r.id AND o.state IN (0, 1, 3)) \
+                 FROM records r WHERE r.collection = ? AND r.key IN ({marks})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(collection.as_str());
+            for key in chunk {
+                query = query.bind(key.as_str());
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let record = record_from_row(collection, &row, 0)?;
+                let pending: bool = row.try_get(7)?;
+                found.insert(record.key.clone(), Local { record, pending });
+            }
+        }
+        Ok(found)
+    }
+
+    pub(crate) async fn apply(
+        &self,
+        collection: &CollectionName,
+        records: Vec<Record>,
+        next: &ChangeCursor,
+        resolver: &dyn ConflictResolver,
+    ) -> Result<ApplyOutcome> {
+        let spec = self.require_spec(collection).await?;
+        let mut outcome = ApplyOutcome::default();
+        let mut accepted = Vec::with_capacity(records.len());
+        for record in records {
+            let refusal = if record.collection != *collection {
+                Some(format!("belongs to collection {}", record.collection))
+            } else {
+                record
+                    .validate(&spec, &self.limits)
+                    .and_then(|()| self.hlc.observe(record.version))
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            match refusal {
+                Some(reason) => outcome.refused.push((record.key.clone(), reason)),
+                None => accepted.push(record),
+            }
+        }
+        let now = self.hlc.physical_now_ms() as i64;
+        let device = self.hlc.device();
+        let mut conn = ScriptConnection::acquire(&self.writer).await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(conn.get()).await?;
+        let keys: Vec<&Key> = accepted.iter().map(|r| &r.key).collect();
+        let local = Self::local_state(conn.get(), collection, &keys).await?;
+        let mut floor: i64 =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'hlc_high_water'")
+                .fetch_one(conn.get())
+                .await?;
+        for remote in &accepted {
+            floor = floor.max(remote.version.packed());
+        }
+        for remote in accepted {
+            let existing = local.get(&remote.key);
+            let (action, settled) = decide(existing, &remote, resolver);
+            if let (Some(resolution), Some(local)) = (settled, existing) {
+                outcome.conflicts.push(SettledConflict {
+                    key: remote.key.clone(),
+                    local: local.record.version,
+                    remote: remote.version,
+                    resolution,
+                });
+            }
+            match action {
+                Action::Keep => outcome.skipped += 1,
+                Action::Apply { supersede } => {
+                    let label = upsert_record(conn.get(), &remote).await?;
+                    if supersede {
+                        sqlx::query(
+                            "UPDATE outbox SET state = 2, claim = NULL, updated_ms = ? \
+                             WHERE record_id = ? AND state IN (0, 3)",
+                        )
+                        .bind(now)
+                        .bind(label as i64)
+                        .execute(conn.get())
+                        .await?;
+                    }
+                    outcome.applied += 1;
+                    outcome.changed.push(WriteReceipt {
+                        record: remote,
+                        label,
+                    });
+                }
+                Action::Restamp {
+                    payload,
+                    embedding,
+                    tombstone,
+                } => {
+                    let merged = Record::new(
+                        collection.clone(),
+                        remote.key.clone(),
+                        payload,
+                        embedding,
+                        Hlc::default(),
+                        tombstone,
+                    );
+                    merged.validate(&spec, &self.limits)?;
+                    let mut version = self.hlc.now();
+                    if version.packed() <= floor {
+                        version = Hlc::from_packed(floor + 1, device);
+                    }
+                    floor = version.packed();
+                    let _ = self.hlc.observe(version);
+                    let record = Record { version, ..merged };
+                    let label = upsert_record(conn.get(), &record).await?;
+                    sqlx::query(
+                        "INSERT INTO outbox (record_id, hlc, origin, priority, state, attempts, next_attempt_ms, created_ms, updated_ms) \
+                         VALUES (?, ?, ?, ?, 0, 0, 0, ?, ?) \
+                         ON CONFLICT (record_id) WHERE state IN (0, 3) DO UPDATE SET hlc = excluded.hlc, \
+                         origin = excluded.origin, priority = MIN(outbox.priority, excluded.priority), state = 0, \
+                         attempts = 0, next_attempt_ms = 0, last_error = NULL, updated_ms = excluded.updated_ms",
+                    )
+                    .bind(label as i64)
+                    .bind(version.packed())
+                    .bind(device.0.as_slice())
+                    .bind(Priority::High.code())
+                    .bind(now)
+                    .bind(now)
+                    .execute(conn.get())
+                    .await?;
+                    outcome.changed.push(WriteReceipt { record, label });
+                }
+            }
+        }
+        sqlx::query(
+            "UPDATE meta SET value = MAX(value, ?) WHERE key = 'hlc_high_water';
+             INSERT INTO sync_cursors (collection, cursor, updated_ms) VALUES (?, ?, ?)
+             ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms;
+             COMMIT;",
+        )
+        .bind(floor)
+        .bind(collection.as_str())
+        .bind(next.0.as_slice())
+        .bind(now)
+        .execute(conn.get())
+        .await?;
+        conn.finish();
+        Ok(outcome)
+    }
+
+    pub(crate) async fn load_cursor(&self, collection: &CollectionName) -> Result<ChangeCursor> {
+        self.require_spec(collection).await?;
+        let cursor: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT cursor FROM sync_cursors WHERE collection = ?")
+                .bind(collection.as_str())
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(ChangeCursor(cursor.unwrap_or_default()))
+    }
+
+    pub(crate) async fn scan_all(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        self.require_spec(collection).await?;
+        let rows = sqlx::query(
+            "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records \
+             WHERE collection = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
+        )
+        .bind(collection.as_str())
+        .bind(after.map_or("", Key::as_str))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| record_from_row(collection, row, 0))
+            .collect()
+    }
+
+    pub(crate) async fn count_records(&self, collection: &CollectionName) -> Result<u64> {
+        self.require_spec(collection).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE collection = ?")
+            .bind(collection.as_str())
+            .fetch_one(&self.readers)
+            .await?;
+        Ok(count as u64)
+    }
+
+    pub(crate) async fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        sqlx::query(
+            "INSERT INTO sync_history (started_ms, operation, pushed, pulled, conflicts, duration_ms, error) \
+             VALUES (?, ?, ?, ?, ?, ?, ?);
+             DELETE FROM sync_history WHERE id <= (SELECT MAX(id) FROM sync_history) - ?;",
+        )
+        .bind(clamp(entry.started_ms))
+        .bind(operation_name(entry.operation))
+        .bind(clamp(entry.pushed))
+        .bind(clamp(entry.pulled))
+        .bind(clamp(entry.conflicts))
+        .bind(clamp(entry.duration_ms))
+        .bind(entry.error.as_deref())
+        .bind(HISTORY_KEPT)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn load_history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(
+            "SELECT started_ms, operation, pushed, pulled, conflicts, duration_ms, error \
+             FROM sync_history ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let unsigned = |i: usize| row.try_get::<i64, _>(i).map(|v| v.max(0) as u64);
+                Ok(HistoryEntry {
+                    started_ms: unsigned(0)?,
+                    operation: operation_from(&row.try_get::<String, _>(1)?)?,
+                    pushed: unsigned(2)?,
+                    pulled: unsigned(3)?,
+                    conflicts: unsigned(4)?,
+                    duration_ms: unsigned(5)?,
+                    error: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn clear_done_before(&self, before_ms: u64) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM outbox WHERE state = 2 AND updated_ms < ?")
+                .bind(before_ms.min(i64::MAX as u64) as i64)
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
+}
