@@ -81,7 +81,7 @@ pub(crate) async fn run(
 
 pub(crate) fn summary(report: &SyncReport) -> String {
     format!(
-        "{}: {} collections, {} pushed, {} pulled, {} conflicts ({} resolved by a new version), {} refused, in {:.2} s",
+        "{}: {} collections, {} pushed, {} pulled, {} conflicts ({} resolved by a new version), {} refused, {} parked as failed, in {:.2} s",
         serde_json::to_value(report.operation)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -92,6 +92,7 @@ pub(crate) fn summary(report: &SyncReport) -> String {
         report.conflicts_detected,
         report.conflicts_resolved,
         report.refused,
+        report.failed,
         report.duration_ms as f64 / 1000.0
     )
 }

@@ -28,6 +28,8 @@ pub use hybridsync_vector::{HotCache, HotCacheStats};
 pub type Result<T, E = hybridsync_core::Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
+mod replicate_tests;
+#[cfg(test)]
 mod sync_tests;
 #[cfg(test)]
 mod tests;

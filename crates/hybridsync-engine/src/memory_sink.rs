@@ -133,6 +133,15 @@ impl CloudSink for MemorySink {
                 source: format!("key {} rejected", bad.key).into(),
             });
         }
+        // Like the real sink: a stamp far ahead of the server's clock is refused.
+        let limit = now_ms()
+            + hybridsync_core::HlcClock::<hybridsync_core::SystemClock>::DEFAULT_MAX_DRIFT_MS;
+        if let Some(ahead) = records.iter().find(|r| r.version.physical_ms > limit) {
+            return Err(Error::Cloud {
+                retryable: false,
+                source: format!("{} is stamped ahead of the server clock", ahead.key).into(),
+            });
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for record in records {
             let id = (record.collection.clone(), record.key.clone());

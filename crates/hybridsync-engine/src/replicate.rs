@@ -36,6 +36,9 @@ pub struct SyncReport {
     pub conflicts_resolved: u64,
     /// Remote rows refused (stamped too far in the future, or invalid here).
     pub refused: u64,
+    /// Local changes the cloud refused for good during the push: parked as failed in
+    /// the outbox (see `queue retry-failed`), kept locally.
+    pub failed: u64,
     pub duration_ms: u64,
 }
 
@@ -50,6 +53,7 @@ impl SyncReport {
             conflicts_detected: 0,
             conflicts_resolved: 0,
             refused: 0,
+            failed: 0,
             duration_ms: 0,
         }
     }
@@ -90,6 +94,11 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
             resolvers: RwLock::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The drain this replicator pushes through (and whose event stream it uses).
+    pub fn syncer(&self) -> &Arc<Syncer<S, C>> {
+        &self.syncer
     }
 
     /// Settles this collection's conflicts with `resolver` instead of the strategy
@@ -206,9 +215,11 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
                 )
                 .await?;
             }
-            let before = self.syncer.status().shipped_total;
+            let before = self.syncer.status();
             let left = self.syncer.flush(PUSH_TIMEOUT).await?;
-            report.pushed = self.syncer.status().shipped_total - before;
+            let after = self.syncer.status();
+            report.pushed = after.shipped_total - before.shipped_total;
+            report.failed = after.failed_total - before.failed_total;
             report.processed += report.pushed;
             if left > 0 {
                 return Err(Error::Cloud {

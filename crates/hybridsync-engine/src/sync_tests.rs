@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A cloud a test can take down and bring back.
-trait TestCloud: Send + Sync {
+pub(crate) trait TestCloud: Send + Sync {
     type Sink: CloudSink;
     fn sink(&self) -> Arc<Self::Sink>;
     fn down(&self);
     fn up(&self);
 }
 
-struct MemoryCloud(Arc<MemorySink>);
+pub(crate) struct MemoryCloud(Arc<MemorySink>);
 
 impl TestCloud for MemoryCloud {
     type Sink = MemorySink;
@@ -33,11 +33,11 @@ impl TestCloud for MemoryCloud {
     }
 }
 
-fn memory_cloud() -> MemoryCloud {
+pub(crate) fn memory_cloud() -> MemoryCloud {
     MemoryCloud(Arc::new(MemorySink::new()))
 }
 
-struct PgCloud {
+pub(crate) struct PgCloud {
     server: hybridsync_testkit::TempPostgres,
     sink: Arc<hybridsync_cloud::PostgresSink>,
 }
@@ -57,7 +57,7 @@ impl TestCloud for PgCloud {
     }
 }
 
-async fn pg_cloud() -> PgCloud {
+pub(crate) async fn pg_cloud() -> PgCloud {
     let server = hybridsync_testkit::TempPostgres::start().unwrap();
     server.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
     hybridsync_cloud::migrate(&CloudUrl::new(server.url("postgres")), Some("app"))
@@ -73,7 +73,7 @@ async fn pg_cloud() -> PgCloud {
     PgCloud { server, sink }
 }
 
-fn fast_config() -> SyncConfig {
+pub(crate) fn fast_config() -> SyncConfig {
     SyncConfig {
         interval: Duration::from_millis(50),
         batch_size: 10,
@@ -104,7 +104,7 @@ async fn local(dir: &std::path::Path) -> LocalEngine {
     .await
 }
 
-fn notes() -> CollectionName {
+pub(crate) fn notes() -> CollectionName {
     CollectionName::new("notes").unwrap()
 }
 
@@ -118,7 +118,7 @@ fn write(key: &str, value: &str, priority: Priority) -> WriteRequest {
     .with_priority(priority)
 }
 
-async fn cloud_rows<C: CloudSink>(sink: &C) -> BTreeMap<String, Record> {
+pub(crate) async fn cloud_rows<C: CloudSink>(sink: &C) -> BTreeMap<String, Record> {
     let (mut cursor, mut rows) = (ChangeCursor::default(), BTreeMap::new());
     loop {
         let batch = sink.pull(&notes(), &cursor, 500).await.unwrap();
