@@ -8,7 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 struct Cloud {
-    pg: TempPostgres,
+    /// Shared by every device of a test.
+    pg: std::sync::Arc<TempPostgres>,
     data: tempfile::TempDir,
 }
 
@@ -19,7 +20,7 @@ impl Cloud {
         let pg = TempPostgres::start().unwrap();
         pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
         let cloud = Self {
-            pg,
+            pg: std::sync::Arc::new(pg),
             data: tempfile::tempdir().unwrap(),
         };
         let admin = cloud.pg.url("postgres");
@@ -351,4 +352,85 @@ fn devices_register_list_and_deregister_and_sync_marks_them_seen() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no device"));
     let out = cloud.run(&["devices", "deregister", "not-hex"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid device id"));
+}
+
+/// Device A seeds 20,000 records; `hybridsync hydrate` on a fresh device B is killed
+/// (SIGKILL) after its first progress line and run again: it resumes from the persisted
+/// cursor, pulling exactly the rest (no gap, nothing twice). Then `sync` moves a change
+/// from B back to A, and `status` shows the history.
+#[test]
+fn seed_hydrate_sync_from_the_cli_and_a_killed_hydrate_resumes() {
+    use std::io::BufRead;
+    const ROWS: usize = 20_000;
+    let a = Cloud::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = hybridsync::HybridStore::builder(a.data.path())
+            .open()
+            .await
+            .unwrap();
+        let notes = store.raw("notes").unwrap();
+        let items = (0..ROWS)
+            .map(|i| {
+                (
+                    format!("n{i:05}"),
+                    format!("\"note {i}\"").into_bytes(),
+                    Default::default(),
+                )
+            })
+            .collect();
+        notes.put_many(items).await.unwrap();
+        store.close().await;
+    });
+    let seeded = a.ok(&["seed"]);
+    assert!(seeded.contains("20000 pushed"), "{seeded}");
+
+    let b = Cloud {
+        pg: a.pg.clone(),
+        data: tempfile::tempdir().unwrap(),
+    };
+    let mut hydrate = b
+        .command(&b.app_url(), &["hydrate"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(hydrate.stderr.take().unwrap()).lines();
+    let first = lines
+        .map(Result::unwrap)
+        .find(|line| line.contains("pulled"))
+        .expect("a progress line");
+    assert!(first.contains('%'), "{first}");
+    hydrate.kill().unwrap();
+    hydrate.wait().unwrap();
+    let partial = b.status()["collections"]["notes"]["records"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(
+        partial < ROWS,
+        "the hydrate was interrupted ({partial} rows in)"
+    );
+
+    let resumed = b.ok(&["hydrate"]);
+    assert!(
+        resumed.contains(&format!("{} pulled", ROWS - partial)),
+        "resumes after the {partial} rows already in: {resumed}"
+    );
+    assert_eq!(
+        b.status()["collections"]["notes"]["records"].as_u64(),
+        Some(ROWS as u64)
+    );
+    assert_eq!(b.ok(&["get", "notes", "n12345"]).trim(), "\"note 12345\"");
+
+    b.ok(&["put", "notes", "n00001", "--json", "\"edited on b\""]);
+    b.ok(&["sync", "--strategy", "newest"]);
+    let synced = a.ok(&["sync", "--collection", "notes"]);
+    assert!(synced.contains("1 pulled"), "{synced}");
+    assert_eq!(a.ok(&["get", "notes", "n00001"]).trim(), "\"edited on b\"");
+    let history = a.status()["sync"]["history"].clone();
+    assert_eq!(history[0]["operation"], "sync");
+    assert_eq!(history[1]["operation"], "seed");
+    let bad = b.run(&["sync", "--strategy", "loudest"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown strategy"));
 }
