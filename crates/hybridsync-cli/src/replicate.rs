@@ -34,8 +34,11 @@ pub(crate) enum Operation {
     Sync(Strategy),
 }
 
+/// A progress callback: percentage and message.
+type Reporter = Box<dyn Fn(f32, &str) + Send + Sync>;
+
 /// Reports progress: a bar on a terminal, a line per 10 % otherwise.
-fn progress() -> Box<dyn Fn(f32, &str) + Send + Sync> {
+fn progress() -> Reporter {
     if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(100);
         if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}") {
