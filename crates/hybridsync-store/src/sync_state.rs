@@ -294,20 +294,23 @@ impl SqliteStore {
         Ok(ChangeCursor(cursor.unwrap_or_default()))
     }
 
-    pub(crate) async fn scan_all(
+    /// Up to `limit` records after `after` in key order; tombstones only if asked for.
+    pub(crate) async fn scan_records(
         &self,
         collection: &CollectionName,
         after: Option<&Key>,
         limit: usize,
+        tombstones: bool,
     ) -> Result<Vec<Record>> {
         self.require_spec(collection).await?;
         let rows = sqlx::query(
             "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records \
-             WHERE collection = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
+             WHERE collection = ?1 AND key > ?2 AND (?4 OR tombstone = 0) ORDER BY key LIMIT ?3",
         )
         .bind(collection.as_str())
         .bind(after.map_or("", Key::as_str))
         .bind(limit.min(i64::MAX as usize) as i64)
+        .bind(tombstones)
         .fetch_all(&self.readers)
         .await?;
         rows.iter()

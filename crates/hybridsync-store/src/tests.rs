@@ -432,7 +432,7 @@ async fn a_newer_schema_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),

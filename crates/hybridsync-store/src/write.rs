@@ -319,21 +319,7 @@ impl LocalStore for SqliteStore {
         after: Option<&Key>,
         limit: usize,
     ) -> hybridsync_core::Result<Vec<Record>> {
-        self.require_spec(collection).await?;
-        let rows = sqlx::query(
-            "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records \
-             WHERE collection = ?1 AND key > ?2 AND tombstone = 0 ORDER BY key LIMIT ?3",
-        )
-        .bind(collection.as_str())
-        .bind(after.map_or("", Key::as_str))
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(Error::from)?;
-        Ok(rows
-            .iter()
-            .map(|row| record_from_row(collection, row, 0))
-            .collect::<Result<_>>()?)
+        Ok(self.scan_records(collection, after, limit, false).await?)
     }
 
     async fn embeddings(
@@ -460,7 +446,7 @@ impl LocalStore for SqliteStore {
         after: Option<&Key>,
         limit: usize,
     ) -> hybridsync_core::Result<Vec<Record>> {
-        Ok(self.scan_all(collection, after, limit).await?)
+        Ok(self.scan_records(collection, after, limit, true).await?)
     }
 
     async fn count_all(&self, collection: &CollectionName) -> hybridsync_core::Result<u64> {
