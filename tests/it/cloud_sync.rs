@@ -434,3 +434,100 @@ fn seed_hydrate_sync_from_the_cli_and_a_killed_hydrate_resumes() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown strategy"));
 }
+
+/// A fresh device hydrates 100,000 voiceprints (192-D) seeded by another device: every
+/// record arrives with its embedding, nothing is queued back, and its vector search
+/// finds the same neighbours as the origin's.
+#[test]
+fn a_new_device_hydrates_100k_voiceprints_and_finds_the_same_neighbours() {
+    const ROWS: usize = 100_000;
+    const DIM: usize = 192;
+    const QUERIES: usize = 100;
+    let cloud = Cloud::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let open = |dir: &std::path::Path| {
+            hybridsync::HybridStore::builder(dir)
+                .cloud_url(cloud.app_url())
+                .open()
+        };
+        let a = open(cloud.data.path()).await.unwrap();
+        let spec = hybridsync::VectorSpec::new(
+            DIM,
+            hybridsync::Metric::Cosine,
+            hybridsync::Precision::F16,
+        )
+        .unwrap();
+        a.create_collection("voices", Some(spec)).await.unwrap();
+        let voices = a.raw("voices").unwrap();
+        let mut speakers = hybridsync_testkit::workload::Clustered::new(7, 2_000, DIM, 0.1);
+        for chunk in (0..ROWS).collect::<Vec<_>>().chunks(5_000) {
+            let items = chunk
+                .iter()
+                .map(|&i| {
+                    (
+                        format!("v{i:06}"),
+                        format!("speaker {}", i % 2_000).into_bytes(),
+                        hybridsync::WriteOptions::default().embedding(speakers.sample(i)),
+                    )
+                })
+                .collect();
+            voices.put_many(items).await.unwrap();
+        }
+        let seeded = a.seed(&["voices"], |_, _| {}).await.unwrap();
+        assert_eq!(seeded.pushed, ROWS as u64, "{seeded:?}");
+
+        let fresh = tempfile::tempdir().unwrap();
+        let b = open(fresh.path()).await.unwrap();
+        let hydrated = b.hydrate(&[], |_, _| {}).await.unwrap();
+        assert_eq!(hydrated.pulled, ROWS as u64, "{hydrated:?}");
+        let status = b.status().await.unwrap();
+        let restored = status
+            .collections
+            .iter()
+            .find(|c| c.name.as_str() == "voices")
+            .unwrap();
+        assert_eq!((restored.records, restored.indexed), (ROWS as u64, ROWS));
+        assert_eq!(
+            status.outbox.pending + status.outbox.in_flight,
+            0,
+            "pulled rows are not pushed back"
+        );
+        let b_voices = b.raw("voices").unwrap();
+        let sample = b_voices.get_record("v031337").await.unwrap().unwrap();
+        assert_eq!(
+            sample.embedding.as_deref(),
+            voices
+                .get_record("v031337")
+                .await
+                .unwrap()
+                .unwrap()
+                .embedding
+                .as_deref(),
+            "embeddings travel bit for bit"
+        );
+
+        // HNSW is approximate and the two indexes were built in different orders, so
+        // compare as recall: B's top 10 against A's top 10 for fresh queries.
+        let (mut same_first, mut shared) = (0, 0);
+        for q in 0..QUERIES {
+            let query = speakers.sample(q * 17);
+            let ours = voices.search(&query, 10).await.unwrap();
+            let theirs = b_voices.search(&query, 10).await.unwrap();
+            assert_eq!(ours.len(), 10);
+            same_first += usize::from(ours[0].key == theirs[0].key);
+            shared += theirs
+                .iter()
+                .filter(|h| ours.iter().any(|o| o.key == h.key))
+                .count();
+        }
+        let overlap = shared as f64 / (QUERIES * 10) as f64;
+        assert!(
+            same_first >= QUERIES * 98 / 100,
+            "same nearest neighbour for {same_first} of {QUERIES}"
+        );
+        assert!(overlap >= 0.95, "top-10 overlap {overlap:.3}");
+        a.close().await;
+        b.close().await;
+    });
+}
