@@ -6,12 +6,14 @@ use hybridsync_core::{
     ChangeBatch, ChangeCursor, CloudSink, CloudUrl, CollectionName, CollectionSpec, ContentHash,
     DeviceId, DeviceInfo, Hlc, Key, Record, VectorSpec,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::VecDeque;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How to reach the cloud and how hard to lean on it.
 #[derive(Debug, Clone)]
@@ -59,6 +61,12 @@ impl CloudOptions {
 /// Load samples kept for the moving average.
 const LOAD_WINDOW: usize = 100;
 
+/// The channel every upsert that changed rows notifies, with `"<sink token> <tenant>"`.
+const CHANGES_CHANNEL: &str = "hybridsync_changes";
+
+/// How long the change listener waits before listening again after losing its connection.
+const RELISTEN: Duration = Duration::from_secs(1);
+
 /// The PostgreSQL [`CloudSink`].
 #[derive(Debug)]
 pub struct PostgresSink {
@@ -67,6 +75,76 @@ pub struct PostgresSink {
     max_connections: u32,
     max_drift_ms: i64,
     load: Mutex<VecDeque<f64>>,
+    /// Tells this sink's own notifications from other writers'.
+    token: String,
+    /// Counts other writers' notifications; see [`CloudSink::next_change`].
+    changes: Arc<watch::Sender<u64>>,
+    /// The task holding the LISTEN connection, started by the first `next_change`.
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whether the listener holds a pooled connection now (not counted as load).
+    listening: Arc<AtomicBool>,
+}
+
+impl Drop for PostgresSink {
+    fn drop(&mut self) {
+        self.stop_listening();
+    }
+}
+
+/// A token unique enough to tell two sinks apart on one server.
+fn sink_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
+/// Holds one pooled connection in `LISTEN` and counts other writers' changes of this
+/// tenant into `changes`. Each time it starts listening (again, after a lost
+/// connection) it counts one change, since what was sent before is unknown.
+async fn listen_for_changes(
+    pool: PgPool,
+    tenant: String,
+    token: String,
+    changes: Arc<watch::Sender<u64>>,
+    listening: Arc<AtomicBool>,
+) {
+    let bump = || changes.send_modify(|n| *n += 1);
+    while !pool.is_closed() {
+        if let Ok(mut listener) = PgListener::connect_with(&pool).await {
+            listening.store(true, Ordering::SeqCst);
+            if listener.listen(CHANGES_CHANNEL).await.is_ok() {
+                // Whatever was sent before we listened is unknown.
+                bump();
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(note)) => {
+                            let foreign = note
+                                .payload()
+                                .split_once(' ')
+                                .is_some_and(|(from, t)| t == tenant && from != token);
+                            if foreign {
+                                bump();
+                            }
+                        }
+                        // Reconnected: whatever was sent meanwhile is lost.
+                        Ok(None) => bump(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "change listener lost its connection");
+                            break;
+                        }
+                    }
+                }
+            }
+            listening.store(false, Ordering::SeqCst);
+        }
+        tokio::time::sleep(RELISTEN).await;
+    }
 }
 
 impl PostgresSink {
@@ -109,7 +187,41 @@ impl PostgresSink {
             max_connections: options.max_connections,
             max_drift_ms: options.max_drift.as_millis().min(i64::MAX as u128) as i64,
             load: Mutex::new(VecDeque::new()),
+            token: sink_token(),
+            changes: Arc::new(watch::Sender::new(0)),
+            listener: Mutex::new(None),
+            listening: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Starts the change listener unless it runs. It holds one of the pool's
+    /// connections, so a pool capped at one connection never listens.
+    fn ensure_listening(&self) -> bool {
+        if self.max_connections < 2 {
+            return false;
+        }
+        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        if listener.is_none() {
+            *listener = Some(tokio::spawn(listen_for_changes(
+                self.pool.clone(),
+                self.tenant.clone(),
+                self.token.clone(),
+                self.changes.clone(),
+                self.listening.clone(),
+            )));
+        }
+        true
+    }
+
+    fn stop_listening(&self) {
+        if let Some(task) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
 
     /// Connections currently open (busy or idle); never above the cap.
@@ -132,13 +244,20 @@ impl PostgresSink {
         }
     }
 
+    /// Samples the share of the cap busy with work; the listener's connection is not
+    /// work, so it counts on neither side.
     fn sample_load(&self) {
-        let busy = self.pool.size().saturating_sub(self.pool.num_idle() as u32);
+        let held = u32::from(self.listening.load(Ordering::SeqCst));
+        let busy = self
+            .pool
+            .size()
+            .saturating_sub(self.pool.num_idle() as u32)
+            .saturating_sub(held);
         let mut samples = self.load.lock().unwrap_or_else(|e| e.into_inner());
         if samples.len() == LOAD_WINDOW {
             samples.pop_front();
         }
-        samples.push_back(f64::from(busy) / f64::from(self.max_connections));
+        samples.push_back(f64::from(busy) / f64::from(self.max_connections - held).max(1.0));
     }
 
     #[cfg(test)]
@@ -146,8 +265,9 @@ impl PostgresSink {
         self.pool.clone()
     }
 
-    /// Closes every connection.
+    /// Stops the change listener and closes every connection.
     pub async fn close(&self) {
+        self.stop_listening();
         self.pool.close().await;
     }
 
@@ -239,6 +359,14 @@ impl PostgresSink {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        if applied > 0 {
+            // Delivered on commit, to the other devices' change listeners.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(format!("{} {}", self.token, self.tenant))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(applied)
     }
@@ -597,6 +725,18 @@ impl CloudSink for PostgresSink {
 
     async fn touch_device(&self, id: DeviceId) -> hybridsync_core::Result<()> {
         Ok(self.touch(id).await?)
+    }
+
+    async fn next_change(&self, seen: u64) -> u64 {
+        if !self.ensure_listening() {
+            return std::future::pending().await;
+        }
+        let mut changes = self.changes.subscribe();
+        let now = changes.wait_for(|n| *n > seen).await.map(|n| *n);
+        match now {
+            Ok(n) => n,
+            Err(_) => std::future::pending().await,
+        }
     }
 
     fn load(&self) -> f64 {

@@ -237,6 +237,14 @@ pub trait CloudSink: Send + Sync + 'static {
     async fn deregister_device(&self, id: crate::DeviceId) -> Result<bool>;
     /// Updates a registered device's last-seen time (a no-op for unknown devices).
     async fn touch_device(&self, id: crate::DeviceId) -> Result<()>;
+    /// Waits until other writers have changed this tenant's data since the change
+    /// counter read `seen`, and returns the new count. A nudge for auto-sync, not a
+    /// guarantee: it may wake without news and may miss some (auto-sync still runs on
+    /// its interval). A sink without a change signal never returns.
+    async fn next_change(&self, seen: u64) -> u64 {
+        let _ = seen;
+        std::future::pending().await
+    }
     /// Mean share of the connection cap in use recently (0.0–1.0); above the engine's
     /// gate only critical and high entries drain.
     fn load(&self) -> f64 {

@@ -36,6 +36,9 @@ pub struct MemorySink {
     calls: AtomicU64,
     load: Mutex<f64>,
     latency: Mutex<std::time::Duration>,
+    /// Counts upserts that changed rows. One sink is shared by every device of a
+    /// test, so unlike the real sink it also wakes the writer itself.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn unavailable(why: &str) -> Error {
@@ -143,6 +146,7 @@ impl CloudSink for MemorySink {
             });
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
         for record in records {
             let id = (record.collection.clone(), record.key.clone());
             if state
@@ -155,8 +159,22 @@ impl CloudSink for MemorySink {
             state.next_seq += 1;
             let seq = state.next_seq;
             state.rows.insert(id, (seq, record.clone()));
+            changed = true;
+        }
+        drop(state);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
         }
         Ok(())
+    }
+
+    async fn next_change(&self, seen: u64) -> u64 {
+        let mut changes = self.changes.subscribe();
+        let now = changes.wait_for(|n| *n > seen).await.map(|n| *n);
+        match now {
+            Ok(n) => n,
+            Err(_) => std::future::pending().await,
+        }
     }
 
     async fn pull(

@@ -234,15 +234,18 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
     }
 
     /// Starts auto-sync: a [`Self::sync`] of every collection with `strategy` every
-    /// `interval`, until the handle is shut down. Failures are reported as events and
-    /// in the history; the next round tries again.
+    /// `interval`, and at once when the cloud signals that another device changed
+    /// something ([`CloudSink::next_change`]), until the handle is shut down. Failures
+    /// are reported as events and in the history; the next round tries again.
     pub fn start(self: &Arc<Self>, interval: Duration, strategy: Strategy) -> SyncHandle {
         let (stop, mut stopped) = watch::channel(false);
         let this = self.clone();
         let task = tokio::spawn(async move {
+            let mut seen = 0;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
+                    n = this.syncer.sink().next_change(seen) => seen = n,
                     _ = stopped.changed() => break,
                 }
                 if let Err(e) = this.sync(&[], &strategy, &no_progress).await {

@@ -361,6 +361,43 @@ async fn hydrate_restores_a_new_device_and_resumes<T: TestCloud>(cloud: T) {
     }
 }
 
+/// Auto-sync on an hour's interval still picks up another device's write at once: the
+/// cloud's change signal nudges it. (The first writes may land before the listener is
+/// up, so A keeps writing until B has one.)
+async fn auto_sync_is_nudged_by_another_devices_write<T: TestCloud>(cloud: T) {
+    let a = notes_device(cloud.own_sink()).await;
+    let b = notes_device(cloud.own_sink()).await;
+    let auto = b
+        .repl
+        .start(std::time::Duration::from_secs(3600), Strategy::NewestWins);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut round = 0;
+    let seen = loop {
+        round += 1;
+        let value = format!("v{round}");
+        a.put("k", &value).await;
+        assert_eq!(a.repl.syncer().flush(LONG).await.unwrap(), 0);
+        let written = tokio::time::Instant::now();
+        while written.elapsed() < std::time::Duration::from_secs(1) {
+            if b.value("k").await.as_deref() == Some(value.as_str()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if b.value("k").await.as_deref() == Some(value.as_str()) {
+            break round;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never saw A's writes without its interval"
+        );
+    };
+    assert!(seen <= 5, "B needed {seen} writes to notice");
+    auto.shutdown().await;
+}
+
+const LONG: std::time::Duration = std::time::Duration::from_secs(30);
+
 macro_rules! replicate_suite {
     ($module:ident, $cloud:expr) => {
         mod $module {
@@ -389,6 +426,11 @@ macro_rules! replicate_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn hydrate_restores_a_new_device_and_resumes() {
                 super::hydrate_restores_a_new_device_and_resumes($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn auto_sync_is_nudged_by_another_devices_write() {
+                super::auto_sync_is_nudged_by_another_devices_write($cloud).await;
             }
         }
     };

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub(crate) trait TestCloud: Send + Sync {
     type Sink: CloudSink;
     fn sink(&self) -> Arc<Self::Sink>;
+    /// A sink of its own, as another device (another process) would have.
+    fn own_sink(&self) -> Arc<Self::Sink>;
     fn down(&self);
     fn up(&self);
 }
@@ -23,6 +25,9 @@ pub(crate) struct MemoryCloud(Arc<MemorySink>);
 impl TestCloud for MemoryCloud {
     type Sink = MemorySink;
     fn sink(&self) -> Arc<MemorySink> {
+        self.0.clone()
+    }
+    fn own_sink(&self) -> Arc<MemorySink> {
         self.0.clone()
     }
     fn down(&self) {
@@ -39,6 +44,7 @@ pub(crate) fn memory_cloud() -> MemoryCloud {
 
 pub(crate) struct PgCloud {
     server: hybridsync_testkit::TempPostgres,
+    options: hybridsync_cloud::CloudOptions,
     sink: Arc<hybridsync_cloud::PostgresSink>,
 }
 
@@ -46,6 +52,9 @@ impl TestCloud for PgCloud {
     type Sink = hybridsync_cloud::PostgresSink;
     fn sink(&self) -> Arc<Self::Sink> {
         self.sink.clone()
+    }
+    fn own_sink(&self) -> Arc<Self::Sink> {
+        Arc::new(hybridsync_cloud::PostgresSink::new(self.options.clone()).unwrap())
     }
     fn down(&self) {
         self.server
@@ -69,8 +78,12 @@ pub(crate) async fn pg_cloud() -> PgCloud {
     ));
     let mut options = hybridsync_cloud::CloudOptions::new(url, "tenant");
     options.acquire_timeout = Duration::from_secs(1);
-    let sink = Arc::new(hybridsync_cloud::PostgresSink::new(options).unwrap());
-    PgCloud { server, sink }
+    let sink = Arc::new(hybridsync_cloud::PostgresSink::new(options.clone()).unwrap());
+    PgCloud {
+        server,
+        options,
+        sink,
+    }
 }
 
 pub(crate) fn fast_config() -> SyncConfig {
