@@ -82,9 +82,9 @@ fn copy_binary(records: &[Record]) -> Vec<u8> {
     out
 }
 
-pub(crate) async fn run(n: usize) -> Result<Vec<Row>> {
-    println!("drain: {n} records of {PAYLOAD} B + {DIM}-D embeddings to a throwaway PostgreSQL");
-    // A durable server, as a cloud database is: fsync on.
+/// The cloud for the sync benches: a throwaway server that is durable, as a cloud
+/// database is (fsync on), with the schema installed and a non-owner role `app`.
+pub(crate) async fn durable_server() -> Result<TempPostgres> {
     let settings = vec![
         ("fsync".to_owned(), "on".to_owned()),
         ("full_page_writes".to_owned(), "on".to_owned()),
@@ -100,6 +100,13 @@ pub(crate) async fn run(n: usize) -> Result<Vec<Row>> {
     );
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
     hybridsync::layers::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app")).await?;
+    Ok(pg)
+}
+
+/// Drains `n` records into `pg` (collection `bench`, tenant `default`; left there for
+/// the hydrate bench).
+pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
+    println!("drain: {n} records of {PAYLOAD} B + {DIM}-D embeddings to a throwaway PostgreSQL");
     let data = rows(n);
 
     // Ours: local writes, then the engine's drain through the capped pool.

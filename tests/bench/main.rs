@@ -5,19 +5,48 @@
 mod drain;
 mod local;
 mod reads;
+mod replicate;
 mod report;
 mod search;
 
 use anyhow::Result;
 
+/// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `local`, `search` and
+/// `sync` (drain, hydrate, propagation); all by default. A partial run leaves
+/// docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let groups: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    if let Some(unknown) = groups
+        .iter()
+        .find(|g| !["reads", "local", "search", "sync"].contains(g))
+    {
+        anyhow::bail!("unknown benchmark group {unknown:?} (reads, local, search, sync)");
+    }
+    let wanted = |group: &str| groups.is_empty() || groups.contains(&group);
     let mut rows = Vec::new();
-    rows.extend(reads::run(if quick { 20_000 } else { 200_000 }).await?);
-    rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);
-    rows.extend(search::run(if quick { 20_000 } else { 100_000 }).await?);
-    rows.extend(drain::run(if quick { 10_000 } else { 100_000 }).await?);
-    report::write(&rows, quick)?;
+    if wanted("reads") {
+        rows.extend(reads::run(if quick { 20_000 } else { 200_000 }).await?);
+    }
+    if wanted("local") {
+        rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);
+    }
+    if wanted("search") {
+        rows.extend(search::run(if quick { 20_000 } else { 100_000 }).await?);
+    }
+    if wanted("sync") {
+        let cloud = drain::durable_server().await?;
+        let records = if quick { 10_000 } else { 100_000 };
+        rows.extend(drain::run(&cloud, records).await?);
+        rows.extend(replicate::hydrate(&cloud, records).await?);
+        rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
+    }
+    report::write(&rows, quick || !groups.is_empty())?;
     Ok(())
 }

@@ -86,7 +86,9 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn write(rows: &[Row], quick: bool) -> Result<()> {
+/// Prints the table and writes results.json; a full run (not `partial`) also
+/// refreshes docs/benchmarks.md.
+pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
     let mut table = String::from(
         "| benchmark | ours | baseline | baseline value | ratio | goal |\n|---|---|---|---|---|---|\n",
     );
@@ -106,8 +108,8 @@ pub(crate) fn write(rows: &[Row], quick: bool) -> Result<()> {
         serde_json::to_string_pretty(rows)?,
     )
     .context("writing results.json")?;
-    if quick {
-        println!("(--quick: reduced sizes; docs/benchmarks.md left unchanged)");
+    if partial {
+        println!("(--quick or a subset of groups: docs/benchmarks.md left unchanged)");
         return Ok(());
     }
     let doc = format!(

@@ -1,0 +1,159 @@
+//! Two-way sync: a new device's hydrate throughput next to one raw SELECT of the same
+//! rows, and the propagation latency of a write from device A to device B (auto-sync
+//! nudged by the cloud's change signal) next to a raw write and read over two
+//! PostgreSQL connections.
+
+use crate::reads::{nanos, percentile};
+use crate::report::Row;
+use anyhow::{Context, Result, ensure};
+use hybridsync::{HybridStore, Strategy, WriteOptions};
+use hybridsync_testkit::TempPostgres;
+use sqlx::{Connection, Row as _};
+use std::time::{Duration, Instant};
+
+/// Hydrates what the drain bench left in the cloud (`records` rows of collection
+/// `bench`, tenant `default`) into a fresh device.
+pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row>> {
+    println!("hydrate: {records} records with 192-D embeddings into a new device");
+    let tmp = tempfile::tempdir()?;
+    let store = HybridStore::builder(tmp.path())
+        .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
+        .open()
+        .await?;
+    // The app defines its collections at start-up, as the drain bench's device did.
+    let spec =
+        hybridsync::VectorSpec::new(192, hybridsync::Metric::Cosine, hybridsync::Precision::F16)?;
+    store.create_collection("bench", Some(spec)).await?;
+    let started = Instant::now();
+    let report = store.hydrate(&["bench"], |_, _| {}).await?;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        report.pulled as usize == records,
+        "hydrate pulled {} of {records}",
+        report.pulled
+    );
+    store.shutdown(Duration::from_secs(5)).await?;
+    let ours = records as f64 / secs;
+    println!("  ours (hydrate):      {ours:>10.0} records/s ({secs:.2} s, index built)");
+
+    // Baseline: the same rows and columns in one SELECT, decoded into memory.
+    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
+    let started = Instant::now();
+    let rows = sqlx::query(
+        "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM hs_records
+         WHERE tenant = 'default' AND collection = 'bench'",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    let bytes: usize = rows
+        .iter()
+        .map(|r| r.get::<Vec<u8>, _>(1).len() + r.get::<Vec<u8>, _>(2).len())
+        .sum();
+    let select = rows.len() as f64 / started.elapsed().as_secs_f64();
+    ensure!(rows.len() == records, "SELECT read {} rows", rows.len());
+    println!(
+        "  one raw SELECT:      {select:>10.0} records/s ({} MB)",
+        bytes >> 20
+    );
+    Ok(vec![Row::throughput(
+        "hydrate_192d",
+        ours,
+        "raw_select",
+        select,
+        "report",
+    )])
+}
+
+/// Write on device A, poll device B until it reads the new value. B runs auto-sync on
+/// a one-minute interval, so what is measured is the nudge path: A's drain is woken by
+/// the write, its upsert notifies, B's listener wakes B's sync, B pulls and applies.
+pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<Row>> {
+    println!("propagation: {rounds} writes on device A, each awaited on device B");
+    let url = format!("postgres://app@127.0.0.1:{}/postgres", pg.port());
+    let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let open = |dir: &std::path::Path| {
+        HybridStore::builder(dir)
+            .cloud_url(url.clone())
+            .tenant("propagation")
+            .open()
+    };
+    let (a, b) = (open(dir_a.path()).await?, open(dir_b.path()).await?);
+    a.create_collection("notes", None).await?;
+    a.start_sync().await?;
+    a.seed(&[], |_, _| {}).await?;
+    b.hydrate(&[], |_, _| {}).await?;
+    b.start_auto_sync(Duration::from_secs(60), Strategy::NewestWins)
+        .await?;
+    let (notes_a, notes_b) = (a.raw("notes")?, b.raw("notes")?);
+    // Let B's first (listen-triggered) round pass.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut ours = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let value = format!("value {i}").into_bytes();
+        let started = Instant::now();
+        notes_a
+            .put("shared", value.clone(), WriteOptions::default())
+            .await?;
+        loop {
+            if notes_b.get("shared").await?.as_deref() == Some(value.as_slice()) {
+                break;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "write {i} never reached device B"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        ours.push(started.elapsed());
+    }
+    b.stop_auto_sync().await;
+    a.shutdown(Duration::from_secs(5)).await?;
+    b.shutdown(Duration::from_secs(5)).await?;
+
+    // Baseline: an autocommitted write on one connection, read back on another.
+    let mut writer = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
+    let mut reader = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
+    sqlx::query("CREATE TABLE bench_propagation (key text PRIMARY KEY, payload bytea)")
+        .execute(&mut writer)
+        .await
+        .context("baseline table")?;
+    let mut base = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let value = format!("value {i}").into_bytes();
+        let started = Instant::now();
+        sqlx::query(
+            "INSERT INTO bench_propagation VALUES ('shared', $1)
+             ON CONFLICT (key) DO UPDATE SET payload = excluded.payload",
+        )
+        .bind(&value)
+        .execute(&mut writer)
+        .await?;
+        let read: Vec<u8> =
+            sqlx::query_scalar("SELECT payload FROM bench_propagation WHERE key = 'shared'")
+                .fetch_one(&mut reader)
+                .await?;
+        ensure!(read == value, "baseline read a stale value");
+        base.push(started.elapsed());
+    }
+    let (p50, p99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
+    let (b50, b99) = (percentile(&mut base, 0.5), percentile(&mut base, 0.99));
+    println!("  ours (A → B):        p50 {p50:?}, p99 {p99:?}");
+    println!("  raw write + read:    p50 {b50:?}, p99 {b99:?}");
+    Ok(vec![
+        Row::latency(
+            "propagation_p50",
+            nanos(p50),
+            "raw_write_then_read_p50",
+            nanos(b50),
+            "report",
+        ),
+        Row::latency(
+            "propagation_p99",
+            nanos(p99),
+            "raw_write_then_read_p99",
+            nanos(b99),
+            "report",
+        ),
+    ])
+}
