@@ -55,13 +55,54 @@ pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row
         "  one raw SELECT:      {select:>10.0} records/s ({} MB)",
         bytes >> 20
     );
-    Ok(vec![Row::throughput(
-        "hydrate_192d",
-        ours,
-        "raw_select",
-        select,
-        "report",
-    )])
+
+    // Baseline: that SELECT plus a raw usearch index of the same vectors (same
+    // options, both cores): the least a device must do to search what it restored.
+    let started = Instant::now();
+    let rows = sqlx::query(
+        "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM hs_records
+         WHERE tenant = 'default' AND collection = 'bench'",
+    )
+    .fetch_all(&mut admin)
+    .await?;
+    let index = usearch::Index::new(&usearch::IndexOptions {
+        dimensions: 192,
+        metric: usearch::MetricKind::Cos,
+        quantization: usearch::ScalarKind::F16,
+        ..Default::default()
+    })
+    .context("usearch index")?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    index.reserve_capacity_and_threads(rows.len(), threads)?;
+    std::thread::scope(|scope| {
+        for (t, part) in rows.chunks(rows.len().div_ceil(threads)).enumerate() {
+            let index = &index;
+            scope.spawn(move || {
+                for (i, row) in part.iter().enumerate() {
+                    let vector: Vec<f32> = row
+                        .get::<Vec<u8>, _>(2)
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                        .collect();
+                    let label = (t * part.len() + i) as u64;
+                    index.add(label, &vector).expect("raw usearch add");
+                }
+            });
+        }
+    });
+    ensure!(index.size() == records, "raw index holds {}", index.size());
+    let with_index = records as f64 / started.elapsed().as_secs_f64();
+    println!("  SELECT + raw index:  {with_index:>10.0} records/s");
+    Ok(vec![
+        Row::throughput("hydrate_192d", ours, "raw_select", select, "report"),
+        Row::throughput(
+            "hydrate_192d",
+            ours,
+            "raw_select_and_usearch_build",
+            with_index,
+            "report",
+        ),
+    ])
 }
 
 /// Write on device A, poll device B until it reads the new value. B runs auto-sync on

@@ -163,6 +163,17 @@ pub trait VectorCache: Send + Sync + 'static {
         key: &Key,
         embedding: &[f32],
     ) -> Result<()>;
+    /// Inserts or replaces many vectors, as [`Self::upsert`] of each in order (an
+    /// index may add them in parallel).
+    fn upsert_many(
+        &self,
+        collection: &CollectionName,
+        items: &[(u64, Key, Vec<f32>)],
+    ) -> Result<()> {
+        items
+            .iter()
+            .try_for_each(|(label, key, v)| self.upsert(collection, *label, key, v))
+    }
     /// Removes a vector; absent labels are ignored.
     fn remove(&self, collection: &CollectionName, label: u64) -> Result<()>;
     /// The `k` nearest keys to `query`, nearest first.

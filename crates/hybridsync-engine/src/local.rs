@@ -188,26 +188,54 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         Ok(receipts)
     }
 
-    /// Brings the vector index and the hot cache up to committed changes.
+    /// Brings the vector index and the hot cache up to committed changes. Runs of
+    /// vector upserts go to the index as batches (which it may add in parallel), off
+    /// the async workers when large.
     fn reflect(&self, receipts: &[WriteReceipt]) -> Result<()> {
+        let mut run: Vec<(u64, Key, Vec<f32>)> = Vec::new();
+        let mut run_collection: Option<&CollectionName> = None;
         for receipt in receipts {
             let record = &receipt.record;
             if self
                 .spec(&record.collection)
                 .is_some_and(|s| s.vector.is_some())
             {
+                if run_collection.is_some_and(|c| *c != record.collection) {
+                    self.upsert_vectors(run_collection.take(), &mut run)?;
+                }
                 match (&record.embedding, record.tombstone) {
-                    (Some(embedding), false) => self.vectors.upsert(
-                        &record.collection,
-                        receipt.label,
-                        &record.key,
-                        embedding,
-                    )?,
-                    _ => self.vectors.remove(&record.collection, receipt.label)?,
+                    (Some(embedding), false) => {
+                        run_collection = Some(&record.collection);
+                        run.push((receipt.label, record.key.clone(), embedding.clone()));
+                    }
+                    _ => {
+                        self.upsert_vectors(run_collection.take(), &mut run)?;
+                        self.vectors.remove(&record.collection, receipt.label)?;
+                    }
                 }
             }
             self.hot.insert(Arc::new(record.clone()));
         }
+        self.upsert_vectors(run_collection, &mut run)
+    }
+
+    fn upsert_vectors(
+        &self,
+        collection: Option<&CollectionName>,
+        run: &mut Vec<(u64, Key, Vec<f32>)>,
+    ) -> Result<()> {
+        let Some(collection) = collection else {
+            return Ok(());
+        };
+        let add = || self.vectors.upsert_many(collection, run);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if run.len() >= 64 && multi_thread {
+            tokio::task::block_in_place(add)?;
+        } else {
+            add()?;
+        }
+        run.clear();
         Ok(())
     }
 

@@ -349,19 +349,24 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
         let store = self.engine.store();
         let sink = self.syncer.sink();
         let total = sink.count(&spec.name).await?.max(1);
-        let mut cursor = store.cursor(&spec.name).await?;
+        let cursor = store.cursor(&spec.name).await?;
         let mut seen = 0u64;
+        let mut batch = sink.pull(&spec.name, &cursor, PAGE).await?;
         loop {
-            let batch = sink.pull(&spec.name, &cursor, PAGE).await?;
             let rows = batch.records.len();
             if rows == 0 {
                 break;
             }
+            // The next page is fetched (on its own task) while this one is applied.
+            let prefetch = (rows == PAGE).then(|| {
+                let (sink, name, after) = (sink.clone(), spec.name.clone(), batch.next.clone());
+                tokio::spawn(async move { sink.pull(&name, &after, PAGE).await })
+            });
             let outcome = self
                 .engine
                 .apply_remote(&spec.name, batch.records, &batch.next, resolver)
-                .await?;
-            cursor = batch.next;
+                .await;
+            let outcome = outcome?;
             seen += rows as u64;
             report.processed += rows as u64;
             report.pulled += outcome.applied as u64;
@@ -388,8 +393,14 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
                 overall(index, of, seen, total),
                 &format!("{}: pulled {seen} of ~{total}", spec.name),
             );
-            if rows < PAGE {
-                break;
+            match prefetch {
+                Some(next) => {
+                    batch = next.await.map_err(|e| Error::Cloud {
+                        retryable: true,
+                        source: Box::new(e),
+                    })??;
+                }
+                None => break,
             }
         }
         Ok(())

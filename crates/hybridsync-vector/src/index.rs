@@ -182,6 +182,39 @@ fn hits(entry: &CollectionIndex, matches: usearch::ffi::Matches) -> Result<Vec<V
         .collect())
 }
 
+/// Adds `rows` (labels not in the index) on up to `threads` threads. The caller holds
+/// the index exclusively and has reserved room for them.
+fn add_parallel(
+    index: &usearch::Index,
+    rows: &[(u64, Key, Vec<f32>)],
+    threads: usize,
+) -> Result<()> {
+    let threads = threads.clamp(1, THREAD_SLOTS);
+    let chunk = rows.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .try_for_each(|(label, _, v)| index.add(*label, v))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("index add thread panicked"))
+    })
+    .map_err(usearch_error)
+}
+
+/// Batches at least this large are added in parallel.
+const PARALLEL_ADD_MIN: usize = 64;
+
+/// A parallel batch holds the index exclusively for at most this many vectors, so
+/// searches interleave with a long batch.
+const PARALLEL_ADD_CHUNK: usize = 512;
+
 impl VectorCache for UsearchCache {
     fn build(
         &self,
@@ -190,24 +223,7 @@ impl VectorCache for UsearchCache {
         rows: Vec<(u64, Key, Vec<f32>)>,
     ) -> hybridsync_core::Result<()> {
         let index = new_index(spec, &self.options, rows.len())?;
-        let threads = self.options.build_threads.clamp(1, THREAD_SLOTS);
-        let chunk = rows.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = rows
-                .chunks(chunk)
-                .map(|part| {
-                    let index = &index;
-                    scope.spawn(move || {
-                        part.iter()
-                            .try_for_each(|(label, _, v)| index.add(*label, v))
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().expect("index build thread panicked"))
-        })
-        .map_err(usearch_error)?;
+        add_parallel(&index, &rows, self.options.build_threads)?;
         let used = Mutex::new(rows.len());
         let keys = rows
             .into_iter()
@@ -249,6 +265,44 @@ impl VectorCache for UsearchCache {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(label, key.clone());
+        Ok(())
+    }
+
+    fn upsert_many(
+        &self,
+        collection: &CollectionName,
+        items: &[(u64, Key, Vec<f32>)],
+    ) -> hybridsync_core::Result<()> {
+        let distinct = items
+            .iter()
+            .map(|(label, ..)| *label)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if items.len() < PARALLEL_ADD_MIN || distinct < items.len() {
+            return items
+                .iter()
+                .try_for_each(|(label, key, v)| self.upsert(collection, *label, key, v));
+        }
+        let entry = self.get(collection)?;
+        for chunk in items.chunks(PARALLEL_ADD_CHUNK) {
+            let index = entry.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut used = entry.used.lock().unwrap_or_else(|e| e.into_inner());
+            if *used + chunk.len() >= index.capacity() {
+                reserve(&index, (*used + chunk.len()) * 2)?;
+            }
+            for (label, ..) in chunk {
+                if index.contains(*label) {
+                    index.remove(*label).map_err(usearch_error)?;
+                }
+            }
+            add_parallel(&index, chunk, self.options.build_threads)?;
+            *used += chunk.len();
+            entry
+                .keys
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(chunk.iter().map(|(label, key, _)| (*label, key.clone())));
+        }
         Ok(())
     }
 
