@@ -124,6 +124,13 @@ pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
            per row (measured on the first 10,000 rows); `copy_binary` is one binary `COPY` of the same rows into an\n  \
            empty table with the same columns and indexes (no conflict handling, no RLS).\n\
          - The server runs with `fsync=on`, as a cloud database does.\n\
+         - **hydrate_192d**: a new device (collection defined, f16 cosine index) pulls those 100,000 rows in\n  \
+           pages of 1,000, each applied in one local transaction with its cursor, and indexes every vector.\n  \
+           Baselines: one `SELECT` of the same rows and columns into memory, and that `SELECT` plus a raw\n  \
+           usearch index of the same vectors (same options, all cores): the least work a searchable restore needs.\n\
+         - **propagation**: device A puts a key; device B (auto-sync on a 60 s interval, so the `LISTEN/NOTIFY`\n  \
+           nudge is what acts) is polled every 0.5 ms until it reads the new value; 200 rounds. Baseline: an\n  \
+           autocommitted upsert on one PostgreSQL connection read back on another.\n\
          - **cached_read**: `RawCollection::get` of a key in the hot cache (key validation, LRU, metrics, payload\n  \
            copy) against `HashMap::get(..).cloned()` of the same 256 bytes, and against a prepared PostgreSQL point\n  \
            read over loopback. Per-call timing on both sides, so the timer overhead is shared.\n\
