@@ -1,5 +1,5 @@
-//! Project automation: `cargo xtask test` (the one test command) and the tidy checks
-//! it runs. Each task is a module with a `run` function, working from the project root.
+//! Project automation: `cargo xtask test` (the one test command), the tidy checks it
+//! runs, `bench` and `chaos`. Each task is a module with a `run` function, working from the project root.
 
 mod bench;
 mod test;
@@ -22,8 +22,9 @@ fn main() -> Result<()> {
         Some("test") => test::run(&args[1..]),
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("chaos") => bench::chaos(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <test|tidy|bench>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)"
+            "usage: cargo xtask <test|tidy|bench|chaos>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --faults)"
         ),
     }
 }
