@@ -1,6 +1,8 @@
 //! Writer mode: one device writing unique values as fast as its local store takes
 //! them, printing each acknowledged write (`ack put KEY VALUE` / `ack del KEY`) only
-//! after the call returned Ok, so the parent knows exactly what was promised.
+//! after the call returned Ok, so the parent knows exactly what was promised. A delete
+//! is announced (`try del KEY`) before it is invoked: its outcome is unknown until the
+//! ack.
 
 use anyhow::{Context, Result};
 use hybridsync::layers::engine::BreakerConfig;
@@ -55,6 +57,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             if !written.is_empty() && rng.random_ratio(1, 8) {
                 let victim = written.swap_remove(rng.random_range(0..written.len()));
                 let key = format!("w{victim:08}");
+                // Announced first: if we die before the ack, the delete may or may not
+                // have happened, and the checker must accept either.
+                writeln!(out, "try del {key}")?;
+                out.flush()?;
                 if chaos.delete(&key, Priority::Normal).await.is_ok() {
                     writeln!(out, "ack del {key}")?;
                     out.flush()?;

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: formatting, lints, tidy, and every test of the workspace.
+//! `cargo xtask test`: formatting, lints, tidy, every test of the workspace, and the
+//! chaos schedules in short mode.
 //!
 //! The tests start what they need themselves (throwaway PostgreSQL and Redis from the
 //! installed binaries, via `hybridsync-testkit`); this only checks those binaries exist
@@ -72,6 +73,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut test = vec!["test", "--workspace", "--locked", "--no-fail-fast"];
     test.extend(args.iter().map(String::as_str));
     cargo(&test)?;
+    // Chaos in short mode (fixed seeds plus one random), on the debug build the tests
+    // just made.
+    let started_chaos = Instant::now();
+    eprintln!("$ cargo xtask chaos --short (debug build)");
+    crate::bench::run_tests_bin("hybridsync-chaos", true, &["--short".to_owned()])?;
+    eprintln!("  ok in {:.1} s", started_chaos.elapsed().as_secs_f64());
     eprintln!(
         "cargo xtask test: all green in {:.0} s",
         started.elapsed().as_secs_f64()
