@@ -11,6 +11,16 @@ use hybridsync_testkit::TempPostgres;
 use sqlx::{Connection, Row as _};
 use std::time::{Duration, Instant};
 
+/// The rows a hydrate of the bench collection pulls, in one raw SELECT.
+async fn select_bench_rows(admin: &mut sqlx::PgConnection) -> Result<Vec<sqlx::postgres::PgRow>> {
+    Ok(sqlx::query(
+        "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM hs_records
+         WHERE tenant = 'default' AND collection = 'bench'",
+    )
+    .fetch_all(admin)
+    .await?)
+}
+
 /// Hydrates what the drain bench left in the cloud (`records` rows of collection
 /// `bench`, tenant `default`) into a fresh device.
 pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row>> {
@@ -39,12 +49,7 @@ pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row
     // Baseline: the same rows and columns in one SELECT, decoded into memory.
     let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
     let started = Instant::now();
-    let rows = sqlx::query(
-        "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM hs_records
-         WHERE tenant = 'default' AND collection = 'bench'",
-    )
-    .fetch_all(&mut admin)
-    .await?;
+    let rows = select_bench_rows(&mut admin).await?;
     let bytes: usize = rows
         .iter()
         .map(|r| r.get::<Vec<u8>, _>(1).len() + r.get::<Vec<u8>, _>(2).len())
@@ -59,12 +64,7 @@ pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row
     // Baseline: that SELECT plus a raw usearch index of the same vectors (same
     // options, both cores): the least a device must do to search what it restored.
     let started = Instant::now();
-    let rows = sqlx::query(
-        "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM hs_records
-         WHERE tenant = 'default' AND collection = 'bench'",
-    )
-    .fetch_all(&mut admin)
-    .await?;
+    let rows = select_bench_rows(&mut admin).await?;
     let index = usearch::Index::new(&usearch::IndexOptions {
         dimensions: 192,
         metric: usearch::MetricKind::Cos,
