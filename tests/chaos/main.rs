@@ -9,15 +9,24 @@
 //! reads throughout. Then everything heals, the outbox is drained, and the checkers
 //! compare what was acknowledged with the device and the cloud.
 
+mod check;
+mod ops;
+mod report;
 mod schedule;
 mod writer;
 
 use anyhow::{Context, Result, bail};
-use schedule::{Options, Report};
+use report::Report;
+use schedule::Options;
 
-fn usage() -> &'static str {
-    "hybridsync-chaos [--seed S] [--schedules N] [--duration SECS] [--faults LIST] [--short]\n\
-     faults: latency,blackhole,reset,close_after,down,kill,pause,pg_fast,pg_immediate,pg_terminate"
+fn usage() -> String {
+    let mut text = String::from(
+        "hybridsync-chaos [--seed S] [--schedules N] [--duration SECS] [--devices D] [--faults LIST] [--short]\nfaults:\n",
+    );
+    for (_, name, what) in schedule::ALL {
+        text.push_str(&format!("  {name:<13} {what}\n"));
+    }
+    text
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -32,6 +41,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--seed" => options.seed = Some(value()?.parse().context("--seed")?),
             "--schedules" => options.schedules = value()?.parse().context("--schedules")?,
             "--duration" => options.duration_secs = value()?.parse().context("--duration")?,
+            "--devices" => options.devices = value()?.parse().context("--devices")?,
             "--faults" => options.faults = schedule::parse_faults(value()?)?,
             "--short" => options.short = true,
             "--help" | "-h" => {
@@ -44,6 +54,10 @@ fn parse(args: &[String]) -> Result<Options> {
     if options.short {
         options.schedules = options.schedules.min(3);
         options.duration_secs = options.duration_secs.min(8);
+        options.devices = options.devices.min(2);
+    }
+    if options.devices == 0 || options.faults.is_empty() {
+        bail!("at least one device and one fault\n{}", usage());
     }
     Ok(options)
 }

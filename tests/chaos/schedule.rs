@@ -1,60 +1,68 @@
-//! Schedules: derive faults from a seed, run them against a writer, heal, check.
+//! Schedules: derive faults from a seed, run them against several devices, heal, check.
 
+use crate::check::{self, ScheduleResult};
+use crate::ops::{self, Ops};
+use crate::report::Report;
+use crate::writer;
 use anyhow::{Context, Result};
-use hybridsync::{CloudUrl, HybridStore};
-use hybridsync_testkit::{Fault, FaultProxy, ShutdownMode, TempPostgres};
+use hybridsync::CloudUrl;
+use hybridsync::layers::core::CRASH_POINTS;
+use hybridsync_testkit::{Fault, FaultProxy, ShutdownMode, TempPostgres, TempPostgresOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The pool cap every device keeps (the sink's default).
-const POOL_CAP: u64 = 3;
+pub(crate) const POOL_CAP: u64 = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum FaultKind {
-    Latency,
-    Blackhole,
-    Reset,
-    CloseAfter,
-    Down,
-    Kill,
-    Pause,
-    PgFast,
-    PgImmediate,
-    PgTerminate,
+/// The server's connection slots: low, so the `slots` fault can take them all.
+const MAX_CONNECTIONS: u32 = 40;
+
+macro_rules! faults {
+    ($($kind:ident = $name:literal: $what:literal,)+) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub(crate) enum FaultKind { $($kind,)+ }
+        /// Every fault with its name and what it does, for `--faults` and `--help`.
+        pub(crate) const ALL: &[(FaultKind, &str, &str)] = &[$((FaultKind::$kind, $name, $what),)+];
+    };
 }
 
-const ALL: [(FaultKind, &str); 10] = [
-    (FaultKind::Latency, "latency"),
-    (FaultKind::Blackhole, "blackhole"),
-    (FaultKind::Reset, "reset"),
-    (FaultKind::CloseAfter, "close_after"),
-    (FaultKind::Down, "down"),
-    (FaultKind::Kill, "kill"),
-    (FaultKind::Pause, "pause"),
-    (FaultKind::PgFast, "pg_fast"),
-    (FaultKind::PgImmediate, "pg_immediate"),
-    (FaultKind::PgTerminate, "pg_terminate"),
-];
+faults! {
+    Latency = "latency": "10-200 ms per chunk plus jitter, on one device's link or all",
+    Bandwidth = "bandwidth": "2-64 KiB/s on one device's link or all",
+    Blackhole = "blackhole": "sockets stay open, nothing moves",
+    Reset = "reset": "RST on every open connection",
+    CloseAfter = "close_after": "connections cut after 100-20,000 more bytes",
+    Down = "down": "connections refused and open ones dropped",
+    Kill = "kill": "SIGKILL of a device's writer; a new writer starts on the same device",
+    Pause = "pause": "SIGSTOP, then SIGCONT, of a device's writer",
+    Crash = "crash": "a device's writer restarts armed to abort at a named crash point",
+    Skew = "skew": "a device's writer restarts with its clock 5-25 s ahead or behind",
+    SkewFar = "skew_far": "a rogue device with its clock 2 h ahead writes the shared keys",
+    PgFast = "pg_fast": "pg_ctl restart -m fast",
+    PgImmediate = "pg_immediate": "pg_ctl restart -m immediate (crash recovery)",
+    PgTerminate = "pg_terminate": "pg_terminate_backend on every device connection",
+    IdleTx = "idle_tx": "idle_in_transaction_session_timeout 40 ms, with 50-150 ms latency",
+    Slots = "slots": "other clients take every free connection slot; device connections killed",
+}
 
-fn name(kind: FaultKind) -> &'static str {
-    ALL.iter().find(|(k, _)| *k == kind).map_or("?", |(_, n)| n)
+pub(crate) fn name(kind: FaultKind) -> &'static str {
+    ALL.iter()
+        .find(|(k, ..)| *k == kind)
+        .map_or("?", |(_, n, _)| n)
 }
 
 pub(crate) fn parse_faults(list: &str) -> Result<Vec<FaultKind>> {
     list.split(',')
         .map(|n| {
             ALL.iter()
-                .find(|(_, name)| *name == n.trim())
-                .map(|(k, _)| *k)
+                .find(|(_, name, _)| *name == n.trim())
+                .map(|(k, ..)| *k)
                 .with_context(|| format!("unknown fault {n:?}"))
         })
         .collect()
@@ -65,6 +73,7 @@ pub(crate) struct Options {
     pub seed: Option<u64>,
     pub schedules: usize,
     pub duration_secs: u64,
+    pub devices: usize,
     pub faults: Vec<FaultKind>,
     pub short: bool,
 }
@@ -75,148 +84,18 @@ impl Default for Options {
             seed: None,
             schedules: 10,
             duration_secs: 20,
-            faults: ALL.iter().map(|(k, _)| *k).collect(),
+            devices: 3,
+            faults: ALL.iter().map(|(k, ..)| *k).collect(),
             short: false,
         }
     }
 }
 
-/// What was acknowledged: the last value of each live key, and deleted keys.
-#[derive(Debug, Default)]
-struct Acks {
-    puts: BTreeMap<String, String>,
-    deleted: BTreeSet<String>,
-    /// Deletes invoked but never acknowledged (the writer died): either outcome is fine.
-    maybe_deleted: BTreeSet<String>,
-    ok: u64,
-    highest: u64,
-}
-
-/// One schedule's outcome.
-#[derive(Debug, Default, serde::Serialize)]
-pub(crate) struct ScheduleResult {
-    pub seed: u64,
-    pub faults: BTreeMap<&'static str, u64>,
-    pub writes_acknowledged: u64,
-    pub writers_started: u64,
-    pub lost: u64,
-    pub stale: u64,
-    pub resurrected: u64,
-    pub device_cloud_mismatches: u64,
-    pub outbox_left: u64,
-    pub parked_failed: u64,
-    pub convergence_ms: u64,
-    pub max_pool: u64,
-    pub reads: u64,
-    pub read_errors: u64,
-    pub read_p50_us: u64,
-    pub read_p99_us: u64,
-    pub read_max_us: u64,
-}
-
-impl ScheduleResult {
-    fn violations(&self) -> u64 {
-        self.lost
-            + self.stale
-            + self.resurrected
-            + self.device_cloud_mismatches
-            + self.outbox_left
-            + u64::from(self.max_pool > POOL_CAP)
-            + self.read_errors
-    }
-}
-
-#[derive(Debug, Default, serde::Serialize)]
-pub(crate) struct Report {
-    pub schedules: Vec<ScheduleResult>,
-}
-
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-impl Report {
-    pub(crate) fn violations(&self) -> u64 {
-        self.schedules.iter().map(ScheduleResult::violations).sum()
-    }
-
-    pub(crate) fn print_and_save(&self) -> Result<()> {
-        let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-        for s in &self.schedules {
-            for (f, n) in &s.faults {
-                *faults.entry(f).or_default() += n;
-            }
-        }
-        let sum = |f: fn(&ScheduleResult) -> u64| self.schedules.iter().map(f).sum::<u64>();
-        let max = |f: fn(&ScheduleResult) -> u64| self.schedules.iter().map(f).max().unwrap_or(0);
-        let mut conv: Vec<u64> = self.schedules.iter().map(|s| s.convergence_ms).collect();
-        conv.sort_unstable();
-        let pct = |v: &[u64], q: f64| {
-            v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
-                .copied()
-                .unwrap_or(0)
-        };
-        let mut table = String::new();
-        let _ = writeln!(table, "| measure | value |\n|---|---|");
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(table, "| {k} | {v} |");
-        };
-        row("schedules", self.schedules.len().to_string());
-        row("faults injected", format!("{faults:?}"));
-        row("writer processes", sum(|s| s.writers_started).to_string());
-        row(
-            "writes acknowledged",
-            sum(|s| s.writes_acknowledged).to_string(),
-        );
-        row("lost (acknowledged, absent)", sum(|s| s.lost).to_string());
-        row("stale (older value)", sum(|s| s.stale).to_string());
-        row("resurrected deletes", sum(|s| s.resurrected).to_string());
-        row(
-            "device ≠ cloud rows",
-            sum(|s| s.device_cloud_mismatches).to_string(),
-        );
-        row(
-            "outbox left after healing",
-            sum(|s| s.outbox_left).to_string(),
-        );
-        row("parked as failed", sum(|s| s.parked_failed).to_string());
-        row(
-            "convergence after healing p50 / p99 / max",
-            format!(
-                "{} / {} / {} ms",
-                pct(&conv, 0.5),
-                pct(&conv, 0.99),
-                conv.last().unwrap_or(&0)
-            ),
-        );
-        row(
-            "max pool connections seen (cap 3)",
-            max(|s| s.max_pool).to_string(),
-        );
-        row(
-            "local reads during faults (errors)",
-            format!("{} ({})", sum(|s| s.reads), sum(|s| s.read_errors)),
-        );
-        row(
-            "read latency p50 / p99 / max (worst schedule)",
-            format!(
-                "{} / {} / {} µs",
-                max(|s| s.read_p50_us),
-                max(|s| s.read_p99_us),
-                max(|s| s.read_max_us)
-            ),
-        );
-        row("violations", self.violations().to_string());
-        println!("\n{table}");
-        let dir = root().join("target/chaos");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
-        println!("report: {}", dir.join("report.json").display());
-        Ok(())
-    }
 }
 
 pub(crate) fn run_all(options: &Options) -> Result<Report> {
@@ -226,16 +105,29 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
         let base = options.seed.unwrap_or_else(|| rand::random::<u32>().into());
         (0..options.schedules as u64).map(|i| base + i).collect()
     };
-    let pg = Arc::new(TempPostgres::start().context("starting PostgreSQL")?);
+    let pg = Arc::new(
+        TempPostgres::with_options(TempPostgresOptions {
+            max_connections: MAX_CONNECTIONS,
+            ..TempPostgresOptions::default()
+        })
+        .context("starting PostgreSQL")?,
+    );
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
+    pg.psql("postgres", "CREATE ROLE hog LOGIN")?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(hybridsync::layers::cloud::migrate(
         &CloudUrl::new(pg.url("postgres")),
         Some("app"),
     ))?;
-    let mut report = Report::default();
+    let mut report = Report {
+        devices: options.devices,
+        ..Report::default()
+    };
     for seed in seeds {
-        println!("schedule seed {seed}: {} s", options.duration_secs);
+        println!(
+            "schedule seed {seed}: {} devices, {} s",
+            options.devices, options.duration_secs
+        );
         let mut history = String::new();
         let result = run_one(&pg, &runtime, seed, options, &mut history)
             .with_context(|| format!("schedule seed {seed}"))?;
@@ -251,8 +143,9 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
             std::fs::create_dir_all(path.parent().expect("dir"))?;
             std::fs::write(&path, &history)?;
             println!(
-                "  VIOLATED: {result:?}\n  replay: cargo xtask chaos --seed {seed} --schedules 1 --duration {}\n  history: {}",
+                "  VIOLATED: {result:?}\n  replay: cargo xtask chaos --seed {seed} --schedules 1 --duration {} --devices {}\n  history: {}",
                 options.duration_secs,
+                options.devices,
                 path.display()
             );
         }
@@ -261,55 +154,54 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
     Ok(report)
 }
 
-/// A running writer process and the thread collecting its acknowledgements.
+/// A running writer process and the thread collecting its lines.
 struct Writer {
     child: Child,
     collector: std::thread::JoinHandle<()>,
 }
 
-fn spawn_writer(
-    dir: &Path,
-    url: &str,
-    tenant: &str,
+impl Writer {
+    fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        let _ = self.collector.join();
+        Ok(())
+    }
+}
+
+/// What a writer process is started with besides its device.
+#[derive(Default)]
+struct Knobs {
+    /// Its first own key's index, and the seed of its operations.
     first: u64,
     seed: u64,
-    acks: &Arc<Mutex<Acks>>,
+    skew_ms: i64,
+    crash: Option<String>,
+    rogue: bool,
+}
+
+fn spawn_writer(
+    dir: &std::path::Path,
+    url: &str,
+    tenant: &str,
+    device: &str,
+    knobs: &Knobs,
+    ops: &Arc<Mutex<Ops>>,
 ) -> Result<Writer> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["writer", &dir.display().to_string(), url, tenant])
-        .args([first.to_string(), seed.to_string()])
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["writer", &dir.display().to_string(), url, tenant, device])
+        .args([knobs.first.to_string(), knobs.seed.to_string()])
+        .env("HYBRIDSYNC_CHAOS_SKEW_MS", knobs.skew_ms.to_string())
+        .env_remove("HYBRIDSYNC_CRASH_POINT")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+        .stderr(Stdio::null());
+    if let Some(point) = &knobs.crash {
+        cmd.env("HYBRIDSYNC_CRASH_POINT", point);
+    }
+    let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped");
-    let acks = acks.clone();
-    let collector = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let mut acks = acks.lock().unwrap_or_else(|e| e.into_inner());
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                (Some("ack"), Some("put"), Some(key), Some(value)) => {
-                    if let Some(i) = key.strip_prefix('w').and_then(|i| i.parse().ok()) {
-                        acks.highest = acks.highest.max(i);
-                    }
-                    acks.deleted.remove(key);
-                    acks.puts.insert(key.to_owned(), value.to_owned());
-                    acks.ok += 1;
-                }
-                (Some("try"), Some("del"), Some(key), None) => {
-                    acks.maybe_deleted.insert(key.to_owned());
-                }
-                (Some("ack"), Some("del"), Some(key), None) => {
-                    acks.maybe_deleted.remove(key);
-                    acks.puts.remove(key);
-                    acks.deleted.insert(key.to_owned());
-                    acks.ok += 1;
-                }
-                _ => {}
-            }
-        }
-    });
+    let (ops, device, rogue) = (ops.clone(), device.to_owned(), knobs.rogue);
+    let collector = std::thread::spawn(move || ops::collect(stdout, &device, rogue, &ops));
     Ok(Writer { child, collector })
 }
 
@@ -321,6 +213,280 @@ fn now_epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One device: its data directory, its link to the server, its current writer.
+pub(crate) struct Device {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub proxy: FaultProxy,
+    url: String,
+    writer: Option<Writer>,
+    /// When the current writer started (ms since the epoch), for the pool sampler.
+    since: Arc<AtomicU64>,
+    writers_started: u64,
+}
+
+/// A schedule in progress.
+struct Run<'a> {
+    pg: &'a Arc<TempPostgres>,
+    seed: u64,
+    tenant: String,
+    devices: Vec<Device>,
+    ops: Arc<Mutex<Ops>>,
+    started: Instant,
+    history: &'a mut String,
+    crashes: u64,
+    rogues: Vec<tempfile::TempDir>,
+}
+
+impl Run<'_> {
+    fn log(&mut self, what: &str) {
+        let _ = writeln!(
+            self.history,
+            "{:>7} ms  {what}",
+            self.started.elapsed().as_millis()
+        );
+    }
+
+    /// Starts a writer on device `d`, past every own key it acknowledged so far.
+    fn start_writer(&mut self, d: usize, knobs: Knobs) -> Result<()> {
+        let device = &self.devices[d];
+        let highest = self
+            .ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .highest
+            .get(&device.name)
+            .copied();
+        let first = highest.map_or(0, |h| h + 1_000);
+        let knobs = Knobs {
+            first,
+            seed: self.seed,
+            ..knobs
+        };
+        device.since.store(now_epoch_ms(), Ordering::SeqCst);
+        let writer = spawn_writer(
+            device.dir.path(),
+            &device.url,
+            &self.tenant,
+            &device.name,
+            &knobs,
+            &self.ops,
+        )?;
+        let device = &mut self.devices[d];
+        device.writer = Some(writer);
+        device.writers_started += 1;
+        let what = format!(
+            "{}: writer started at w{first:08} (skew {} ms, crash point {:?})",
+            device.name, knobs.skew_ms, knobs.crash
+        );
+        self.log(&what);
+        Ok(())
+    }
+
+    fn kill_writer(&mut self, d: usize) -> Result<()> {
+        if let Some(writer) = self.devices[d].writer.take() {
+            writer.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts writers that ended on their own (a crash point fired).
+    fn revive(&mut self) -> Result<()> {
+        for d in 0..self.devices.len() {
+            let exited = match self.devices[d].writer.as_mut() {
+                Some(w) => w.child.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                if let Some(writer) = self.devices[d].writer.take() {
+                    let _ = writer.collector.join();
+                }
+                self.crashes += 1;
+                let what = format!(
+                    "{}: writer ended by itself ({status})",
+                    self.devices[d].name
+                );
+                self.log(&what);
+                self.start_writer(d, Knobs::default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps for `hold`, reviving crashed writers meanwhile.
+    fn hold(&mut self, hold: Duration) -> Result<()> {
+        let until = Instant::now() + hold;
+        while Instant::now() < until {
+            self.revive()?;
+            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        }
+        self.revive()
+    }
+
+    /// The proxies a link fault hits: one device's, or (one time in three) every one.
+    fn links(&self, rng: &mut StdRng) -> Vec<&FaultProxy> {
+        if rng.random_ratio(1, 3) {
+            self.devices.iter().map(|d| &d.proxy).collect()
+        } else {
+            vec![&self.devices[rng.random_range(0..self.devices.len())].proxy]
+        }
+    }
+
+    fn link_fault(&mut self, rng: &mut StdRng, fault: Fault, hold: Duration) -> Result<()> {
+        for proxy in self.links(rng) {
+            match fault {
+                Fault::None => proxy.reset(),
+                fault => proxy.set(fault),
+            }
+        }
+        if fault != Fault::None {
+            self.hold(hold)?;
+        }
+        Ok(())
+    }
+
+    fn pg_setting(&self, sql: &str) -> Result<()> {
+        self.pg.psql("postgres", sql)?;
+        self.pg.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
+    fn terminate_devices(&self) {
+        let _ = self.pg.psql(
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'",
+        );
+    }
+
+    fn inject(
+        &mut self,
+        kind: FaultKind,
+        rng: &mut StdRng,
+        hold: Duration,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<()> {
+        let d = rng.random_range(0..self.devices.len());
+        match kind {
+            FaultKind::Latency => {
+                let fault = Fault::Latency {
+                    ms: rng.random_range(10..200),
+                    jitter_ms: rng.random_range(0..50),
+                };
+                self.link_fault(rng, fault, hold)?;
+            }
+            FaultKind::Bandwidth => {
+                let fault = Fault::Bandwidth {
+                    bytes_per_sec: rng.random_range(2_048..65_536),
+                };
+                self.link_fault(rng, fault, hold)?;
+            }
+            FaultKind::Blackhole => self.link_fault(rng, Fault::Blackhole, hold)?,
+            FaultKind::Reset => self.link_fault(rng, Fault::None, hold)?,
+            FaultKind::CloseAfter => {
+                let fault = Fault::CloseAfter {
+                    bytes: rng.random_range(100..20_000),
+                };
+                self.link_fault(rng, fault, hold)?;
+            }
+            FaultKind::Down => self.link_fault(rng, Fault::Down, hold)?,
+            FaultKind::Kill => {
+                self.kill_writer(d)?;
+                std::thread::sleep(hold);
+                self.start_writer(d, Knobs::default())?;
+            }
+            FaultKind::Pause => {
+                if let Some(w) = &self.devices[d].writer {
+                    let pid = w.child.id();
+                    signal(pid, "-STOP");
+                    std::thread::sleep(hold);
+                    signal(pid, "-CONT");
+                }
+            }
+            FaultKind::Crash => {
+                let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
+                let nth = rng.random_range(1..40);
+                self.kill_writer(d)?;
+                let knobs = Knobs {
+                    crash: Some(format!("{point}:{nth}")),
+                    ..Knobs::default()
+                };
+                self.start_writer(d, knobs)?;
+                self.hold(hold)?;
+            }
+            FaultKind::Skew => {
+                let ms = rng.random_range(5_000..25_000);
+                let skew_ms = if rng.random_bool(0.5) { ms } else { -ms };
+                self.kill_writer(d)?;
+                self.start_writer(
+                    d,
+                    Knobs {
+                        skew_ms,
+                        ..Knobs::default()
+                    },
+                )?;
+                self.hold(hold)?;
+            }
+            FaultKind::SkewFar => {
+                let dir = tempfile::tempdir()?;
+                let name = format!("r{}", self.rogues.len());
+                let url = format!("postgres://app@127.0.0.1:{}/postgres", self.pg.port());
+                let knobs = Knobs {
+                    seed: self.seed,
+                    skew_ms: 2 * 3_600_000,
+                    rogue: true,
+                    ..Knobs::default()
+                };
+                let ops = self.ops.clone();
+                let rogue = spawn_writer(dir.path(), &url, &self.tenant, &name, &knobs, &ops)?;
+                self.hold(hold.max(Duration::from_millis(800)))?;
+                rogue.kill()?;
+                self.rogues.push(dir);
+            }
+            FaultKind::PgFast => self.pg.restart(ShutdownMode::Fast)?,
+            FaultKind::PgImmediate => self.pg.restart(ShutdownMode::Immediate)?,
+            FaultKind::PgTerminate => self.terminate_devices(),
+            FaultKind::IdleTx => {
+                self.pg_setting("ALTER SYSTEM SET idle_in_transaction_session_timeout = '40ms'")?;
+                let fault = Fault::Latency {
+                    ms: rng.random_range(50..150),
+                    jitter_ms: 20,
+                };
+                for device in &self.devices {
+                    device.proxy.set(fault);
+                }
+                self.hold(hold)?;
+                self.pg_setting("ALTER SYSTEM RESET idle_in_transaction_session_timeout")?;
+            }
+            FaultKind::Slots => {
+                let url = format!("postgres://hog@127.0.0.1:{}/postgres", self.pg.port());
+                let hogs = runtime.block_on(take_every_slot(&url));
+                self.terminate_devices();
+                let what = format!("{} slots taken", hogs.len());
+                self.log(&what);
+                self.hold(hold)?;
+                drop(hogs);
+            }
+        }
+        for device in &self.devices {
+            device.proxy.set(Fault::None);
+        }
+        Ok(())
+    }
+}
+
+/// Opens connections as another client until the server refuses (53300).
+async fn take_every_slot(url: &str) -> Vec<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let mut hogs = Vec::new();
+    while hogs.len() < MAX_CONNECTIONS as usize {
+        match sqlx::PgConnection::connect(url).await {
+            Ok(conn) => hogs.push(conn),
+            Err(_) => break,
+        }
+    }
+    hogs
 }
 
 fn percentile(sorted: &[u64], q: f64) -> u64 {
@@ -340,153 +506,94 @@ fn run_one(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut result = ScheduleResult {
         seed,
+        devices: options.devices as u64,
         ..ScheduleResult::default()
     };
-    let tenant = format!("chaos-{seed}");
-    let dir = tempfile::tempdir()?;
     let upstream = format!("127.0.0.1:{}", pg.port()).parse()?;
-    let proxy = FaultProxy::start(upstream)?;
-    let url = format!("postgres://app@127.0.0.1:{}/postgres", proxy.port());
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let started = Instant::now();
-    let log = |history: &mut String, what: &str| {
-        let _ = writeln!(history, "{:>7} ms  {what}", started.elapsed().as_millis());
+    let mut devices = Vec::new();
+    for i in 0..options.devices {
+        let proxy = FaultProxy::start(upstream)?;
+        devices.push(Device {
+            name: format!("d{i}"),
+            dir: tempfile::tempdir()?,
+            url: format!("postgres://app@127.0.0.1:{}/postgres", proxy.port()),
+            proxy,
+            writer: None,
+            since: Arc::new(AtomicU64::new(0)),
+            writers_started: 0,
+        });
+    }
+    let mut run = Run {
+        pg,
+        seed,
+        tenant: format!("chaos-{seed}"),
+        devices,
+        ops: Arc::new(Mutex::new(Ops::default())),
+        started: Instant::now(),
+        history,
+        crashes: 0,
+        rogues: Vec::new(),
     };
+    for d in 0..options.devices {
+        run.start_writer(d, Knobs::default())?;
+    }
 
-    let mut writer = spawn_writer(dir.path(), &url, &tenant, 0, seed, &acks)?;
-    result.writers_started = 1;
-    let writer_since = Arc::new(AtomicU64::new(now_epoch_ms()));
-    log(history, "writer started at w00000000");
-
-    // Pool sampler: the current writer's backends (older ones may linger after a kill).
+    // Pool sampler: each device's backends from its current writer (a killed writer's
+    // may linger a moment), told apart by application_name.
     let stop = Arc::new(AtomicBool::new(false));
     let max_pool = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (pg, stop, max_pool, since) = (
-            pg.clone(),
-            stop.clone(),
-            max_pool.clone(),
-            writer_since.clone(),
-        );
+        let (pg, stop, max_pool) = (pg.clone(), stop.clone(), max_pool.clone());
+        let watched: Vec<(String, Arc<AtomicU64>)> = run
+            .devices
+            .iter()
+            .map(|d| (writer::application_name(&d.name), d.since.clone()))
+            .collect();
         std::thread::spawn(move || {
+            let sql = "SELECT application_name, (extract(epoch FROM backend_start) * 1000)::bigint \
+                       FROM pg_stat_activity WHERE usename = 'app'";
             while !stop.load(Ordering::SeqCst) {
-                let sql = format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
-                     AND backend_start >= to_timestamp({} / 1000.0)",
-                    since.load(Ordering::SeqCst)
-                );
-                if let Ok(n) = pg.psql("postgres", &sql).map(|s| s.trim().parse::<u64>()) {
-                    max_pool.fetch_max(n.unwrap_or(0), Ordering::SeqCst);
+                if let Ok(rows) = pg.psql("postgres", sql) {
+                    for (app, since) in &watched {
+                        let since = since.load(Ordering::SeqCst);
+                        let n = rows
+                            .lines()
+                            .filter_map(|l| l.split_once('|'))
+                            .filter(|(a, start)| {
+                                a == app && start.parse::<u64>().is_ok_and(|s| s >= since)
+                            })
+                            .count() as u64;
+                        max_pool.fetch_max(n, Ordering::SeqCst);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(150));
             }
         })
     };
 
-    // Reader probe: local reads on the device throughout, from this process.
-    let probe = {
-        let (dir, stop, acks) = (dir.path().to_owned(), stop.clone(), acks.clone());
-        std::thread::spawn(move || -> (u64, Vec<u64>) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                // Wait until the writer has created the store and its collection.
-                while acks.lock().unwrap_or_else(|e| e.into_inner()).ok == 0 {
-                    if stop.load(Ordering::SeqCst) {
-                        return (0, Vec::new());
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let Ok(store) = HybridStore::builder(&dir).open().await else {
-                    return (1, Vec::new());
-                };
-                let Ok(chaos) = store.raw("chaos") else {
-                    return (1, Vec::new());
-                };
-                let (mut errors, mut latencies) = (0, Vec::new());
-                let mut i = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    let highest = acks.lock().unwrap_or_else(|e| e.into_inner()).highest;
-                    i = (i + 7919) % (highest + 1);
-                    let t = Instant::now();
-                    if chaos.get(&format!("w{i:08}")).await.is_err() {
-                        errors += 1;
-                    }
-                    latencies.push(t.elapsed().as_micros() as u64);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                store.close().await;
-                (errors, latencies)
-            })
-        })
-    };
+    let probe = check::spawn_reader(
+        run.devices[0].dir.path().to_owned(),
+        run.devices[0].name.clone(),
+        stop.clone(),
+        run.ops.clone(),
+    );
 
     // Faults until the duration is up.
-    while started.elapsed() < Duration::from_secs(options.duration_secs) {
-        std::thread::sleep(Duration::from_millis(rng.random_range(100..800)));
+    while run.started.elapsed() < Duration::from_secs(options.duration_secs) {
+        let gap = Duration::from_millis(rng.random_range(100..800));
+        run.hold(gap)?;
         let kind = options.faults[rng.random_range(0..options.faults.len())];
         let hold = Duration::from_millis(rng.random_range(200..1500));
         *result.faults.entry(name(kind)).or_default() += 1;
-        log(history, &format!("fault {} for {hold:?}", name(kind)));
-        match kind {
-            FaultKind::Latency => {
-                proxy.set(Fault::Latency {
-                    ms: rng.random_range(10..200),
-                    jitter_ms: rng.random_range(0..50),
-                });
-                std::thread::sleep(hold);
-            }
-            FaultKind::Blackhole => {
-                proxy.set(Fault::Blackhole);
-                std::thread::sleep(hold);
-            }
-            FaultKind::Reset => proxy.reset(),
-            FaultKind::CloseAfter => {
-                proxy.set(Fault::CloseAfter {
-                    bytes: rng.random_range(100..20_000),
-                });
-                std::thread::sleep(hold);
-            }
-            FaultKind::Down => {
-                proxy.set(Fault::Down);
-                std::thread::sleep(hold);
-            }
-            FaultKind::Kill => {
-                writer.child.kill()?;
-                writer.child.wait()?;
-                let _ = writer.collector.join();
-                std::thread::sleep(hold);
-                let first = acks.lock().unwrap_or_else(|e| e.into_inner()).highest + 1_000;
-                writer_since.store(now_epoch_ms(), Ordering::SeqCst);
-                writer = spawn_writer(dir.path(), &url, &tenant, first, seed, &acks)?;
-                result.writers_started += 1;
-                log(history, &format!("writer restarted at w{first:08}"));
-            }
-            FaultKind::Pause => {
-                signal(writer.child.id(), "-STOP");
-                std::thread::sleep(hold);
-                signal(writer.child.id(), "-CONT");
-            }
-            FaultKind::PgFast => pg.restart(ShutdownMode::Fast)?,
-            FaultKind::PgImmediate => pg.restart(ShutdownMode::Immediate)?,
-            FaultKind::PgTerminate => {
-                let _ = pg.psql(
-                    "postgres",
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'app'",
-                );
-            }
-        }
-        proxy.set(Fault::None);
-        log(history, "healed");
+        run.log(&format!("fault {} for {hold:?}", name(kind)));
+        run.inject(kind, &mut rng, hold, runtime)?;
+        run.log("healed");
     }
 
-    // Heal: the writer is killed mid-flight one last time, everything else restored.
-    writer.child.kill()?;
-    writer.child.wait()?;
-    let _ = writer.collector.join();
-    proxy.set(Fault::None);
+    // Heal: every writer is killed mid-flight one last time, everything else restored.
+    for d in 0..run.devices.len() {
+        run.kill_writer(d)?;
+    }
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
     let (read_errors, mut latencies) = probe.join().unwrap_or((1, Vec::new()));
@@ -497,113 +604,29 @@ fn run_one(
     result.read_p99_us = percentile(&latencies, 0.99);
     result.read_max_us = latencies.last().copied().unwrap_or(0);
     result.max_pool = max_pool.load(Ordering::SeqCst);
-    log(history, "healing: final drain through a direct connection");
+    result.crash_points_hit = run.crashes;
+    result.writers_started = run.devices.iter().map(|d| d.writers_started).sum();
+    result.reconnects = run.devices.iter().map(|d| d.proxy.connections()).sum();
+    run.log("healing: final sync of every device through direct connections");
 
-    let acks = std::mem::take(&mut *acks.lock().unwrap_or_else(|e| e.into_inner()));
-    result.writes_acknowledged = acks.ok;
+    let ops = std::mem::take(&mut *run.ops.lock().unwrap_or_else(|e| e.into_inner()));
     let direct = format!("postgres://app@127.0.0.1:{}/postgres", pg.port());
-    runtime.block_on(heal_and_check(
+    let Run {
+        devices,
+        tenant,
+        rogues,
+        history,
+        ..
+    } = run;
+    runtime.block_on(check::heal_and_check(
         pg,
-        dir.path(),
+        &devices,
+        &rogues,
         &direct,
         &tenant,
-        &acks,
+        &ops,
         &mut result,
         history,
     ))?;
     Ok(result)
-}
-
-async fn heal_and_check(
-    pg: &TempPostgres,
-    dir: &Path,
-    url: &str,
-    tenant: &str,
-    acks: &Acks,
-    result: &mut ScheduleResult,
-    history: &mut String,
-) -> Result<()> {
-    use sqlx::{Connection, Row};
-    let store = HybridStore::builder(dir)
-        .cloud_url(url.to_owned())
-        .tenant(tenant.to_owned())
-        .sync_config(crate::writer::sync_config())
-        .open()
-        .await?;
-    let healing = Instant::now();
-    let left = store.flush(Duration::from_secs(120)).await?;
-    result.convergence_ms = healing.elapsed().as_millis() as u64;
-    let status = store.status().await?;
-    result.outbox_left = left;
-    result.parked_failed = status.outbox.failed;
-
-    let chaos = store.raw("chaos")?;
-    let mut local: BTreeMap<String, String> = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = chaos.list(after.as_deref(), 1_000).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.to_string());
-        for (key, value) in page {
-            local.insert(
-                key.to_string(),
-                String::from_utf8_lossy(&value).into_owned(),
-            );
-        }
-    }
-    store.shutdown(Duration::from_secs(5)).await?;
-
-    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
-    let rows = sqlx::query(
-        "SELECT key, payload, tombstone FROM hs_records WHERE tenant = $1 AND collection = 'chaos'",
-    )
-    .bind(tenant)
-    .fetch_all(&mut admin)
-    .await?;
-    let cloud: BTreeMap<String, String> = rows
-        .iter()
-        .filter(|r| !r.get::<bool, _>(2))
-        .map(|r| {
-            (
-                r.get::<String, _>(0),
-                String::from_utf8_lossy(&r.get::<Vec<u8>, _>(1)).into_owned(),
-            )
-        })
-        .collect();
-
-    for side in [&local, &cloud] {
-        for (key, value) in &acks.puts {
-            match side.get(key) {
-                None if acks.maybe_deleted.contains(key) => {}
-                None => {
-                    result.lost += 1;
-                    let _ = writeln!(history, "LOST {key}={value}");
-                }
-                Some(v) if v != value => {
-                    result.stale += 1;
-                    let _ = writeln!(history, "STALE {key}: {v} instead of {value}");
-                }
-                Some(_) => {}
-            }
-        }
-        for key in &acks.deleted {
-            if side.contains_key(key) {
-                result.resurrected += 1;
-                let _ = writeln!(history, "RESURRECTED {key}");
-            }
-        }
-    }
-    let differing = local
-        .iter()
-        .filter(|(k, v)| cloud.get(*k) != Some(v))
-        .count()
-        + cloud.keys().filter(|k| !local.contains_key(*k)).count();
-    result.device_cloud_mismatches = differing as u64;
-    if differing > 0 {
-        let _ = writeln!(history, "{differing} rows differ between device and cloud");
-    }
-    if left > 0 {
-        let _ = writeln!(history, "{left} outbox entries left after healing");
-    }
-    Ok(())
 }

@@ -5,7 +5,8 @@
 #[non_exhaustive]
 pub enum Error {
     /// The server cannot be reached or will not serve us right now: refused or reset
-    /// connections, pool acquire timeouts, no free slots (53300), admin shutdown (57P01).
+    /// connections, pool acquire timeouts, no free slots (53300), admin shutdown (57P01),
+    /// a session ended by the server's idle-in-transaction timeout (25P03).
     #[error("cloud unavailable: {0}")]
     Unavailable(String),
     /// A transient failure of one statement: serialization failure (40001), deadlock
@@ -41,6 +42,8 @@ fn unavailable_code(code: &str) -> bool {
         || code == "53300" // too many connections
         || code == "53000" // insufficient resources
         || code == "25006" // read-only transaction (failover in progress)
+        || code == "25P03" // idle_in_transaction_session_timeout ended the session
+        || code == "25P04" // transaction_timeout ended the session
 }
 
 fn transient_code(code: &str) -> bool {

@@ -367,6 +367,7 @@ impl PostgresSink {
                 .execute(&mut *tx)
                 .await?;
         }
+        hybridsync_core::crash_point("during_batch");
         tx.commit().await?;
         Ok(applied)
     }

@@ -382,6 +382,25 @@ async fn failures_are_classified_retryable_or_permanent() {
         .await
         .unwrap();
 
+    // The server ends a session idle inside a transaction (25P03): retryable, not a
+    // reason to park the entry.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET idle_in_transaction_session_timeout = '50ms'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = Error::from(
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err(),
+    );
+    assert!(err.to_string().contains("25P03"), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    conn.detach();
+
     // Server down: retryable as core::Error::Cloud; after a crash restart it works again.
     pg.stop(ShutdownMode::Immediate).unwrap();
     let err = sink.upsert_batch(&[record("k", 2, "v")]).await.unwrap_err();

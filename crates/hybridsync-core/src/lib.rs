@@ -9,6 +9,7 @@
 
 mod codec;
 mod conflict;
+mod crash;
 mod error;
 mod event;
 mod hash;
@@ -24,6 +25,7 @@ mod vector;
 
 pub use codec::{decode_payload, encode_payload};
 pub use conflict::{Conflict, ConflictResolver, Resolution, ResolutionKind, Strategy, resolve};
+pub use crash::{CRASH_POINTS, crash_point};
 pub use error::{BoxError, Error, Result};
 pub use event::{CircuitState, SyncEvent, SyncOperation};
 pub use hash::ContentHash;

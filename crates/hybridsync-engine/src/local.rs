@@ -254,6 +254,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             .store
             .apply_remote(collection, records, next, resolver)
             .await?;
+        hybridsync_core::crash_point("during_pull_apply");
         self.reflect(&outcome.changed)?;
         if outcome.changed.len() > outcome.applied {
             self.nudge.notify_one();

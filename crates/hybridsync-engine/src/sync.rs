@@ -359,6 +359,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             let elapsed = started.elapsed();
             match result {
                 Ok(()) => {
+                    hybridsync_core::crash_point("after_server_commit");
                     metrics::histogram!(catalogue::SYNC_LATENCY).record(elapsed.as_secs_f64());
                     metrics::counter!(catalogue::SYNCS, "status" => "ok").increment(1);
                     metrics::counter!(catalogue::RECORDS_SYNCED).increment(records.len() as u64);

@@ -205,6 +205,7 @@ impl SqliteStore {
             }
         }
         conn.finish();
+        hybridsync_core::crash_point("after_local_commit");
         Ok(receipts)
     }
 }

@@ -25,6 +25,7 @@ pub struct HybridStoreBuilder {
     cloud_url: Option<CloudUrl>,
     tenant: String,
     max_connections: u32,
+    application_name: String,
     sync: SyncConfig,
 }
 
@@ -94,6 +95,13 @@ impl HybridStoreBuilder {
         self
     }
 
+    /// The `application_name` this device's cloud connections carry (default
+    /// `hybridsync`), so an operator can tell devices apart in `pg_stat_activity`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
     /// Drain timing and sizing.
     pub fn sync_config(mut self, sync: SyncConfig) -> Self {
         self.sync = sync;
@@ -137,6 +145,7 @@ impl HybridStoreBuilder {
             Some(url) => {
                 let mut options = CloudOptions::new(url.clone(), self.tenant.clone());
                 options.max_connections = self.max_connections;
+                options.application_name = self.application_name;
                 options.min_connections = options.min_connections.min(self.max_connections);
                 // Lazy: nothing here waits on the network.
                 let sink = Arc::new(PostgresSink::new(options)?);
@@ -257,6 +266,7 @@ impl HybridStore {
             cloud_url: None,
             tenant: "default".into(),
             max_connections: 3,
+            application_name: "hybridsync".into(),
             sync: SyncConfig::default(),
         }
     }

@@ -1,0 +1,49 @@
+//! Named crash points for crash drills (`cargo xtask chaos`).
+//!
+//! The engine calls [`crash_point`] at the moments where a crash is most likely to lose
+//! or duplicate data:
+//!
+//! | point | where |
+//! |---|---|
+//! | `after_local_commit` | a local write is committed (record and outbox) but not yet returned |
+//! | `during_batch` | an upsert ran on the server, its transaction is not committed |
+//! | `after_server_commit` | the server committed a batch, the outbox does not know yet |
+//! | `during_pull_apply` | a pulled page is committed locally, the in-memory index not updated |
+//!
+//! Without the `crash-points` feature the call compiles to nothing. With it, setting
+//! `HYBRIDSYNC_CRASH_POINT=NAME:N` aborts the process (no destructors, no flushing, as
+//! with SIGKILL) the Nth time it passes point `NAME`. Unset, a point costs one load.
+
+/// Every crash point, for drills that pick one.
+pub const CRASH_POINTS: [&str; 4] = [
+    "after_local_commit",
+    "during_batch",
+    "after_server_commit",
+    "during_pull_apply",
+];
+
+/// Aborts the process here when `HYBRIDSYNC_CRASH_POINT` names `name` and this is the
+/// configured hit (see the module docs).
+#[cfg(feature = "crash-points")]
+pub fn crash_point(name: &'static str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let armed = ARMED.get_or_init(|| {
+        let spec = std::env::var("HYBRIDSYNC_CRASH_POINT").ok()?;
+        let (point, nth) = spec.split_once(':').unwrap_or((&spec, "1"));
+        Some((point.to_owned(), nth.parse().ok()?))
+    });
+    if let Some((point, nth)) = armed
+        && point == name
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth
+    {
+        std::process::abort();
+    }
+}
+
+/// Without the `crash-points` feature, nothing.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn crash_point(_name: &'static str) {}

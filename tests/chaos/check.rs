@@ -1,0 +1,411 @@
+//! The reader probe during faults, healing, and the checkers.
+
+use crate::ops::Ops;
+use crate::schedule::{Device, POOL_CAP};
+use crate::writer;
+use anyhow::Result;
+use hybridsync::{HybridStore, Strategy};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every device and the cloud must agree within this long after healing.
+pub(crate) const CONVERGENCE_BOUND: Duration = Duration::from_secs(60);
+
+/// One schedule's outcome.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct ScheduleResult {
+    pub seed: u64,
+    pub devices: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub writers_started: u64,
+    pub crash_points_hit: u64,
+    pub ops_invoked: u64,
+    pub ops_ok: u64,
+    pub ops_failed: u64,
+    pub ops_unknown: u64,
+    pub writes_acknowledged: u64,
+    pub rogue_writes: u64,
+    /// Invariant 1: acknowledged but absent, or an older value in its place.
+    pub lost: u64,
+    pub stale: u64,
+    /// Invariant 2: a value carrying a version other than the one it was written with.
+    pub version_mismatches: u64,
+    /// Invariant 3.
+    pub resurrected: u64,
+    /// A value no writer ever wrote, or a rogue device's value the cloud should refuse.
+    pub unknown_values: u64,
+    pub rogue_leaked: u64,
+    /// Invariant 4: live rows that differ between a device and the cloud.
+    pub device_cloud_mismatches: u64,
+    /// Invariant 5.
+    pub convergence_ms: u64,
+    pub sync_rounds: u64,
+    pub not_converged: u64,
+    /// Invariant 6.
+    pub max_pool: u64,
+    /// Invariant 7.
+    pub reads: u64,
+    pub read_errors: u64,
+    pub read_p50_us: u64,
+    pub read_p99_us: u64,
+    pub read_max_us: u64,
+    /// Invariant 8.
+    pub outbox_left: u64,
+    pub parked_failed: u64,
+    pub rogue_parked: u64,
+    pub retries: u64,
+    pub reconnects: u64,
+    pub breaker_transitions: u64,
+}
+
+impl ScheduleResult {
+    pub(crate) fn violations(&self) -> u64 {
+        self.lost
+            + self.stale
+            + self.version_mismatches
+            + self.resurrected
+            + self.unknown_values
+            + self.rogue_leaked
+            + self.device_cloud_mismatches
+            + self.not_converged
+            + self.outbox_left
+            + u64::from(self.max_pool > POOL_CAP)
+            + self.read_errors
+    }
+}
+
+/// Local reads on device `name` every 5 ms until `stop`, from this process: returns
+/// the error count and the latencies in µs.
+pub(crate) fn spawn_reader(
+    dir: PathBuf,
+    name: String,
+    stop: Arc<AtomicBool>,
+    ops: Arc<Mutex<Ops>>,
+) -> std::thread::JoinHandle<(u64, Vec<u64>)> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            // Wait until the writer has created the store and its collection.
+            while ops.lock().unwrap_or_else(|e| e.into_inner()).ok == 0 {
+                if stop.load(Ordering::SeqCst) {
+                    return (0, Vec::new());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let Ok(store) = HybridStore::builder(&dir).open().await else {
+                return (1, Vec::new());
+            };
+            let Ok(chaos) = store.raw("chaos") else {
+                return (1, Vec::new());
+            };
+            let (mut errors, mut latencies) = (0, Vec::new());
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let highest = ops
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .highest
+                    .get(&name)
+                    .copied()
+                    .unwrap_or(0);
+                i = (i + 7919) % (highest + 1);
+                let key = if i.is_multiple_of(4) {
+                    format!("s{:02}", i % writer::SHARED_KEYS)
+                } else {
+                    format!("{name}-w{i:08}")
+                };
+                let t = Instant::now();
+                if chaos.get(&key).await.is_err() {
+                    errors += 1;
+                }
+                latencies.push(t.elapsed().as_micros() as u64);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            store.close().await;
+            (errors, latencies)
+        })
+    })
+}
+
+/// A row as a checker sees it: version, and the value unless it is a tombstone.
+type Row = (String, Option<String>);
+type State = BTreeMap<String, Row>;
+
+fn row(packed: i64, origin: &[u8], tombstone: bool, payload: &[u8]) -> Row {
+    let origin: String = origin.iter().map(|b| format!("{b:02x}")).collect();
+    let value = (!tombstone).then(|| String::from_utf8_lossy(payload).into_owned());
+    (format!("{packed:020}.{origin}"), value)
+}
+
+/// Live rows only: where a tombstone exists does not matter, only what reads return.
+fn live(state: &State) -> BTreeMap<&String, &Row> {
+    state.iter().filter(|(_, r)| r.1.is_some()).collect()
+}
+
+fn live_values(state: &State) -> BTreeMap<String, String> {
+    state
+        .iter()
+        .filter_map(|(k, r)| Some((k.clone(), r.1.clone()?)))
+        .collect()
+}
+
+fn differing(a: &State, b: &State) -> u64 {
+    let (a, b) = (live(a), live(b));
+    (a.iter().filter(|(k, r)| b.get(*k) != Some(*r)).count()
+        + b.keys().filter(|k| !a.contains_key(*k)).count()) as u64
+}
+
+/// Every record of `chaos` in a device's SQLite file, tombstones included, with the
+/// outbox's retry total and its parked entries.
+fn device_state(dir: &std::path::Path) -> Result<(State, u64, Vec<String>)> {
+    let db = rusqlite::Connection::open(dir.join("hybridsync.db"))?;
+    let mut state = State::new();
+    let mut stmt = db.prepare(
+        "SELECT key, hlc, origin, tombstone, payload FROM records WHERE collection = 'chaos'",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (key, packed, origin, tombstone, payload): (String, i64, Vec<u8>, bool, Vec<u8>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        state.insert(key, row(packed, &origin, tombstone, &payload));
+    }
+    let retries: i64 = db.query_row("SELECT coalesce(sum(attempts), 0) FROM outbox", [], |r| {
+        r.get(0)
+    })?;
+    let parked = db
+        .prepare(
+            "SELECT r.key || ': ' || coalesce(o.last_error, '') FROM outbox o \
+             JOIN records r ON r.id = o.record_id WHERE o.state = 3",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok((state, retries as u64, parked))
+}
+
+async fn cloud_state(pg: &hybridsync_testkit::TempPostgres, tenant: &str) -> Result<State> {
+    use sqlx::{Connection, Row as _};
+    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
+    let rows = sqlx::query(
+        "SELECT key, hlc, origin, tombstone, payload FROM hs_records \
+         WHERE tenant = $1 AND collection = 'chaos'",
+    )
+    .bind(tenant)
+    .fetch_all(&mut admin)
+    .await?;
+    let _ = admin.close().await;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let key: String = r.get(0);
+            let origin: Vec<u8> = r.get(2);
+            let payload: Vec<u8> = r.get(4);
+            (key, row(r.get(1), &origin, r.get(3), &payload))
+        })
+        .collect())
+}
+
+/// Heals: every device syncs both ways through a direct connection, round after round,
+/// until every device's live rows equal the cloud's and no outbox holds anything (or
+/// the bound passes). Then checks every side against the operation history.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn heal_and_check(
+    pg: &hybridsync_testkit::TempPostgres,
+    devices: &[Device],
+    rogues: &[tempfile::TempDir],
+    url: &str,
+    tenant: &str,
+    ops: &Ops,
+    result: &mut ScheduleResult,
+    history: &mut String,
+) -> Result<()> {
+    let open = |dir: &std::path::Path, name: &str| {
+        HybridStore::builder(dir)
+            .cloud_url(url.to_owned())
+            .tenant(tenant.to_owned())
+            .application_name(writer::application_name(name))
+            .sync_config(writer::sync_config())
+            .open()
+    };
+    let mut stores = Vec::new();
+    for device in devices {
+        stores.push(open(device.dir.path(), &device.name).await?);
+    }
+    let healing = Instant::now();
+    let mut converged = false;
+    while healing.elapsed() < CONVERGENCE_BOUND {
+        result.sync_rounds += 1;
+        for store in &stores {
+            store.sync(&[], Strategy::NewestWins, |_, _| {}).await?;
+        }
+        let cloud = live_values(&cloud_state(pg, tenant).await?);
+        let mut agree = true;
+        for store in &stores {
+            let outbox = store.status().await?.outbox;
+            agree &= outbox.pending + outbox.in_flight == 0;
+            agree &= live_via_api(store).await? == cloud;
+        }
+        if agree {
+            converged = true;
+            break;
+        }
+    }
+    result.convergence_ms = healing.elapsed().as_millis() as u64;
+    result.not_converged = u64::from(!converged);
+    for store in &stores {
+        let outbox = store.status().await?.outbox;
+        result.outbox_left += outbox.pending + outbox.in_flight;
+        result.parked_failed += outbox.failed;
+        store.shutdown(Duration::from_secs(5)).await?;
+    }
+    drop(stores);
+    if !converged {
+        let _ = writeln!(history, "NOT CONVERGED within {CONVERGENCE_BOUND:?}");
+    }
+
+    // A rogue device's writes must all be refused by the cloud and parked at home.
+    for dir in rogues {
+        let store = open(dir.path(), "rogue").await?;
+        let _ = store.flush(Duration::from_secs(10)).await?;
+        let outbox = store.status().await?.outbox;
+        result.rogue_parked += outbox.failed;
+        result.outbox_left += outbox.pending + outbox.in_flight;
+        store.shutdown(Duration::from_secs(5)).await?;
+    }
+
+    let cloud = cloud_state(pg, tenant).await?;
+    let mut sides: Vec<(String, State)> = Vec::new();
+    for device in devices {
+        let (state, retries, parked) = device_state(device.dir.path())?;
+        result.retries += retries;
+        for line in parked {
+            let _ = writeln!(history, "PARKED on {}: {line}", device.name);
+        }
+        let diff = differing(&state, &cloud);
+        if diff > 0 {
+            let _ = writeln!(
+                history,
+                "{diff} live rows differ between {} and the cloud",
+                device.name
+            );
+        }
+        result.device_cloud_mismatches += diff;
+        sides.push((device.name.clone(), state));
+    }
+    sides.push(("cloud".into(), cloud));
+
+    result.ops_invoked = ops.invoked;
+    result.ops_ok = ops.ok;
+    result.ops_failed = ops.failed;
+    result.ops_unknown = ops.unknown;
+    result.writes_acknowledged = ops.acked.values().map(|v| v.len() as u64).sum();
+    result.rogue_writes = ops.rogue_values.len() as u64;
+    result.breaker_transitions = ops.breaker_transitions;
+    for (side, state) in &sides {
+        check_side(side, state, ops, result, history);
+    }
+    Ok(())
+}
+
+/// The live rows through the public API, as key → value.
+async fn live_via_api(store: &HybridStore) -> Result<BTreeMap<String, String>> {
+    let chaos = store.raw("chaos")?;
+    let mut local = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = chaos.list(after.as_deref(), 1_000).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.to_string());
+        for (key, value) in page {
+            local.insert(
+                key.to_string(),
+                String::from_utf8_lossy(&value).into_owned(),
+            );
+        }
+    }
+    Ok(local)
+}
+
+/// Checks one side's final state against the history. For each key, W is the newest
+/// acknowledged operation; the final row must be at least as new as W (else an
+/// acknowledged write was lost, went stale, or a delete was undone), and a value some
+/// acknowledged put wrote must carry that put's version.
+fn check_side(
+    side: &str,
+    state: &State,
+    ops: &Ops,
+    result: &mut ScheduleResult,
+    history: &mut String,
+) {
+    let mut flag = |counter: &mut u64, what: String| {
+        *counter += 1;
+        let _ = writeln!(history, "{side}: {what}");
+    };
+    for (key, row) in state {
+        if let Some(value) = &row.1 {
+            if ops.rogue_values.contains(value) {
+                flag(
+                    &mut result.rogue_leaked,
+                    format!("ROGUE VALUE {key}={value}"),
+                );
+                continue;
+            }
+            let acked = ops.acked.get(key).into_iter().flatten();
+            let mut versions = acked.filter(|(_, v)| v.as_ref() == Some(value));
+            match versions.next() {
+                Some((version, _)) if *version != row.0 => flag(
+                    &mut result.version_mismatches,
+                    format!(
+                        "VERSION {key}={value} carries {} instead of {version}",
+                        row.0
+                    ),
+                ),
+                Some(_) => {}
+                None if ops.maybe_put.get(key).is_some_and(|m| m.contains(value)) => {}
+                None => flag(
+                    &mut result.unknown_values,
+                    format!("UNKNOWN VALUE {key}={value}"),
+                ),
+            }
+        }
+    }
+    for (key, acked) in &ops.acked {
+        let Some(newest) = acked.iter().max_by(|a, b| a.0.cmp(&b.0)) else {
+            continue;
+        };
+        let stamp = &newest.0;
+        match (&newest.1, state.get(key)) {
+            (Some(value), None) => {
+                flag(
+                    &mut result.lost,
+                    format!("LOST {key}={value} ({stamp}): no row"),
+                );
+            }
+            // A tombstone older than the acknowledged put should have been replaced; a
+            // newer one can only come from a delete whose outcome was unknown.
+            (Some(value), Some((version, None)))
+                if version < stamp || !ops.maybe_del.contains(key) =>
+            {
+                flag(
+                    &mut result.lost,
+                    format!("LOST {key}={value} ({stamp}): tombstone {version}"),
+                );
+            }
+            (Some(value), Some((version, Some(found)))) if version < stamp => flag(
+                &mut result.stale,
+                format!("STALE {key}: {found} ({version}) instead of {value} ({stamp})"),
+            ),
+            (None, Some((version, Some(found)))) if version < stamp => flag(
+                &mut result.resurrected,
+                format!("RESURRECTED {key}={found} ({version}) over the delete at {stamp}"),
+            ),
+            _ => {}
+        }
+    }
+}

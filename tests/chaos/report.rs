@@ -1,0 +1,157 @@
+//! The report over every schedule: a table on stdout and `target/chaos/report.json`.
+
+use crate::check::{CONVERGENCE_BOUND, ScheduleResult};
+use crate::schedule::{POOL_CAP, root};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Report {
+    pub devices: usize,
+    pub schedules: Vec<ScheduleResult>,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(0)
+}
+
+impl Report {
+    pub(crate) fn violations(&self) -> u64 {
+        self.schedules.iter().map(ScheduleResult::violations).sum()
+    }
+
+    /// The report as a Markdown table.
+    pub(crate) fn table(&self) -> String {
+        let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+        for s in &self.schedules {
+            for (f, n) in &s.faults {
+                *faults.entry(f).or_default() += n;
+            }
+        }
+        let faults = faults
+            .iter()
+            .map(|(f, n)| format!("{f} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sum = |f: fn(&ScheduleResult) -> u64| self.schedules.iter().map(f).sum::<u64>();
+        let max = |f: fn(&ScheduleResult) -> u64| self.schedules.iter().map(f).max().unwrap_or(0);
+        let mut conv: Vec<u64> = self.schedules.iter().map(|s| s.convergence_ms).collect();
+        conv.sort_unstable();
+        let mut table = String::from("| measure | value |\n|---|---|\n");
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(table, "| {k} | {v} |");
+        };
+        row(
+            "schedules × devices",
+            format!("{} × {}", self.schedules.len(), self.devices),
+        );
+        row("faults injected", faults);
+        row(
+            "writer processes (crash points hit)",
+            format!(
+                "{} ({})",
+                sum(|s| s.writers_started),
+                sum(|s| s.crash_points_hit)
+            ),
+        );
+        row(
+            "operations invoked / ok / failed / unknown",
+            format!(
+                "{} / {} / {} / {}",
+                sum(|s| s.ops_invoked),
+                sum(|s| s.ops_ok),
+                sum(|s| s.ops_failed),
+                sum(|s| s.ops_unknown)
+            ),
+        );
+        row(
+            "writes acknowledged",
+            sum(|s| s.writes_acknowledged).to_string(),
+        );
+        row("lost (acknowledged, absent)", sum(|s| s.lost).to_string());
+        row(
+            "stale (older version in place)",
+            sum(|s| s.stale).to_string(),
+        );
+        row(
+            "duplicated (value with another version)",
+            sum(|s| s.version_mismatches).to_string(),
+        );
+        row("resurrected deletes", sum(|s| s.resurrected).to_string());
+        row("values nobody wrote", sum(|s| s.unknown_values).to_string());
+        row(
+            "rogue-clock writes (parked / leaked to the cloud)",
+            format!(
+                "{} ({} / {})",
+                sum(|s| s.rogue_writes),
+                sum(|s| s.rogue_parked),
+                sum(|s| s.rogue_leaked)
+            ),
+        );
+        row(
+            "device ≠ cloud rows",
+            sum(|s| s.device_cloud_mismatches).to_string(),
+        );
+        row(
+            "convergence after healing p50 / p99 / max",
+            format!(
+                "{} / {} / {} ms (bound {} s; {} sync rounds)",
+                percentile(&conv, 0.5),
+                percentile(&conv, 0.99),
+                conv.last().unwrap_or(&0),
+                CONVERGENCE_BOUND.as_secs(),
+                sum(|s| s.sync_rounds)
+            ),
+        );
+        row(
+            "schedules not converged",
+            sum(|s| s.not_converged).to_string(),
+        );
+        row(
+            "outbox left after healing (parked as failed)",
+            format!("{} ({})", sum(|s| s.outbox_left), sum(|s| s.parked_failed)),
+        );
+        row(
+            &format!("max pool connections of one device (cap {POOL_CAP})"),
+            max(|s| s.max_pool).to_string(),
+        );
+        row(
+            "local reads during faults (errors)",
+            format!("{} ({})", sum(|s| s.reads), sum(|s| s.read_errors)),
+        );
+        row(
+            "read latency p50 / p99 / max (worst schedule)",
+            format!(
+                "{} / {} / {} µs",
+                max(|s| s.read_p50_us),
+                max(|s| s.read_p99_us),
+                max(|s| s.read_max_us)
+            ),
+        );
+        row(
+            "retried shipments / connections opened / breaker transitions",
+            format!(
+                "{} / {} / {}",
+                sum(|s| s.retries),
+                sum(|s| s.reconnects),
+                sum(|s| s.breaker_transitions)
+            ),
+        );
+        row("violations", self.violations().to_string());
+        table
+    }
+
+    pub(crate) fn print_and_save(&self) -> Result<()> {
+        println!("\n{}", self.table());
+        let dir = root().join("target/chaos");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("report.md"), self.table())?;
+        println!("report: {}", dir.join("report.json").display());
+        Ok(())
+    }
+}
