@@ -22,7 +22,8 @@ pub(crate) struct ScheduleResult {
     pub devices: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub writers_started: u64,
-    pub crash_points_hit: u64,
+    /// Writers that aborted at a named crash point, by point.
+    pub crash_points_hit: BTreeMap<String, u64>,
     pub ops_invoked: u64,
     pub ops_ok: u64,
     pub ops_failed: u64,
@@ -75,6 +76,11 @@ impl ScheduleResult {
             + self.outbox_left
             + u64::from(self.max_pool > POOL_CAP)
             + self.read_errors
+            + self
+                .crash_points_hit
+                .get(crate::schedule::UNEXPECTED)
+                .copied()
+                .unwrap_or(0)
     }
 }
 

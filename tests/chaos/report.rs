@@ -50,14 +50,23 @@ impl Report {
             format!("{} × {}", self.schedules.len(), self.devices),
         );
         row("faults injected", faults);
-        row(
-            "writer processes (crash points hit)",
-            format!(
-                "{} ({})",
-                sum(|s| s.writers_started),
-                sum(|s| s.crash_points_hit)
-            ),
-        );
+        let mut crashes: BTreeMap<&str, u64> = BTreeMap::new();
+        for s in &self.schedules {
+            for (point, n) in &s.crash_points_hit {
+                *crashes.entry(point).or_default() += n;
+            }
+        }
+        row("writer processes", sum(|s| s.writers_started).to_string());
+        let crashes = if crashes.is_empty() {
+            "none".to_owned()
+        } else {
+            crashes
+                .iter()
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        row("crash points hit", crashes);
         row(
             "operations invoked / ok / failed / unknown",
             format!(

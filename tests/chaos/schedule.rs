@@ -10,6 +10,7 @@ use hybridsync::layers::core::CRASH_POINTS;
 use hybridsync_testkit::{Fault, FaultProxy, ShutdownMode, TempPostgres, TempPostgresOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The pool cap every device keeps (the sink's default).
 pub(crate) const POOL_CAP: u64 = 3;
+
+/// How a writer that ended by itself without an armed crash point is counted: a
+/// violation (it crashed where nobody asked it to).
+pub(crate) const UNEXPECTED: &str = "unexpected";
 
 /// The server's connection slots: low, so the `slots` fault can take them all.
 const MAX_CONNECTIONS: u32 = 40;
@@ -225,6 +230,8 @@ pub(crate) struct Device {
     /// When the current writer started (ms since the epoch), for the pool sampler.
     since: Arc<AtomicU64>,
     writers_started: u64,
+    /// The crash point the current writer is armed with.
+    armed: Option<String>,
 }
 
 /// A schedule in progress.
@@ -236,7 +243,7 @@ struct Run<'a> {
     ops: Arc<Mutex<Ops>>,
     started: Instant,
     history: &'a mut String,
-    crashes: u64,
+    crashes: BTreeMap<String, u64>,
     rogues: Vec<tempfile::TempDir>,
 }
 
@@ -276,6 +283,11 @@ impl Run<'_> {
         )?;
         let device = &mut self.devices[d];
         device.writer = Some(writer);
+        device.armed = knobs
+            .crash
+            .as_ref()
+            .and_then(|c| c.split_once(':'))
+            .map(|(point, _)| point.to_owned());
         device.writers_started += 1;
         let what = format!(
             "{}: writer started at w{first:08} (skew {} ms, crash point {:?})",
@@ -303,7 +315,11 @@ impl Run<'_> {
                 if let Some(writer) = self.devices[d].writer.take() {
                     let _ = writer.collector.join();
                 }
-                self.crashes += 1;
+                let point = self.devices[d]
+                    .armed
+                    .take()
+                    .unwrap_or_else(|| UNEXPECTED.into());
+                *self.crashes.entry(point).or_default() += 1;
                 let what = format!(
                     "{}: writer ended by itself ({status})",
                     self.devices[d].name
@@ -406,7 +422,7 @@ impl Run<'_> {
             }
             FaultKind::Crash => {
                 let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
-                let nth = rng.random_range(1..40);
+                let nth = rng.random_range(1..12);
                 self.kill_writer(d)?;
                 let knobs = Knobs {
                     crash: Some(format!("{point}:{nth}")),
@@ -521,6 +537,7 @@ fn run_one(
             writer: None,
             since: Arc::new(AtomicU64::new(0)),
             writers_started: 0,
+            armed: None,
         });
     }
     let mut run = Run {
@@ -531,7 +548,7 @@ fn run_one(
         ops: Arc::new(Mutex::new(Ops::default())),
         started: Instant::now(),
         history,
-        crashes: 0,
+        crashes: BTreeMap::new(),
         rogues: Vec::new(),
     };
     for d in 0..options.devices {
@@ -604,7 +621,7 @@ fn run_one(
     result.read_p99_us = percentile(&latencies, 0.99);
     result.read_max_us = latencies.last().copied().unwrap_or(0);
     result.max_pool = max_pool.load(Ordering::SeqCst);
-    result.crash_points_hit = run.crashes;
+    result.crash_points_hit = std::mem::take(&mut run.crashes);
     result.writers_started = run.devices.iter().map(|d| d.writers_started).sum();
     result.reconnects = run.devices.iter().map(|d| d.proxy.connections()).sum();
     run.log("healing: final sync of every device through direct connections");
