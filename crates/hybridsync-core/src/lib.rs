@@ -5,6 +5,8 @@
 //! This crate does no I/O and knows nothing of SQLite, usearch, PostgreSQL or any
 //! runtime. Everything here is pure data and pure functions, so every other crate can
 //! depend on it and it can be tested exhaustively (see the property tests).
+//! The exception is test-only: with the `crash-points` feature, [`crash_point`] reads
+//! `HYBRIDSYNC_CRASH_POINT` to abort at a named point in crash drills.
 #![forbid(unsafe_code)]
 
 mod codec;
