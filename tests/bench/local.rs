@@ -131,6 +131,32 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
                 nanos(b50),
                 "<= 3x",
             ));
+
+            // The same reads while the cloud is down and the drain retries a backlog.
+            store.close().await;
+            let outage = crate::reads::dead_cloud_store(&tmp.path().join("ours"), 1).await?;
+            let raw = outage.raw("notes")?;
+            let mut down = Vec::new();
+            for i in 0..ROWS {
+                let key = &keys[(i * 7_919) % ROWS];
+                let started = Instant::now();
+                black_box(raw.get(key).await?);
+                down.push(started.elapsed());
+            }
+            let d50 = percentile(&mut down, 0.5);
+            println!(
+                "  cache-miss read p50, cloud down {:.1} µs",
+                nanos(d50) / 1e3
+            );
+            rows.push(Row::latency(
+                "cache_miss_read_p50_cloud_down",
+                nanos(d50),
+                "cache_miss_read_p50",
+                nanos(o50),
+                "~1x (unchanged)",
+            ));
+            outage.close().await;
+            continue;
         }
         store.close().await;
     }

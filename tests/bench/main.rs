@@ -43,7 +43,10 @@ async fn main() -> Result<()> {
     if wanted("sync") {
         let cloud = drain::durable_server().await?;
         let records = if quick { 10_000 } else { 100_000 };
-        rows.extend(drain::run(&cloud, records).await?);
+        let drained = drain::run(&cloud, records).await?;
+        let drain_secs = records as f64 / drained[0].value;
+        rows.extend(drained);
+        rows.push(drain::recovery(&cloud, records, drain_secs).await?);
         rows.extend(replicate::hydrate(&cloud, records).await?);
         rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
     }

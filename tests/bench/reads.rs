@@ -22,6 +22,29 @@ pub(crate) fn nanos(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9
 }
 
+/// Reopens the store in `dir` with a cloud that refuses every connection and its drain
+/// running, with a backlog to retry: an outage as the application sees it. The hot
+/// cache holds `cache_entries` records.
+pub(crate) async fn dead_cloud_store(
+    dir: &std::path::Path,
+    cache_entries: usize,
+) -> Result<HybridStore> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let store = HybridStore::builder(dir)
+        .cloud_url(format!("postgres://app@127.0.0.1:{port}/postgres"))
+        .hot_cache(cache_entries, usize::MAX)
+        .open()
+        .await?;
+    store.start_sync().await?;
+    let pending = store.status().await?.outbox.pending;
+    anyhow::ensure!(pending > 0, "the outage bench needs a backlog to retry");
+    // Let the drain fail a few times, so the reads below run beside a failing drain.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(store)
+}
+
 pub(crate) async fn run(iterations: usize) -> Result<Vec<Row>> {
     println!("cached read: {KEYS} keys of {PAYLOAD} B, {iterations} reads each side");
     let tmp = tempfile::tempdir()?;
@@ -84,6 +107,24 @@ pub(crate) async fn run(iterations: usize) -> Result<Vec<Row>> {
     );
     store.close().await;
 
+    // The same reads while the cloud is down: the store reopened with a cloud nobody
+    // answers, its drain retrying a backlog in the background.
+    let outage = dead_cloud_store(tmp.path(), 2 * KEYS).await?;
+    let raw = outage.raw("hot")?;
+    for key in &keys {
+        raw.get(key).await?;
+    }
+    let mut down = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let key = &keys[i % KEYS];
+        let started = Instant::now();
+        black_box(raw.get(key).await?);
+        down.push(started.elapsed());
+    }
+    let down50 = percentile(&mut down, 0.5);
+    println!("  ours, cloud down:   p50 {:>8.0} ns", nanos(down50));
+    outage.close().await;
+
     // The "before": a point read from PostgreSQL over loopback, prepared statement.
     let pg = TempPostgres::start()?;
     let mut conn = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
@@ -123,6 +164,13 @@ pub(crate) async fn run(iterations: usize) -> Result<Vec<Row>> {
             "hashmap_clone_p99",
             nanos(base99),
             "report",
+        ),
+        Row::latency(
+            "cached_read_p50_cloud_down",
+            nanos(down50),
+            "cached_read_p50",
+            nanos(ours50),
+            "~1x (unchanged)",
         ),
         Row::latency(
             "cached_read_p50",

@@ -137,9 +137,19 @@ pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
          - **cache_miss_read / durable_write**: our store (one-entry hot cache, so every read misses) against raw\n  \
            rusqlite prepared statements on a table of the same keys and 256-byte payloads, WAL, same `synchronous`.\n  \
            Our write also commits the outbox entry and the version bookkeeping in the same transaction.\n\
-         - **vector_search**: top-10 through `RawCollection::search` (validation, index, label → key) against raw\n  \
-           usearch with the same metric (cosine), precision (f16) and defaults, built from the same 100,000\n  \
-           clustered 192-D vectors; recall@10 against exact brute force over the f32 vectors, 200 queries.\n",
+         - **\\*_cloud_down**: the same reads after reopening the store with a cloud that refuses every\n  \
+           connection and the drain retrying a backlog beside them. Baseline: the same read with no cloud.\n\
+         - **vector_search_\\***: top-10 through `RawCollection::search` (validation, index, label → key) against\n  \
+           raw usearch with the same metric (cosine), precision (f16, f32, i8) and defaults, built from the same\n  \
+           100,000 clustered 192-D vectors; recall@10 against exact brute force over the f32 vectors, 200 queries.\n\
+         - **memory_per_100k_vectors_f16**: growth of the process's resident memory while our store takes the\n  \
+           100,000 records (SQLite page cache, hot cache and index included) against the growth while raw usearch\n  \
+           indexes the same vectors.\n\
+         - **startup_open_and_first_search**: reopening that store and answering one search (the index is\n  \
+           rebuilt from SQLite) against reading the same rows' keys and embeddings with rusqlite.\n\
+         - **recovery_drain_after_outage**: 100,000 records written while the cloud refuses connections (drain\n  \
+           failing, breaker opening; default breaker and 10 s health check), then the time from the cloud's return\n  \
+           until the outbox is empty. Baseline: the plain drain of the same records.\n",
         command_line("nproc", &[]),
         command_line("uname", &["-sr"]),
         command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),

@@ -46,8 +46,12 @@ pub(crate) struct ScheduleResult {
     pub convergence_ms: u64,
     pub sync_rounds: u64,
     pub not_converged: u64,
-    /// Invariant 6.
+    /// Invariant 6: the most connections one device's pool held, as the device sees
+    /// it. The server's view (`pg_stat_activity`) is reported beside it: a connection
+    /// abandoned behind a dead link lingers there until the server notices, so it can
+    /// exceed the cap while the device holds no more than the cap.
     pub max_pool: u64,
+    pub max_pool_server: u64,
     /// Invariant 7.
     pub reads: u64,
     pub read_errors: u64,
@@ -277,9 +281,18 @@ pub(crate) async fn heal_and_check(
 
     // A rogue device's writes must all be refused by the cloud and parked at home.
     for dir in rogues {
+        let healing = Instant::now();
         let store = open(dir.path(), "rogue").await?;
-        let _ = store.flush(Duration::from_secs(10)).await?;
+        // Every refused record is isolated by splitting its batch: allow for that.
+        let _ = store.flush(Duration::from_secs(60)).await?;
         let outbox = store.status().await?.outbox;
+        let left = outbox.pending + outbox.in_flight;
+        let _ = writeln!(
+            history,
+            "rogue device: {} parked, {left} left after {:?}",
+            outbox.failed,
+            healing.elapsed()
+        );
         result.rogue_parked += outbox.failed;
         result.outbox_left += outbox.pending + outbox.in_flight;
         store.shutdown(Duration::from_secs(5)).await?;
@@ -313,6 +326,7 @@ pub(crate) async fn heal_and_check(
     result.writes_acknowledged = ops.acked.values().map(|v| v.len() as u64).sum();
     result.rogue_writes = ops.rogue_values.len() as u64;
     result.breaker_transitions = ops.breaker_transitions;
+    result.max_pool = ops.max_pool;
     for (side, state) in &sides {
         check_side(side, state, ops, result, history);
     }

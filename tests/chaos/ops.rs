@@ -30,6 +30,8 @@ pub(crate) struct Ops {
     /// Calls in progress when their writer died.
     pub unknown: u64,
     pub breaker_transitions: u64,
+    /// The most cloud connections any writer process held open at once.
+    pub max_pool: u64,
     /// The highest own-key index each device acknowledged, for restarts and the reader.
     pub highest: BTreeMap<String, u64>,
 }
@@ -109,6 +111,7 @@ pub(crate) fn collect(
                 }
             }
             ["breaker", _, _] => ops.breaker_transitions += 1,
+            ["pool", n] => ops.max_pool = ops.max_pool.max(n.parse().unwrap_or(0)),
             _ => {}
         }
     }

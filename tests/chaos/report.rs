@@ -125,8 +125,8 @@ impl Report {
             format!("{} ({})", sum(|s| s.outbox_left), sum(|s| s.parked_failed)),
         );
         row(
-            &format!("max pool connections of one device (cap {POOL_CAP})"),
-            max(|s| s.max_pool).to_string(),
+            &format!("max pool connections of one device (cap {POOL_CAP}); seen by the server"),
+            format!("{}; {}", max(|s| s.max_pool), max(|s| s.max_pool_server)),
         );
         row(
             "local reads during faults (errors)",

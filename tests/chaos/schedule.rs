@@ -620,7 +620,7 @@ fn run_one(
     result.read_p50_us = percentile(&latencies, 0.5);
     result.read_p99_us = percentile(&latencies, 0.99);
     result.read_max_us = latencies.last().copied().unwrap_or(0);
-    result.max_pool = max_pool.load(Ordering::SeqCst);
+    result.max_pool_server = max_pool.load(Ordering::SeqCst);
     result.crash_points_hit = std::mem::take(&mut run.crashes);
     result.writers_started = run.devices.iter().map(|d| d.writers_started).sum();
     result.reconnects = run.devices.iter().map(|d| d.proxy.connections()).sum();

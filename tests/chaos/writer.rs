@@ -3,7 +3,8 @@
 //! is invoked (`try put KEY VALUE`, `try del KEY`) and acknowledged with its version
 //! only after the call returned Ok (`ack put KEY VALUE VERSION`, `ack del KEY VERSION`),
 //! so the parent knows exactly what was promised and what is indeterminate. Breaker
-//! transitions are printed as `breaker FROM TO`.
+//! transitions are printed as `breaker FROM TO`, and each new high of the open cloud
+//! connections as `pool N`.
 //!
 //! Two knobs come from the environment: `HYBRIDSYNC_CHAOS_SKEW_MS` shifts this
 //! process's wall clock (clock-skew faults), and `HYBRIDSYNC_CRASH_POINT` (read by the
@@ -102,6 +103,19 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 if let SyncEvent::CircuitStateChanged { from, to } = event {
                     println!("breaker {from:?} {to:?}");
                 }
+            }
+        });
+        // The pool as the device sees it: every new high is printed.
+        let sampled = store.clone();
+        tokio::spawn(async move {
+            let mut high = 0;
+            loop {
+                let open = sampled.sync_status().map_or(0, |s| s.pool.0);
+                if open > high {
+                    high = open;
+                    println!("pool {open}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
         let chaos = store.raw("chaos")?;

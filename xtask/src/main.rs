@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => bench::chaos(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <test|tidy|bench|chaos>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --faults)"
+            "usage: cargo xtask <test|tidy|bench|chaos>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --devices, --faults)"
         ),
     }
 }

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: formatting, lints, tidy, every test of the workspace, and the
-//! chaos schedules in short mode.
+//! `cargo xtask test`: formatting, lints, tidy, every test of the workspace, the chaos
+//! schedules in short mode, and the benchmarks' quick mode as a smoke check.
 //!
 //! The tests start what they need themselves (throwaway PostgreSQL and Redis from the
 //! installed binaries, via `hybridsync-testkit`); this only checks those binaries exist
@@ -79,6 +79,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     eprintln!("$ cargo xtask chaos --short (debug build)");
     crate::bench::run_tests_bin("hybridsync-chaos", true, &["--short".to_owned()])?;
     eprintln!("  ok in {:.1} s", started_chaos.elapsed().as_secs_f64());
+    // The benchmarks at their reduced size, as a smoke check only: they must run to the
+    // end; their figures (debug build) are not compared with anything.
+    let started_bench = Instant::now();
+    eprintln!("$ cargo xtask bench --quick (debug build, smoke only)");
+    crate::bench::run_tests_bin("hybridsync-bench", true, &["--quick".to_owned()])?;
+    eprintln!("  ok in {:.1} s", started_bench.elapsed().as_secs_f64());
     eprintln!(
         "cargo xtask test: all green in {:.0} s",
         started.elapsed().as_secs_f64()
