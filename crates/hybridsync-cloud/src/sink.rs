@@ -244,25 +244,39 @@ impl PostgresSink {
         }
     }
 
-    /// Samples the share of the cap busy with work; the listener's connection is not
-    /// work, so it counts on neither side.
-    fn sample_load(&self) {
+    /// The share of the cap busy with work now; the listener's connection is not work,
+    /// so it counts on neither side.
+    pub fn busy_share(&self) -> f64 {
         let held = u32::from(self.listening.load(Ordering::SeqCst));
         let busy = self
             .pool
             .size()
             .saturating_sub(self.pool.num_idle() as u32)
             .saturating_sub(held);
+        f64::from(busy) / f64::from(self.max_connections.saturating_sub(held)).max(1.0)
+    }
+
+    /// Records [`Self::busy_share`] in the moving window.
+    fn sample_load(&self) {
+        let share = self.busy_share();
         let mut samples = self.load.lock().unwrap_or_else(|e| e.into_inner());
         if samples.len() == LOAD_WINDOW {
             samples.pop_front();
         }
-        samples.push_back(f64::from(busy) / f64::from(self.max_connections - held).max(1.0));
+        samples.push_back(share);
     }
 
     #[cfg(test)]
     pub(crate) fn pool_for_tests(&self) -> PgPool {
         self.pool.clone()
+    }
+
+    /// Fills the load window with `share`, as if every recent operation saw it.
+    #[cfg(test)]
+    pub(crate) fn fill_load_for_tests(&self, share: f64) {
+        let mut samples = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        samples.clear();
+        samples.extend(std::iter::repeat_n(share, LOAD_WINDOW));
     }
 
     /// Stops the change listener and closes every connection.
@@ -742,6 +756,10 @@ impl CloudSink for PostgresSink {
 
     fn load(&self) -> f64 {
         self.pool_load()
+    }
+
+    fn busy_now(&self) -> f64 {
+        self.busy_share()
     }
 
     fn pool_size(&self) -> (u32, u32) {

@@ -607,3 +607,23 @@ async fn devices_register_rename_touch_list_and_deregister_per_tenant() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_high_recent_load_with_an_idle_pool_is_not_busy_now() {
+    // Lazy pool: nothing connects, so nothing is busy.
+    let sink = PostgresSink::new(CloudOptions::new(
+        CloudUrl::new("postgres://app@127.0.0.1:1/x"),
+        "t",
+    ))
+    .unwrap();
+    sink.fill_load_for_tests(1.0);
+    assert!(
+        sink.pool_load() > 0.99,
+        "the recent mean stays where the last work left it"
+    );
+    assert_eq!(
+        hybridsync_core::CloudSink::busy_now(&sink),
+        0.0,
+        "but nothing is busy now, so the drain must not stay gated"
+    );
+}

@@ -261,6 +261,12 @@ pub trait CloudSink: Send + Sync + 'static {
     fn load(&self) -> f64 {
         0.0
     }
+    /// Share of the connection cap busy right now (0.0–1.0). The engine gates on the
+    /// recent mean only while this is high too: the mean is sampled when the pool is
+    /// used, so once the gate holds everything back it would never fall again.
+    fn busy_now(&self) -> f64 {
+        self.load()
+    }
     /// Connections open now and the cap, for status and metrics.
     fn pool_size(&self) -> (u32, u32) {
         (0, 0)

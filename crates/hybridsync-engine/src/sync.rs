@@ -222,7 +222,9 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         let load = self.sink.load();
         metrics::gauge!(catalogue::POOL_LOAD).set(load);
         metrics::gauge!(catalogue::POOL_SIZE).set(f64::from(self.sink.pool_size().0));
-        let gate = if load > self.config.load_gate {
+        // Gated while the pool was busy recently and still is. Our own lanes are idle
+        // here (passes are serialised), so what is busy now is someone else's work.
+        let gate = if load > self.config.load_gate && self.sink.busy_now() > self.config.load_gate {
             Priority::High
         } else {
             Priority::Deferred

@@ -29,6 +29,9 @@ pub enum Error {
     },
     #[error("sqlite: {0}")]
     Sqlite(#[source] sqlx::Error),
+    /// A point read failed (see the `point` module).
+    #[error("sqlite point read: {0}")]
+    PointRead(String),
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A row that this build cannot interpret (e.g. an unknown priority code).

@@ -12,6 +12,7 @@
 mod error;
 mod open;
 mod outbox;
+mod point;
 mod rows;
 mod sync_state;
 mod write;

@@ -86,6 +86,7 @@ pub struct SqliteStore {
     /// than retrying on `SQLITE_BUSY`.
     pub(crate) writer: SqlitePool,
     pub(crate) readers: SqlitePool,
+    pub(crate) point: crate::point::PointReaders,
     pub(crate) hlc: HlcClock<Arc<dyn Clock>>,
     pub(crate) limits: Limits,
     pub(crate) catalogue: RwLock<HashMap<CollectionName, CollectionSpec>>,
@@ -207,10 +208,16 @@ impl SqliteStore {
 
         let (device, high_water) = load_identity(&writer).await?;
         let hlc = HlcClock::new(options.clock, device, high_water, options.max_drift_ms);
+        let point = crate::point::PointReaders::new(
+            path.clone(),
+            options.busy_timeout,
+            options.readers as usize,
+        );
         let store = Self {
             path,
             writer,
             readers,
+            point,
             hlc,
             limits: options.limits,
             catalogue: RwLock::new(HashMap::new()),
@@ -243,6 +250,7 @@ impl SqliteStore {
 
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(&self) {
+        self.point.close();
         self.readers.close().await;
         self.writer.close().await;
     }

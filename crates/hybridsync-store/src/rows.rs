@@ -30,6 +30,17 @@ pub(crate) fn device_from_blob(blob: &[u8]) -> Result<DeviceId> {
     })
 }
 
+/// The columns `key, payload, embedding, hlc, origin, tombstone, hash` of a record.
+pub(crate) type RecordColumns = (
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    i64,
+    Vec<u8>,
+    bool,
+    Vec<u8>,
+);
+
 /// Reads a record from the columns `key, payload, embedding, hlc, origin, tombstone, hash`,
 /// starting at column `first`.
 pub(crate) fn record_from_row(
@@ -37,19 +48,30 @@ pub(crate) fn record_from_row(
     row: &SqliteRow,
     first: usize,
 ) -> Result<Record> {
+    let columns = (
+        row.try_get(first)?,
+        row.try_get(first + 1)?,
+        row.try_get(first + 2)?,
+        row.try_get(first + 3)?,
+        row.try_get(first + 4)?,
+        row.try_get(first + 5)?,
+        row.try_get(first + 6)?,
+    );
+    record_from_columns(collection, columns)
+}
+
+/// Builds a record from its columns, checking each.
+pub(crate) fn record_from_columns(
+    collection: &CollectionName,
+    (key, payload, embedding, hlc, origin, tombstone, hash): RecordColumns,
+) -> Result<Record> {
     let bad = |detail: String| Error::BadRow {
         table: "records",
         detail,
     };
-    let key: String = row.try_get(first)?;
     let key = Key::new(key).map_err(|e| bad(e.to_string()))?;
-    let payload: Vec<u8> = row.try_get(first + 1)?;
-    let embedding: Option<Vec<u8>> = row.try_get(first + 2)?;
     let embedding = embedding.as_deref().map(blob_to_embedding).transpose()?;
-    let origin: Vec<u8> = row.try_get(first + 4)?;
-    let version = Hlc::from_packed(row.try_get(first + 3)?, device_from_blob(&origin)?);
-    let tombstone: bool = row.try_get(first + 5)?;
-    let hash: Vec<u8> = row.try_get(first + 6)?;
+    let version = Hlc::from_packed(hlc, device_from_blob(&origin)?);
     let hash = ContentHash::from_slice(&hash)
         .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?;
     Ok(Record {

@@ -1,7 +1,7 @@
 //! The [`LocalStore`] implementation: transactional writes with their outbox entries,
 //! point reads, listing and outbox statistics.
 
-use crate::rows::{blob_to_embedding, embedding_to_blob, record_from_row};
+use crate::rows::{blob_to_embedding, embedding_to_blob, record_from_columns};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
     CollectionName, CollectionSpec, Hlc, Key, LocalStore, OutboxStats, Priority, Record,
@@ -301,16 +301,19 @@ impl LocalStore for SqliteStore {
         key: &Key,
     ) -> hybridsync_core::Result<Option<Record>> {
         self.require_spec(collection).await?;
-        let row = sqlx::query(
-            "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records WHERE collection = ?1 AND key = ?2",
-        )
-            .bind(collection.as_str())
-            .bind(key.as_str())
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(Error::from)?;
-        Ok(row
-            .map(|row| record_from_row(collection, &row, 0))
+        // On this thread: see the `point` module.
+        let columns = self.point.with(|conn| {
+            use rusqlite::OptionalExtension;
+            conn.prepare_cached(
+                "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records WHERE collection = ?1 AND key = ?2",
+            )?
+            .query_row([collection.as_str(), key.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })
+            .optional()
+        })?;
+        Ok(columns
+            .map(|columns| record_from_columns(collection, columns))
             .transpose()?)
     }
 
