@@ -53,6 +53,27 @@ fn records(data: &[(String, Vec<u8>, Vec<f32>)]) -> Vec<Record> {
         .collect()
 }
 
+/// Writes `data` to `raw` in batches of 1,000.
+async fn write_locally(
+    raw: &hybridsync::RawCollection,
+    data: &[(String, Vec<u8>, Vec<f32>)],
+) -> Result<()> {
+    for chunk in data.chunks(1_000) {
+        let items = chunk
+            .iter()
+            .map(|(k, p, e)| {
+                (
+                    k.clone(),
+                    p.clone(),
+                    WriteOptions::default().embedding(e.clone()),
+                )
+            })
+            .collect();
+        raw.put_many(items).await?;
+    }
+    Ok(())
+}
+
 /// PostgreSQL binary COPY framing for (tenant, collection, key, payload, embedding, hlc,
 /// origin, tombstone, hash).
 fn copy_binary(records: &[Record]) -> Vec<u8> {
@@ -126,19 +147,7 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
         hybridsync::VectorSpec::new(DIM, hybridsync::Metric::Cosine, hybridsync::Precision::F16)?;
     store.create_collection("bench", Some(spec)).await?;
     let raw = store.raw("bench")?;
-    for chunk in data.chunks(1_000) {
-        let items = chunk
-            .iter()
-            .map(|(k, p, e)| {
-                (
-                    k.clone(),
-                    p.clone(),
-                    WriteOptions::default().embedding(e.clone()),
-                )
-            })
-            .collect();
-        raw.put_many(items).await?;
-    }
+    write_locally(&raw, &data).await?;
     let started = Instant::now();
     let left = store.flush(Duration::from_secs(600)).await?;
     let drain_secs = started.elapsed().as_secs_f64();
@@ -238,19 +247,7 @@ pub(crate) async fn recovery(pg: &TempPostgres, n: usize, drain_secs: f64) -> Re
     store.create_collection("bench", Some(spec)).await?;
     store.start_sync().await?;
     let raw = store.raw("bench")?;
-    for chunk in data.chunks(1_000) {
-        let items = chunk
-            .iter()
-            .map(|(k, p, e)| {
-                (
-                    k.clone(),
-                    p.clone(),
-                    WriteOptions::default().embedding(e.clone()),
-                )
-            })
-            .collect();
-        raw.put_many(items).await?;
-    }
+    write_locally(&raw, &data).await?;
     let circuit = store.sync_status().map(|s| s.circuit);
     proxy.set(hybridsync_testkit::Fault::None);
     let started = Instant::now();

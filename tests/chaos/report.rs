@@ -24,19 +24,25 @@ impl Report {
         self.schedules.iter().map(ScheduleResult::violations).sum()
     }
 
+    /// Counts by name summed over every schedule, as `name n, name n` (or `none`).
+    fn tally<'a>(&'a self, counts: impl Fn(&'a ScheduleResult) -> Vec<(&'a str, u64)>) -> String {
+        let mut total: BTreeMap<&str, u64> = BTreeMap::new();
+        for (name, n) in self.schedules.iter().flat_map(counts) {
+            *total.entry(name).or_default() += n;
+        }
+        if total.is_empty() {
+            return "none".into();
+        }
+        total
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The report as a Markdown table.
     pub(crate) fn table(&self) -> String {
-        let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-        for s in &self.schedules {
-            for (f, n) in &s.faults {
-                *faults.entry(f).or_default() += n;
-            }
-        }
-        let faults = faults
-            .iter()
-            .map(|(f, n)| format!("{f} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let faults = self.tally(|s| s.faults.iter().map(|(f, n)| (*f, *n)).collect());
         let sum = |f: fn(&ScheduleResult) -> u64| self.schedules.iter().map(f).sum::<u64>();
         let max = |f: fn(&ScheduleResult) -> u64| self.schedules.iter().map(f).max().unwrap_or(0);
         let mut conv: Vec<u64> = self.schedules.iter().map(|s| s.convergence_ms).collect();
@@ -50,22 +56,13 @@ impl Report {
             format!("{} × {}", self.schedules.len(), self.devices),
         );
         row("faults injected", faults);
-        let mut crashes: BTreeMap<&str, u64> = BTreeMap::new();
-        for s in &self.schedules {
-            for (point, n) in &s.crash_points_hit {
-                *crashes.entry(point).or_default() += n;
-            }
-        }
         row("writer processes", sum(|s| s.writers_started).to_string());
-        let crashes = if crashes.is_empty() {
-            "none".to_owned()
-        } else {
-            crashes
+        let crashes = self.tally(|s| {
+            s.crash_points_hit
                 .iter()
-                .map(|(p, n)| format!("{p} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+                .map(|(p, n)| (p.as_str(), *n))
+                .collect()
+        });
         row("crash points hit", crashes);
         row(
             "operations invoked / ok / failed / unknown",
