@@ -89,13 +89,13 @@ impl ScheduleResult {
 }
 
 /// Local reads on device `name` every 5 ms until `stop`, from this process: returns
-/// the error count and the latencies in µs.
+/// the errors and the latencies in µs.
 pub(crate) fn spawn_reader(
     dir: PathBuf,
     name: String,
     stop: Arc<AtomicBool>,
     ops: Arc<Mutex<Ops>>,
-) -> std::thread::JoinHandle<(u64, Vec<u64>)> {
+) -> std::thread::JoinHandle<(Vec<String>, Vec<u64>)> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -105,17 +105,19 @@ pub(crate) fn spawn_reader(
             // Wait until the writer has created the store and its collection.
             while ops.lock().unwrap_or_else(|e| e.into_inner()).ok == 0 {
                 if stop.load(Ordering::SeqCst) {
-                    return (0, Vec::new());
+                    return (Vec::new(), Vec::new());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let Ok(store) = HybridStore::builder(&dir).open().await else {
-                return (1, Vec::new());
+            let store = match HybridStore::builder(&dir).open().await {
+                Ok(store) => store,
+                Err(e) => return (vec![format!("opening the device: {e}")], Vec::new()),
             };
-            let Ok(chaos) = store.raw("chaos") else {
-                return (1, Vec::new());
+            let chaos = match store.raw("chaos") {
+                Ok(chaos) => chaos,
+                Err(e) => return (vec![e.to_string()], Vec::new()),
             };
-            let (mut errors, mut latencies) = (0, Vec::new());
+            let (mut errors, mut latencies) = (Vec::new(), Vec::new());
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let highest = ops
@@ -132,8 +134,8 @@ pub(crate) fn spawn_reader(
                     format!("{name}-w{i:08}")
                 };
                 let t = Instant::now();
-                if chaos.get(&key).await.is_err() {
-                    errors += 1;
+                if let Err(e) = chaos.get(&key).await {
+                    errors.push(format!("reading {key}: {e}"));
                 }
                 latencies.push(t.elapsed().as_micros() as u64);
                 tokio::time::sleep(Duration::from_millis(5)).await;

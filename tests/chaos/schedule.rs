@@ -613,10 +613,15 @@ fn run_one(
     }
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
-    let (read_errors, mut latencies) = probe.join().unwrap_or((1, Vec::new()));
+    let (read_errors, mut latencies) = probe
+        .join()
+        .unwrap_or_else(|_| (vec!["the reader panicked".into()], Vec::new()));
+    for error in &read_errors {
+        run.log(&format!("READ ERROR {error}"));
+    }
     latencies.sort_unstable();
     result.reads = latencies.len() as u64;
-    result.read_errors = read_errors;
+    result.read_errors = read_errors.len() as u64;
     result.read_p50_us = percentile(&latencies, 0.5);
     result.read_p99_us = percentile(&latencies, 0.99);
     result.read_max_us = latencies.last().copied().unwrap_or(0);

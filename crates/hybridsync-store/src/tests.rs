@@ -730,3 +730,25 @@ mod drain {
         assert_eq!(total, 200);
     }
 }
+
+#[tokio::test]
+async fn a_point_read_the_fast_path_cannot_answer_is_answered_by_the_reader_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = open(tmp.path()).await;
+    let receipts = store
+        .write(vec![put("notes", "n1", b"N", None)])
+        .await
+        .unwrap();
+    // A fast path that cannot open its file fails every read.
+    store.point = crate::point::PointReaders::new(
+        tmp.path().join("missing").join("hybridsync.db"),
+        std::time::Duration::from_millis(10),
+        1,
+    );
+    let read = store.get(&name("notes"), &key("n1")).await.unwrap();
+    assert_eq!(read, Some(receipts[0].record.clone()));
+    assert_eq!(
+        store.get(&name("notes"), &key("absent")).await.unwrap(),
+        None
+    );
+}

@@ -1,7 +1,7 @@
 //! The [`LocalStore`] implementation: transactional writes with their outbox entries,
 //! point reads, listing and outbox statistics.
 
-use crate::rows::{blob_to_embedding, embedding_to_blob, record_from_columns};
+use crate::rows::{RecordColumns, blob_to_embedding, embedding_to_blob, record_from_columns};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
     CollectionName, CollectionSpec, Hlc, Key, LocalStore, OutboxStats, Priority, Record,
@@ -301,17 +301,40 @@ impl LocalStore for SqliteStore {
         key: &Key,
     ) -> hybridsync_core::Result<Option<Record>> {
         self.require_spec(collection).await?;
+        const POINT: &str = "SELECT key, payload, embedding, hlc, origin, tombstone, hash \
+                             FROM records WHERE collection = ?1 AND key = ?2";
         // On this thread: see the `point` module.
-        let columns = self.point.with(|conn| {
+        let fast = self.point.with(|conn| {
             use rusqlite::OptionalExtension;
-            conn.prepare_cached(
-                "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records WHERE collection = ?1 AND key = ?2",
-            )?
-            .query_row([collection.as_str(), key.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-            })
-            .optional()
-        })?;
+            conn.prepare_cached(POINT)?
+                .query_row([collection.as_str(), key.as_str()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .optional()
+        });
+        let columns = match fast {
+            Ok(columns) => columns,
+            // A rare SQLite refusal on the fast path (busy or a locking-protocol retry
+            // limit while another process opens, crashes or checkpoints): the pooled
+            // readers answer instead, so a read never fails for it.
+            Err(e) => {
+                tracing::warn!(error = %e, "point read failed; answering through the reader pool");
+                sqlx::query_as::<_, RecordColumns>(POINT)
+                    .bind(collection.as_str())
+                    .bind(key.as_str())
+                    .fetch_optional(&self.readers)
+                    .await
+                    .map_err(Error::from)?
+            }
+        };
         Ok(columns
             .map(|columns| record_from_columns(collection, columns))
             .transpose()?)
