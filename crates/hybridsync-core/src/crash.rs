@@ -35,11 +35,10 @@ pub fn crash_point(name: &'static str) {
         let (point, nth) = spec.split_once(':').unwrap_or((&spec, "1"));
         Some((point.to_owned(), nth.parse().ok()?))
     });
-    if let Some((point, nth)) = armed
-        && point == name
-        && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth
-    {
-        std::process::abort();
+    if let Some((point, nth)) = armed {
+        if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
+            std::process::abort();
+        }
     }
 }
 

@@ -157,14 +157,52 @@ fn prepare_files(dir: &Path, db: &Path) -> Result<()> {
         // -shm files the main file's mode.
         fs::set_permissions(db, fs::Permissions::from_mode(0o600)).map_err(io(db))?;
     } else {
-        fs::OpenOptions::new()
+        let created = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(db)
-            .map_err(io(db))?;
+            .open(db);
+        match created {
+            // Another process created it first: fine.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => drop(other.map_err(io(db))?),
+        }
     }
     Ok(())
+}
+
+/// An exclusive lock on `hybridsync.lock` in the data directory, held while a store is
+/// set up (WAL mode, schema checks, migrations, device identity), so processes opening
+/// a new directory at the same moment do not race: switching to WAL can fail with
+/// "database is locked" without waiting, and both would apply the same migration.
+/// Released when dropped.
+async fn setup_lock(dir: &Path) -> Result<fs::File> {
+    let path = dir.join("hybridsync.lock");
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    // Waits only while another opener sets up, which takes milliseconds (a quick check
+    // of a large file, longer). Polled, so a single-threaded runtime opening two stores
+    // at once does not deadlock.
+    use rustix::fs::{FlockOperation, flock};
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -190,6 +228,8 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-16384")
             .pragma("mmap_size", "268435456");
+        // Held until the identity is settled: see `setup_lock`.
+        let lock = setup_lock(&options.data_dir).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -207,6 +247,7 @@ impl SqliteStore {
             .map_err(|e| corrupt_or(&path, e))?;
 
         let (device, high_water) = load_identity(&writer).await?;
+        drop(lock);
         let hlc = HlcClock::new(options.clock, device, high_water, options.max_drift_ms);
         let point = crate::point::PointReaders::new(
             path.clone(),

@@ -752,3 +752,29 @@ async fn a_point_read_the_fast_path_cannot_answer_is_answered_by_the_reader_pool
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_opened_at_once_on_a_new_directory_both_open() {
+    // As when `serve` starts while the CLI's `put` runs: both create and migrate.
+    for _ in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let (a, b) = tokio::join!(
+            tokio::spawn(SqliteStore::open(StoreOptions::new(dir.clone()))),
+            tokio::spawn(SqliteStore::open(StoreOptions::new(dir.clone())))
+        );
+        let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+        assert_eq!(a.device_id(), b.device_id(), "one identity per directory");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_stores_opened_at_once_on_one_thread_do_not_deadlock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (a, b) = tokio::join!(
+        SqliteStore::open(StoreOptions::new(dir.clone())),
+        SqliteStore::open(StoreOptions::new(dir.clone()))
+    );
+    assert_eq!(a.unwrap().device_id(), b.unwrap().device_id());
+}
