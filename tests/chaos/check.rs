@@ -102,8 +102,14 @@ pub(crate) fn spawn_reader(
             .build()
             .expect("runtime");
         rt.block_on(async {
-            // Wait until the writer has created the store and its collection.
-            while ops.lock().unwrap_or_else(|e| e.into_inner()).ok == 0 {
+            // Wait until this device's writer has created its collection (it has
+            // acknowledged a write of its own).
+            while !ops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .highest
+                .contains_key(&name)
+            {
                 if stop.load(Ordering::SeqCst) {
                     return (Vec::new(), Vec::new());
                 }
