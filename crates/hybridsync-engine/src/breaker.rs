@@ -98,6 +98,19 @@ impl CircuitBreaker {
         }
     }
 
+    /// Records a health check's outcome. A healthy cloud lets an open circuit go
+    /// half-open before its time is up, so the backlog starts draining as soon as the
+    /// cloud is back (the drain's probes then close it); a sick one keeps it open.
+    /// While half-open a health check counts as a probe.
+    pub fn on_health(&mut self, healthy: bool, now: Instant) -> Option<Transition> {
+        match (self.state, healthy) {
+            (CircuitState::Open, true) => self.go(CircuitState::HalfOpen, now),
+            (CircuitState::Open, false) | (CircuitState::Closed, _) => None,
+            (CircuitState::HalfOpen, true) => self.on_success(now),
+            (CircuitState::HalfOpen, false) => self.on_failure(now),
+        }
+    }
+
     /// Records a failed call.
     pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
         match self.state {

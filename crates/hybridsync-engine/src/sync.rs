@@ -180,8 +180,9 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             tracing::warn!(?from, ?to, "cloud circuit changed state");
             metrics::gauge!(catalogue::CIRCUIT_STATE).set(circuit_code(to));
             self.emit(SyncEvent::CircuitStateChanged { from, to });
-            if to == CircuitState::Closed {
-                // Recovery: drain the backlog at once rather than at the next interval.
+            if to != CircuitState::Open {
+                // Recovery: drain the backlog at once rather than at the next interval
+                // (half-open, the drain's batches are the probes that close it).
                 self.nudge.notify_one();
             }
         }
@@ -501,6 +502,8 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     pub async fn flush(&self, timeout: Duration) -> Result<u64, Error> {
         let deadline = Instant::now() + timeout;
         self.store.requeue_in_flight().await?;
+        let mut last_probe: Option<Instant> = None;
+        let probe_every = self.config.health_interval.min(Duration::from_secs(1));
         loop {
             let report = self.drain_pass(u64::MAX).await?;
             let stats = self.store.outbox_stats().await?;
@@ -509,16 +512,20 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                 return Ok(left);
             }
             if report.claimed == 0 || report.retried > 0 || report.circuit_open {
-                // The cloud is unwell: wait a little (health checks may close the circuit).
-                self.probe_if_due().await;
+                // The cloud is unwell: wait a little, checking its health now and then.
+                if last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
+                    last_probe = Some(Instant::now());
+                    self.probe_if_due().await;
+                }
                 tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
             }
         }
     }
 
-    /// A health check while the circuit is not closed; closes it on recovery.
+    /// A health check while the circuit is not closed. A healthy answer ends an open
+    /// period early (half-open, and the drain is nudged to probe with the backlog).
     async fn probe_if_due(&self) {
-        let (allowed, transition) = {
+        let (_, transition) = {
             let mut breaker = self.breaker();
             if breaker.state() == CircuitState::Closed {
                 return;
@@ -526,14 +533,8 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             breaker.allow(Instant::now())
         };
         self.transitioned(transition);
-        if !allowed {
-            return;
-        }
-        let result = self.sink.health_check().await;
-        let transition = match result {
-            Ok(()) => self.breaker().on_success(Instant::now()),
-            Err(_) => self.breaker().on_failure(Instant::now()),
-        };
+        let healthy = self.sink.health_check().await.is_ok();
+        let transition = self.breaker().on_health(healthy, Instant::now());
         self.transitioned(transition);
     }
 

@@ -301,6 +301,50 @@ async fn survives_an_outage_and_converges<T: TestCloud>(cloud: T) {
     );
 }
 
+/// With a one-hour open period, only a health check can end the outage early.
+async fn a_healthy_check_drains_the_backlog_before_the_open_period_ends<T: TestCloud>(cloud: T) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let mut config = fast_config();
+    config.interval = Duration::from_secs(3600);
+    config.breaker.open_for = Duration::from_secs(3600);
+    let syncer = Arc::new(Syncer::new(
+        engine.store().clone(),
+        cloud.sink(),
+        config,
+        engine.write_nudge(),
+    ));
+    cloud.down();
+    let handle = syncer.start();
+    let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        engine.put(write(key, "v", Priority::Normal)).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while syncer.status().circuit != CircuitState::Open {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the circuit opens during the outage");
+    cloud.up();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let stats = engine.store().outbox_stats().await.unwrap();
+            if stats.pending + stats.in_flight == 0
+                && syncer.status().circuit == CircuitState::Closed
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the backlog drained long before the open period ended");
+    handle.shutdown().await;
+    assert_converged(&engine, &*cloud.sink(), &keys).await;
+}
+
 async fn shutdown_stops_the_loops<T: TestCloud>(cloud: T) {
     let tmp = tempfile::tempdir().unwrap();
     let engine = local(tmp.path()).await;
@@ -350,6 +394,11 @@ macro_rules! sync_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn survives_an_outage_and_converges() {
                 super::survives_an_outage_and_converges($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_healthy_check_drains_the_backlog_before_the_open_period_ends() {
+                super::a_healthy_check_drains_the_backlog_before_the_open_period_ends($cloud).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,6 +601,45 @@ fn breaker_opens_half_opens_and_closes() {
     }
     breaker.on_success(t1);
     assert_eq!(breaker.on_failure(t1), None);
+}
+
+#[test]
+fn a_healthy_check_ends_an_open_period_early() {
+    use crate::CircuitBreaker;
+    use std::time::Instant;
+    let mut breaker = CircuitBreaker::new(BreakerConfig::default());
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        breaker.on_failure(t0);
+    }
+    let t1 = t0 + Duration::from_secs(10);
+    assert_eq!(breaker.on_health(false, t1), None, "still sick: stays open");
+    assert!(!breaker.allow(t1).0);
+    assert_eq!(
+        breaker.on_health(true, t1),
+        Some((CircuitState::Open, CircuitState::HalfOpen)),
+        "healthy after 10 s: probes go through without waiting 60 s"
+    );
+    assert!(breaker.allow(t1).0);
+    assert_eq!(breaker.on_health(true, t1), None, "one probe so far");
+    assert_eq!(
+        breaker.on_success(t1),
+        Some((CircuitState::HalfOpen, CircuitState::Closed))
+    );
+    assert_eq!(
+        breaker.on_health(false, t1),
+        None,
+        "closed: health is not asked"
+    );
+    for _ in 0..5 {
+        breaker.on_failure(t1);
+    }
+    breaker.on_health(true, t1);
+    assert_eq!(
+        breaker.on_health(false, t1),
+        Some((CircuitState::HalfOpen, CircuitState::Open)),
+        "a failed check while half-open opens it again"
+    );
 }
 
 #[test]
