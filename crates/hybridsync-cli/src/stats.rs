@@ -30,7 +30,7 @@ pub(crate) fn status_json(
         .iter()
         .map(|c| {
             let vector = c.vector.map(|v| json!({"dim": v.dim, "metric": v.metric.as_str(), "precision": v.precision.as_str()}));
-            (c.name.to_string(), json!({"records": c.records, "indexed": c.indexed, "vector": vector}))
+            (c.name.to_string(), json!({"records": c.records, "indexed": c.indexed, "index_restored": c.index_restored, "vector": vector}))
         })
         .collect();
     json!({
@@ -128,8 +128,16 @@ pub(crate) fn status_text(
     for c in &status.collections {
         let vector = c.vector.map_or(String::new(), |v| {
             format!(
-                "  [{}-D {} {}; {} indexed]",
-                v.dim, v.metric, v.precision, c.indexed
+                "  [{}-D {} {}; {} indexed{}]",
+                v.dim,
+                v.metric,
+                v.precision,
+                c.indexed,
+                if c.index_restored {
+                    ", from snapshot"
+                } else {
+                    ""
+                }
             )
         });
         let _ = writeln!(

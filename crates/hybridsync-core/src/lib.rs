@@ -40,7 +40,7 @@ pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
 pub use secret::CloudUrl;
 pub use traits::{
     ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, LocalStore, OutboxEntry, OutboxOutcome,
-    OutboxState, OutboxStats, VectorCache, VectorHit, validate_device_name,
+    OutboxState, OutboxStats, StoredVector, VectorCache, VectorHit, validate_device_name,
 };
 pub use vector::{Metric, Precision, VectorSpec};
 

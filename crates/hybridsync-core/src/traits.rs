@@ -76,8 +76,12 @@ pub trait LocalStore: Send + Sync + 'static {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<Vec<Record>>;
-    /// Every live embedding of a collection with its label, for building the index.
-    async fn embeddings(&self, collection: &CollectionName) -> Result<Vec<(u64, Key, Vec<f32>)>>;
+    /// Every live embedding of a collection with its label and content hash, for
+    /// building the index.
+    async fn embeddings(&self, collection: &CollectionName) -> Result<Vec<StoredVector>>;
+    /// The same rows without their embeddings (`embedding` is `None`): what checking a
+    /// saved index against the store needs.
+    async fn vector_labels(&self, collection: &CollectionName) -> Result<Vec<StoredVector>>;
     /// Live records per collection.
     async fn counts(&self) -> Result<BTreeMap<CollectionName, u64>>;
     /// Outbox depth.
@@ -138,6 +142,17 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
 }
 
+/// A live vector as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredVector {
+    /// The record's stable vector label.
+    pub label: u64,
+    pub key: Key,
+    /// The record's content hash (changes with any change to the record).
+    pub hash: crate::ContentHash,
+    pub embedding: Option<Vec<f32>>,
+}
+
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorHit {
@@ -185,6 +200,18 @@ pub trait VectorCache: Send + Sync + 'static {
     ) -> Result<Vec<VectorHit>>;
     /// Number of vectors indexed for a collection.
     fn len(&self, collection: &CollectionName) -> usize;
+    /// Writes a collection's index to `path` (replacing the file atomically).
+    fn save(&self, collection: &CollectionName, path: &std::path::Path) -> Result<()>;
+    /// Creates (or replaces) a collection's index from a file [`Self::save`] wrote,
+    /// labelled by `keys`. Fails, changing nothing, unless the file holds an index of
+    /// `spec`'s shape with exactly those labels.
+    fn restore(
+        &self,
+        collection: &CollectionName,
+        spec: &crate::VectorSpec,
+        path: &std::path::Path,
+        keys: Vec<(u64, Key)>,
+    ) -> Result<()>;
 }
 
 /// A position in a cloud change feed (opaque to the engine).

@@ -14,6 +14,7 @@ mod breaker;
 mod local;
 mod memory_sink;
 mod replicate;
+mod snapshot;
 mod sync;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Transition, retry_delay};

@@ -1,6 +1,7 @@
 //! The local read and write paths.
 
 use crate::Result;
+use crate::snapshot::{Ledger, SnapshotFiles};
 use hybridsync_core::{
     CollectionName, CollectionSpec, Error, Key, LocalStore, OutboxStats, Priority, Record,
     VectorCache, VectorHit, WriteReceipt, WriteRequest,
@@ -8,16 +9,20 @@ use hybridsync_core::{
 use hybridsync_telemetry::catalogue;
 use hybridsync_vector::{HotCache, HotCacheStats};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// Sizing of the in-memory caches.
-#[derive(Debug, Clone, Copy)]
+/// Sizing of the in-memory caches, and where vector indexes are saved.
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Most records the hot cache holds.
     pub hot_entries: usize,
     /// Most bytes (approximately) the hot cache holds.
     pub hot_bytes: usize,
+    /// Where [`Engine::save_indexes`] writes index snapshots and `open` looks for them
+    /// (`None`: indexes are always built from the store).
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -25,6 +30,7 @@ impl Default for EngineConfig {
         Self {
             hot_entries: 10_000,
             hot_bytes: 64 << 20,
+            snapshot_dir: None,
         }
     }
 }
@@ -44,6 +50,9 @@ pub struct LocalStatus {
     pub records: BTreeMap<CollectionName, u64>,
     /// Vectors indexed per vector collection.
     pub indexed: BTreeMap<CollectionName, usize>,
+    /// Vector collections whose index was restored from a snapshot at open (the
+    /// others were built from the store).
+    pub restored: std::collections::BTreeSet<CollectionName>,
     pub specs: Vec<CollectionSpec>,
     pub outbox: OutboxStats,
     pub cache: HotCacheStats,
@@ -62,6 +71,11 @@ pub struct Engine<S, V> {
     nudge: Arc<tokio::sync::Notify>,
     /// Queue depth per priority, refreshed at most once a second, for the soft caps.
     queued: std::sync::Mutex<(Option<Instant>, BTreeMap<Priority, u64>)>,
+    /// What each vector index holds. Held while the index changes, so a saved index and
+    /// its description agree.
+    ledgers: Arc<Mutex<HashMap<CollectionName, Ledger>>>,
+    snapshot_dir: Option<PathBuf>,
+    restored: Mutex<std::collections::BTreeSet<CollectionName>>,
 }
 
 impl<S: LocalStore, V: VectorCache> Engine<S, V> {
@@ -76,6 +90,9 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             opened: Instant::now(),
             nudge: Arc::new(tokio::sync::Notify::new()),
             queued: std::sync::Mutex::new((None, BTreeMap::new())),
+            ledgers: Arc::default(),
+            snapshot_dir: config.snapshot_dir,
+            restored: Mutex::default(),
         };
         engine.refresh_specs().await?;
         Ok(engine)
@@ -141,15 +158,110 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         let Some(vector) = spec.vector else {
             return Ok(());
         };
-        let rows = self.store.embeddings(&spec.name).await?;
-        let (vectors, name) = (self.vectors.clone(), spec.name.clone());
         let started = Instant::now();
+        if self.restore_index(spec, vector).await? {
+            tracing::debug!(collection = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "vector index restored");
+            return Ok(());
+        }
+        let rows = self.store.embeddings(&spec.name).await?;
         let count = rows.len();
+        let ledger = Ledger::of(&rows);
+        let rows = rows
+            .into_iter()
+            .map(|row| (row.label, row.key, row.embedding.unwrap_or_default()))
+            .collect();
+        let (vectors, name) = (self.vectors.clone(), spec.name.clone());
         tokio::task::spawn_blocking(move || vectors.build(&name, &vector, rows))
             .await
             .map_err(|e| Error::Vector(Box::new(e)))??;
+        self.ledgers().insert(spec.name.clone(), ledger);
         tracing::debug!(collection = %spec.name, count, elapsed_ms = started.elapsed().as_millis() as u64, "vector index built");
         Ok(())
+    }
+
+    /// Restores a collection's index from its snapshot if the store still holds
+    /// exactly what the snapshot does. `Ok(false)`: no usable snapshot; build instead.
+    async fn restore_index(
+        &self,
+        spec: &CollectionSpec,
+        vector: hybridsync_core::VectorSpec,
+    ) -> Result<bool> {
+        let Some(dir) = &self.snapshot_dir else {
+            return Ok(false);
+        };
+        let files = SnapshotFiles::new(dir, spec.name.as_str());
+        let Some(saved) = files.saved_for(&vector) else {
+            return Ok(false);
+        };
+        let rows = self.store.vector_labels(&spec.name).await?;
+        let ledger = Ledger::of(&rows);
+        if !SnapshotFiles::matches(&saved, &vector, &ledger) {
+            tracing::info!(collection = %spec.name, "index snapshot is stale; rebuilding");
+            return Ok(false);
+        }
+        let keys = rows.into_iter().map(|row| (row.label, row.key)).collect();
+        let (vectors, name) = (self.vectors.clone(), spec.name.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            vectors.restore(&name, &vector, &files.index, keys)
+        })
+        .await
+        .map_err(|e| Error::Vector(Box::new(e)))?;
+        match restored {
+            Ok(()) => {
+                self.ledgers().insert(spec.name.clone(), ledger);
+                self.restored
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.name.clone());
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(collection = %spec.name, error = %e, "index snapshot unusable; rebuilding");
+                Ok(false)
+            }
+        }
+    }
+
+    fn ledgers(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Ledger>> {
+        self.ledgers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves every vector index with a description of what it holds, so the next
+    /// `open` restores it instead of building it (`close` calls this). A snapshot
+    /// the store has moved past since is detected at open and ignored.
+    pub async fn save_indexes(&self) -> Result<()> {
+        let Some(dir) = self.snapshot_dir.clone() else {
+            return Ok(());
+        };
+        let specs: Vec<(CollectionName, hybridsync_core::VectorSpec)> = self
+            .specs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|spec| spec.vector.map(|v| (spec.name.clone(), v)))
+            .collect();
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let (vectors, ledgers) = (self.vectors.clone(), self.ledgers.clone());
+        let io = |e: std::io::Error| Error::Vector(Box::new(e));
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            crate::snapshot::create_dir(&dir).map_err(io)?;
+            for (name, vector) in specs {
+                let files = SnapshotFiles::new(&dir, name.as_str());
+                // Writes wait while the index and its description are saved together.
+                let ledgers = ledgers.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(ledger) = ledgers.get(&name) else {
+                    continue;
+                };
+                files.invalidate().map_err(io)?;
+                vectors.save(&name, &files.index)?;
+                files.describe(&vector, ledger).map_err(io)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Vector(Box::new(e)))?
     }
 
     async fn require_spec(&self, collection: &CollectionName) -> Result<CollectionSpec> {
@@ -192,6 +304,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
     /// vector upserts go to the index as batches (which it may add in parallel), off
     /// the async workers when large.
     fn reflect(&self, receipts: &[WriteReceipt]) -> Result<()> {
+        let mut ledgers = self.ledgers();
         let mut run: Vec<(u64, Key, Vec<f32>)> = Vec::new();
         let mut run_collection: Option<&CollectionName> = None;
         for receipt in receipts {
@@ -203,14 +316,17 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
                 if run_collection.is_some_and(|c| *c != record.collection) {
                     self.upsert_vectors(run_collection.take(), &mut run)?;
                 }
+                let ledger = ledgers.entry(record.collection.clone()).or_default();
                 match (&record.embedding, record.tombstone) {
                     (Some(embedding), false) => {
                         run_collection = Some(&record.collection);
                         run.push((receipt.label, record.key.clone(), embedding.clone()));
+                        ledger.set(receipt.label, &record.hash);
                     }
                     _ => {
                         self.upsert_vectors(run_collection.take(), &mut run)?;
                         self.vectors.remove(&record.collection, receipt.label)?;
+                        ledger.remove(receipt.label);
                     }
                 }
             }
@@ -370,6 +486,11 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         let status = LocalStatus {
             records: self.store.counts().await?,
             indexed,
+            restored: self
+                .restored
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             specs,
             cache: self.hot.stats(),
             uptime_secs: self.opened.elapsed().as_secs_f64(),

@@ -4,8 +4,8 @@
 use crate::rows::{RecordColumns, blob_to_embedding, embedding_to_blob, record_from_columns};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
-    CollectionName, CollectionSpec, Hlc, Key, LocalStore, OutboxStats, Priority, Record,
-    WriteReceipt, WriteRequest,
+    CollectionName, CollectionSpec, ContentHash, Hlc, Key, LocalStore, OutboxStats, Priority,
+    Record, StoredVector, WriteReceipt, WriteRequest,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite};
@@ -120,6 +120,51 @@ fn bind_script<'q>(
 }
 
 impl SqliteStore {
+    /// Live rows with an embedding in `collection`: label, key, hash and, when
+    /// `with_embedding`, the vector.
+    async fn live_vectors(
+        &self,
+        collection: &CollectionName,
+        with_embedding: bool,
+    ) -> Result<Vec<StoredVector>> {
+        self.require_spec(collection).await?;
+        let sql = if with_embedding {
+            "SELECT id, key, hash, embedding FROM records WHERE collection = ?1 AND tombstone = 0 AND embedding IS NOT NULL"
+        } else {
+            "SELECT id, key, hash FROM records WHERE collection = ?1 AND tombstone = 0 AND embedding IS NOT NULL"
+        };
+        let rows = sqlx::query(sql)
+            .bind(collection.as_str())
+            .fetch_all(&self.readers)
+            .await?;
+        let bad = |detail: String| Error::BadRow {
+            table: "records",
+            detail,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let key: String = row.try_get(1)?;
+            let key = Key::new(key).map_err(|e| bad(e.to_string()))?;
+            let hash: Vec<u8> = row.try_get(2)?;
+            let hash = ContentHash::from_slice(&hash)
+                .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?;
+            let embedding = if with_embedding {
+                let blob: Vec<u8> = row.try_get(3)?;
+                Some(blob_to_embedding(&blob)?)
+            } else {
+                None
+            };
+            out.push(StoredVector {
+                label: id as u64,
+                key,
+                hash,
+                embedding,
+            });
+        }
+        Ok(out)
+    }
+
     fn spec(&self, collection: &CollectionName) -> Option<CollectionSpec> {
         self.catalogue
             .read()
@@ -352,27 +397,15 @@ impl LocalStore for SqliteStore {
     async fn embeddings(
         &self,
         collection: &CollectionName,
-    ) -> hybridsync_core::Result<Vec<(u64, Key, Vec<f32>)>> {
-        self.require_spec(collection).await?;
-        let rows = sqlx::query(
-            "SELECT id, key, embedding FROM records WHERE collection = ?1 AND tombstone = 0 AND embedding IS NOT NULL",
-        )
-        .bind(collection.as_str())
-        .fetch_all(&self.readers)
-        .await
-        .map_err(Error::from)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get(0).map_err(Error::from)?;
-            let key: String = row.try_get(1).map_err(Error::from)?;
-            let key = Key::new(key).map_err(|e| Error::BadRow {
-                table: "records",
-                detail: e.to_string(),
-            })?;
-            let blob: Vec<u8> = row.try_get(2).map_err(Error::from)?;
-            out.push((id as u64, key, blob_to_embedding(&blob)?));
-        }
-        Ok(out)
+    ) -> hybridsync_core::Result<Vec<StoredVector>> {
+        Ok(self.live_vectors(collection, true).await?)
+    }
+
+    async fn vector_labels(
+        &self,
+        collection: &CollectionName,
+    ) -> hybridsync_core::Result<Vec<StoredVector>> {
+        Ok(self.live_vectors(collection, false).await?)
     }
 
     async fn counts(&self) -> hybridsync_core::Result<BTreeMap<CollectionName, u64>> {

@@ -87,6 +87,12 @@ fn usearch_error(e: impl std::fmt::Display) -> Error {
     Error::Usearch(e.to_string())
 }
 
+/// The usearch file calls want a UTF-8 path.
+fn path_str(path: &std::path::Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| Error::Snapshot(format!("path {} is not UTF-8", path.display())))
+}
+
 /// Concurrent calls one index serves.
 const THREAD_SLOTS: usize = 16;
 
@@ -96,12 +102,8 @@ fn reserve(index: &usearch::Index, capacity: usize) -> Result<()> {
         .map_err(usearch_error)
 }
 
-fn new_index(
-    spec: &VectorSpec,
-    options: &VectorOptions,
-    capacity: usize,
-) -> Result<usearch::Index> {
-    let index = usearch::Index::new(&IndexOptions {
+fn index_options(spec: &VectorSpec, options: &VectorOptions) -> IndexOptions {
+    IndexOptions {
         dimensions: spec.dim,
         metric: match spec.metric {
             Metric::L2 => MetricKind::L2sq,
@@ -117,9 +119,58 @@ fn new_index(
         expansion_add: 0,
         expansion_search: options.expansion_search,
         multi: false,
-    })
-    .map_err(usearch_error)?;
+    }
+}
+
+fn new_index(
+    spec: &VectorSpec,
+    options: &VectorOptions,
+    capacity: usize,
+) -> Result<usearch::Index> {
+    let index = usearch::Index::new(&index_options(spec, options)).map_err(usearch_error)?;
     reserve(&index, capacity)?;
+    Ok(index)
+}
+
+/// Loads an index file written by `save`, checked against `spec` and `keys`.
+fn load_index(
+    spec: &VectorSpec,
+    options: &VectorOptions,
+    path: &std::path::Path,
+    keys: &[(u64, Key)],
+) -> Result<usearch::Index> {
+    let expected = index_options(spec, options);
+    let index = usearch::Index::new(&expected).map_err(usearch_error)?;
+    index.load(path_str(path)?).map_err(usearch_error)?;
+    let shape = (index.dimensions(), index.metric_kind(), index.scalar_kind());
+    if shape != (expected.dimensions, expected.metric, expected.quantization) || index.multi() {
+        return Err(Error::Snapshot(format!(
+            "{} holds a {}-d {:?} {:?} index, the collection wants {}-d {:?} {:?}",
+            path.display(),
+            shape.0,
+            shape.1,
+            shape.2,
+            expected.dimensions,
+            expected.metric,
+            expected.quantization
+        )));
+    }
+    if index.size() != keys.len() || keys.iter().any(|(label, _)| !index.contains(*label)) {
+        return Err(Error::Snapshot(format!(
+            "{} holds {} vectors, not the {} the store has",
+            path.display(),
+            index.size(),
+            keys.len()
+        )));
+    }
+    if options.expansion_search > 0 {
+        index.change_expansion_search(options.expansion_search);
+    }
+    // Room to grow, and the thread contexts a loaded index does not keep.
+    reserve(
+        &index,
+        index.capacity().max(index.size()) + index.size() / 4,
+    )?;
     Ok(index)
 }
 
@@ -137,6 +188,25 @@ impl UsearchCache {
             options,
             collections: RwLock::new(HashMap::new()),
         }
+    }
+
+    fn install(
+        &self,
+        collection: &CollectionName,
+        index: usearch::Index,
+        used: usize,
+        keys: impl Iterator<Item = (u64, Key)>,
+    ) {
+        let entry = CollectionIndex {
+            index: RwLock::new(index),
+            keys: RwLock::new(keys.collect()),
+            used: Mutex::new(used),
+            slots: Slots::new(THREAD_SLOTS),
+        };
+        self.collections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.clone(), Arc::new(entry));
     }
 
     fn get(&self, collection: &CollectionName) -> Result<Arc<CollectionIndex>> {
@@ -224,21 +294,41 @@ impl VectorCache for UsearchCache {
     ) -> hybridsync_core::Result<()> {
         let index = new_index(spec, &self.options, rows.len())?;
         add_parallel(&index, &rows, self.options.build_threads)?;
-        let used = Mutex::new(rows.len());
-        let keys = rows
-            .into_iter()
-            .map(|(label, key, _)| (label, key))
-            .collect();
-        let entry = CollectionIndex {
-            index: RwLock::new(index),
-            keys: RwLock::new(keys),
-            used,
-            slots: Slots::new(THREAD_SLOTS),
-        };
-        self.collections
-            .write()
+        let used = rows.len();
+        let keys = rows.into_iter().map(|(label, key, _)| (label, key));
+        self.install(collection, index, used, keys);
+        Ok(())
+    }
+
+    fn save(
+        &self,
+        collection: &CollectionName,
+        path: &std::path::Path,
+    ) -> hybridsync_core::Result<()> {
+        let entry = self.get(collection)?;
+        let temp = path.with_extension("tmp");
+        entry
+            .index
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(collection.clone(), Arc::new(entry));
+            .save(path_str(&temp)?)
+            .map_err(usearch_error)?;
+        std::fs::rename(&temp, path)
+            .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+
+    fn restore(
+        &self,
+        collection: &CollectionName,
+        spec: &VectorSpec,
+        path: &std::path::Path,
+        keys: Vec<(u64, Key)>,
+    ) -> hybridsync_core::Result<()> {
+        let index = load_index(spec, &self.options, path, &keys)?;
+        // Slots written, removed ones included (a loaded file may keep them).
+        let used = index.capacity().max(index.size());
+        self.install(collection, index, used, keys.into_iter());
         Ok(())
     }
 

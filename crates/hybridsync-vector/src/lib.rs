@@ -19,6 +19,9 @@ pub enum Error {
     Usearch(String),
     #[error("no vector index for collection {0}")]
     NoIndex(String),
+    /// A saved index that cannot be used (missing, unreadable, or not the store's).
+    #[error("index snapshot: {0}")]
+    Snapshot(String),
 }
 
 impl From<Error> for hybridsync_core::Error {

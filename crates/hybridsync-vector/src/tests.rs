@@ -173,3 +173,76 @@ fn hot_cache_is_bounded_by_bytes_and_refuses_older_versions() {
     cache.remove(&name("c"), &Key::new("v").unwrap());
     assert!(cache.get(&name("c"), &Key::new("v").unwrap()).is_none());
 }
+
+#[test]
+fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("v.usearch");
+    let spec = VectorSpec::new(16, Metric::Cosine, Precision::F16).unwrap();
+    let vectors = Clustered::new(3, 10, 16, 0.1).samples(3_000);
+    let cache = UsearchCache::default();
+    cache.build(&name("v"), &spec, rows(&vectors)).unwrap();
+    cache.remove(&name("v"), 1).unwrap();
+    cache.save(&name("v"), &path).unwrap();
+    let keys = |rows: Vec<(u64, Key, Vec<f32>)>| -> Vec<(u64, Key)> {
+        rows.into_iter()
+            .filter(|(label, ..)| *label != 1)
+            .map(|(label, key, _)| (label, key))
+            .collect()
+    };
+
+    let restored = UsearchCache::default();
+    restored
+        .restore(&name("v"), &spec, &path, keys(rows(&vectors)))
+        .unwrap();
+    assert_eq!(restored.len(&name("v")), 2_999);
+    for (i, v) in vectors.iter().enumerate().skip(1).step_by(97) {
+        assert_eq!(
+            restored.search(&name("v"), v, 1).unwrap()[0].key,
+            cache.search(&name("v"), v, 1).unwrap()[0].key,
+            "vector {i}"
+        );
+    }
+    // It keeps growing like a built one.
+    let extra = Clustered::new(4, 10, 16, 0.1).samples(500);
+    for (i, v) in extra.iter().enumerate() {
+        let label = 10_000 + i as u64;
+        restored
+            .upsert(&name("v"), label, &Key::new(format!("x{i}")).unwrap(), v)
+            .unwrap();
+    }
+    assert_eq!(restored.len(&name("v")), 3_499);
+
+    // Another shape, other labels, a damaged file: refused, and the index in place stays.
+    let other = VectorSpec::new(16, Metric::L2, Precision::F16).unwrap();
+    assert!(
+        restored
+            .restore(&name("v"), &other, &path, keys(rows(&vectors)))
+            .is_err()
+    );
+    let mut wrong = keys(rows(&vectors));
+    wrong[0].0 = 99_999;
+    assert!(restored.restore(&name("v"), &spec, &path, wrong).is_err());
+    assert!(
+        restored
+            .restore(&name("v"), &spec, &path, keys(rows(&vectors))[1..].to_vec())
+            .is_err()
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(
+        restored
+            .restore(&name("v"), &spec, &path, keys(rows(&vectors)))
+            .is_err()
+    );
+    assert!(
+        restored
+            .restore(&name("v"), &spec, &tmp.path().join("absent"), Vec::new())
+            .is_err()
+    );
+    assert_eq!(
+        restored.len(&name("v")),
+        3_499,
+        "a refused restore changes nothing"
+    );
+}

@@ -35,7 +35,8 @@ mod store;
 
 pub use config::Config;
 pub use store::{
-    Collection, HybridStore, HybridStoreBuilder, RawCollection, Status, SyncMetrics, WriteOptions,
+    Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
+    SyncMetrics, WriteOptions,
 };
 
 #[doc(inline)]

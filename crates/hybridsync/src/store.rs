@@ -122,10 +122,8 @@ impl HybridStoreBuilder {
 
     /// Hot-cache bounds.
     pub fn hot_cache(mut self, entries: usize, bytes: usize) -> Self {
-        self.engine = EngineConfig {
-            hot_entries: entries,
-            hot_bytes: bytes,
-        };
+        self.engine.hot_entries = entries;
+        self.engine.hot_bytes = bytes;
         self
     }
 
@@ -255,14 +253,20 @@ pub struct CollectionStatus {
     pub vector: Option<VectorSpec>,
     pub records: u64,
     pub indexed: usize,
+    /// Whether the index was restored from its snapshot at open (else built).
+    pub index_restored: bool,
 }
 
 impl HybridStore {
     /// A builder for a store in `data_dir`.
     pub fn builder(data_dir: impl Into<PathBuf>) -> HybridStoreBuilder {
+        let data_dir = data_dir.into();
         HybridStoreBuilder {
+            engine: EngineConfig {
+                snapshot_dir: Some(data_dir.join("indexes")),
+                ..EngineConfig::default()
+            },
             store: StoreOptions::new(data_dir),
-            engine: EngineConfig::default(),
             cloud_url: None,
             tenant: "default".into(),
             max_connections: 3,
@@ -327,6 +331,7 @@ impl HybridStore {
                 vector: spec.vector,
                 records: local.records.get(&spec.name).copied().unwrap_or(0),
                 indexed: local.indexed.get(&spec.name).copied().unwrap_or(0),
+                index_restored: local.restored.contains(&spec.name),
             })
             .collect();
         Ok(Status {
@@ -561,9 +566,22 @@ impl HybridStore {
         Ok(left)
     }
 
-    /// Closes the database connections (checkpointing the WAL).
+    /// Saves the vector indexes (so the next open restores them instead of building
+    /// them) and closes the database connections (checkpointing the WAL). A snapshot
+    /// that cannot be written is logged and skipped: the next open builds the index.
     pub async fn close(&self) {
+        if let Err(e) = self.save_indexes().await {
+            tracing::warn!(error = %e, "vector index snapshot not saved");
+        }
         self.engine().store().close().await;
+    }
+
+    /// Saves every vector index to `<data dir>/indexes` with a description of what it
+    /// holds; `open` restores an index from there when the store still holds exactly
+    /// that, and builds it otherwise. `close` calls this; long-running processes may
+    /// call it now and then so a restart after a crash is fast too.
+    pub async fn save_indexes(&self) -> Result<()> {
+        Ok(self.engine().save_indexes().await?)
     }
 
     fn key(&self, key: &str) -> Result<Key> {

@@ -128,3 +128,119 @@ async fn metrics_snapshot_counts_reads_and_the_queue() {
         Err(crate::Error::NoCloud)
     ));
 }
+
+fn voiceprint(i: usize) -> Vec<f32> {
+    // Deterministic, well spread 16-D vectors (no two alike).
+    (0..16)
+        .map(|d| ((i * 31 + d * 17) as f32 * 0.618).sin() + (i % 7) as f32 * 0.01)
+        .collect()
+}
+
+async fn voices_status(store: &HybridStore) -> crate::CollectionStatus {
+    store
+        .status()
+        .await
+        .unwrap()
+        .collections
+        .into_iter()
+        .find(|c| c.name.as_str() == "voices")
+        .unwrap()
+}
+
+async fn nearest(store: &HybridStore, query: &[f32]) -> String {
+    store.raw("voices").unwrap().search(query, 1).await.unwrap()[0]
+        .key
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_saves_the_index_open_restores_it_and_a_store_that_moved_on_is_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 3_000;
+    let store = HybridStore::builder(tmp.path()).open().await.unwrap();
+    store
+        .create_collection(
+            "voices",
+            Some(VectorSpec::new(16, Metric::Cosine, Precision::F16).unwrap()),
+        )
+        .await
+        .unwrap();
+    let voices = store.raw("voices").unwrap();
+    voices
+        .put_many(
+            (0..n)
+                .map(|i| {
+                    let options = WriteOptions::default().embedding(voiceprint(i));
+                    (format!("v{i}"), vec![1], options)
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !voices_status(&store).await.index_restored,
+        "built: nothing saved yet"
+    );
+    store.close().await;
+    let saved = tmp.path().join("indexes");
+    for file in ["voices.usearch", "voices.snapshot"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(saved.join(file)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{file} is owner-only");
+    }
+
+    // Reopened as it was: restored, and it answers as before.
+    let store = HybridStore::builder(tmp.path()).open().await.unwrap();
+    let status = voices_status(&store).await;
+    assert!(status.index_restored);
+    assert_eq!(status.indexed, n);
+    assert_eq!(nearest(&store, &voiceprint(17)).await, "v17");
+    store.close().await;
+
+    // A process that wrote and died without closing: its change is in SQLite, not in
+    // the saved index (same labels, a different vector). The next open must notice.
+    let crashed = HybridStore::builder(tmp.path()).open().await.unwrap();
+    let moved = voiceprint(1_000_000);
+    crashed
+        .raw("voices")
+        .unwrap()
+        .put("v17", vec![2], WriteOptions::default().embedding(moved.clone()))
+        .await
+        .unwrap();
+    drop(crashed);
+    let store = HybridStore::builder(tmp.path()).open().await.unwrap();
+    let status = voices_status(&store).await;
+    assert!(!status.index_restored, "stale snapshot ignored");
+    assert_eq!(status.indexed, n);
+    assert_eq!(nearest(&store, &moved).await, "v17");
+    store.close().await;
+
+    // The same for a delete.
+    let crashed = HybridStore::builder(tmp.path()).open().await.unwrap();
+    assert!(voices_status(&crashed).await.index_restored);
+    crashed
+        .raw("voices")
+        .unwrap()
+        .delete("v5", crate::Priority::Normal)
+        .await
+        .unwrap();
+    drop(crashed);
+    let store = HybridStore::builder(tmp.path()).open().await.unwrap();
+    let status = voices_status(&store).await;
+    assert!(!status.index_restored, "stale snapshot ignored");
+    assert_eq!(status.indexed, n - 1);
+    assert_ne!(nearest(&store, &voiceprint(5)).await, "v5");
+    store.close().await;
+
+    // A damaged index file beside an intact description: rebuilt, not an error.
+    let file = saved.join("voices.usearch");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 3]).unwrap();
+    let store = HybridStore::builder(tmp.path()).open().await.unwrap();
+    let status = voices_status(&store).await;
+    assert!(!status.index_restored);
+    assert_eq!(status.indexed, n - 1);
+    assert_eq!(nearest(&store, &moved).await, "v17");
+    store.close().await;
+}
