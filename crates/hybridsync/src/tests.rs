@@ -205,7 +205,11 @@ async fn close_saves_the_index_open_restores_it_and_a_store_that_moved_on_is_reb
     crashed
         .raw("voices")
         .unwrap()
-        .put("v17", vec![2], WriteOptions::default().embedding(moved.clone()))
+        .put(
+            "v17",
+            vec![2],
+            WriteOptions::default().embedding(moved.clone()),
+        )
         .await
         .unwrap();
     drop(crashed);
