@@ -187,19 +187,12 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
         sample.len()
     );
 
-    // Baseline: binary COPY of the same rows into an empty table of the same shape.
-    sqlx::query("CREATE TABLE bench_copy (LIKE hs_records INCLUDING DEFAULTS)")
-        .execute(&mut admin)
-        .await?;
-    let started = Instant::now();
-    let mut copy = admin
-        .copy_in_raw("COPY bench_copy (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash) FROM STDIN (FORMAT binary)")
-        .await?;
-    copy.send(copy_binary(&records)).await?;
-    let copied = copy.finish().await?;
-    let copy_rate = copied as f64 / started.elapsed().as_secs_f64();
-    println!("  binary COPY:         {copy_rate:>10.0} records/s");
-    anyhow::ensure!(copied as usize == n, "COPY wrote {copied} of {n} rows");
+    // Baselines: binary COPY of the same rows into an empty table of the same shape,
+    // with the same indexes (the fair one: we maintain them too) and without any.
+    let copy_rate = copy_into(&mut admin, &records, "bench_copy", "INCLUDING INDEXES").await?;
+    let bare_rate = copy_into(&mut admin, &records, "bench_copy_bare", "").await?;
+    println!("  binary COPY:         {copy_rate:>10.0} records/s (same indexes)");
+    println!("  binary COPY:         {bare_rate:>10.0} records/s (no indexes)");
 
     Ok(vec![
         Row::throughput(
@@ -216,7 +209,44 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
             copy_rate,
             ">= 0.5x",
         ),
+        Row::throughput(
+            "drain_to_postgres",
+            ours,
+            "copy_binary_no_indexes",
+            bare_rate,
+            "report",
+        ),
     ])
+}
+
+/// Records/s of one binary COPY of `records` into a new table `name` shaped like
+/// `hs_records` (`like` adds to `INCLUDING DEFAULTS`, say `INCLUDING INDEXES`).
+async fn copy_into(
+    admin: &mut sqlx::PgConnection,
+    records: &[Record],
+    name: &str,
+    like: &str,
+) -> Result<f64> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {name} (LIKE hs_records INCLUDING DEFAULTS {like})"
+    )))
+    .execute(&mut *admin)
+    .await?;
+    let started = Instant::now();
+    let mut copy = admin
+        .copy_in_raw(&format!(
+            "COPY {name} (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    copy.send(copy_binary(records)).await?;
+    let copied = copy.finish().await?;
+    let rate = copied as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        copied as usize == records.len(),
+        "COPY wrote {copied} of {} rows",
+        records.len()
+    );
+    Ok(rate)
 }
 
 /// Recovery: `n` records written while the cloud is down (the drain failing, the

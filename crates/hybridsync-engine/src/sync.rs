@@ -237,14 +237,16 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         let want = batch * lanes;
         let prefetched =
             std::mem::take(&mut *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut entries = if prefetched.is_empty() {
-            self.store.claim_outbox(want, due_ms, gate).await?
-        } else {
+        let from_prefetch = !prefetched.is_empty();
+        let mut entries = if from_prefetch {
             prefetched
+        } else {
+            self.store.claim_outbox(want, due_ms, gate).await?
         };
         // A full claim means more is waiting: claim the next batch from SQLite while this
-        // one is on its way to the cloud.
-        let prefetch = entries.len() >= want;
+        // one is on its way to the cloud. So does a prefetched one (claimed while the
+        // batch size was smaller, it may be short of `want` and still not the last).
+        let prefetch = entries.len() >= want || from_prefetch;
         let mut report = DrainReport {
             claimed: entries.len(),
             ..DrainReport::default()
@@ -276,9 +278,9 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             },
             next_claim
         );
-        let mut outcomes = Vec::with_capacity(report.claimed);
-        for (lane_outcomes, lane_report) in [a, b, c] {
-            outcomes.extend(lane_outcomes);
+        let mut settled = Ok(());
+        for (lane_settled, lane_report) in [a, b, c] {
+            settled = settled.and(lane_settled);
             report.shipped += lane_report.shipped;
             report.retried += lane_report.retried;
             report.failed += lane_report.failed;
@@ -287,7 +289,6 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             tracing::warn!(error = %e, "prefetching the next batch failed");
             Vec::new()
         });
-        let settled = self.store.settle_outbox(outcomes).await;
         if settled.is_err() || report.retried > 0 || report.failed > 0 {
             // Trouble: give the prefetched entries back untouched rather than hold them.
             self.release(next).await;
@@ -334,16 +335,19 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         }
     }
 
+    /// Ships one lane's entries and settles their outcomes in the outbox at once, while
+    /// the other lanes may still be shipping.
     async fn ship_lane(
         &self,
         entries: Option<Vec<OutboxEntry>>,
-    ) -> (Vec<(i64, OutboxOutcome)>, DrainReport) {
+    ) -> (Result<(), Error>, DrainReport) {
         let mut outcomes = Vec::new();
         let mut report = DrainReport::default();
-        if let Some(entries) = entries {
-            self.ship(entries, &mut outcomes, &mut report).await;
-        }
-        (outcomes, report)
+        let Some(entries) = entries else {
+            return (Ok(()), report);
+        };
+        self.ship(entries, &mut outcomes, &mut report).await;
+        (self.store.settle_outbox(outcomes).await, report)
     }
 
     /// Ships `entries`; on a permanent refusal, splits the batch to find the entries
