@@ -91,6 +91,12 @@ impl Key {
     /// Validates `key` against `limits`.
     pub fn with_limits(key: impl Into<String>, limits: &Limits) -> Result<Self> {
         let key = key.into();
+        Self::check(&key, limits)?;
+        Ok(Self(key))
+    }
+
+    /// Validates `key` as [`Self::with_limits`] does, without taking or copying it.
+    pub fn check(key: &str, limits: &Limits) -> Result<()> {
         let len = key.len();
         if key.is_empty() {
             return Err(Error::InvalidKey {
@@ -110,7 +116,7 @@ impl Key {
                 reason: "must not contain control characters",
             });
         }
-        Ok(Self(key))
+        Ok(())
     }
 
     /// The key as a string slice.

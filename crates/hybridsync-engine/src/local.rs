@@ -398,11 +398,9 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
     /// The live record for a key, from the hot cache or the store.
     pub async fn get(&self, collection: &CollectionName, key: &Key) -> Result<Option<Arc<Record>>> {
         let started = Instant::now();
-        let record = match self.hot.get(collection, key) {
+        let record = match self.hot.get(collection, key.as_str()) {
             Some(record) => {
-                metrics::counter!(catalogue::CACHE_HITS).increment(1);
-                metrics::histogram!(catalogue::READ_LATENCY, "source" => "cache")
-                    .record(started.elapsed().as_secs_f64());
+                Self::cache_hit(started);
                 record
             }
             None => {
@@ -419,6 +417,22 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             }
         };
         Ok((!record.tombstone).then_some(record))
+    }
+
+    /// The record for a key if the hot cache holds it (live or a tombstone), counting
+    /// only a hit: the allocation-free fast path for a caller that has validated `key`
+    /// and goes on to [`Self::get`] when this finds nothing.
+    pub fn get_cached(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+        let started = Instant::now();
+        let record = self.hot.get_if_cached(collection, key)?;
+        Self::cache_hit(started);
+        Some(record)
+    }
+
+    fn cache_hit(started: Instant) {
+        metrics::counter!(catalogue::CACHE_HITS).increment(1);
+        metrics::histogram!(catalogue::READ_LATENCY, "source" => "cache")
+            .record(started.elapsed().as_secs_f64());
     }
 
     /// Up to `limit` live records after `after`, in key order, from the store.

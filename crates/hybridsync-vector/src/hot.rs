@@ -65,9 +65,25 @@ impl HotCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached record, counting a hit or a miss. The lookup key is built in a
-    /// reused per-thread buffer: this is the hottest path of the library.
-    pub fn get(&self, collection: &CollectionName, key: &Key) -> Option<Arc<Record>> {
+    /// The cached record, counting a hit or a miss.
+    pub fn get(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+        self.lookup(collection, key, true)
+    }
+
+    /// The cached record, counting a hit but not a miss: for a caller that goes on to
+    /// [`Self::get`] (or its store) when this finds nothing.
+    pub fn get_if_cached(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+        self.lookup(collection, key, false)
+    }
+
+    /// The lookup key is built in a reused per-thread buffer: this is the hottest path
+    /// of the library.
+    fn lookup(
+        &self,
+        collection: &CollectionName,
+        key: &str,
+        count_miss: bool,
+    ) -> Option<Arc<Record>> {
         thread_local! {
             static LOOKUP: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
@@ -76,15 +92,14 @@ impl HotCache {
             buffer.clear();
             buffer.push_str(collection.as_str());
             buffer.push('\0');
-            buffer.push_str(key.as_str());
+            buffer.push_str(key);
             self.lock().lru.get(buffer.as_str()).cloned()
         });
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        } else if count_miss {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
         found
     }
 

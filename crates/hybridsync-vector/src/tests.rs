@@ -142,13 +142,13 @@ fn hot_cache_evicts_least_recently_used_by_entries() {
     let cache = HotCache::new(2, usize::MAX);
     cache.insert(record("a", 1, 1));
     cache.insert(record("b", 1, 1));
-    assert!(cache.get(&name("c"), &Key::new("a").unwrap()).is_some()); // a is now fresher than b
+    assert!(cache.get(&name("c"), "a").is_some()); // a is now fresher than b
     cache.insert(record("c", 1, 1));
     assert!(
-        cache.get(&name("c"), &Key::new("b").unwrap()).is_none(),
+        cache.get(&name("c"), "b").is_none(),
         "b was least recently used"
     );
-    assert!(cache.get(&name("c"), &Key::new("a").unwrap()).is_some());
+    assert!(cache.get(&name("c"), "a").is_some());
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 2));
 }
@@ -165,13 +165,13 @@ fn hot_cache_is_bounded_by_bytes_and_refuses_older_versions() {
 
     cache.insert(record("v", 5, 10));
     cache.insert(record("v", 4, 20));
-    let cached = cache.get(&name("c"), &Key::new("v").unwrap()).unwrap();
+    let cached = cache.get(&name("c"), "v").unwrap();
     assert_eq!(
         cached.version.physical_ms, 5,
         "an older version never replaces a newer one"
     );
     cache.remove(&name("c"), &Key::new("v").unwrap());
-    assert!(cache.get(&name("c"), &Key::new("v").unwrap()).is_none());
+    assert!(cache.get(&name("c"), "v").is_none());
 }
 
 #[test]

@@ -639,11 +639,13 @@ impl RawCollection {
 
     /// The whole record under `key` (payload, embedding, version), if live.
     pub async fn get_record(&self, key: &str) -> Result<Option<Arc<hybridsync_core::Record>>> {
-        Ok(self
-            .store
-            .engine()
-            .get(&self.name, &self.store.key(key)?)
-            .await?)
+        let engine = self.store.engine();
+        // A hot-cache hit needs no owned key: validate in place and look it up.
+        Key::check(key, engine.store().limits())?;
+        if let Some(record) = engine.get_cached(&self.name, key) {
+            return Ok((!record.tombstone).then_some(record));
+        }
+        Ok(engine.get(&self.name, &self.store.key(key)?).await?)
     }
 
     /// Deletes `key` (a versioned tombstone that will reach the cloud).

@@ -40,6 +40,16 @@ async fn typed_round_trip_and_decode_errors() {
         "{err}"
     );
     assert!(store.collection::<Note>("Bad Name").is_err());
+    for bad in ["", "a\nb"] {
+        let err = notes.get(bad).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::Error::Core(hybridsync_core::Error::InvalidKey { .. })
+            ),
+            "{bad:?}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
