@@ -254,6 +254,12 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
                 let Some(ledger) = ledgers.get(&name) else {
                     continue;
                 };
+                let unchanged = files
+                    .saved_for(&vector)
+                    .is_some_and(|saved| SnapshotFiles::matches(&saved, &vector, ledger));
+                if unchanged && files.index.exists() {
+                    continue;
+                }
                 files.invalidate().map_err(io)?;
                 vectors.save(&name, &files.index)?;
                 files.describe(&vector, ledger).map_err(io)?;

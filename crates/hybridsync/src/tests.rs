@@ -200,13 +200,26 @@ async fn close_saves_the_index_open_restores_it_and_a_store_that_moved_on_is_reb
         assert_eq!(mode & 0o777, 0o600, "{file} is owner-only");
     }
 
-    // Reopened as it was: restored, and it answers as before.
+    // Reopened as it was: restored, and it answers as before. Nothing changed, so
+    // closing again leaves the saved index file alone.
+    let saved_at = std::fs::metadata(saved.join("voices.usearch"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let store = HybridStore::builder(tmp.path()).open().await.unwrap();
     let status = voices_status(&store).await;
     assert!(status.index_restored);
     assert_eq!(status.indexed, n);
     assert_eq!(nearest(&store, &voiceprint(17)).await, "v17");
     store.close().await;
+    let modified = std::fs::metadata(saved.join("voices.usearch"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        modified, saved_at,
+        "an unchanged index is not written again"
+    );
 
     // A process that wrote and died without closing: its change is in SQLite, not in
     // the saved index (same labels, a different vector). The next open must notice.
