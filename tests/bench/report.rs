@@ -146,7 +146,9 @@ pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
            connection and the drain retrying a backlog beside them. Baseline: the same read with no cloud.\n\
          - **vector_search_\\***: top-10 through `RawCollection::search` (validation, index, label → key) against\n  \
            raw usearch with the same metric (cosine), precision (f16, f32, i8) and defaults, built from the same\n  \
-           100,000 clustered 192-D vectors; recall@10 against exact brute force over the f32 vectors, 200 queries.\n\
+           100,000 clustered 192-D vectors; recall@10 against exact brute force over the f32 vectors, 200 queries.\n  \
+           i8 loses recall to quantisation (raw usearch as much as ours); `*_i8_rerank3` is the remedy we offer,\n  \
+           `RawCollection::search_exact_rerank` over 3×k candidates with their stored f32 vectors.\n\
          - **memory_per_100k_vectors_f16**: growth of the process's resident memory while our store takes the\n  \
            100,000 records (SQLite page cache, hot cache and index included) against the growth while raw usearch\n  \
            indexes the same vectors.\n\
