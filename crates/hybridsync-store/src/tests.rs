@@ -185,6 +185,37 @@ async fn batch_is_atomic_and_duplicate_keys_coalesce() {
     versions.dedup();
     assert_eq!(versions.len(), 150, "every key gets its own version");
 
+    // Writes to one key in a batch: the last state, the most urgent priority, one entry.
+    let before = store.outbox_stats().await.unwrap();
+    let receipts = store
+        .write(vec![
+            put("notes", "dup", b"1", None).with_priority(Priority::Low),
+            put("notes", "other", b"x", None).with_priority(Priority::Deferred),
+            put("notes", "dup", b"2", None).with_priority(Priority::Critical),
+            put("notes", "dup", b"3", None).with_priority(Priority::Normal),
+        ])
+        .await
+        .unwrap();
+    let kept: Vec<&[u8]> = receipts
+        .iter()
+        .map(|r| r.record.payload.as_slice())
+        .collect();
+    assert_eq!(kept, [b"x".as_slice(), b"3"]);
+    let after = store.outbox_stats().await.unwrap();
+    let added = |p: Priority| {
+        after.by_priority.get(&p).copied().unwrap_or(0)
+            - before.by_priority.get(&p).copied().unwrap_or(0)
+    };
+    assert_eq!(
+        (
+            added(Priority::Critical),
+            added(Priority::Deferred),
+            added(Priority::Low),
+            added(Priority::Normal)
+        ),
+        (1, 1, 0, 0)
+    );
+
     // One bad request refuses the whole batch.
     let bad = vec![
         put("notes", "fine", b"v", None),
@@ -198,7 +229,7 @@ async fn batch_is_atomic_and_duplicate_keys_coalesce() {
             .unwrap()
             .is_none()
     );
-    assert_eq!(store.outbox_stats().await.unwrap().pending, 150);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 152);
 }
 
 #[tokio::test]

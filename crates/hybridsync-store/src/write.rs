@@ -90,30 +90,30 @@ fn write_script(rows: usize, begin: bool, commit: bool) -> String {
 }
 
 /// Binds a chunk's records (with their proposed versions) and priorities in the order
-/// `write_script` mentions them.
+/// `write_script` mentions them. Borrows the records' bytes rather than copying them.
 fn bind_script<'q>(
     sql: String,
-    records: &[Record],
+    records: &'q [Record],
     priorities: &[Priority],
     now_ms: i64,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for record in records {
         query = query
-            .bind(record.collection.as_str().to_owned())
-            .bind(record.key.as_str().to_owned())
-            .bind(record.payload.clone())
+            .bind(record.collection.as_str())
+            .bind(record.key.as_str())
+            .bind(record.payload.as_slice())
             .bind(record.embedding.as_deref().map(embedding_to_blob))
             .bind(record.version.packed())
-            .bind(record.version.origin.0.to_vec())
+            .bind(record.version.origin.0.as_slice())
             .bind(record.tombstone)
-            .bind(record.hash.0.to_vec());
+            .bind(record.hash.0.as_slice());
     }
     query = query.bind(now_ms).bind(now_ms);
     for (record, priority) in records.iter().zip(priorities) {
         query = query
-            .bind(record.collection.as_str().to_owned())
-            .bind(record.key.as_str().to_owned())
+            .bind(record.collection.as_str())
+            .bind(record.key.as_str())
             .bind(priority.code());
     }
     query.bind(records.last().map_or(0, |r| r.version.packed()))
@@ -193,50 +193,47 @@ impl SqliteStore {
             let spec = self.require_spec(&request.collection).await?;
             request.validate(&spec, &self.limits)?;
         }
-        let requests = coalesce(requests);
+        let mut requests = coalesce(requests);
         let now = self.hlc.physical_now_ms() as i64;
         let mut conn = ScriptConnection::acquire(&self.writer).await?;
-        let chunks: Vec<&[WriteRequest]> = requests.chunks(ROWS_PER_SCRIPT).collect();
-        let mut receipts = Vec::with_capacity(requests.len());
-        for (i, chunk) in chunks.iter().enumerate() {
+        let count = requests.len();
+        let chunks = count.div_ceil(ROWS_PER_SCRIPT);
+        let mut receipts = Vec::with_capacity(count);
+        for (i, chunk) in requests.chunks_mut(ROWS_PER_SCRIPT).enumerate() {
             // Stamped while holding the only writer connection, so stamps follow commit order.
-            let mut records: Vec<Record> = chunk
-                .iter()
+            let records: Vec<Record> = chunk
+                .iter_mut()
                 .map(|r| {
-                    let (payload, embedding) = (r.payload.clone(), r.embedding.clone());
                     Record::new(
                         r.collection.clone(),
                         r.key.clone(),
-                        payload,
-                        embedding,
+                        std::mem::take(&mut r.payload),
+                        r.embedding.take(),
                         self.hlc.now(),
                         r.tombstone,
                     )
                 })
                 .collect();
             let priorities: Vec<Priority> = chunk.iter().map(|r| r.priority).collect();
-            let sql = write_script(chunk.len(), i == 0, i + 1 == chunks.len());
-            let mut assigned: HashMap<(CollectionName, Key), (u64, i64)> =
-                HashMap::with_capacity(chunk.len());
-            for row in bind_script(sql, &records, &priorities, now)
+            let sql = write_script(chunk.len(), i == 0, i + 1 == chunks);
+            let returned = bind_script(sql, &records, &priorities, now)
                 .fetch_all(conn.get())
-                .await?
-            {
-                let bad = |detail: String| Error::BadRow {
-                    table: "records",
-                    detail,
-                };
-                let collection = CollectionName::new(row.try_get::<String, _>(1)?)
-                    .map_err(|e| bad(e.to_string()))?;
-                let key = Key::new(row.try_get::<String, _>(2)?).map_err(|e| bad(e.to_string()))?;
-                assigned.insert(
-                    (collection, key),
-                    (row.try_get::<i64, _>(0)? as u64, row.try_get(3)?),
-                );
+                .await?;
+            // Row id and final version per collection and key, looked up by borrowed keys.
+            let mut assigned: HashMap<String, HashMap<String, (u64, i64)>> = HashMap::new();
+            for row in returned {
+                assigned
+                    .entry(row.try_get::<String, _>(1)?)
+                    .or_default()
+                    .insert(
+                        row.try_get::<String, _>(2)?,
+                        (row.try_get::<i64, _>(0)? as u64, row.try_get(3)?),
+                    );
             }
-            for mut record in records.drain(..) {
+            for mut record in records {
                 let (label, packed) = assigned
-                    .get(&(record.collection.clone(), record.key.clone()))
+                    .get(record.collection.as_str())
+                    .and_then(|keys| keys.get(record.key.as_str()))
                     .copied()
                     .ok_or_else(|| Error::BadRow {
                         table: "records",
@@ -257,29 +254,34 @@ impl SqliteStore {
 
 /// Several writes to one key in a batch coalesce into the last one, keeping the most
 /// urgent priority: the latest state wins and each key gets exactly one version.
-fn coalesce(requests: Vec<WriteRequest>) -> Vec<WriteRequest> {
-    let mut last: HashMap<(CollectionName, Key), (usize, Priority)> =
-        HashMap::with_capacity(requests.len());
-    for (i, r) in requests.iter().enumerate() {
-        let entry = last
-            .entry((r.collection.clone(), r.key.clone()))
-            .or_insert((i, r.priority));
-        *entry = (i, entry.1.min(r.priority));
+fn coalesce(mut requests: Vec<WriteRequest>) -> Vec<WriteRequest> {
+    // Index of the last write to each key, and the most urgent priority among its writes.
+    let mut keep: Vec<Option<Priority>> = vec![None; requests.len()];
+    {
+        let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let key = (r.collection.as_str(), r.key.as_str());
+            let priority = match last.insert(key, i) {
+                Some(before) => keep[before]
+                    .take()
+                    .map_or(r.priority, |p| p.min(r.priority)),
+                None => r.priority,
+            };
+            keep[i] = Some(priority);
+        }
+        if last.len() == requests.len() {
+            return requests;
+        }
     }
-    if last.len() == requests.len() {
-        return requests;
-    }
+    let mut keep = keep.into_iter();
+    requests.retain_mut(|r| match keep.next().flatten() {
+        Some(priority) => {
+            r.priority = priority;
+            true
+        }
+        None => false,
+    });
     requests
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, mut r)| {
-            let (keep, priority) = last[&(r.collection.clone(), r.key.clone())];
-            (keep == i).then(|| {
-                r.priority = priority;
-                r
-            })
-        })
-        .collect()
 }
 
 fn collection_of(
