@@ -114,6 +114,11 @@ fn migrator() -> Migrator {
             "sync state",
             include_str!("../migrations/0003_sync_state.sql"),
         ),
+        migration(
+            4,
+            "drain order",
+            include_str!("../migrations/0004_drain_order.sql"),
+        ),
     ]);
     migrator.set_locking(false);
     migrator

@@ -463,7 +463,7 @@ async fn a_newer_schema_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 3,
+                supported: 4,
                 ..
             }
         ),
@@ -808,4 +808,46 @@ async fn two_stores_opened_at_once_on_one_thread_do_not_deadlock() {
         SqliteStore::open(StoreOptions::new(dir.clone()))
     );
     assert_eq!(a.unwrap().device_id(), b.unwrap().device_id());
+}
+
+#[tokio::test]
+async fn a_version_3_file_is_upgraded_with_its_queue_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    store
+        .write(
+            (0..5)
+                .map(|i| put("notes", &format!("k{i}"), b"v", None))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    // Back to version 3's shape: the old drain index, migration 4 not applied.
+    sqlx::raw_sql(
+        "DROP INDEX outbox_drain_order;
+         CREATE INDEX outbox_drain_order ON outbox (state, priority, next_attempt_ms);
+         DELETE FROM _sqlx_migrations WHERE version = 4;",
+    )
+    .execute(&store.writer)
+    .await
+    .unwrap();
+    store.close().await;
+    let store = open(tmp.path()).await;
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM pragma_index_info('outbox_drain_order') ORDER BY seqno",
+    )
+    .fetch_all(&store.writer)
+    .await
+    .unwrap();
+    assert_eq!(columns, ["state", "priority", "id", "next_attempt_ms"]);
+    let claimed = store
+        .claim_outbox(10, u64::MAX, Priority::Deferred)
+        .await
+        .unwrap();
+    let keys: Vec<&str> = claimed.iter().map(|e| e.record.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["k0", "k1", "k2", "k3", "k4"],
+        "oldest first, none lost"
+    );
 }
