@@ -202,7 +202,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         let keys = rows.into_iter().map(|row| (row.label, row.key)).collect();
         let (vectors, name) = (self.vectors.clone(), spec.name.clone());
         let restored = tokio::task::spawn_blocking(move || {
-            vectors.restore(&name, &vector, &files.index, keys)
+            vectors.restore(&name, &vector, &saved.index, keys)
         })
         .await
         .map_err(|e| Error::Vector(Box::new(e)))?;
@@ -254,15 +254,15 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
                 let Some(ledger) = ledgers.get(&name) else {
                     continue;
                 };
-                let unchanged = files
-                    .saved_for(&vector)
-                    .is_some_and(|saved| SnapshotFiles::matches(&saved, &vector, ledger));
-                if unchanged && files.index.exists() {
+                let unchanged = files.saved_for(&vector).is_some_and(|saved| {
+                    SnapshotFiles::matches(&saved, &vector, ledger) && saved.index.exists()
+                });
+                if unchanged {
                     continue;
                 }
-                files.invalidate().map_err(io)?;
-                vectors.save(&name, &files.index)?;
-                files.describe(&vector, ledger).map_err(io)?;
+                let index = files.new_index();
+                vectors.save(&name, &index)?;
+                files.describe(&vector, ledger, &index).map_err(io)?;
             }
             Ok(())
         })

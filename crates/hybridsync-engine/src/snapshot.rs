@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The first line of a description; a new format gets a new line.
-const FORMAT: &str = "hybridsync index snapshot 1";
+const FORMAT: &str = "hybridsync index snapshot 2";
 
 /// The labels and content digests of what one index holds.
 #[derive(Debug, Default)]
@@ -70,49 +70,121 @@ impl Ledger {
     }
 }
 
-/// Where one collection's snapshot lives: the index file and its description.
+/// A saved description: what it says the index holds, and the index file it names.
+#[derive(Debug)]
+pub(crate) struct Saved {
+    body: String,
+    pub(crate) index: PathBuf,
+}
+
+/// Where one collection's snapshot lives. The description `<collection>.snapshot` names
+/// the index file it describes, and every save writes a new, uniquely named index
+/// file (`<collection>-<nonce>.usearch`; names cannot contain `-`) before it replaces
+/// the description. So a description and the index it names always belong together,
+/// even when two processes on one directory save at the same moment.
 #[derive(Debug, Clone)]
 pub(crate) struct SnapshotFiles {
-    pub(crate) index: PathBuf,
+    dir: PathBuf,
+    collection: String,
     description: PathBuf,
+}
+
+/// A name no other save (in this process or another) uses.
+fn nonce() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{nanos:x}{count:x}", std::process::id())
 }
 
 impl SnapshotFiles {
     pub(crate) fn new(dir: &Path, collection: &str) -> Self {
         Self {
-            index: dir.join(format!("{collection}.usearch")),
+            dir: dir.to_owned(),
+            collection: collection.to_owned(),
             description: dir.join(format!("{collection}.snapshot")),
         }
     }
 
-    /// Whether a saved description exists for `spec` (cheap: decides whether reading
-    /// the store's labels is worth it).
-    pub(crate) fn saved_for(&self, spec: &VectorSpec) -> Option<String> {
+    /// The saved description for `spec`, if there is one (cheap: decides whether
+    /// reading the store's labels is worth it).
+    pub(crate) fn saved_for(&self, spec: &VectorSpec) -> Option<Saved> {
         let text = std::fs::read_to_string(&self.description).ok()?;
-        text.starts_with(&format!("{FORMAT}\nspec {spec:?}\n"))
-            .then_some(text)
-    }
-
-    /// Whether `saved` (from [`Self::saved_for`]) describes what `ledger` sums up.
-    pub(crate) fn matches(saved: &str, spec: &VectorSpec, ledger: &Ledger) -> bool {
-        saved == ledger.describe(spec)
-    }
-
-    /// Forgets the description, so a half-written snapshot is never trusted.
-    pub(crate) fn invalidate(&self) -> std::io::Result<()> {
-        match std::fs::remove_file(&self.description) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        if !text.starts_with(&format!("{FORMAT}\nspec {spec:?}\n")) {
+            return None;
         }
+        let (body, file) = text.strip_suffix('\n')?.rsplit_once("\nfile ")?;
+        let prefix = format!("{}-", self.collection);
+        let named_here =
+            file.starts_with(&prefix) && file.ends_with(".usearch") && !file.contains(['/', '\\']);
+        named_here.then(|| Saved {
+            body: format!("{body}\n"),
+            index: self.dir.join(file),
+        })
     }
 
-    /// Describes the index file just written (owner-only, replaced atomically).
-    pub(crate) fn describe(&self, spec: &VectorSpec, ledger: &Ledger) -> std::io::Result<()> {
-        private(&self.index)?;
-        let temp = self.description.with_extension("snapshot.tmp");
-        std::fs::write(&temp, ledger.describe(spec))?;
+    /// Whether `saved` describes what `ledger` sums up.
+    pub(crate) fn matches(saved: &Saved, spec: &VectorSpec, ledger: &Ledger) -> bool {
+        saved.body == ledger.describe(spec)
+    }
+
+    /// A fresh path for the next index file.
+    pub(crate) fn new_index(&self) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.usearch", self.collection, nonce()))
+    }
+
+    /// Describes `index`, just written (owner-only, replaced atomically), then removes
+    /// this collection's index files the description no longer names.
+    pub(crate) fn describe(
+        &self,
+        spec: &VectorSpec,
+        ledger: &Ledger,
+        index: &Path,
+    ) -> std::io::Result<()> {
+        private(index)?;
+        let file = index
+            .file_name()
+            .and_then(|f| f.to_str())
+            .ok_or_else(|| std::io::Error::other("index file name is not UTF-8"))?;
+        let temp = self
+            .dir
+            .join(format!("{}-{}.snapshot.tmp", self.collection, nonce()));
+        std::fs::write(&temp, format!("{}file {file}\n", ledger.describe(spec)))?;
         private(&temp)?;
-        std::fs::rename(&temp, &self.description)
+        std::fs::rename(&temp, &self.description)?;
+        self.prune(index);
+        Ok(())
+    }
+
+    /// Best effort: index files of this collection other than `keep`, and temporary
+    /// files an interrupted save left more than an hour ago.
+    fn prune(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{}-", self.collection);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|f| f.to_str()) else {
+                continue;
+            };
+            if !name.starts_with(&prefix) || path == keep {
+                continue;
+            }
+            let stale_temp = name.ends_with(".tmp")
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if name.ends_with(".usearch") || stale_temp {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }
 

@@ -297,3 +297,38 @@ async fn a_collection_created_by_another_handle_is_picked_up() {
         ["f1", "f2"]
     );
 }
+
+#[test]
+fn a_snapshot_description_names_its_own_index_file_and_nothing_else() {
+    use crate::snapshot::{Ledger, SnapshotFiles};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = voices().vector.unwrap();
+    let files = SnapshotFiles::new(tmp.path(), "voices");
+    let ledger = Ledger::default();
+    let first = files.new_index();
+    let second = files.new_index();
+    assert_ne!(first, second, "every save writes a file of its own");
+    for index in [&first, &second] {
+        std::fs::write(index, b"index").unwrap();
+    }
+    files.describe(&spec, &ledger, &second).unwrap();
+    let saved = files.saved_for(&spec).unwrap();
+    assert_eq!(saved.index, second);
+    assert!(SnapshotFiles::matches(&saved, &spec, &ledger));
+    assert!(!first.exists(), "the file no longer named is pruned");
+
+    // A description for another spec, or naming a file outside this collection's own,
+    // is not trusted.
+    let other = VectorSpec::new(DIM, Metric::L2, Precision::F16).unwrap();
+    assert!(files.saved_for(&other).is_none());
+    let text = std::fs::read_to_string(tmp.path().join("voices.snapshot")).unwrap();
+    let name = second.file_name().unwrap().to_str().unwrap();
+    for forged in ["../voices-1.usearch", "notes-1.usearch", "voices-1.tmp"] {
+        std::fs::write(
+            tmp.path().join("voices.snapshot"),
+            text.replace(name, forged),
+        )
+        .unwrap();
+        assert!(files.saved_for(&spec).is_none(), "{forged}");
+    }
+}

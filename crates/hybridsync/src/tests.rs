@@ -157,6 +157,23 @@ async fn voices_status(store: &HybridStore) -> crate::CollectionStatus {
         .unwrap()
 }
 
+/// The snapshot files in `dir`: the one index file (older ones are pruned) and the
+/// description, which names it.
+fn snapshot_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut indexes: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "usearch"))
+        .collect();
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    let index = indexes.remove(0);
+    let description = dir.join("voices.snapshot");
+    let text = std::fs::read_to_string(&description).unwrap();
+    let name = index.file_name().unwrap().to_str().unwrap();
+    assert!(text.ends_with(&format!("file {name}\n")), "{text}");
+    (index, description)
+}
+
 async fn nearest(store: &HybridStore, query: &[f32]) -> String {
     store.raw("voices").unwrap().search(query, 1).await.unwrap()[0]
         .key
@@ -193,29 +210,25 @@ async fn close_saves_the_index_open_restores_it_and_a_store_that_moved_on_is_reb
     );
     store.close().await;
     let saved = tmp.path().join("indexes");
-    for file in ["voices.usearch", "voices.snapshot"] {
+    let (index, description) = snapshot_files(&saved);
+    for file in [&index, &description] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(saved.join(file)).unwrap().permissions(),
+            &std::fs::metadata(file).unwrap().permissions(),
         );
-        assert_eq!(mode & 0o777, 0o600, "{file} is owner-only");
+        assert_eq!(mode & 0o777, 0o600, "{file:?} is owner-only");
     }
 
     // Reopened as it was: restored, and it answers as before. Nothing changed, so
     // closing again leaves the saved index file alone.
-    let saved_at = std::fs::metadata(saved.join("voices.usearch"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let saved_at = std::fs::metadata(&index).unwrap().modified().unwrap();
     let store = HybridStore::builder(tmp.path()).open().await.unwrap();
     let status = voices_status(&store).await;
     assert!(status.index_restored);
     assert_eq!(status.indexed, n);
     assert_eq!(nearest(&store, &voiceprint(17)).await, "v17");
     store.close().await;
-    let modified = std::fs::metadata(saved.join("voices.usearch"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    assert_eq!(snapshot_files(&saved).0, index);
+    let modified = std::fs::metadata(&index).unwrap().modified().unwrap();
     assert_eq!(
         modified, saved_at,
         "an unchanged index is not written again"
@@ -260,8 +273,31 @@ async fn close_saves_the_index_open_restores_it_and_a_store_that_moved_on_is_reb
     assert_ne!(nearest(&store, &voiceprint(5)).await, "v5");
     store.close().await;
 
+    // Two processes on the directory, one of them changing a vector, closing (and
+    // saving) at the same moment: whichever description lands names its own index, so
+    // the next open restores one that agrees with the store or rebuilds.
+    let (a, b) = (
+        HybridStore::builder(tmp.path()).open().await.unwrap(),
+        HybridStore::builder(tmp.path()).open().await.unwrap(),
+    );
+    let again = voiceprint(2_000_000);
+    a.raw("voices")
+        .unwrap()
+        .put(
+            "v42",
+            vec![3],
+            WriteOptions::default().embedding(again.clone()),
+        )
+        .await
+        .unwrap();
+    tokio::join!(a.close(), b.close());
+    let store = HybridStore::builder(tmp.path()).open().await.unwrap();
+    assert_eq!(nearest(&store, &again).await, "v42");
+    assert_eq!(voices_status(&store).await.indexed, n - 1);
+    store.close().await;
+
     // A damaged index file beside an intact description: rebuilt, not an error.
-    let file = saved.join("voices.usearch");
+    let (file, _) = snapshot_files(&saved);
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 3]).unwrap();
     let store = HybridStore::builder(tmp.path()).open().await.unwrap();
