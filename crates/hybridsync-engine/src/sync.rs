@@ -95,6 +95,9 @@ pub struct Syncer<S, C> {
     prefetched: Mutex<Vec<OutboxEntry>>,
     /// When this device's last-seen time was last updated in the cloud.
     last_touch: Mutex<Option<Instant>>,
+    /// The earliest retry scheduled since the last pass began (ms since the epoch;
+    /// `u64::MAX`: none), so the background drain wakes for it before its interval.
+    next_retry_ms: AtomicU64,
 }
 
 /// How often a syncing device refreshes its last-seen time in the cloud.
@@ -154,6 +157,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             draining: tokio::sync::Mutex::new(()),
             prefetched: Mutex::new(Vec::new()),
             last_touch: Mutex::new(None),
+            next_retry_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -452,11 +456,14 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             self.config.retry_max,
             rand::random::<f64>(),
         );
+        let next_attempt_ms = now_ms() + delay.as_millis() as u64;
+        self.next_retry_ms
+            .fetch_min(next_attempt_ms, Ordering::Relaxed);
         (
             entry.id,
             OutboxOutcome::Retry {
                 error: error.to_owned(),
-                next_attempt_ms: now_ms() + delay.as_millis() as u64,
+                next_attempt_ms,
             },
         )
     }
@@ -486,6 +493,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
 
     /// Drains until nothing due is left, the circuit opens, or a pass makes no progress.
     pub async fn drain_until_idle(&self) -> Result<DrainReport, Error> {
+        self.next_retry_ms.store(u64::MAX, Ordering::Relaxed);
         let mut total = DrainReport::default();
         loop {
             let report = self.drain_once().await?;
@@ -550,8 +558,14 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 loop {
+                    // The interval, or sooner when a retry falls due before it.
+                    let retry_in = this
+                        .next_retry_ms
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(now_ms());
+                    let wait = this.config.interval.min(Duration::from_millis(retry_in));
                     tokio::select! {
-                        _ = tokio::time::sleep(this.config.interval) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = this.nudge.notified() => {}
                         _ = stopped.changed() => break,
                     }

@@ -345,6 +345,47 @@ async fn a_healthy_check_drains_the_backlog_before_the_open_period_ends<T: TestC
     assert_converged(&engine, &*cloud.sink(), &keys).await;
 }
 
+/// A failed shipment is tried again when its backoff ends, not at the next interval
+/// (an hour here) or the next write: nothing else wakes the drain in this test.
+async fn a_failed_shipment_is_retried_when_its_backoff_ends<T: TestCloud>(cloud: T) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let mut config = fast_config();
+    config.interval = Duration::from_secs(3600);
+    config.health_interval = Duration::from_secs(3600);
+    config.retry_initial = Duration::from_millis(100);
+    config.retry_max = Duration::from_millis(200);
+    config.max_attempts = 1_000;
+    // The circuit stays closed: no health check or state change nudges the drain.
+    config.breaker.failure_threshold = 1_000;
+    let syncer = Arc::new(Syncer::new(
+        engine.store().clone(),
+        cloud.sink(),
+        config,
+        engine.write_nudge(),
+    ));
+    cloud.down();
+    let handle = syncer.start();
+    engine.put(write("a", "1", Priority::Normal)).await.unwrap();
+    // The write's nudge makes the first attempt, which fails (PostgreSQL's pool gives
+    // up connecting after its 1 s acquire timeout).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let stats = engine.store().outbox_stats().await.unwrap();
+    assert_eq!(stats.pending + stats.in_flight, 1);
+    assert_eq!(syncer.status().shipped_total, 0);
+    assert_eq!(syncer.status().circuit, CircuitState::Closed);
+    cloud.up();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.store().outbox_stats().await.unwrap().pending > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the retry ran when its backoff ended");
+    handle.shutdown().await;
+    assert_converged(&engine, &*cloud.sink(), &["a".to_owned()]).await;
+}
+
 async fn shutdown_stops_the_loops<T: TestCloud>(cloud: T) {
     let tmp = tempfile::tempdir().unwrap();
     let engine = local(tmp.path()).await;
@@ -399,6 +440,11 @@ macro_rules! sync_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_healthy_check_drains_the_backlog_before_the_open_period_ends() {
                 super::a_healthy_check_drains_the_backlog_before_the_open_period_ends($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_failed_shipment_is_retried_when_its_backoff_ends() {
+                super::a_failed_shipment_is_retried_when_its_backoff_ends($cloud).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,12 @@ pub enum Error {
     },
     #[error("sqlite: {0}")]
     Sqlite(#[source] sqlx::Error),
+    /// A write transaction failed (see the `writer` module); it was rolled back.
+    #[error("sqlite write: {0}")]
+    Write(#[source] rusqlite::Error),
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
     /// A point read failed (see the `point` module).
     #[error("sqlite point read: {0}")]
     PointRead(String),
@@ -42,6 +48,12 @@ pub enum Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         Error::Sqlite(e)
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Write(e)
     }
 }
 

@@ -16,6 +16,7 @@ mod point;
 mod rows;
 mod sync_state;
 mod write;
+mod writer;
 
 pub use error::{Error, Result};
 pub use open::{DB_FILE, Durability, SqliteStore, StoreOptions};

@@ -82,9 +82,9 @@ impl StoreOptions {
 #[derive(Debug)]
 pub struct SqliteStore {
     pub(crate) path: PathBuf,
-    /// One connection: SQLite has one writer at a time, so queueing here is cheaper
-    /// than retrying on `SQLITE_BUSY`.
-    pub(crate) writer: SqlitePool,
+    /// Every write after open: SQLite has one writer at a time, so queueing here is
+    /// cheaper than retrying on `SQLITE_BUSY` (see the `writer` module).
+    pub(crate) writer: crate::writer::Writer,
     pub(crate) readers: SqlitePool,
     pub(crate) point: crate::point::PointReaders,
     pub(crate) hlc: HlcClock<Arc<dyn Clock>>,
@@ -235,15 +235,17 @@ impl SqliteStore {
             .pragma("mmap_size", "268435456");
         // Held until the identity is settled: see `setup_lock`.
         let lock = setup_lock(&options.data_dir).await?;
-        let writer = SqlitePoolOptions::new()
+        // Setting up goes through sqlx (its migrator); writes after that go through
+        // the one writer connection.
+        let setup = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .connect_with(connect.clone())
             .await
             .map_err(|e| corrupt_or(&path, e))?;
-        check_integrity(&writer, &path).await?;
-        check_schema_version(&writer, &path).await?;
-        migrator().run(&writer).await?;
+        check_integrity(&setup, &path).await?;
+        check_schema_version(&setup, &path).await?;
+        migrator().run(&setup).await?;
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
@@ -251,7 +253,9 @@ impl SqliteStore {
             .await
             .map_err(|e| corrupt_or(&path, e))?;
 
-        let (device, high_water) = load_identity(&writer).await?;
+        let (device, high_water) = load_identity(&setup).await?;
+        setup.close().await;
+        let writer = crate::writer::Writer::open(&path, options.durability, options.busy_timeout)?;
         drop(lock);
         let hlc = HlcClock::new(options.clock, device, high_water, options.max_drift_ms);
         let point = crate::point::PointReaders::new(
@@ -299,6 +303,14 @@ impl SqliteStore {
         self.point.close();
         self.readers.close().await;
         self.writer.close().await;
+    }
+
+    /// Runs `sql` (several statements) in one write transaction.
+    #[cfg(test)]
+    pub(crate) async fn execute_for_tests(&self, sql: &str) -> Result<()> {
+        self.writer
+            .transaction(1, |tx| Ok(tx.execute_batch(sql)?))
+            .await
     }
 
     pub(crate) async fn reload_catalogue(&self) -> Result<()> {

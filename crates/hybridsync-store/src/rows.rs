@@ -60,6 +60,20 @@ pub(crate) fn record_from_row(
     record_from_columns(collection, columns)
 }
 
+/// The columns `key, payload, embedding, hlc, origin, tombstone, hash` of a rusqlite
+/// row, starting at column `first`.
+pub(crate) fn columns_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<RecordColumns> {
+    Ok((
+        row.get(first)?,
+        row.get(first + 1)?,
+        row.get(first + 2)?,
+        row.get(first + 3)?,
+        row.get(first + 4)?,
+        row.get(first + 5)?,
+        row.get(first + 6)?,
+    ))
+}
+
 /// Builds a record from its columns, checking each.
 pub(crate) fn record_from_columns(
     collection: &CollectionName,

@@ -1,14 +1,14 @@
 //! Two-way sync state: applying pages of remote changes (with conflict resolution),
 //! the per-collection change-feed cursors, the sync history, and scans for seeding.
 
-use crate::rows::{embedding_to_blob, record_from_row};
-use crate::write::ScriptConnection;
+use crate::rows::{columns_at, record_from_columns, record_from_row};
+use crate::write::{enqueue, high_water, raise_high_water, save_record};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
     ApplyOutcome, ChangeCursor, CollectionName, Conflict, ConflictResolver, HistoryEntry, Hlc, Key,
     Priority, Record, Resolution, ResolutionKind, SettledConflict, SyncOperation, WriteReceipt,
 };
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
 use std::collections::HashMap;
 
 /// Keys per lookup statement, well below SQLite's bind-variable limit.
@@ -86,27 +86,6 @@ fn decide(
     (action, Some(kind))
 }
 
-const UPSERT_RECORD: &str = "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-     ON CONFLICT (collection, key) DO UPDATE SET payload = excluded.payload, embedding = excluded.embedding, \
-     hlc = excluded.hlc, origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash \
-     RETURNING id";
-
-async fn upsert_record(conn: &mut SqliteConnection, record: &Record) -> Result<u64> {
-    let id: i64 = sqlx::query_scalar(UPSERT_RECORD)
-        .bind(record.collection.as_str())
-        .bind(record.key.as_str())
-        .bind(record.payload.as_slice())
-        .bind(record.embedding.as_deref().map(embedding_to_blob))
-        .bind(record.version.packed())
-        .bind(record.version.origin.0.as_slice())
-        .bind(record.tombstone)
-        .bind(record.hash.0.as_slice())
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(id as u64)
-}
-
 fn operation_name(operation: SyncOperation) -> &'static str {
     match operation {
         SyncOperation::Drain => "drain",
@@ -132,8 +111,8 @@ fn operation_from(name: &str) -> Result<SyncOperation> {
 }
 
 impl SqliteStore {
-    async fn local_state(
-        conn: &mut SqliteConnection,
+    fn local_state(
+        tx: &rusqlite::Transaction<'_>,
         collection: &CollectionName,
         keys: &[&Key],
     ) -> Result<HashMap<Key, Local>> {
@@ -145,13 +124,15 @@ impl SqliteStore {
                  EXISTS (SELECT 1 FROM outbox o WHERE o.record_id = r.id AND o.state IN (0, 1, 3)) \
                  FROM records r WHERE r.collection = ? AND r.key IN ({marks})"
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(collection.as_str());
-            for key in chunk {
-                query = query.bind(key.as_str());
-            }
-            for row in query.fetch_all(&mut *conn).await? {
-                let record = record_from_row(collection, &row, 0)?;
-                let pending: bool = row.try_get(7)?;
+            let mut lookup = tx.prepare_cached(&sql)?;
+            let params =
+                std::iter::once(collection.as_str()).chain(chunk.iter().map(|k| k.as_str()));
+            let rows = lookup.query_map(rusqlite::params_from_iter(params), |row| {
+                Ok((columns_at(row, 0)?, row.get::<_, bool>(7)?))
+            })?;
+            for row in rows {
+                let (columns, pending) = row?;
+                let record = record_from_columns(collection, columns)?;
                 found.insert(record.key.clone(), Local { record, pending });
             }
         }
@@ -184,103 +165,77 @@ impl SqliteStore {
             }
         }
         let now = self.hlc.physical_now_ms() as i64;
-        let device = self.hlc.device();
-        let mut conn = ScriptConnection::acquire(&self.writer).await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(conn.get()).await?;
         let keys: Vec<&Key> = accepted.iter().map(|r| &r.key).collect();
-        let local = Self::local_state(conn.get(), collection, &keys).await?;
-        let mut floor: i64 =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'hlc_high_water'")
-                .fetch_one(conn.get())
-                .await?;
-        for remote in &accepted {
-            floor = floor.max(remote.version.packed());
-        }
-        for remote in accepted {
-            let existing = local.get(&remote.key);
-            let (action, settled) = decide(existing, &remote, resolver);
-            if let (Some(resolution), Some(local)) = (settled, existing) {
-                outcome.conflicts.push(SettledConflict {
-                    key: remote.key.clone(),
-                    local: local.record.version,
-                    remote: remote.version,
-                    resolution,
-                });
-            }
-            match action {
-                Action::Keep => outcome.skipped += 1,
-                Action::Apply { supersede } => {
-                    let label = upsert_record(conn.get(), &remote).await?;
-                    if supersede {
-                        sqlx::query(
-                            "UPDATE outbox SET state = 2, claim = NULL, updated_ms = ? \
-                             WHERE record_id = ? AND state IN (0, 3)",
-                        )
-                        .bind(now)
-                        .bind(label as i64)
-                        .execute(conn.get())
-                        .await?;
-                    }
-                    outcome.applied += 1;
-                    outcome.changed.push(WriteReceipt {
-                        record: remote,
-                        label,
-                    });
+        let rows = accepted.len();
+        self.writer
+            .transaction(rows, |tx| {
+                let local = Self::local_state(tx, collection, &keys)?;
+                let mut floor = high_water(tx)?;
+                for remote in &accepted {
+                    floor = floor.max(remote.version.packed());
                 }
-                Action::Restamp {
-                    payload,
-                    embedding,
-                    tombstone,
-                } => {
-                    let merged = Record::new(
-                        collection.clone(),
-                        remote.key.clone(),
-                        payload,
-                        embedding,
-                        Hlc::default(),
-                        tombstone,
-                    );
-                    merged.validate(&spec, &self.limits)?;
-                    let mut version = self.hlc.now();
-                    if version.packed() <= floor {
-                        version = Hlc::from_packed(floor + 1, device);
+                for remote in &accepted {
+                    let existing = local.get(&remote.key);
+                    let (action, settled) = decide(existing, remote, resolver);
+                    if let (Some(resolution), Some(local)) = (settled, existing) {
+                        outcome.conflicts.push(SettledConflict {
+                            key: remote.key.clone(),
+                            local: local.record.version,
+                            remote: remote.version,
+                            resolution,
+                        });
                     }
-                    floor = version.packed();
-                    let _ = self.hlc.observe(version);
-                    let record = Record { version, ..merged };
-                    let label = upsert_record(conn.get(), &record).await?;
-                    sqlx::query(
-                        "INSERT INTO outbox (record_id, hlc, origin, priority, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-                         VALUES (?, ?, ?, ?, 0, 0, 0, ?, ?) \
-                         ON CONFLICT (record_id) WHERE state IN (0, 3) DO UPDATE SET hlc = excluded.hlc, \
-                         origin = excluded.origin, priority = MIN(outbox.priority, excluded.priority), state = 0, \
-                         attempts = 0, next_attempt_ms = 0, last_error = NULL, updated_ms = excluded.updated_ms",
-                    )
-                    .bind(label as i64)
-                    .bind(version.packed())
-                    .bind(device.0.as_slice())
-                    .bind(Priority::High.code())
-                    .bind(now)
-                    .bind(now)
-                    .execute(conn.get())
-                    .await?;
-                    outcome.changed.push(WriteReceipt { record, label });
+                    match action {
+                        Action::Keep => outcome.skipped += 1,
+                        Action::Apply { supersede } => {
+                            let label = save_record(tx, remote)?;
+                            if supersede {
+                                tx.prepare_cached(
+                                    "UPDATE outbox SET state = 2, claim = NULL, updated_ms = ?1 \
+                                     WHERE record_id = ?2 AND state IN (0, 3)",
+                                )?
+                                .execute(rusqlite::params![now, label as i64])?;
+                            }
+                            outcome.applied += 1;
+                            outcome.changed.push(WriteReceipt {
+                                record: remote.clone(),
+                                label,
+                            });
+                        }
+                        Action::Restamp {
+                            payload,
+                            embedding,
+                            tombstone,
+                        } => {
+                            let merged = Record::new(
+                                collection.clone(),
+                                remote.key.clone(),
+                                payload,
+                                embedding,
+                                Hlc::default(),
+                                tombstone,
+                            );
+                            merged.validate(&spec, &self.limits)?;
+                            let record = Record {
+                                version: self.stamp_above(floor),
+                                ..merged
+                            };
+                            floor = record.version.packed();
+                            let label = save_record(tx, &record)?;
+                            enqueue(tx, label, record.version, Priority::High, now)?;
+                            outcome.changed.push(WriteReceipt { record, label });
+                        }
+                    }
                 }
-            }
-        }
-        sqlx::query(
-            "UPDATE meta SET value = MAX(value, ?) WHERE key = 'hlc_high_water';
-             INSERT INTO sync_cursors (collection, cursor, updated_ms) VALUES (?, ?, ?)
-             ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms;
-             COMMIT;",
-        )
-        .bind(floor)
-        .bind(collection.as_str())
-        .bind(next.0.as_slice())
-        .bind(now)
-        .execute(conn.get())
-        .await?;
-        conn.finish();
+                raise_high_water(tx, floor)?;
+                tx.prepare_cached(
+                    "INSERT INTO sync_cursors (collection, cursor, updated_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms",
+                )?
+                .execute(rusqlite::params![collection.as_str(), next.0, now])?;
+                Ok(())
+            })
+            .await?;
         Ok(outcome)
     }
 
@@ -329,22 +284,28 @@ impl SqliteStore {
 
     pub(crate) async fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
         let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-        sqlx::query(
-            "INSERT INTO sync_history (started_ms, operation, pushed, pulled, conflicts, duration_ms, error) \
-             VALUES (?, ?, ?, ?, ?, ?, ?);
-             DELETE FROM sync_history WHERE id <= (SELECT MAX(id) FROM sync_history) - ?;",
-        )
-        .bind(clamp(entry.started_ms))
-        .bind(operation_name(entry.operation))
-        .bind(clamp(entry.pushed))
-        .bind(clamp(entry.pulled))
-        .bind(clamp(entry.conflicts))
-        .bind(clamp(entry.duration_ms))
-        .bind(entry.error.as_deref())
-        .bind(HISTORY_KEPT)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.writer
+            .transaction(1, |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO sync_history (started_ms, operation, pushed, pulled, conflicts, duration_ms, error) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(rusqlite::params![
+                    clamp(entry.started_ms),
+                    operation_name(entry.operation),
+                    clamp(entry.pushed),
+                    clamp(entry.pulled),
+                    clamp(entry.conflicts),
+                    clamp(entry.duration_ms),
+                    entry.error.as_deref(),
+                ])?;
+                tx.prepare_cached(
+                    "DELETE FROM sync_history WHERE id <= (SELECT MAX(id) FROM sync_history) - ?1",
+                )?
+                .execute([HISTORY_KEPT])?;
+                Ok(())
+            })
+            .await
     }
 
     pub(crate) async fn load_history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
@@ -369,15 +330,5 @@ impl SqliteStore {
                 })
             })
             .collect()
-    }
-
-    pub(crate) async fn clear_done_before(&self, before_ms: u64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM outbox WHERE state = 2 AND updated_ms < ?")
-                .bind(before_ms.min(i64::MAX as u64) as i64)
-                .execute(&self.writer)
-                .await?
-                .rows_affected(),
-        )
     }
 }

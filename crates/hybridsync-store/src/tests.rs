@@ -324,8 +324,8 @@ async fn in_flight_entries_return_to_pending_on_reopen() {
         ])
         .await
         .unwrap();
-    sqlx::query("UPDATE outbox SET state = 1")
-        .execute(&store.writer)
+    store
+        .execute_for_tests("UPDATE outbox SET state = 1")
         .await
         .unwrap();
     assert_eq!(store.outbox_stats().await.unwrap().in_flight, 2);
@@ -447,13 +447,13 @@ async fn corrupted_and_truncated_files_are_refused_and_left_untouched() {
 async fn a_newer_schema_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path()).await;
-    sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (999, 'from the future', 1, x'00', 0)",
-    )
-    .execute(&store.writer)
-    .await
-    .unwrap();
+    store
+        .execute_for_tests(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (999, 'from the future', 1, x'00', 0)",
+        )
+        .await
+        .unwrap();
     store.close().await;
     let err = SqliteStore::open(StoreOptions::new(tmp.path()))
         .await
@@ -473,7 +473,7 @@ async fn a_newer_schema_is_refused() {
 }
 
 #[tokio::test]
-async fn a_write_that_fails_inside_sqlite_rolls_back_every_chunk() {
+async fn a_write_that_fails_inside_sqlite_rolls_back_the_whole_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path()).await;
     let gone = CollectionSpec {
@@ -483,12 +483,12 @@ async fn a_write_that_fails_inside_sqlite_rolls_back_every_chunk() {
     store.create_collection(&gone).await.unwrap();
     // Another process drops the collection after we cached the catalogue: the insert
     // passes validation and then violates the foreign key inside SQLite.
-    sqlx::query("DELETE FROM collections WHERE name = 'gone'")
-        .execute(&store.writer)
+    store
+        .execute_for_tests("DELETE FROM collections WHERE name = 'gone'")
         .await
         .unwrap();
 
-    // 100 good rows span two scripts; the failing row is in the second.
+    // The failing row comes after 100 good ones in the same transaction.
     let mut batch: Vec<_> = (0..100)
         .map(|i| put("notes", &format!("k{i}"), b"v", None))
         .collect();
@@ -823,20 +823,20 @@ async fn a_version_3_file_is_upgraded_with_its_queue_intact() {
         .await
         .unwrap();
     // Back to version 3's shape: the old drain index, migration 4 not applied.
-    sqlx::raw_sql(
-        "DROP INDEX outbox_drain_order;
-         CREATE INDEX outbox_drain_order ON outbox (state, priority, next_attempt_ms);
-         DELETE FROM _sqlx_migrations WHERE version = 4;",
-    )
-    .execute(&store.writer)
-    .await
-    .unwrap();
+    store
+        .execute_for_tests(
+            "DROP INDEX outbox_drain_order;
+             CREATE INDEX outbox_drain_order ON outbox (state, priority, next_attempt_ms);
+             DELETE FROM _sqlx_migrations WHERE version = 4;",
+        )
+        .await
+        .unwrap();
     store.close().await;
     let store = open(tmp.path()).await;
     let columns: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM pragma_index_info('outbox_drain_order') ORDER BY seqno",
     )
-    .fetch_all(&store.writer)
+    .fetch_all(&store.readers)
     .await
     .unwrap();
     assert_eq!(columns, ["state", "priority", "id", "next_attempt_ms"]);
@@ -850,4 +850,76 @@ async fn a_version_3_file_is_upgraded_with_its_queue_intact() {
         ["k0", "k1", "k2", "k3", "k4"],
         "oldest first, none lost"
     );
+}
+
+/// Another process holding SQLite's write lock: our write waits for it without holding
+/// a thread (a ticker on the same single-threaded runtime keeps running), then commits;
+/// past the busy timeout it fails with a typed error and writes nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_waits_for_another_process_lock_without_blocking_the_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut options = StoreOptions::new(tmp.path());
+    options.busy_timeout = std::time::Duration::from_millis(600);
+    let store = SqliteStore::open(options).await.unwrap();
+    store.create_collection(&notes()).await.unwrap();
+    let hold = |ms: u64| {
+        let path = tmp.path().join(DB_FILE);
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let other = rusqlite::Connection::open(path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        is_locked.recv().unwrap();
+        holder
+    };
+    let ticks = std::sync::atomic::AtomicU32::new(0);
+    let ticker = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+
+    // Held for 300 ms, within the timeout: the write waits, then commits.
+    let holder = hold(300);
+    let started = std::time::Instant::now();
+    let written = tokio::select! {
+        written = store.write(vec![put("notes", "a", b"1", None)]) => written,
+        _ = ticker => unreachable!("the ticker never ends"),
+    };
+    written.unwrap();
+    holder.join().unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    let ticked = ticks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        ticked >= 10,
+        "the runtime ran only {ticked} ticks while the write waited"
+    );
+    assert!(
+        store
+            .get(&name("notes"), &key("a"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Held for 1.5 s, past the 600 ms timeout: refused, and nothing written.
+    let holder = hold(1_500);
+    let err = store
+        .write(vec![put("notes", "b", b"2", None)])
+        .await
+        .unwrap_err();
+    holder.join().unwrap();
+    assert!(err.to_string().contains("locked"), "{err}");
+    assert!(
+        store
+            .get(&name("notes"), &key("b"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
 }

@@ -7,116 +7,98 @@ use hybridsync_core::{
     CollectionName, CollectionSpec, ContentHash, Hlc, Key, LocalStore, OutboxStats, Priority,
     Record, StoredVector, WriteReceipt, WriteRequest,
 };
-use sqlx::pool::PoolConnection;
-use sqlx::{Row, Sqlite};
+use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
-/// Rows per statement in a write script. Bounded so the statement cache sees only a few
-/// distinct texts and every script stays far below SQLite's bind-variable limit.
-const ROWS_PER_SCRIPT: usize = 64;
-
-/// A writer connection inside a hand-written `BEGIN … COMMIT` script. If the script
-/// fails or the future is dropped mid-way, the connection is detached (closing it rolls
-/// the transaction back) rather than returned to the pool with a transaction open.
-pub(crate) struct ScriptConnection(Option<PoolConnection<Sqlite>>);
-
-impl ScriptConnection {
-    pub(crate) async fn acquire(pool: &sqlx::SqlitePool) -> Result<Self> {
-        Ok(Self(Some(pool.acquire().await?)))
-    }
-
-    pub(crate) fn get(&mut self) -> &mut sqlx::SqliteConnection {
-        self.0.as_mut().expect("connection present until finish")
-    }
-
-    pub(crate) fn finish(mut self) {
-        drop(self.0.take());
-    }
-}
-
-impl Drop for ScriptConnection {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            drop(conn.detach());
+/// Inserts or replaces a record's row (keeping its id) and returns the id, which is
+/// also its vector label. Looked up first rather than with `RETURNING`, which costs
+/// SQLite an ephemeral table per statement and halves the write rate.
+pub(crate) fn save_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> Result<u64> {
+    use rusqlite::OptionalExtension;
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT id FROM records WHERE collection = ?1 AND key = ?2")?
+        .query_row([record.collection.as_str(), record.key.as_str()], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    let embedding = record.embedding.as_deref().map(embedding_to_blob);
+    let id = match existing {
+        Some(id) => {
+            tx.prepare_cached(
+                "UPDATE records SET payload = ?2, embedding = ?3, hlc = ?4, origin = ?5, tombstone = ?6, \
+                 hash = ?7 WHERE id = ?1",
+            )?
+            .execute(rusqlite::params![
+                id,
+                record.payload,
+                embedding,
+                record.version.packed(),
+                record.version.origin.0,
+                record.tombstone,
+                record.hash.0,
+            ])?;
+            id
         }
-    }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(rusqlite::params![
+                record.collection.as_str(),
+                record.key.as_str(),
+                record.payload,
+                embedding,
+                record.version.packed(),
+                record.version.origin.0,
+                record.tombstone,
+                record.hash.0,
+            ])?;
+            tx.last_insert_rowid()
+        }
+    };
+    Ok(id as u64)
 }
 
-/// Builds the script for one chunk of `rows` writes. Parameters are positional (`?`)
-/// and bound in order of appearance across all statements (see `bind_script`).
-///
-/// The version of row `i` is `MAX(proposed_i, high_water + 1 + i)`, computed inside the
-/// transaction, so versions stay monotone even when several processes write to the
-/// same data directory with their own clocks. The outbox entry takes the record's
-/// final version; an open entry for the same record coalesces (latest version, most
-/// urgent priority).
-fn write_script(rows: usize, begin: bool, commit: bool) -> String {
-    let list = |sql: &mut String, item: &dyn Fn(usize) -> String| {
-        let items: Vec<String> = (0..rows).map(item).collect();
-        sql.push_str(&items.join(", "));
-    };
-    let mut sql = String::new();
-    if begin {
-        sql.push_str("BEGIN IMMEDIATE;\n");
-    }
-    sql.push_str("INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) VALUES ");
-    list(&mut sql, &|row| {
-        format!(
-            "(?, ?, ?, ?, MAX(?, (SELECT value FROM meta WHERE key = 'hlc_high_water') + {}), ?, ?, ?)",
-            row + 1
-        )
-    });
-    sql.push_str(
-        "\nON CONFLICT (collection, key) DO UPDATE SET payload = excluded.payload, embedding = excluded.embedding, \
-         hlc = excluded.hlc, origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash\n\
-         RETURNING id, collection, key, hlc;\n\
-         INSERT INTO outbox (record_id, hlc, origin, priority, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-         SELECT r.id, r.hlc, r.origin, v.column4, 0, 0, 0, ?, ? FROM (VALUES ",
-    );
-    list(&mut sql, &|row| format!("({row}, ?, ?, ?)"));
-    let _ = write!(
-        sql,
-        ") AS v JOIN records r ON r.collection = v.column2 AND r.key = v.column3 WHERE true ORDER BY v.column1\n\
+/// Queues record `id` at `version` for the cloud. An open (pending or failed) entry for
+/// the same record coalesces: latest version, most urgent priority, attempts reset.
+pub(crate) fn enqueue(
+    tx: &rusqlite::Transaction<'_>,
+    id: u64,
+    version: Hlc,
+    priority: Priority,
+    now_ms: i64,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (record_id, hlc, origin, priority, state, attempts, next_attempt_ms, created_ms, updated_ms) \
+         VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5, ?5) \
          ON CONFLICT (record_id) WHERE state IN (0, 3) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, \
          priority = MIN(outbox.priority, excluded.priority), state = 0, attempts = 0, next_attempt_ms = 0, \
-         last_error = NULL, updated_ms = excluded.updated_ms;\n\
-         UPDATE meta SET value = MAX(value + {rows}, ?) WHERE key = 'hlc_high_water';\n",
-    );
-    if commit {
-        sql.push_str("COMMIT;\n");
-    }
-    sql
+         last_error = NULL, updated_ms = excluded.updated_ms",
+    )?
+    .execute(rusqlite::params![
+        id as i64,
+        version.packed(),
+        version.origin.0,
+        priority.code(),
+        now_ms
+    ])?;
+    Ok(())
 }
 
-/// Binds a chunk's records (with their proposed versions) and priorities in the order
-/// `write_script` mentions them. Borrows the records' bytes rather than copying them.
-fn bind_script<'q>(
-    sql: String,
-    records: &'q [Record],
-    priorities: &[Priority],
-    now_ms: i64,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for record in records {
-        query = query
-            .bind(record.collection.as_str())
-            .bind(record.key.as_str())
-            .bind(record.payload.as_slice())
-            .bind(record.embedding.as_deref().map(embedding_to_blob))
-            .bind(record.version.packed())
-            .bind(record.version.origin.0.as_slice())
-            .bind(record.tombstone)
-            .bind(record.hash.0.as_slice());
-    }
-    query = query.bind(now_ms).bind(now_ms);
-    for (record, priority) in records.iter().zip(priorities) {
-        query = query
-            .bind(record.collection.as_str())
-            .bind(record.key.as_str())
-            .bind(priority.code());
-    }
-    query.bind(records.last().map_or(0, |r| r.version.packed()))
+/// The HLC high-water mark as stored: at or above every version in the file, whichever
+/// process wrote it.
+pub(crate) fn high_water(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
+    Ok(tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'hlc_high_water'")?
+        .query_row([], |row| row.get(0))?)
+}
+
+/// Raises the stored high-water mark to `packed` (never lowers it).
+pub(crate) fn raise_high_water(tx: &rusqlite::Transaction<'_>, packed: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE meta SET value = MAX(value, ?1) WHERE key = 'hlc_high_water'")?
+        .execute([packed])?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -184,6 +166,20 @@ impl SqliteStore {
             .ok_or_else(|| hybridsync_core::Error::UnknownCollection(collection.to_string()).into())
     }
 
+    /// A version above `floor` (the stored high-water mark, or the last version
+    /// issued in this transaction), from our clock when it is ahead, else `floor + 1`;
+    /// our clock moves past it either way. Called inside a write transaction, so
+    /// versions follow commit order even with several processes on one data directory.
+    pub(crate) fn stamp_above(&self, floor: i64) -> Hlc {
+        let version = self.hlc.now();
+        if version.packed() > floor {
+            return version;
+        }
+        let raised = Hlc::from_packed(floor + 1, self.hlc.device());
+        let _ = self.hlc.observe(raised);
+        raised
+    }
+
     /// Validates every request, then applies them all in one transaction.
     async fn write_all(&self, requests: Vec<WriteRequest>) -> Result<Vec<WriteReceipt>> {
         if requests.is_empty() {
@@ -193,62 +189,45 @@ impl SqliteStore {
             let spec = self.require_spec(&request.collection).await?;
             request.validate(&spec, &self.limits)?;
         }
-        let mut requests = coalesce(requests);
+        let requests = coalesce(requests);
+        let priorities: Vec<Priority> = requests.iter().map(|r| r.priority).collect();
+        // Hashed before the writer is taken; versions are assigned inside the transaction.
+        let mut records: Vec<Record> = requests
+            .into_iter()
+            .map(|r| {
+                Record::new(
+                    r.collection,
+                    r.key,
+                    r.payload,
+                    r.embedding,
+                    Hlc::default(),
+                    r.tombstone,
+                )
+            })
+            .collect();
         let now = self.hlc.physical_now_ms() as i64;
-        let mut conn = ScriptConnection::acquire(&self.writer).await?;
-        let count = requests.len();
-        let chunks = count.div_ceil(ROWS_PER_SCRIPT);
-        let mut receipts = Vec::with_capacity(count);
-        for (i, chunk) in requests.chunks_mut(ROWS_PER_SCRIPT).enumerate() {
-            // Stamped while holding the only writer connection, so stamps follow commit order.
-            let records: Vec<Record> = chunk
-                .iter_mut()
-                .map(|r| {
-                    Record::new(
-                        r.collection.clone(),
-                        r.key.clone(),
-                        std::mem::take(&mut r.payload),
-                        r.embedding.take(),
-                        self.hlc.now(),
-                        r.tombstone,
-                    )
-                })
-                .collect();
-            let priorities: Vec<Priority> = chunk.iter().map(|r| r.priority).collect();
-            let sql = write_script(chunk.len(), i == 0, i + 1 == chunks);
-            let returned = bind_script(sql, &records, &priorities, now)
-                .fetch_all(conn.get())
-                .await?;
-            // Row id and final version per collection and key, looked up by borrowed keys.
-            let mut assigned: HashMap<String, HashMap<String, (u64, i64)>> = HashMap::new();
-            for row in returned {
-                assigned
-                    .entry(row.try_get::<String, _>(1)?)
-                    .or_default()
-                    .insert(
-                        row.try_get::<String, _>(2)?,
-                        (row.try_get::<i64, _>(0)? as u64, row.try_get(3)?),
-                    );
-            }
-            for mut record in records {
-                let (label, packed) = assigned
-                    .get(record.collection.as_str())
-                    .and_then(|keys| keys.get(record.key.as_str()))
-                    .copied()
-                    .ok_or_else(|| Error::BadRow {
-                        table: "records",
-                        detail: format!("no row returned for {}", record.key),
-                    })?;
-                // The version is final only inside the transaction (see `write_script`);
-                // one assigned by another process on the same data dir moves our clock on.
-                record.version = Hlc::from_packed(packed, record.version.origin);
-                let _ = self.hlc.observe(record.version);
-                receipts.push(WriteReceipt { record, label });
-            }
-        }
-        conn.finish();
+        let labels = self
+            .writer
+            .transaction(records.len(), |tx| {
+                let mut floor = high_water(tx)?;
+                let mut labels = Vec::with_capacity(records.len());
+                for (record, priority) in records.iter_mut().zip(&priorities) {
+                    record.version = self.stamp_above(floor);
+                    floor = record.version.packed();
+                    let label = save_record(tx, record)?;
+                    enqueue(tx, label, record.version, *priority, now)?;
+                    labels.push(label);
+                }
+                raise_high_water(tx, floor)?;
+                Ok(labels)
+            })
+            .await?;
         hybridsync_core::crash_point("after_local_commit");
-        Ok(receipts)
+        Ok(records
+            .into_iter()
+            .zip(labels)
+            .map(|(record, label)| WriteReceipt { record, label })
+            .collect())
     }
 }
 
@@ -314,18 +293,17 @@ impl LocalStore for SqliteStore {
 
     async fn create_collection(&self, spec: &CollectionSpec) -> hybridsync_core::Result<()> {
         let (dim, metric, precision) = collection_of(spec);
-        sqlx::query(
-            "INSERT INTO collections (name, dim, metric, precision, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(spec.name.as_str())
-        .bind(dim)
-        .bind(metric)
-        .bind(precision)
-        .bind(self.hlc.physical_now_ms() as i64)
-        .execute(&self.writer)
-        .await
-        .map_err(Error::from)?;
+        let created_ms = self.hlc.physical_now_ms() as i64;
+        self.writer
+            .transaction(1, |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO collections (name, dim, metric, precision, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (name) DO NOTHING",
+                )?
+                .execute(rusqlite::params![spec.name.as_str(), dim, metric, precision, created_ms])?;
+                Ok(())
+            })
+            .await?;
         self.reload_catalogue().await?;
         match self.spec(&spec.name) {
             Some(existing) if existing == *spec => Ok(()),
@@ -354,16 +332,8 @@ impl LocalStore for SqliteStore {
         let fast = self.point.with(|conn| {
             use rusqlite::OptionalExtension;
             conn.prepare_cached(POINT)?
-                .query_row([collection.as_str(), key.as_str()], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
+                .query_row([collection.as_str(), key.as_str()], |row| {
+                    crate::rows::columns_at(row, 0)
                 })
                 .optional()
         });
