@@ -350,26 +350,27 @@ impl PostgresSink {
                 ),
             });
         }
-        // One statement per batch; the WHERE clause makes the upsert monotone.
+        // One statement per batch; the WHERE clause makes the upsert monotone. Bound
+        // by reference: each value is copied once, into the statement's buffer.
+        let embeddings = EmbeddingBytes::of(records);
         let applied = sqlx::query(
             "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash)
-             SELECT current_setting('hybridsync.tenant'), collection, key, payload, embedding, hlc, origin, tombstone, hash
-             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::int8[], $6::bytea[], $7::bool[], $8::bytea[])
-                  AS batch(collection, key, payload, embedding, hlc, origin, tombstone, hash)
+             SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
+                    unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[])
              ON CONFLICT (tenant, collection, key) DO UPDATE SET
                  payload = excluded.payload, embedding = excluded.embedding, hlc = excluded.hlc,
                  origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
                  txid = pg_current_xact_id(), seq = nextval('hs_change_seq'), updated_at = now()
              WHERE (excluded.hlc, excluded.origin) > (r.hlc, r.origin)",
         )
-        .bind(records.iter().map(|r| r.collection.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.key.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.embedding.as_deref().map(embedding_bytes)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.collection.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+        .bind(embeddings.slices())
         .bind(records.iter().map(|r| r.version.packed()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.version.origin.0.to_vec()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.version.origin.0.as_slice()).collect::<Vec<_>>())
         .bind(records.iter().map(|r| r.tombstone).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.hash.0.to_vec()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.hash.0.as_slice()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -622,8 +623,39 @@ fn newest_per_key(records: &[Record]) -> Vec<Record> {
     newest.into_values().cloned().collect()
 }
 
-fn embedding_bytes(embedding: &[f32]) -> Vec<u8> {
-    embedding.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// A batch's embeddings as little-endian f32 bytes, in one buffer.
+struct EmbeddingBytes {
+    bytes: Vec<u8>,
+    /// Each record's range in `bytes`; `None` without an embedding.
+    ranges: Vec<Option<std::ops::Range<usize>>>,
+}
+
+impl EmbeddingBytes {
+    fn of(records: &[Record]) -> Self {
+        let total = records
+            .iter()
+            .map(|r| r.embedding.as_ref().map_or(0, Vec::len) * 4)
+            .sum();
+        let mut bytes = Vec::with_capacity(total);
+        let ranges = records
+            .iter()
+            .map(|r| {
+                r.embedding.as_ref().map(|embedding| {
+                    let start = bytes.len();
+                    bytes.extend(embedding.iter().flat_map(|v| v.to_le_bytes()));
+                    start..bytes.len()
+                })
+            })
+            .collect();
+        Self { bytes, ranges }
+    }
+
+    fn slices(&self) -> Vec<Option<&[u8]>> {
+        self.ranges
+            .iter()
+            .map(|range| range.clone().map(|r| &self.bytes[r]))
+            .collect()
+    }
 }
 
 /// A feed position: the transaction id and sequence number of the last row passed.

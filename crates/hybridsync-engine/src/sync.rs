@@ -33,6 +33,10 @@ pub struct SyncConfig {
     pub health_interval: Duration,
     /// Above this pool load only critical and high entries drain.
     pub load_gate: f64,
+    /// Most batches on their way to the cloud at once (each on its own pooled
+    /// connection; never more than the pool's cap). Batches are claimed most urgent
+    /// first; with several lanes a later batch may land before an earlier one.
+    pub lanes: usize,
 }
 
 impl Default for SyncConfig {
@@ -49,6 +53,7 @@ impl Default for SyncConfig {
             breaker: BreakerConfig::default(),
             health_interval: Duration::from_secs(10),
             load_gate: 0.8,
+            lanes: 3,
         }
     }
 }
@@ -91,13 +96,18 @@ pub struct Syncer<S, C> {
     last_success: Mutex<Option<SystemTime>>,
     /// Serialises drain passes within this process.
     draining: tokio::sync::Mutex<()>,
-    /// The next batch, claimed while the previous one shipped.
-    prefetched: Mutex<Vec<OutboxEntry>>,
     /// When this device's last-seen time was last updated in the cloud.
     last_touch: Mutex<Option<Instant>>,
     /// The earliest retry scheduled since the last pass began (ms since the epoch;
     /// `u64::MAX`: none), so the background drain wakes for it before its interval.
     next_retry_ms: AtomicU64,
+}
+
+/// A claimed entry's identity while its record is on the way to the cloud.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    id: i64,
+    attempts: u32,
 }
 
 /// How often a syncing device refreshes its last-seen time in the cloud.
@@ -155,7 +165,6 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             failed_total: AtomicU64::new(0),
             last_success: Mutex::new(None),
             draining: tokio::sync::Mutex::new(()),
-            prefetched: Mutex::new(Vec::new()),
             last_touch: Mutex::new(None),
             next_retry_ms: AtomicU64::new(u64::MAX),
         }
@@ -206,108 +215,93 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         }
     }
 
-    /// One pass: claim a batch due now, ship it, settle every entry.
+    /// One pass: each lane claims a batch due now, ships it and settles every entry.
     pub async fn drain_once(&self) -> Result<DrainReport, Error> {
-        self.drain_pass(now_ms()).await
+        self.drain_pass(now_ms(), false).await
     }
 
-    async fn drain_pass(&self, due_ms: u64) -> Result<DrainReport, Error> {
+    /// Ships what is due at `due_ms` through up to [`SyncConfig::lanes`] lanes at once
+    /// (at most one per connection the pool may open; a sink without a pool gets one;
+    /// three at most). Each lane claims
+    /// a batch, ships it and settles it; with `until_empty` it then claims the next, so
+    /// the cloud always has a batch per lane to work on while the outbox holds due
+    /// entries. A lane stops at the first batch that met trouble (retried or parked
+    /// entries) or when the circuit opens.
+    async fn drain_pass(&self, due_ms: u64, until_empty: bool) -> Result<DrainReport, Error> {
         let _guard = self.draining.lock().await;
         let (allowed, transition) = self.breaker().allow(Instant::now());
         self.transitioned(transition);
         if !allowed {
-            let held =
-                std::mem::take(&mut *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()));
-            self.release(held).await;
             return Ok(DrainReport {
                 circuit_open: true,
                 ..DrainReport::default()
             });
         }
-        let load = self.sink.load();
-        metrics::gauge!(catalogue::POOL_LOAD).set(load);
+        metrics::gauge!(catalogue::POOL_LOAD).set(self.sink.load());
         metrics::gauge!(catalogue::POOL_SIZE).set(f64::from(self.sink.pool_size().0));
-        // Gated while the pool was busy recently and still is. Our own lanes are idle
-        // here (passes are serialised), so what is busy now is someone else's work.
-        let gate = if load > self.config.load_gate && self.sink.busy_now() > self.config.load_gate {
-            Priority::High
-        } else {
-            Priority::Deferred
-        };
-        let batch = self.batch_size.load(Ordering::Relaxed);
-        // One batch per connection the pool may open, shipped concurrently (at most 3
-        // lanes: the pool's default cap); a sink without a pool gets one lane.
-        let lanes = (self.sink.pool_size().1 as usize).clamp(1, 3);
-        let want = batch * lanes;
-        let prefetched =
-            std::mem::take(&mut *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()));
-        let from_prefetch = !prefetched.is_empty();
-        let mut entries = if from_prefetch {
-            prefetched
-        } else {
-            self.store.claim_outbox(want, due_ms, gate).await?
-        };
-        // A full claim means more is waiting: claim the next batch from SQLite while this
-        // one is on its way to the cloud. So does a prefetched one (claimed while the
-        // batch size was smaller, it may be short of `want` and still not the last).
-        let prefetch = entries.len() >= want || from_prefetch;
-        let mut report = DrainReport {
-            claimed: entries.len(),
-            ..DrainReport::default()
-        };
-        if entries.is_empty() {
-            return Ok(report);
-        }
-        let per_lane = entries.len().div_ceil(lanes);
-        let mut lane_entries: Vec<Vec<OutboxEntry>> = Vec::with_capacity(lanes);
-        while !entries.is_empty() {
-            let rest = entries.split_off(per_lane.min(entries.len()));
-            lane_entries.push(std::mem::replace(&mut entries, rest));
-        }
-        let mut lane_entries = lane_entries.into_iter();
-        let next_claim = async {
-            if prefetch {
-                self.store.claim_outbox(want, due_ms, gate).await
-            } else {
-                Ok(Vec::new())
+        let lanes = (self.sink.pool_size().1 as usize)
+            .min(self.config.lanes)
+            .clamp(1, 3);
+        let lane = |index: usize| async move {
+            let mut report = DrainReport::default();
+            if index >= lanes {
+                return Ok(report);
+            }
+            loop {
+                let batch = self.batch_size.load(Ordering::Relaxed);
+                let entries = self.store.claim_outbox(batch, due_ms, self.gate()).await?;
+                if entries.is_empty() {
+                    return Ok(report);
+                }
+                report.claimed += entries.len();
+                let (settled, shipped) = self.ship_lane(entries).await;
+                report.shipped += shipped.shipped;
+                report.retried += shipped.retried;
+                report.failed += shipped.failed;
+                settled?;
+                let trouble = shipped.retried > 0 || shipped.failed > 0;
+                if !until_empty || trouble || !self.breaker().allow(Instant::now()).0 {
+                    return Ok::<_, Error>(report);
+                }
             }
         };
-        let ((a, b, c), next) = tokio::join!(
-            async {
-                tokio::join!(
-                    self.ship_lane(lane_entries.next()),
-                    self.ship_lane(lane_entries.next()),
-                    self.ship_lane(lane_entries.next()),
-                )
-            },
-            next_claim
-        );
+        let (a, b, c) = tokio::join!(lane(0), lane(1), lane(2));
+        let mut report = DrainReport::default();
         let mut settled = Ok(());
-        for (lane_settled, lane_report) in [a, b, c] {
-            settled = settled.and(lane_settled);
-            report.shipped += lane_report.shipped;
-            report.retried += lane_report.retried;
-            report.failed += lane_report.failed;
-        }
-        let next = next.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "prefetching the next batch failed");
-            Vec::new()
-        });
-        if settled.is_err() || report.retried > 0 || report.failed > 0 {
-            // Trouble: give the prefetched entries back untouched rather than hold them.
-            self.release(next).await;
-        } else {
-            *self.prefetched.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        }
-        settled?;
-        if report.shipped > 0 {
-            self.touch_if_due().await;
+        for lane in [a, b, c] {
+            match lane {
+                Ok(lane) => {
+                    report.claimed += lane.claimed;
+                    report.shipped += lane.shipped;
+                    report.retried += lane.retried;
+                    report.failed += lane.failed;
+                }
+                Err(e) => settled = Err(e),
+            }
         }
         self.shipped_total
             .fetch_add(report.shipped as u64, Ordering::Relaxed);
         self.failed_total
             .fetch_add(report.failed as u64, Ordering::Relaxed);
+        settled?;
+        if report.shipped > 0 {
+            self.touch_if_due().await;
+        }
         Ok(report)
+    }
+
+    /// The least urgent class a claim may take now: only critical and high while the
+    /// pool has been busy recently and still is. The drain's own lanes are counted in
+    /// neither figure's favour: passes are serialised, so at a pass's start what keeps
+    /// the pool busy is someone else's work, and a lane's own shipment ends before it
+    /// claims again.
+    fn gate(&self) -> Priority {
+        let load = self.sink.load();
+        if load > self.config.load_gate && self.sink.busy_now() > self.config.load_gate {
+            Priority::High
+        } else {
+            Priority::Deferred
+        }
     }
 
     /// Refreshes this device's last-seen time after a successful sync, at most once a
@@ -325,31 +319,11 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         }
     }
 
-    /// Returns claimed, untried entries to pending.
-    async fn release(&self, entries: Vec<OutboxEntry>) {
-        if entries.is_empty() {
-            return;
-        }
-        let outcomes = entries
-            .into_iter()
-            .map(|e| (e.id, OutboxOutcome::Released))
-            .collect();
-        if let Err(e) = self.store.settle_outbox(outcomes).await {
-            tracing::warn!(error = %e, "releasing prefetched entries failed; they return to pending at the next start");
-        }
-    }
-
     /// Ships one lane's entries and settles their outcomes in the outbox at once, while
     /// the other lanes may still be shipping.
-    async fn ship_lane(
-        &self,
-        entries: Option<Vec<OutboxEntry>>,
-    ) -> (Result<(), Error>, DrainReport) {
+    async fn ship_lane(&self, entries: Vec<OutboxEntry>) -> (Result<(), Error>, DrainReport) {
         let mut outcomes = Vec::new();
         let mut report = DrainReport::default();
-        let Some(entries) = entries else {
-            return (Ok(()), report);
-        };
         self.ship(entries, &mut outcomes, &mut report).await;
         (self.store.settle_outbox(outcomes).await, report)
     }
@@ -362,9 +336,22 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         outcomes: &mut Vec<(i64, OutboxOutcome)>,
         report: &mut DrainReport,
     ) {
-        let mut stack = vec![entries];
-        while let Some(entries) = stack.pop() {
-            let records: Vec<Record> = entries.iter().map(|e| e.record.clone()).collect();
+        // The records travel to the sink as they are (no copies); each keeps its
+        // entry's id and attempts at the same index.
+        let (claims, records): (Vec<Claim>, Vec<Record>) = entries
+            .into_iter()
+            .map(|e| {
+                (
+                    Claim {
+                        id: e.id,
+                        attempts: e.attempts,
+                    },
+                    e.record,
+                )
+            })
+            .unzip();
+        let mut stack = vec![(claims, records)];
+        while let Some((claims, records)) = stack.pop() {
             let started = Instant::now();
             let result = self.sink.upsert_batch(&records).await;
             let elapsed = started.elapsed();
@@ -379,46 +366,52 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                     self.adapt_batch(records.len(), elapsed);
                     *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(SystemTime::now());
-                    report.shipped += entries.len();
-                    for entry in entries {
-                        self.emit(SyncEvent::RecordSynced {
-                            collection: entry.record.collection.clone(),
-                            key: entry.record.key.clone(),
-                            version: entry.record.version,
-                        });
-                        outcomes.push((entry.id, OutboxOutcome::Shipped));
+                    report.shipped += records.len();
+                    // Only built for someone listening: a key and collection copy each.
+                    let listened = self.events.receiver_count() > 0;
+                    for (claim, record) in claims.into_iter().zip(records) {
+                        if listened {
+                            self.emit(SyncEvent::RecordSynced {
+                                collection: record.collection,
+                                key: record.key,
+                                version: record.version,
+                            });
+                        }
+                        outcomes.push((claim.id, OutboxOutcome::Shipped));
                     }
                 }
                 Err(e) if is_retryable(&e) => {
                     metrics::counter!(catalogue::SYNCS, "status" => "retry").increment(1);
-                    tracing::warn!(error = %e, entries = entries.len(), "cloud write failed; will retry");
+                    tracing::warn!(error = %e, entries = records.len(), "cloud write failed; will retry");
                     let transition = self.breaker().on_failure(Instant::now());
                     self.transitioned(transition);
                     self.shrink_batch();
-                    for entry in entries.into_iter().chain(stack.drain(..).flatten()) {
-                        outcomes.push(self.retry_or_park(entry, &e.to_string(), report));
+                    let rest = stack.drain(..).flat_map(|(c, r)| c.into_iter().zip(r));
+                    for (claim, record) in claims.into_iter().zip(records).chain(rest) {
+                        outcomes.push(self.retry_or_park(claim, &record, &e.to_string(), report));
                     }
                 }
-                Err(e) if entries.len() > 1 => {
+                Err(e) if records.len() > 1 => {
                     metrics::counter!(catalogue::SYNCS, "status" => "rejected").increment(1);
-                    let mut entries = entries;
-                    let second = entries.split_off(entries.len() / 2);
+                    let (mut claims, mut records) = (claims, records);
+                    let half = records.len() / 2;
+                    let second = (claims.split_off(half), records.split_off(half));
                     stack.push(second);
-                    stack.push(entries);
+                    stack.push((claims, records));
                     tracing::debug!(error = %e, "batch refused; splitting it to isolate the record at fault");
                 }
                 Err(e) => {
                     metrics::counter!(catalogue::SYNCS, "status" => "rejected").increment(1);
-                    let entry = entries.into_iter().next().expect("one entry");
-                    tracing::error!(collection = %entry.record.collection, key = %entry.record.key, error = %e, "cloud refused a record; parked as failed");
+                    let (claim, record) = (claims[0], &records[0]);
+                    tracing::error!(collection = %record.collection, key = %record.key, error = %e, "cloud refused a record; parked as failed");
                     report.failed += 1;
                     self.emit(SyncEvent::RecordFailed {
-                        collection: entry.record.collection.clone(),
-                        key: entry.record.key.clone(),
+                        collection: record.collection.clone(),
+                        key: record.key.clone(),
                         error: e.to_string(),
                     });
                     outcomes.push((
-                        entry.id,
+                        claim.id,
                         OutboxOutcome::Failed {
                             error: e.to_string(),
                         },
@@ -430,20 +423,21 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
 
     fn retry_or_park(
         &self,
-        entry: OutboxEntry,
+        claim: Claim,
+        record: &Record,
         error: &str,
         report: &mut DrainReport,
     ) -> (i64, OutboxOutcome) {
-        let attempt = entry.attempts + 1;
+        let attempt = claim.attempts + 1;
         if attempt >= self.config.max_attempts {
             report.failed += 1;
             self.emit(SyncEvent::RecordFailed {
-                collection: entry.record.collection.clone(),
-                key: entry.record.key.clone(),
+                collection: record.collection.clone(),
+                key: record.key.clone(),
                 error: error.to_owned(),
             });
             return (
-                entry.id,
+                claim.id,
                 OutboxOutcome::Failed {
                     error: format!("gave up after {attempt} attempts: {error}"),
                 },
@@ -460,7 +454,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         self.next_retry_ms
             .fetch_min(next_attempt_ms, Ordering::Relaxed);
         (
-            entry.id,
+            claim.id,
             OutboxOutcome::Retry {
                 error: error.to_owned(),
                 next_attempt_ms,
@@ -496,7 +490,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         self.next_retry_ms.store(u64::MAX, Ordering::Relaxed);
         let mut total = DrainReport::default();
         loop {
-            let report = self.drain_once().await?;
+            let report = self.drain_pass(now_ms(), true).await?;
             total.claimed += report.claimed;
             total.shipped += report.shipped;
             total.retried += report.retried;
@@ -517,7 +511,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         let mut last_probe: Option<Instant> = None;
         let probe_every = self.config.health_interval.min(Duration::from_secs(1));
         loop {
-            let report = self.drain_pass(u64::MAX).await?;
+            let report = self.drain_pass(u64::MAX, true).await?;
             let stats = self.store.outbox_stats().await?;
             let left = stats.pending + stats.in_flight;
             if left == 0 || Instant::now() >= deadline {
@@ -569,7 +563,14 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                         _ = this.nudge.notified() => {}
                         _ = stopped.changed() => break,
                     }
-                    if let Err(e) = this.drain_until_idle().await {
+                    // Shutdown cuts a long drain short: entries it had in flight stay
+                    // in the outbox and return to pending (at the next flush or open);
+                    // the upsert is idempotent, so shipping them again is safe.
+                    let drained = tokio::select! {
+                        drained = this.drain_until_idle() => drained,
+                        _ = stopped.changed() => break,
+                    };
+                    if let Err(e) = drained {
                         tracing::warn!(error = %e, "drain pass failed");
                         this.emit(SyncEvent::SyncError {
                             operation: SyncOperation::Drain,
@@ -610,7 +611,8 @@ impl SyncHandle {
         Self { stop, tasks }
     }
 
-    /// Stops the loops and waits for them to finish their current pass.
+    /// Stops the loops. A drain under way stops at once; what it had in flight stays
+    /// in the outbox (see [`Syncer::flush`], which returns it to pending first).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {

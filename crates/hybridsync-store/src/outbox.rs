@@ -33,9 +33,10 @@ impl SqliteStore {
         let token: i64 = rand::random::<i64>().abs().max(1);
         let due_ms = now_ms.min(i64::MAX as u64) as i64;
         let updated_ms = self.hlc.physical_now_ms() as i64;
+        // On the blocking pool: the drain ships other batches meanwhile.
         let columns = self
             .writer
-            .transaction(limit, |tx| {
+            .transaction_in_background(move |tx| {
                 tx.prepare_cached(
                     "UPDATE outbox SET state = 1, claim = ?1, updated_ms = ?2 WHERE id IN (
                          SELECT id FROM outbox WHERE state = 0 AND next_attempt_ms <= ?3 AND priority <= ?4
@@ -105,7 +106,7 @@ impl SqliteStore {
              next_attempt_ms = ?2, last_error = ?3, updated_ms = ?4 WHERE id = ?5 AND state = 1"
         );
         self.writer
-            .transaction(outcomes.len(), |tx| {
+            .transaction_in_background(move |tx| {
                 for (id, outcome) in &outcomes {
                     match outcome {
                         // The common case: shipped, so done.

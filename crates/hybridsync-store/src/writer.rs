@@ -6,7 +6,8 @@
 //! several times the write itself (see `docs/benchmarks.md`). Here the connection sits
 //! behind an async mutex, so writers queue without holding a thread, and the holder
 //! runs its whole transaction with prepared statements and no await between its first
-//! statement and `COMMIT`: a dropped future cannot leave a transaction half done. Large transactions
+//! statement and `COMMIT`: a dropped future cannot leave a transaction half done.
+//! Large transactions
 //! leave the async worker first (`block_in_place`), as the engine does for big
 //! vector batches.
 //!
@@ -18,6 +19,7 @@
 use crate::{Durability, Error, Result};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Rows of work from which a transaction leaves the async worker thread.
@@ -26,11 +28,37 @@ pub(crate) const HEAVY_ROWS: usize = 64;
 /// Prepared statements kept per connection (the write paths use about twenty).
 const STATEMENT_CACHE: usize = 64;
 
+/// The longest pause between two attempts to take another process's write lock.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+type Slot = Option<Connection>;
+
 /// The single writer connection; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    conn: tokio::sync::Mutex<Option<Connection>>,
+    conn: Arc<tokio::sync::Mutex<Slot>>,
     busy_timeout: Duration,
+}
+
+/// One attempt at a transaction: `Err` hands `work` back, untouched, when another
+/// process holds the write lock.
+#[allow(clippy::type_complexity)]
+fn attempt<T, W>(slot: &Slot, work: W) -> std::result::Result<Result<T>, (rusqlite::Error, W)>
+where
+    W: FnOnce(&Transaction<'_>) -> Result<T>,
+{
+    let Some(conn) = slot else {
+        return Ok(Err(Error::Closed));
+    };
+    match Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
+        // Dropping `tx` without a commit rolls back.
+        Ok(tx) => Ok(work(&tx).and_then(|out| {
+            tx.commit()?;
+            Ok(out)
+        })),
+        Err(e) if is_busy(&e) => Err((e, work)),
+        Err(e) => Ok(Err(e.into())),
+    }
 }
 
 impl Writer {
@@ -52,51 +80,70 @@ impl Writer {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
              PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;"
-        ))
-        ?;
+        ))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
-            conn: tokio::sync::Mutex::new(Some(conn)),
+            conn: Arc::new(tokio::sync::Mutex::new(Some(conn))),
             busy_timeout,
         })
     }
 
-    /// Runs `work` in one `BEGIN IMMEDIATE … COMMIT`; an error from `work` (or from
-    /// the commit) rolls everything back. `rows` says how big the work is: from
-    /// [`HEAVY_ROWS`] on it runs off the async worker.
+    /// Runs `work` in one `BEGIN IMMEDIATE … COMMIT` on this thread; an error from
+    /// `work` (or from the commit) rolls everything back. `rows` says how big the work
+    /// is: from [`HEAVY_ROWS`] on, this worker's other tasks move to another thread
+    /// meanwhile.
     ///
     /// Only `BEGIN IMMEDIATE` waits for another process's write lock: once it holds
     /// the lock, a WAL-mode transaction needs no other lock to finish.
-    pub(crate) async fn transaction<T>(
-        &self,
-        rows: usize,
-        work: impl FnOnce(&Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let guard = self.conn.lock().await;
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(1);
+    pub(crate) async fn transaction<T, W>(&self, rows: usize, mut work: W) -> Result<T>
+    where
+        W: FnOnce(&Transaction<'_>) -> Result<T>,
+    {
+        let slot = self.conn.lock().await;
+        let mut retry = Retry::new(self.busy_timeout);
         loop {
-            // The connection is borrowed only in here: a `&Connection` held across the
-            // sleep would make this future `!Send`.
-            let refused = {
-                let conn = guard.as_ref().ok_or(Error::Closed)?;
-                match Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
-                    // Dropping `tx` without a commit rolls back.
-                    Ok(tx) => {
-                        return off_the_executor(rows, || {
-                            let out = work(&tx)?;
-                            tx.commit()?;
-                            Ok(out)
-                        });
-                    }
-                    Err(e) => e,
-                }
+            let attempted = if rows >= HEAVY_ROWS && multi_thread() {
+                tokio::task::block_in_place(|| attempt(&slot, work))
+            } else {
+                attempt(&slot, work)
             };
-            if !(is_busy(&refused) && started.elapsed() < self.busy_timeout) {
-                return Err(refused.into());
+            match attempted {
+                Ok(done) => return done,
+                Err((refused, handed_back)) => {
+                    work = handed_back;
+                    retry.wait(refused).await?;
+                }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// [`Self::transaction`] on the blocking pool, for big work whose caller has other
+    /// futures to keep moving meanwhile (the drain's lanes).
+    pub(crate) async fn transaction_in_background<T, W>(&self, mut work: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let mut slot = self.conn.clone().lock_owned().await;
+        let mut retry = Retry::new(self.busy_timeout);
+        loop {
+            let (returned, attempted) = tokio::task::spawn_blocking(move || {
+                let attempted = attempt(&slot, work);
+                (slot, attempted)
+            })
+            .await
+            .map_err(|e| match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Error::Closed,
+            })?;
+            slot = returned;
+            match attempted {
+                Ok(done) => return done,
+                Err((refused, handed_back)) => {
+                    work = handed_back;
+                    retry.wait(refused).await?;
+                }
+            }
         }
     }
 
@@ -107,16 +154,36 @@ impl Writer {
     }
 }
 
-/// Runs `f` here, or for heavy work in a multi-threaded runtime, with this worker's
-/// other tasks handed to another thread meanwhile.
-fn off_the_executor<T>(rows: usize, f: impl FnOnce() -> T) -> T {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if rows >= HEAVY_ROWS && multi_thread {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
+/// Waiting for another process's write lock: async sleeps, 1 ms doubling to
+/// [`MAX_BACKOFF`], until the busy timeout has passed.
+struct Retry {
+    started: Instant,
+    timeout: Duration,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            timeout,
+            backoff: Duration::from_millis(1),
+        }
     }
+
+    async fn wait(&mut self, refused: rusqlite::Error) -> Result<()> {
+        if self.started.elapsed() >= self.timeout {
+            return Err(refused.into());
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        Ok(())
+    }
+}
+
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
