@@ -82,10 +82,21 @@ pub trait LocalStore: Send + Sync + 'static {
     /// The same rows without their embeddings (`embedding` is `None`): what checking a
     /// saved index against the store needs.
     async fn vector_labels(&self, collection: &CollectionName) -> Result<Vec<StoredVector>>;
+    /// The stored embeddings of the records labelled `labels` (their vector labels),
+    /// in that order: `None` for a label that is not a live record of `collection` with
+    /// an embedding. Read from the store alone (an exact re-rank's candidates).
+    async fn embeddings_of(
+        &self,
+        collection: &CollectionName,
+        labels: &[u64],
+    ) -> Result<Vec<Option<Vec<f32>>>>;
     /// Live records per collection.
     async fn counts(&self) -> Result<BTreeMap<CollectionName, u64>>;
     /// Outbox depth.
     async fn outbox_stats(&self) -> Result<OutboxStats>;
+    /// Entries pending or in flight per priority: the part of [`Self::outbox_stats`]
+    /// the per-class soft caps need, without counting the shipped history.
+    async fn queue_depths(&self) -> Result<BTreeMap<Priority, u64>>;
     /// This store's persistent device id.
     fn device_id(&self) -> crate::DeviceId;
     /// Claims up to `limit` pending entries due at `now_ms` whose priority is at least
@@ -157,6 +168,8 @@ pub struct StoredVector {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorHit {
     pub key: Key,
+    /// The record's label in the index (its stable row id in the store).
+    pub label: u64,
     pub distance: f32,
 }
 

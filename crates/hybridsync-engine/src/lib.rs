@@ -18,7 +18,7 @@ mod snapshot;
 mod sync;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Transition, retry_delay};
-pub use local::{Engine, EngineConfig, LocalStatus, SearchOptions};
+pub use local::{Engine, EngineConfig, I8_RERANK_FACTOR, LocalStatus, SearchOptions};
 pub use memory_sink::MemorySink;
 pub use replicate::{Progress, Replicator, SyncReport, no_progress};
 pub use sync::{DrainReport, SyncConfig, SyncHandle, SyncStatus, Syncer};

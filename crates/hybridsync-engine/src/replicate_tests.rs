@@ -346,7 +346,9 @@ async fn hydrate_restores_a_new_device_and_resumes<T: TestCloud>(cloud: T) {
         "pulled rows are not queued back (no echo)"
     );
     for query in vectors.iter().step_by(97) {
-        let options = crate::SearchOptions { rerank_factor: 4 };
+        let options = crate::SearchOptions {
+            rerank_factor: Some(4),
+        };
         let ours = fresh
             .engine
             .search(&notes(), query, 5, options)

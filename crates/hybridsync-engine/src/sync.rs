@@ -611,8 +611,9 @@ impl SyncHandle {
         Self { stop, tasks }
     }
 
-    /// Stops the loops. A drain under way stops at once; what it had in flight stays
-    /// in the outbox (see [`Syncer::flush`], which returns it to pending first).
+    /// Stops the loops and waits for them. A drain under way stops at once: what it
+    /// had in flight stays in the outbox ([`Syncer::flush`] and the next open return it
+    /// to pending). An auto-sync round finishes first.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {

@@ -373,7 +373,11 @@ async fn a_failed_shipment_is_retried_when_its_backoff_ends<T: TestCloud>(cloud:
     assert_eq!(syncer.status().circuit, CircuitState::Closed);
     cloud.up();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while engine.store().outbox_stats().await.unwrap().pending > 0 {
+        loop {
+            let stats = engine.store().outbox_stats().await.unwrap();
+            if stats.pending + stats.in_flight == 0 {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

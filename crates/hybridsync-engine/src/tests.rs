@@ -194,7 +194,9 @@ async fn rerank_returns_exact_distances_sorted() {
             &name("voices"),
             &query,
             5,
-            SearchOptions { rerank_factor: 4 },
+            SearchOptions {
+                rerank_factor: Some(4),
+            },
         )
         .await
         .unwrap();
@@ -213,6 +215,76 @@ async fn rerank_returns_exact_distances_sorted() {
         );
     }
     assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+}
+
+/// An i8 collection re-ranks by default: every hit carries its exact f32 distance and
+/// the answer is the exact top k; asked for no re-rank, the index's quantised
+/// distances come back as they are.
+#[tokio::test]
+async fn an_i8_collection_re_ranks_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = CollectionSpec {
+        name: name("voices"),
+        vector: Some(VectorSpec::new(DIM, Metric::Cosine, Precision::I8).unwrap()),
+    };
+    let engine = open_engine(tmp.path(), spec).await;
+    let mut data = Clustered::new(7, 40, DIM, 0.15);
+    let vectors = data.samples(800);
+    let batch = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| enrol(i, v.clone()))
+        .collect();
+    engine.write(batch).await.unwrap();
+    let index_of =
+        |key: &Key| -> usize { key.as_str().trim_start_matches("speaker-").parse().unwrap() };
+    let (mut quantised, mut exact_hits) = (0, 0);
+    for q in 0..20 {
+        let query = data.sample(1_000 + q);
+        let mut truth: Vec<(f32, usize)> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (Metric::Cosine.distance(&query, v), i))
+            .collect();
+        truth.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let truth: Vec<usize> = truth[..5].iter().map(|(_, i)| *i).collect();
+        let hits = engine
+            .search(&name("voices"), &query, 5, SearchOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(hits.len(), 5);
+        for hit in &hits {
+            let exact = Metric::Cosine.distance(&query, &vectors[index_of(&hit.key)]);
+            assert_eq!(hit.distance, exact, "re-ranked hits carry exact distances");
+        }
+        exact_hits += hits
+            .iter()
+            .filter(|h| truth.contains(&index_of(&h.key)))
+            .count();
+        let raw = engine
+            .search(
+                &name("voices"),
+                &query,
+                5,
+                SearchOptions {
+                    rerank_factor: Some(0),
+                },
+            )
+            .await
+            .unwrap();
+        quantised += raw
+            .iter()
+            .filter(|h| h.distance != Metric::Cosine.distance(&query, &vectors[index_of(&h.key)]))
+            .count();
+    }
+    assert!(
+        exact_hits >= 95,
+        "re-ranked top 5 found {exact_hits} of 100"
+    );
+    assert!(
+        quantised > 0,
+        "without a re-rank the distances are the index's own"
+    );
 }
 
 #[tokio::test]

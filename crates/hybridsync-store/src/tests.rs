@@ -148,6 +148,7 @@ async fn outbox_coalesces_per_key_keeping_latest_state_and_highest_priority() {
     assert_eq!(stats.pending, 2, "three writes to one key are one entry");
     assert_eq!(stats.by_priority.get(&Priority::High), Some(&1));
     assert_eq!(stats.by_priority.get(&Priority::Normal), Some(&1));
+    assert_eq!(store.queue_depths().await.unwrap(), stats.by_priority);
     let hlc: i64 = sqlx::query_scalar(
         "SELECT o.hlc FROM outbox o JOIN records r ON r.id = o.record_id WHERE r.key = 'k'",
     )
@@ -627,11 +628,20 @@ mod drain {
                 },
             ),
         ];
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         store.settle_outbox(outcomes).await.unwrap();
         let stats = store.outbox_stats().await.unwrap();
         assert_eq!(
             (stats.done, stats.pending, stats.in_flight, stats.failed),
             (2, 1, 0, 1)
+        );
+        assert!(
+            stats.last_shipped_ms.is_some_and(|ms| ms >= before),
+            "the newest shipment is when these settled: {:?}",
+            stats.last_shipped_ms
         );
         assert_eq!(store.retry_failed().await.unwrap(), 1);
         assert_eq!(store.outbox_stats().await.unwrap().pending, 2);

@@ -10,6 +10,10 @@ use hybridsync_core::{
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
 
+/// Labels per statement of [`SqliteStore::stored_embeddings`], well below SQLite's
+/// bind-variable limit.
+const KEYS_PER_READ: usize = 500;
+
 /// Inserts or replaces a record's row (keeping its id) and returns the id, which is
 /// also its vector label. Looked up first rather than with `RETURNING`, which costs
 /// SQLite an ephemeral table per statement and halves the write rate.
@@ -145,6 +149,62 @@ impl SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    /// See [`LocalStore::embeddings_of`]: point reads by row id on this thread, a
+    /// statement per [`KEYS_PER_READ`] labels, with the reader pool as the fallback (as
+    /// for `get`).
+    async fn stored_embeddings(
+        &self,
+        collection: &CollectionName,
+        labels: &[u64],
+    ) -> Result<Vec<Option<Vec<f32>>>> {
+        type Row = (i64, String, Option<Vec<u8>>);
+        self.require_spec(collection).await?;
+        let mut found: HashMap<i64, Vec<u8>> = HashMap::with_capacity(labels.len());
+        for chunk in labels.chunks(KEYS_PER_READ) {
+            // Row-id lookups only, the collection checked here: with `collection = ?`
+            // in the WHERE clause SQLite may pick the (collection, key) index and scan
+            // the whole collection.
+            let sql = format!(
+                "SELECT id, collection, embedding FROM records WHERE id IN ({}) AND tombstone = 0",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let ids: Vec<i64> = chunk
+                .iter()
+                .map(|&label| label.min(i64::MAX as u64) as i64)
+                .collect();
+            let fast = self.point.with(|conn| {
+                let mut read = conn.prepare_cached(&sql)?;
+                let rows = read.query_map(rusqlite::params_from_iter(&ids), |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<Row>>>()
+            });
+            let rows = match fast {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding read failed; answering through the reader pool");
+                    let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
+                    for id in &ids {
+                        query = query.bind(id);
+                    }
+                    query.fetch_all(&self.readers).await?
+                }
+            };
+            found.extend(rows.into_iter().filter_map(|(id, name, blob)| {
+                (name == collection.as_str()).then_some((id, blob?))
+            }));
+        }
+        labels
+            .iter()
+            .map(|&label| {
+                found
+                    .remove(&(label.min(i64::MAX as u64) as i64))
+                    .map(|blob| blob_to_embedding(&blob))
+                    .transpose()
+            })
+            .collect()
     }
 
     fn spec(&self, collection: &CollectionName) -> Option<CollectionSpec> {
@@ -380,6 +440,14 @@ impl LocalStore for SqliteStore {
         Ok(self.live_vectors(collection, false).await?)
     }
 
+    async fn embeddings_of(
+        &self,
+        collection: &CollectionName,
+        labels: &[u64],
+    ) -> hybridsync_core::Result<Vec<Option<Vec<f32>>>> {
+        Ok(self.stored_embeddings(collection, labels).await?)
+    }
+
     async fn counts(&self) -> hybridsync_core::Result<BTreeMap<CollectionName, u64>> {
         let rows = sqlx::query(
             "SELECT c.name, (SELECT COUNT(*) FROM records r WHERE r.collection = c.name AND r.tombstone = 0) \
@@ -402,20 +470,27 @@ impl LocalStore for SqliteStore {
     }
 
     async fn outbox_stats(&self) -> hybridsync_core::Result<OutboxStats> {
-        let rows = sqlx::query(
-            "SELECT state, priority, COUNT(*), MAX(CASE WHEN state = 2 THEN updated_ms END) \
-             FROM outbox GROUP BY state, priority",
+        // Both read indexes only: the drain-order index covers the counts, the partial
+        // index of shipped entries answers the newest shipment with one seek.
+        let rows =
+            sqlx::query("SELECT state, priority, COUNT(*) FROM outbox GROUP BY state, priority")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(Error::from)?;
+        let last_shipped: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(updated_ms) FROM outbox INDEXED BY outbox_done_age WHERE state = 2",
         )
-        .fetch_all(&self.readers)
+        .fetch_one(&self.readers)
         .await
         .map_err(Error::from)?;
-        let mut stats = OutboxStats::default();
+        let mut stats = OutboxStats {
+            last_shipped_ms: last_shipped.map(|ms| ms.max(0) as u64),
+            ..OutboxStats::default()
+        };
         for row in rows {
             let state: i64 = row.try_get(0).map_err(Error::from)?;
             let priority = Priority::from_code(row.try_get(1).map_err(Error::from)?)?;
             let count = row.try_get::<i64, _>(2).map_err(Error::from)? as u64;
-            let shipped: Option<i64> = row.try_get(3).map_err(Error::from)?;
-            stats.last_shipped_ms = stats.last_shipped_ms.max(shipped.map(|ms| ms as u64));
             match state {
                 0 => stats.pending += count,
                 1 => stats.in_flight += count,
@@ -434,6 +509,20 @@ impl LocalStore for SqliteStore {
             }
         }
         Ok(stats)
+    }
+
+    async fn queue_depths(&self) -> hybridsync_core::Result<BTreeMap<Priority, u64>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT priority, COUNT(*) FROM outbox WHERE state IN (0, 1) GROUP BY priority",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(Error::from)?;
+        let mut depths = BTreeMap::new();
+        for (priority, count) in rows {
+            *depths.entry(Priority::from_code(priority)?).or_default() += count.max(0) as u64;
+        }
+        Ok(depths)
     }
 
     fn device_id(&self) -> hybridsync_core::DeviceId {

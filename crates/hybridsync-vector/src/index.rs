@@ -246,6 +246,7 @@ fn hits(entry: &CollectionIndex, matches: usearch::ffi::Matches) -> Result<Vec<V
         .filter_map(|(label, distance)| {
             keys.get(label).map(|key| VectorHit {
                 key: key.clone(),
+                label: *label,
                 distance: *distance,
             })
         })

@@ -658,7 +658,9 @@ impl RawCollection {
         Ok(receipt.record.version)
     }
 
-    /// The `k` nearest keys to `query`, nearest first.
+    /// The `k` nearest keys to `query`, nearest first. In an i8 collection the index's
+    /// `2 × k` best candidates are re-ranked by exact distance over their stored f32
+    /// vectors (quantisation alone loses about a tenth of the true top 10).
     pub async fn search(&self, query: &[f32], k: usize) -> Result<Vec<VectorHit>> {
         Ok(self
             .store
@@ -668,7 +670,8 @@ impl RawCollection {
     }
 
     /// Like [`RawCollection::search`], re-ranked by exact f32 distance over
-    /// `rerank_factor × k` candidates.
+    /// `rerank_factor × k` candidates (0 or 1: the index's answer as it is, even for
+    /// an i8 collection).
     pub async fn search_exact_rerank(
         &self,
         query: &[f32],
@@ -678,7 +681,14 @@ impl RawCollection {
         Ok(self
             .store
             .engine()
-            .search(&self.name, query, k, SearchOptions { rerank_factor })
+            .search(
+                &self.name,
+                query,
+                k,
+                SearchOptions {
+                    rerank_factor: Some(rerank_factor),
+                },
+            )
             .await?)
     }
 
