@@ -1,4 +1,5 @@
-//! The local store of hybridsync: SQLite through sqlx.
+//! The local store of hybridsync: SQLite, set up through sqlx (its migrator), written
+//! through one rusqlite connection (the `writer` module) and read through both.
 //!
 //! It owns the database file (records, the collection catalogue, the transactional
 //! outbox, device identity and the HLC high-water mark) and implements
