@@ -137,6 +137,7 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
             base.push(started.elapsed());
         }
         let (o50, b50) = (percentile(&mut ours, 0.5), percentile(&mut base, 0.5));
+        let (o99, b99) = (percentile(&mut ours, 0.99), percentile(&mut base, 0.99));
         let mode = synchronous.to_ascii_lowercase();
         println!(
             "  {mode}: batched {ours_batch:.0} vs {raw_batch:.0} rows/s ({floor:.0} by hand on our schema); single p50 {:.1} vs {:.1} µs",
@@ -163,6 +164,13 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
             "rusqlite_insert_p50",
             nanos(b50),
             "<= 5x",
+        ));
+        rows.push(Row::latency(
+            &format!("durable_write_single_p99_{mode}"),
+            nanos(o99),
+            "rusqlite_insert_p99",
+            nanos(b99),
+            "report",
         ));
 
         if durability == Durability::Normal {

@@ -37,6 +37,25 @@ async fn main() -> Result<()> {
     if wanted("local") {
         rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);
     }
+    // A cache miss (served by SQLite) beside the direct PostgreSQL point read the reads
+    // group measured in this run: the "before" of our users.
+    let pg_read = rows
+        .iter()
+        .find(|r| r.baseline == "postgres_point_read_p50")
+        .map(|r| r.baseline_value);
+    let miss = rows
+        .iter()
+        .find(|r| r.name == "cache_miss_read_p50")
+        .map(|r| r.value);
+    if let (Some(pg_read), Some(miss)) = (pg_read, miss) {
+        rows.push(report::Row::latency(
+            "cache_miss_read_p50",
+            miss,
+            "postgres_point_read_p50",
+            pg_read,
+            "report",
+        ));
+    }
     if wanted("search") {
         rows.extend(search::run(if quick { 20_000 } else { 100_000 }).await?);
     }

@@ -4,8 +4,9 @@ use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-/// One measured figure next to its baseline. `ratio` is ours ÷ baseline in the unit's
-/// sense (for throughput, higher is better).
+/// One measured figure next to its baseline. `ratio` is ours ÷ baseline; `better` says
+/// which way is better for the unit (`higher` for throughput and recall, `lower` for
+/// times and memory), so a ratio reads the same way as its figures.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct Row {
     pub name: String,
@@ -14,6 +15,7 @@ pub(crate) struct Row {
     pub baseline: String,
     pub baseline_value: f64,
     pub ratio: f64,
+    pub better: &'static str,
     pub goal: String,
 }
 
@@ -34,6 +36,11 @@ impl Row {
             baseline: baseline.into(),
             baseline_value,
             ratio: value / baseline_value,
+            better: if matches!(unit, "records/s" | "recall") {
+                "higher"
+            } else {
+                "lower"
+            },
             goal: goal.into(),
         }
     }
@@ -93,14 +100,14 @@ const MEASURES: &str = include_str!("measures.md");
 /// refreshes docs/benchmarks.md.
 pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
     let mut table = String::from(
-        "| benchmark | ours | baseline | baseline value | ratio | goal |\n|---|---|---|---|---|---|\n",
+        "| benchmark | ours | baseline | baseline value | ratio | better | goal |\n|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
         let (value, base) = (figure(row.value), figure(row.baseline_value));
         let _ = writeln!(
             table,
-            "| {} | {value} {} | {} | {base} {} | {:.2}× | {} |",
-            row.name, row.unit, row.baseline, row.unit, row.ratio, row.goal
+            "| {} | {value} {} | {} | {base} {} | {:.2}× | {} | {} |",
+            row.name, row.unit, row.baseline, row.unit, row.ratio, row.better, row.goal
         );
     }
     println!("\n{table}");

@@ -106,6 +106,15 @@ pub(crate) fn fast_config() -> SyncConfig {
 
 type LocalEngine = crate::tests::TestEngine;
 
+/// A syncer draining `engine`'s store to `sink`, nudged by the engine's writes.
+fn syncer_for<C: CloudSink>(
+    engine: &LocalEngine,
+    sink: Arc<C>,
+    config: SyncConfig,
+) -> Syncer<hybridsync_store::SqliteStore, C> {
+    Syncer::new(engine.store().clone(), sink, config, engine.write_nudge())
+}
+
 async fn local(dir: &std::path::Path) -> LocalEngine {
     crate::tests::open_engine(
         dir,
@@ -192,12 +201,7 @@ async fn ships_everything_most_urgent_first<T: TestCloud>(cloud: T) {
         lanes: 1,
         ..fast_config()
     };
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        cloud.sink(),
-        config,
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, cloud.sink(), config);
     let mut events = syncer.subscribe();
     let report = syncer.drain_until_idle().await.unwrap();
     assert_eq!(report.shipped, 100, "{report:?}");
@@ -219,12 +223,7 @@ async fn ships_everything_most_urgent_first<T: TestCloud>(cloud: T) {
 async fn survives_an_outage_and_converges<T: TestCloud>(cloud: T) {
     let tmp = tempfile::tempdir().unwrap();
     let engine = Arc::new(local(tmp.path()).await);
-    let syncer = Arc::new(Syncer::new(
-        engine.store().clone(),
-        cloud.sink(),
-        fast_config(),
-        engine.write_nudge(),
-    ));
+    let syncer = Arc::new(syncer_for(&engine, cloud.sink(), fast_config()));
     let mut events = syncer.subscribe();
     let handle = syncer.start();
     let mut keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
@@ -305,12 +304,7 @@ async fn a_healthy_check_drains_the_backlog_before_the_open_period_ends<T: TestC
     let mut config = fast_config();
     config.interval = Duration::from_secs(3600);
     config.breaker.open_for = Duration::from_secs(3600);
-    let syncer = Arc::new(Syncer::new(
-        engine.store().clone(),
-        cloud.sink(),
-        config,
-        engine.write_nudge(),
-    ));
+    let syncer = Arc::new(syncer_for(&engine, cloud.sink(), config));
     cloud.down();
     let handle = syncer.start();
     let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
@@ -355,12 +349,7 @@ async fn a_failed_shipment_is_retried_when_its_backoff_ends<T: TestCloud>(cloud:
     config.max_attempts = 1_000;
     // The circuit stays closed: no health check or state change nudges the drain.
     config.breaker.failure_threshold = 1_000;
-    let syncer = Arc::new(Syncer::new(
-        engine.store().clone(),
-        cloud.sink(),
-        config,
-        engine.write_nudge(),
-    ));
+    let syncer = Arc::new(syncer_for(&engine, cloud.sink(), config));
     cloud.down();
     let handle = syncer.start();
     engine.put(write("a", "1", Priority::Normal)).await.unwrap();
@@ -390,12 +379,7 @@ async fn a_failed_shipment_is_retried_when_its_backoff_ends<T: TestCloud>(cloud:
 async fn shutdown_stops_the_loops<T: TestCloud>(cloud: T) {
     let tmp = tempfile::tempdir().unwrap();
     let engine = local(tmp.path()).await;
-    let syncer = Arc::new(Syncer::new(
-        engine.store().clone(),
-        cloud.sink(),
-        fast_config(),
-        engine.write_nudge(),
-    ));
+    let syncer = Arc::new(syncer_for(&engine, cloud.sink(), fast_config()));
     let handle = syncer.start();
     engine.put(write("a", "1", Priority::Normal)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -476,12 +460,7 @@ async fn a_poisonous_record_is_parked_and_the_rest_ship() {
     for key in keys.iter().skip(15) {
         engine.put(write(key, "v", Priority::Normal)).await.unwrap();
     }
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        sink.clone(),
-        fast_config(),
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, sink.clone(), fast_config());
     let report = syncer.drain_until_idle().await.unwrap();
     assert_eq!((report.shipped, report.failed), (30, 1), "{report:?}");
     let stats = engine.store().outbox_stats().await.unwrap();
@@ -493,12 +472,7 @@ async fn a_poisonous_record_is_parked_and_the_rest_ship() {
     assert_eq!(sink.all().len(), 30);
     // Once the cloud accepts it, retrying the failed entry ships it.
     let fixed = Arc::new(MemorySink::new());
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        fixed.clone(),
-        fast_config(),
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, fixed.clone(), fast_config());
     assert_eq!(engine.store().retry_failed().await.unwrap(), 1);
     assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 1);
 }
@@ -513,12 +487,7 @@ async fn retries_back_off_and_give_up_after_max_attempts() {
     config.breaker.failure_threshold = 100;
     config.retry_initial = Duration::from_millis(1);
     config.retry_max = Duration::from_millis(2);
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        sink.clone(),
-        config,
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, sink.clone(), config);
     engine.put(write("k", "v", Priority::Normal)).await.unwrap();
     sink.set_down(true);
     let mut total_failed = 0;
@@ -553,12 +522,7 @@ async fn under_pool_pressure_only_critical_and_high_drain() {
     ] {
         engine.put(write(key, "v", priority)).await.unwrap();
     }
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        sink.clone(),
-        fast_config(),
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, sink.clone(), fast_config());
     assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 2);
     assert_eq!(
         engine.store().outbox_stats().await.unwrap().pending,
@@ -710,12 +674,7 @@ async fn batch_size_grows_while_fast_and_shrinks_when_slow() {
     let sink = Arc::new(MemorySink::new());
     let mut config = fast_config();
     config.target_batch_latency = Duration::from_millis(50);
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        sink.clone(),
-        config,
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, sink.clone(), config);
     let batch: Vec<_> = (0..400)
         .map(|i| write(&format!("k{i}"), "v", Priority::Normal))
         .collect();
@@ -753,12 +712,7 @@ async fn a_successful_drain_marks_this_device_seen() {
     sink.register_device(me, "me").await.unwrap();
     let registered = sink.list_devices().await.unwrap()[0].last_seen_ms;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let syncer = Syncer::new(
-        engine.store().clone(),
-        sink.clone(),
-        fast_config(),
-        engine.write_nudge(),
-    );
+    let syncer = syncer_for(&engine, sink.clone(), fast_config());
     engine.put(write("k", "v", Priority::Normal)).await.unwrap();
     syncer.drain_until_idle().await.unwrap();
     assert!(sink.list_devices().await.unwrap()[0].last_seen_ms > registered);

@@ -58,6 +58,16 @@ fn enrol(speaker: usize, embedding: Vec<f32>) -> WriteRequest {
     .with_priority(Priority::High)
 }
 
+/// Enrols speaker `i` with `vectors[i]`, all in one write.
+async fn enrol_all(engine: &TestEngine, vectors: &[Vec<f32>]) {
+    let batch = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| enrol(i, v.clone()))
+        .collect();
+    engine.write(batch).await.unwrap();
+}
+
 #[tokio::test]
 async fn writes_are_readable_from_cache_and_after_restart_from_the_store() {
     let tmp = tempfile::tempdir().unwrap();
@@ -182,12 +192,7 @@ async fn rerank_returns_exact_distances_sorted() {
     let engine = engine(tmp.path()).await;
     let mut data = Clustered::new(5, 20, DIM, 0.2);
     let vectors = data.samples(200);
-    let batch = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| enrol(i, v.clone()))
-        .collect();
-    engine.write(batch).await.unwrap();
+    enrol_all(&engine, &vectors).await;
     let query = data.sample(9);
     let hits = engine
         .search(
@@ -230,12 +235,7 @@ async fn an_i8_collection_re_ranks_by_default() {
     let engine = open_engine(tmp.path(), spec).await;
     let mut data = Clustered::new(7, 40, DIM, 0.15);
     let vectors = data.samples(800);
-    let batch = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| enrol(i, v.clone()))
-        .collect();
-    engine.write(batch).await.unwrap();
+    enrol_all(&engine, &vectors).await;
     let index_of =
         |key: &Key| -> usize { key.as_str().trim_start_matches("speaker-").parse().unwrap() };
     let (mut quantised, mut exact_hits) = (0, 0);

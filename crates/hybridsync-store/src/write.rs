@@ -26,21 +26,23 @@ pub(crate) fn save_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> Re
         })
         .optional()?;
     let embedding = record.embedding.as_deref().map(embedding_to_blob);
+    let params = rusqlite::params![
+        record.collection.as_str(),
+        record.key.as_str(),
+        record.payload,
+        embedding,
+        record.version.packed(),
+        record.version.origin.0,
+        record.tombstone,
+        record.hash.0,
+    ];
     let id = match existing {
         Some(id) => {
             tx.prepare_cached(
-                "UPDATE records SET payload = ?2, embedding = ?3, hlc = ?4, origin = ?5, tombstone = ?6, \
-                 hash = ?7 WHERE id = ?1",
+                "UPDATE records SET payload = ?3, embedding = ?4, hlc = ?5, origin = ?6, tombstone = ?7, \
+                 hash = ?8 WHERE collection = ?1 AND key = ?2",
             )?
-            .execute(rusqlite::params![
-                id,
-                record.payload,
-                embedding,
-                record.version.packed(),
-                record.version.origin.0,
-                record.tombstone,
-                record.hash.0,
-            ])?;
+            .execute(params)?;
             id
         }
         None => {
@@ -48,16 +50,7 @@ pub(crate) fn save_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> Re
                 "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(rusqlite::params![
-                record.collection.as_str(),
-                record.key.as_str(),
-                record.payload,
-                embedding,
-                record.version.packed(),
-                record.version.origin.0,
-                record.tombstone,
-                record.hash.0,
-            ])?;
+            .execute(params)?;
             tx.last_insert_rowid()
         }
     };
