@@ -29,7 +29,112 @@ pub(crate) async fn run(n: usize) -> Result<Vec<Row>> {
     for precision in [Precision::F16, Precision::F32, Precision::I8] {
         rows.extend(one_precision(precision, &vectors, &queries).await?);
     }
+    rows.extend(small_collection(&vectors[..SMALL], &queries).await?);
     Ok(rows)
+}
+
+/// A collection this small is searched by an exact scan (see
+/// `VectorOptions::exact_below`).
+const SMALL: usize = 1_500;
+
+/// Search in a small collection, where our index scans exactly, next to raw usearch's
+/// HNSW walk over the same vectors (f16, cosine).
+async fn small_collection(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Result<Vec<Row>> {
+    let n = vectors.len();
+    println!("small collection: {n} × {DIM}-D cosine f16 (exact scan), top-10");
+    let tmp = tempfile::tempdir()?;
+    let store = HybridStore::builder(tmp.path()).open().await?;
+    store
+        .create_collection(
+            "voices",
+            Some(VectorSpec::new(DIM, Metric::Cosine, Precision::F16)?),
+        )
+        .await?;
+    let raw = store.raw("voices")?;
+    let items = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                format!("k{i}"),
+                vec![0u8; 16],
+                WriteOptions::default().embedding(v.clone()),
+            )
+        })
+        .collect();
+    raw.put_many(items).await?;
+    let index = raw_index(Precision::F16)?;
+    index.reserve(n)?;
+    for (i, v) in vectors.iter().enumerate() {
+        index.add(i as u64, v)?;
+    }
+    let truths = exact_top10(vectors, queries);
+    let (mut ours, found) = timed(queries, async |q| Ok(ids(&raw.search(q, 10).await?))).await?;
+    let (mut base, raw_found) =
+        timed(queries, async |q| Ok(black_box(index.search(q, 10)?).keys)).await?;
+    let (recall, raw_recall) = (found.recall(&truths), raw_found.recall(&truths));
+    let (o50, b50) = (percentile(&mut ours, 0.5), percentile(&mut base, 0.5));
+    println!(
+        "  ours (exact):     p50 {:>9.0} ns  recall@10 {recall:.3}\n  raw usearch HNSW: p50 {:>9.0} ns  recall@10 {raw_recall:.3}",
+        nanos(o50),
+        nanos(b50)
+    );
+    store.close().await;
+    Ok(vec![
+        Row::latency(
+            "vector_search_p50_small_exact",
+            nanos(o50),
+            "raw_usearch_hnsw_p50",
+            nanos(b50),
+            "<= 1.3x",
+        ),
+        Row::new(
+            "vector_search_recall_at_10_small_exact",
+            "recall",
+            recall,
+            "raw_usearch_hnsw_recall",
+            raw_recall,
+            ">= 0.95",
+        ),
+    ])
+}
+
+/// Raw usearch with our metric (cosine), `precision` and usearch's defaults.
+fn raw_index(precision: Precision) -> Result<usearch::Index> {
+    usearch::Index::new(&usearch::IndexOptions {
+        dimensions: DIM,
+        metric: usearch::MetricKind::Cos,
+        quantization: match precision {
+            Precision::F32 => usearch::ScalarKind::F32,
+            Precision::F16 => usearch::ScalarKind::F16,
+            Precision::I8 => usearch::ScalarKind::I8,
+        },
+        ..Default::default()
+    })
+    .context("usearch index")
+}
+
+/// Exact top-10 of every query by brute force over the f32 vectors, as indexes.
+fn exact_top10(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<u64>> {
+    queries
+        .iter()
+        .map(|q| {
+            let mut exact: Vec<(f32, u64)> = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (Metric::Cosine.distance(q, v), i as u64))
+                .collect();
+            exact.select_nth_unstable_by(9, |a, b| a.0.total_cmp(&b.0));
+            exact[..10].iter().map(|(_, i)| *i).collect()
+        })
+        .collect()
+}
+
+/// The bench keys (`k<i>`) of `hits` as their indexes.
+fn ids(hits: &[hybridsync::SearchHit]) -> Vec<u64> {
+    hits.iter()
+        .map(|h| h.key.as_str()[1..].parse().unwrap_or(u64::MAX))
+        .collect()
 }
 
 async fn one_precision(
@@ -68,17 +173,7 @@ async fn one_precision(
 
     // Raw usearch, same metric, precision and defaults, built from the same vectors.
     let rss_before = rss_bytes();
-    let index = usearch::Index::new(&usearch::IndexOptions {
-        dimensions: DIM,
-        metric: usearch::MetricKind::Cos,
-        quantization: match precision {
-            Precision::F32 => usearch::ScalarKind::F32,
-            Precision::F16 => usearch::ScalarKind::F16,
-            Precision::I8 => usearch::ScalarKind::I8,
-        },
-        ..Default::default()
-    })
-    .context("usearch index")?;
+    let index = raw_index(precision)?;
     let started = Instant::now();
     index.reserve(n)?;
     for (i, v) in vectors.iter().enumerate() {
@@ -89,24 +184,7 @@ async fn one_precision(
     // i8 loses recall to quantisation, so our search re-ranks its candidates by default;
     // the index's answer without that is measured beside it.
     let rerank = precision == Precision::I8;
-    // Exact top-10 of every query by brute force over the f32 vectors.
-    let truths: Vec<Vec<u64>> = queries
-        .iter()
-        .map(|q| {
-            let mut exact: Vec<(f32, u64)> = vectors
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (Metric::Cosine.distance(q, v), i as u64))
-                .collect();
-            exact.select_nth_unstable_by(9, |a, b| a.0.total_cmp(&b.0));
-            exact[..10].iter().map(|(_, i)| *i).collect()
-        })
-        .collect();
-    let ids = |hits: &[hybridsync::SearchHit]| -> Vec<u64> {
-        hits.iter()
-            .map(|h| h.key.as_str()[1..].parse().unwrap_or(u64::MAX))
-            .collect()
-    };
+    let truths = exact_top10(vectors, queries);
     // Each side searches every query in a loop of its own (after a warm-up over the
     // first few), so neither finds caches the other warmed for the same query.
     let ours_timed = timed(queries, async |q| Ok(ids(&raw.search(q, 10).await?))).await?;
