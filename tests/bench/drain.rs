@@ -1,7 +1,7 @@
 //! Drain throughput to PostgreSQL, next to one INSERT per row and a binary COPY of the
 //! same rows.
 
-use crate::report::Row;
+use crate::report::{Row, median};
 use anyhow::{Context, Result};
 use hybridsync::{CloudUrl, DeviceId, Hlc, HybridStore, Record, SyncConfig, WriteOptions};
 use hybridsync_testkit::workload::Clustered;
@@ -134,12 +134,6 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
 /// Trials of each side of the drain bench; the rows report their medians (one
 /// trial can meet a slow disk flush or a server-side hiccup).
 const TRIALS: usize = 3;
-
-/// The median of `values` (sorted here).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 /// Writes `data` into a new store for `tenant` and times the engine's drain of it to
 /// `pg` (collection `bench`); records/s.

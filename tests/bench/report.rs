@@ -68,6 +68,12 @@ impl Row {
     }
 }
 
+/// The median of `values` (sorted here).
+pub(crate) fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Whole numbers for big figures, three decimals for small ones (recall).
 fn figure(value: f64) -> String {
     if value.abs() < 10.0 {
