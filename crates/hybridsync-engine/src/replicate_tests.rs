@@ -345,22 +345,27 @@ async fn hydrate_restores_a_new_device_and_resumes<T: TestCloud>(cloud: T) {
         fresh_outbox.pending, 0,
         "pulled rows are not queued back (no echo)"
     );
-    for query in vectors.iter().step_by(97) {
-        let options = crate::SearchOptions {
-            rerank_factor: Some(4),
-        };
-        let ours = fresh
-            .engine
-            .search(&notes(), query, 5, options)
-            .await
-            .unwrap();
-        let theirs = origin
-            .engine
-            .search(&notes(), query, 5, options)
-            .await
-            .unwrap();
-        assert_eq!(ours.first().map(|h| &h.key), theirs.first().map(|h| &h.key));
+    // Each query is a stored vector, so its own key should be the top hit on both
+    // devices. HNSW is approximate, and these clusters are tight: now and then a walk
+    // misses a vector on one device or the other (about 1 query in 300 in our runs),
+    // so count, allowing one miss each. A missing or mislabelled vector fails this.
+    let options = crate::SearchOptions {
+        rerank_factor: Some(4),
+    };
+    let (mut queries, mut fresh_found, mut origin_found) = (0, 0, 0);
+    for (i, query) in vectors.iter().enumerate().step_by(97) {
+        let own = Key::new(format!("s{i}")).unwrap();
+        let top = |hits: Vec<hybridsync_core::VectorHit>| hits.first().map(|h| h.key.clone());
+        let ours = fresh.engine.search(&notes(), query, 5, options).await;
+        let theirs = origin.engine.search(&notes(), query, 5, options).await;
+        queries += 1;
+        fresh_found += usize::from(top(ours.unwrap()).as_ref() == Some(&own));
+        origin_found += usize::from(top(theirs.unwrap()).as_ref() == Some(&own));
     }
+    assert!(
+        fresh_found + 1 >= queries && origin_found + 1 >= queries,
+        "own vector first on the new device for {fresh_found} of {queries} queries, on the origin for {origin_found}"
+    );
 }
 
 /// Auto-sync on an hour's interval still picks up another device's write at once: the

@@ -221,12 +221,11 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     }
 
     /// Ships what is due at `due_ms` through up to [`SyncConfig::lanes`] lanes at once
-    /// (at most one per connection the pool may open; a sink without a pool gets one;
-    /// three at most). Each lane claims
-    /// a batch, ships it and settles it; with `until_empty` it then claims the next, so
-    /// the cloud always has a batch per lane to work on while the outbox holds due
-    /// entries. A lane stops at the first batch that met trouble (retried or parked
-    /// entries) or when the circuit opens.
+    /// (at most one per connection the pool may open, three at most; a sink without a
+    /// pool gets one). Each lane claims a batch, ships it and settles it; with
+    /// `until_empty` it then claims the next, so the cloud always has a batch per lane
+    /// to work on while the outbox holds due entries. A lane stops at the first batch
+    /// that met trouble (retried or parked entries) or when the circuit opens.
     async fn drain_pass(&self, due_ms: u64, until_empty: bool) -> Result<DrainReport, Error> {
         let _guard = self.draining.lock().await;
         let (allowed, transition) = self.breaker().allow(Instant::now());
@@ -260,8 +259,13 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                 report.failed += shipped.failed;
                 settled?;
                 let trouble = shipped.retried > 0 || shipped.failed > 0;
-                if !until_empty || trouble || !self.breaker().allow(Instant::now()).0 {
+                if !until_empty || trouble {
                     return Ok::<_, Error>(report);
+                }
+                let (allowed, transition) = self.breaker().allow(Instant::now());
+                self.transitioned(transition);
+                if !allowed {
+                    return Ok(report);
                 }
             }
         };
