@@ -477,7 +477,9 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             _ => 0,
         });
         let hits = if factor > 1 {
-            let candidates = self.vectors.search(collection, query, k * factor)?;
+            let candidates = self
+                .vectors
+                .search(collection, query, k.saturating_mul(factor))?;
             let labels: Vec<u64> = candidates.iter().map(|hit| hit.label).collect();
             let embeddings = self.store.embeddings_of(collection, &labels).await?;
             let mut exact: Vec<VectorHit> = candidates

@@ -2,8 +2,6 @@
 
 use crate::{Error, Result};
 use hybridsync_core::{CollectionName, ContentHash, DeviceId, Hlc, Key, Record};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 /// Embeddings are stored as little-endian f32 bytes.
 pub(crate) fn embedding_to_blob(embedding: &[f32]) -> Vec<u8> {
@@ -40,25 +38,6 @@ pub(crate) type RecordColumns = (
     bool,
     Vec<u8>,
 );
-
-/// Reads a record from the columns `key, payload, embedding, hlc, origin, tombstone, hash`,
-/// starting at column `first`.
-pub(crate) fn record_from_row(
-    collection: &CollectionName,
-    row: &SqliteRow,
-    first: usize,
-) -> Result<Record> {
-    let columns = (
-        row.try_get(first)?,
-        row.try_get(first + 1)?,
-        row.try_get(first + 2)?,
-        row.try_get(first + 3)?,
-        row.try_get(first + 4)?,
-        row.try_get(first + 5)?,
-        row.try_get(first + 6)?,
-    );
-    record_from_columns(collection, columns)
-}
 
 /// The columns `key, payload, embedding, hlc, origin, tombstone, hash` of a rusqlite
 /// row, starting at column `first`.

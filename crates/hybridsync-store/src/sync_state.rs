@@ -1,7 +1,7 @@
 //! Two-way sync state: applying pages of remote changes (with conflict resolution),
 //! the per-collection change-feed cursors, the sync history, and scans for seeding.
 
-use crate::rows::{columns_at, record_from_columns, record_from_row};
+use crate::rows::{RecordColumns, columns_at, record_from_columns};
 use crate::write::{enqueue, high_water, raise_high_water, save_record};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
@@ -258,7 +258,7 @@ impl SqliteStore {
         tombstones: bool,
     ) -> Result<Vec<Record>> {
         self.require_spec(collection).await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, RecordColumns>(
             "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records \
              WHERE collection = ?1 AND key > ?2 AND (?4 OR tombstone = 0) ORDER BY key LIMIT ?3",
         )
@@ -268,8 +268,8 @@ impl SqliteStore {
         .bind(tombstones)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| record_from_row(collection, row, 0))
+        rows.into_iter()
+            .map(|columns| record_from_columns(collection, columns))
             .collect()
     }
 

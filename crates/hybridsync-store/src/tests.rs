@@ -933,3 +933,48 @@ async fn a_write_waits_for_another_process_lock_without_blocking_the_runtime() {
     );
     assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
 }
+
+/// A re-rank's embedding read: by label, in the order asked, and only live records of
+/// the collection asked about.
+#[tokio::test]
+async fn embeddings_of_reads_by_label_in_order_and_only_live_rows_of_the_collection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let faces = CollectionSpec {
+        name: name("faces"),
+        ..voices()
+    };
+    store.create_collection(&faces).await.unwrap();
+    let written = store
+        .write(vec![
+            put("voices", "a", b"1", Some(vec![1.0, 0.0, 0.0])),
+            put("voices", "b", b"2", Some(vec![0.0, 1.0, 0.0])),
+            put("voices", "gone", b"3", Some(vec![0.0, 0.0, 1.0])),
+            put("faces", "n", b"4", Some(vec![1.0, 1.0, 0.0])),
+        ])
+        .await
+        .unwrap();
+    let label = |k: &str| {
+        written
+            .iter()
+            .find(|r| r.record.key.as_str() == k)
+            .unwrap()
+            .label
+    };
+    store
+        .write(vec![WriteRequest::delete(name("voices"), key("gone"))])
+        .await
+        .unwrap();
+    let asked = [label("b"), label("gone"), label("n"), 9_999, label("a")];
+    let found = store.embeddings_of(&name("voices"), &asked).await.unwrap();
+    assert_eq!(
+        found,
+        vec![
+            Some(vec![0.0, 1.0, 0.0]),
+            None,
+            None,
+            None,
+            Some(vec![1.0, 0.0, 0.0])
+        ]
+    );
+}

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Labels per statement of [`SqliteStore::stored_embeddings`], well below SQLite's
 /// bind-variable limit.
-const KEYS_PER_READ: usize = 500;
+const LABELS_PER_READ: usize = 500;
 
 /// Inserts or replaces a record's row (keeping its id) and returns the id, which is
 /// also its vector label. Looked up first rather than with `RETURNING`, which costs
@@ -145,7 +145,7 @@ impl SqliteStore {
     }
 
     /// See [`LocalStore::embeddings_of`]: point reads by row id on this thread, a
-    /// statement per [`KEYS_PER_READ`] labels, with the reader pool as the fallback (as
+    /// statement per [`LABELS_PER_READ`] labels, with the reader pool as the fallback (as
     /// for `get`).
     async fn stored_embeddings(
         &self,
@@ -155,7 +155,7 @@ impl SqliteStore {
         type Row = (i64, String, Option<Vec<u8>>);
         self.require_spec(collection).await?;
         let mut found: HashMap<i64, Vec<u8>> = HashMap::with_capacity(labels.len());
-        for chunk in labels.chunks(KEYS_PER_READ) {
+        for chunk in labels.chunks(LABELS_PER_READ) {
             // Row-id lookups only, the collection checked here: with `collection = ?`
             // in the WHERE clause SQLite may pick the (collection, key) index and scan
             // the whole collection.

@@ -7,9 +7,9 @@
 //! behind an async mutex, so writers queue without holding a thread, and the holder
 //! runs its whole transaction with prepared statements and no await between its first
 //! statement and `COMMIT`: a dropped future cannot leave a transaction half done.
-//! Large transactions
-//! leave the async worker first (`block_in_place`), as the engine does for big
-//! vector batches.
+//! Large transactions leave the async worker first (`block_in_place`), as the engine
+//! does for big vector batches; the drain's claims and settlements run on the blocking
+//! pool instead, so the batches it has on the wire keep moving meanwhile.
 //!
 //! Another process on the same data directory may hold SQLite's write lock. The
 //! connection's busy timeout is zero, so `BEGIN IMMEDIATE` fails at once with
