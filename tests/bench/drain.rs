@@ -127,7 +127,7 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
         "the bench server must be durable"
     );
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
-    hybridsync::layers::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app")).await?;
+    hybridsync::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app")).await?;
     Ok(pg)
 }
 

@@ -5,8 +5,8 @@ use crate::ops::{self, Ops};
 use crate::report::Report;
 use crate::writer;
 use anyhow::{Context, Result};
+use hybridsync::CRASH_POINTS;
 use hybridsync::CloudUrl;
-use hybridsync::layers::core::CRASH_POINTS;
 use hybridsync_testkit::{Fault, FaultProxy, ShutdownMode, TempPostgres, TempPostgresOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -120,7 +120,7 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
     pg.psql("postgres", "CREATE ROLE hog LOGIN")?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(hybridsync::layers::cloud::migrate(
+    runtime.block_on(hybridsync::cloud::migrate(
         &CloudUrl::new(pg.url("postgres")),
         Some("app"),
     ))?;

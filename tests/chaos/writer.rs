@@ -11,8 +11,8 @@
 //! library) aborts the process at a named crash point.
 
 use anyhow::{Context, Result};
-use hybridsync::layers::core::{Clock, Hlc, SyncEvent, SystemClock};
-use hybridsync::layers::engine::BreakerConfig;
+use hybridsync::BreakerConfig;
+use hybridsync::{Clock, Hlc, SyncEvent, SystemClock};
 use hybridsync::{HybridStore, Priority, Strategy, SyncConfig, WriteOptions};
 use rand::{Rng, SeedableRng};
 use std::io::Write;

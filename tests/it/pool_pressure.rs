@@ -59,7 +59,7 @@ async fn slot_exhaustion_terminated_backends_and_restarts_never_break_the_cap_or
     };
     let pg = TempPostgres::with_options(options).unwrap();
     pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
-    hybridsync::layers::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
+    hybridsync::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
         .await
         .unwrap();
 

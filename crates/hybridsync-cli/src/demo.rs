@@ -5,9 +5,9 @@
 //! every change durably queued for the cloud.
 
 use crate::stats::{fmt_duration, percentiles};
+use crate::voiceprint::Voices;
 use anyhow::{Context, Result};
 use hybridsync::{Config, HybridStore, Metric, Precision, Priority, VectorSpec, WriteOptions};
-use hybridsync_testkit::workload::Clustered;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -53,7 +53,7 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
     config.data_dir = Some(dir.clone());
     if let Some(url) = &config.cloud_url {
         // The demo sets up its own cloud schema; production runs `hybridsync cloud migrate`.
-        hybridsync::layers::cloud::migrate(&hybridsync::CloudUrl::new(url.clone()), None)
+        hybridsync::cloud::migrate(url, None)
             .await
             .context("preparing the cloud schema for the demo")?;
     }
@@ -80,7 +80,7 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
         }
     );
 
-    let mut voices = Clustered::new(0x5eed, args.speakers, args.dim, 0.08);
+    let mut voices = Voices::new(0x5eed, args.speakers, args.dim, 0.3);
     let mut enrol = Vec::with_capacity(args.speakers);
     for speaker in 0..args.speakers {
         let profile = VoiceProfile {
@@ -101,7 +101,7 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
             ]),
             samples: 5,
         };
-        let embedding = voices.sample(speaker);
+        let embedding = voices.utterance(speaker);
         let started = Instant::now();
         profiles
             .put_with(
@@ -122,7 +122,7 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
     let mut accepted = 0;
     for attempt in 0..args.attempts {
         let speaker = attempt % args.speakers;
-        let utterance = voices.sample(speaker);
+        let utterance = voices.utterance(speaker);
         let started = Instant::now();
         let best = profiles.search(&utterance, 1).await?;
         by_search.push(started.elapsed());

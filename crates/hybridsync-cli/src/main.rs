@@ -7,6 +7,7 @@ mod demo;
 mod replicate;
 mod serve;
 mod stats;
+mod voiceprint;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -22,7 +23,7 @@ struct Cli {
     data_dir: Option<PathBuf>,
     /// Cloud PostgreSQL URL; without one the store runs local-only [env: HYBRIDSYNC_CLOUD_URL]
     #[arg(long, global = true)]
-    cloud_url: Option<String>,
+    cloud_url: Option<hybridsync::CloudUrl>,
     /// TOML configuration file (flags and environment override it)
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -95,7 +96,7 @@ enum Command {
         #[command(flatten)]
         selection: replicate::Selection,
         /// Conflict strategy: newest (by version), local or remote
-        #[arg(long, default_value = "newest", value_parser = replicate::parse_strategy)]
+        #[arg(long, default_value = "newest", value_parser = str::parse::<hybridsync::Strategy>)]
         strategy: hybridsync::Strategy,
     },
     /// Ship the outbox to the cloud now; fails if anything is left when the timeout passes
@@ -231,11 +232,10 @@ async fn real_main() -> Result<()> {
                 .cloud_url
                 .clone()
                 .context("cloud migrate needs --cloud-url (or HYBRIDSYNC_CLOUD_URL)")?;
-            let url = hybridsync::CloudUrl::new(url);
-            hybridsync::layers::cloud::migrate(&url, grant.as_deref()).await?;
+            hybridsync::cloud::migrate(&url, grant.as_deref()).await?;
             println!(
                 "cloud schema {} ready at {url}",
-                hybridsync::layers::cloud::SCHEMA_VERSION
+                hybridsync::cloud::SCHEMA_VERSION
             );
             return Ok(());
         }

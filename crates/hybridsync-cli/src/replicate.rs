@@ -15,18 +15,6 @@ pub(crate) struct Selection {
     collections: Vec<String>,
 }
 
-/// `--strategy newest|local|remote`.
-pub(crate) fn parse_strategy(s: &str) -> Result<Strategy, String> {
-    match s {
-        "newest" => Ok(Strategy::NewestWins),
-        "local" => Ok(Strategy::LocalWins),
-        "remote" => Ok(Strategy::RemoteWins),
-        other => Err(format!(
-            "unknown strategy {other:?} (newest, local or remote)"
-        )),
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Operation {
     Seed,
@@ -85,10 +73,7 @@ pub(crate) async fn run(
 pub(crate) fn summary(report: &SyncReport) -> String {
     format!(
         "{}: {} collections, {} pushed, {} pulled, {} conflicts ({} resolved by a new version), {} refused, {} parked as failed, in {:.2} s",
-        serde_json::to_value(report.operation)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        report.operation,
         report.collections,
         report.pushed,
         report.pulled,

@@ -33,28 +33,15 @@ pub(crate) async fn run(
             "serving local-only (no cloud configured); metrics on http://{metrics_addr}/metrics"
         );
     }
+    // The store's runtime keeps the gauges current; this only waits for a signal.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let mut gauges = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            _ = gauges.tick() => {
-                // Refreshes the queue and cache gauges the endpoint serves.
-                if let Err(e) = store.status().await {
-                    tracing::warn!(error = %e, "status refresh failed");
-                }
-            }
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
     eprintln!("shutting down: shipping what is left (up to {SHUTDOWN_FLUSH:?})");
-    let left = if store.cloud_configured() {
-        store.shutdown(SHUTDOWN_FLUSH).await?
-    } else {
-        0
-    };
-    store.close().await;
+    let left = store.shutdown(SHUTDOWN_FLUSH).await?;
     eprintln!("stopped; {left} entries remain queued for next time");
     Ok(())
 }

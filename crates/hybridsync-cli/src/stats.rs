@@ -1,19 +1,11 @@
 //! Rendering status and latency figures.
 
-use hybridsync::{CircuitState, Status, SyncStatus};
+use hybridsync::{Status, SyncStatus};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The `status --json` document. Fields are only ever added, never renamed.
-fn circuit_name(state: CircuitState) -> &'static str {
-    match state {
-        CircuitState::Closed => "closed",
-        CircuitState::HalfOpen => "half_open",
-        CircuitState::Open => "open",
-    }
-}
-
 pub(crate) fn status_json(
     status: &Status,
     reachable: Option<bool>,
@@ -49,7 +41,7 @@ pub(crate) fn status_json(
             "configured": status.cloud.is_some(),
             "url": status.cloud,
             "reachable": reachable,
-            "circuit": sync.map(|s| circuit_name(s.circuit)),
+            "circuit": sync.map(|s| s.circuit.as_str()),
             "pool": sync.map(|s| json!({"size": s.pool.0, "max": s.pool.1, "load": s.pool_load})),
         },
         "sync": {
@@ -84,7 +76,7 @@ pub(crate) fn status_text(
             } else {
                 "UNREACHABLE"
             },
-            circuit_name(sync.circuit),
+            sync.circuit,
             sync.pool.0,
             sync.pool.1,
             sync.pool_load * 100.0
@@ -113,10 +105,7 @@ pub(crate) fn status_text(
                 out,
                 "  {:>6.1} min ago  {:<8} {} pushed, {} pulled, {} conflicts, {} ms: {outcome}",
                 now_ms().saturating_sub(h.started_ms) as f64 / 60_000.0,
-                serde_json::to_value(h.operation)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                h.operation,
                 h.pushed,
                 h.pulled,
                 h.conflicts,

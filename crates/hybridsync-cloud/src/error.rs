@@ -17,6 +17,23 @@ pub enum Error {
     /// retrying the same thing will fail the same way.
     #[error("cloud rejected the request (SQLSTATE {code}): {message}")]
     Rejected { code: String, message: String },
+    /// A record stamped further ahead of the server's clock than the sink allows (a
+    /// device clock running far ahead would otherwise pin the key for everyone).
+    #[error(
+        "{record} is stamped {ahead_ms} ms ahead of the server clock (limit {limit_ms} ms); check that device's clock"
+    )]
+    ClockAhead {
+        record: String,
+        ahead_ms: i64,
+        limit_ms: i64,
+    },
+    /// A collection the cloud already knows with another spec.
+    #[error("collection {collection} exists in the cloud with another spec ({cloud}), not {local}")]
+    SpecConflict {
+        collection: String,
+        cloud: String,
+        local: String,
+    },
     /// The server's schema is not one this build knows.
     #[error("unexpected cloud schema: {0}")]
     Schema(String),

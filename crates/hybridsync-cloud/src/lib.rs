@@ -15,13 +15,18 @@
 //! It knows nothing of SQLite, vectors or metrics exporters; the engine drives it.
 #![forbid(unsafe_code)]
 
+mod catalogue;
+mod devices;
 mod error;
+mod feed;
+mod pool;
 mod schema;
 mod sink;
+mod upsert;
 
 pub use error::{Error, Result};
+pub use pool::{CloudOptions, PostgresSink};
 pub use schema::{SCHEMA_VERSION, migrate};
-pub use sink::{CloudOptions, PostgresSink};
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,8 @@
 //! Tests of the PostgreSQL sink against throwaway servers from the test kit.
 
 use super::*;
-use crate::sink::encode_cursor;
-use hybridsync_core::{
-    ChangeCursor, CloudSink, CloudUrl, CollectionName, DeviceId, Hlc, Key, Record,
-};
+use crate::feed::encode_cursor;
+use hybridsync_core::{ChangeCursor, CloudUrl, CollectionName, DeviceId, Hlc, Key, Record};
 use hybridsync_testkit::{ShutdownMode, TempPostgres};
 use sqlx::Connection;
 use std::time::Duration;
@@ -324,7 +322,7 @@ async fn the_pool_never_exceeds_its_cap() {
             .parse()
             .unwrap();
         max_seen = max_seen.max(seen);
-        assert!(sink.pool_size() <= 2);
+        assert!(hybridsync_core::CloudSink::pool_size(&*sink).0 <= 2);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for w in workers {
@@ -333,7 +331,8 @@ async fn the_pool_never_exceeds_its_cap() {
     assert!(max_seen <= 2, "saw {max_seen} connections");
     assert!(max_seen >= 1, "the sampler saw our connections at all");
     assert_eq!(pull_all(&sink).await.len(), 120);
-    assert!(sink.pool_load() > 0.0 && sink.pool_load() <= 1.0);
+    let load = hybridsync_core::CloudSink::load(&*sink);
+    assert!(load > 0.0 && load <= 1.0);
 }
 
 #[tokio::test]
@@ -403,7 +402,9 @@ async fn failures_are_classified_retryable_or_permanent() {
 
     // Server down: retryable as core::Error::Cloud; after a crash restart it works again.
     pg.stop(ShutdownMode::Immediate).unwrap();
-    let err = sink.upsert_batch(&[record("k", 2, "v")]).await.unwrap_err();
+    let err = hybridsync_core::CloudSink::upsert_batch(&sink, &[record("k", 2, "v")])
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -482,7 +483,7 @@ fn cursors_round_trip_and_bad_ones_are_refused() {
             "t",
         ))
         .unwrap();
-        sink.pull(&name("notes"), &ChangeCursor(vec![1, 2, 3]), 10)
+        hybridsync_core::CloudSink::pull(&sink, &name("notes"), &ChangeCursor(vec![1, 2, 3]), 10)
             .await
             .unwrap_err()
     });
@@ -618,7 +619,7 @@ async fn a_high_recent_load_with_an_idle_pool_is_not_busy_now() {
     .unwrap();
     sink.fill_load_for_tests(1.0);
     assert!(
-        sink.pool_load() > 0.99,
+        hybridsync_core::CloudSink::load(&sink) > 0.99,
         "the recent mean stays where the last work left it"
     );
     assert_eq!(

@@ -36,6 +36,8 @@ pub enum Strategy {
     RemoteWins,
 }
 
+crate::text::text_enum!(Strategy, "conflict strategy (newest, local or remote)", NewestWins => "newest" | "newest_wins", LocalWins => "local" | "local_wins", RemoteWins => "remote" | "remote_wins");
+
 impl ConflictResolver for Strategy {
     fn resolve(&self, conflict: Conflict<'_>) -> Resolution {
         match self {

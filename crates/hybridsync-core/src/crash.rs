@@ -10,7 +10,10 @@
 //! | `after_server_commit` | the server committed a batch, the outbox does not know yet |
 //! | `during_pull_apply` | a pulled page is committed locally, the in-memory index not updated |
 //!
-//! Without the `crash-points` feature the call compiles to nothing. With it, setting
+//! The body compiles only under `--cfg hybridsync_crash_points`, which `cargo xtask
+//! test` and `cargo xtask chaos` pass to their builds (as tokio gates loom with
+//! `--cfg loom`); no manifest can turn it on, so `cargo build --release` never links
+//! it. Without the cfg the call compiles to nothing. With it, setting
 //! `HYBRIDSYNC_CRASH_POINT=NAME:N` aborts the process (no destructors, no flushing, as
 //! with SIGKILL) the Nth time it passes point `NAME`. Unset, a point costs one load.
 
@@ -24,7 +27,7 @@ pub const CRASH_POINTS: [&str; 4] = [
 
 /// Aborts the process here when `HYBRIDSYNC_CRASH_POINT` names `name` and this is the
 /// configured hit (see the module docs).
-#[cfg(feature = "crash-points")]
+#[cfg(hybridsync_crash_points)]
 pub fn crash_point(name: &'static str) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +45,7 @@ pub fn crash_point(name: &'static str) {
     }
 }
 
-/// Without the `crash-points` feature, nothing.
-#[cfg(not(feature = "crash-points"))]
+/// Without `--cfg hybridsync_crash_points`, nothing.
+#[cfg(not(hybridsync_crash_points))]
 #[inline(always)]
 pub fn crash_point(_name: &'static str) {}

@@ -12,6 +12,8 @@ pub enum SyncOperation {
     Sync,
 }
 
+crate::text::text_enum!(SyncOperation, "sync operation", Drain => "drain", Seed => "seed", Hydrate => "hydrate", Sync => "sync");
+
 /// The circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +22,19 @@ pub enum CircuitState {
     Closed,
     Open,
     HalfOpen,
+}
+
+crate::text::text_enum!(CircuitState, "circuit state", Closed => "closed", Open => "open", HalfOpen => "half_open" | "half-open");
+
+impl CircuitState {
+    /// The value of the `hybridsync_circuit_state` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            CircuitState::Closed => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        }
+    }
 }
 
 /// Something that happened in the engine, for subscribers of its event stream.

@@ -5,8 +5,9 @@
 //! This crate does no I/O and knows nothing of SQLite, usearch, PostgreSQL or any
 //! runtime. Everything here is pure data and pure functions, so every other crate can
 //! depend on it and it can be tested exhaustively (see the property tests).
-//! The exception is test-only: with the `crash-points` feature, [`crash_point`] reads
-//! `HYBRIDSYNC_CRASH_POINT` to abort at a named point in crash drills.
+//! The exception is test-only: built with `--cfg hybridsync_crash_points` (which only
+//! `cargo xtask` passes), [`crash_point`] reads `HYBRIDSYNC_CRASH_POINT` to abort at a
+//! named point in crash drills.
 #![forbid(unsafe_code)]
 
 mod codec;
@@ -22,6 +23,7 @@ mod priority;
 mod record;
 mod replication;
 mod secret;
+mod text;
 mod traits;
 mod vector;
 
@@ -39,8 +41,9 @@ pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
 pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
 pub use secret::CloudUrl;
 pub use traits::{
-    ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, LocalStore, OutboxEntry, OutboxOutcome,
-    OutboxState, OutboxStats, StoredVector, VectorCache, VectorHit, validate_device_name,
+    ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, HotCacheStats, LocalStore, OutboxEntry,
+    OutboxOutcome, OutboxState, OutboxStats, RecordCache, StoredVector, VectorCache, VectorHit,
+    validate_device_name,
 };
 pub use vector::{Metric, Precision, VectorSpec};
 

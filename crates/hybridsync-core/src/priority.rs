@@ -1,7 +1,6 @@
 //! Sync priority classes.
 
 use crate::{Error, Result};
-use std::fmt;
 
 /// How urgently a change should reach the cloud. Drained highest first.
 ///
@@ -68,34 +67,6 @@ impl Priority {
             _ => Self::ALL[self as usize + 1],
         }
     }
-
-    /// The lowercase name used in the CLI, metrics labels and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Critical => "critical",
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-            Priority::Deferred => "deferred",
-        }
-    }
 }
 
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Priority {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| Error::Parse {
-                what: "priority",
-                value: s.to_owned(),
-            })
-    }
-}
+crate::text::text_enum!(Priority, "priority", Critical => "critical", High => "high", Normal => "normal", Low => "low", Deferred => "deferred");

@@ -4,8 +4,10 @@ use std::fmt;
 
 /// A cloud connection URL. `Debug` and `Display` show it with the password replaced
 /// by `***`, so it can be logged and put in errors safely; [`CloudUrl::expose`] gives
-/// the real string to the one place that connects.
-#[derive(Clone, PartialEq, Eq)]
+/// the real string to the one place that connects. It deserializes from a plain string,
+/// so a configuration file's URL is never held as a bare `String`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct CloudUrl(String);
 
 impl CloudUrl {
@@ -45,6 +47,13 @@ impl CloudUrl {
             out = format!("{head}{}", params.join("&"));
         }
         out
+    }
+}
+
+impl std::str::FromStr for CloudUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(url))
     }
 }
 

@@ -99,6 +99,11 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn queue_depths(&self) -> Result<BTreeMap<Priority, u64>>;
     /// This store's persistent device id.
     fn device_id(&self) -> crate::DeviceId;
+    /// The key and payload limits this store enforces.
+    fn limits(&self) -> &crate::Limits;
+    /// Closes the store's connections (checkpointing what it must). Later calls fail
+    /// or do nothing; the engine's runtime calls it once, last.
+    async fn close(&self) {}
     /// Claims up to `limit` pending entries due at `now_ms` whose priority is at least
     /// `most_urgent_only` (e.g. `High` claims critical and high), most urgent first,
     /// marking them in flight. Each comes with its record's current state.
@@ -151,6 +156,36 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()>;
     /// The newest `limit` history entries, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
+}
+
+/// Counters of a [`RecordCache`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HotCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+/// A bounded in-memory cache of recently read or written records, in front of the
+/// store on the read path. Tombstones are cached too, so a read of a deleted key is a
+/// hit. Synchronous and short: this is the hottest path of the library.
+pub trait RecordCache: Send + Sync + std::fmt::Debug + 'static {
+    /// The cached record, counting a hit, or a miss when it is absent.
+    fn get(&self, collection: &CollectionName, key: &str) -> Option<std::sync::Arc<Record>>;
+    /// The cached record, counting a hit but not a miss: for a caller that goes on to
+    /// the store when this finds nothing (and counts the miss itself).
+    fn get_if_cached(
+        &self,
+        collection: &CollectionName,
+        key: &str,
+    ) -> Option<std::sync::Arc<Record>>;
+    /// Caches `record` unless a newer version of it is already cached.
+    fn insert(&self, record: std::sync::Arc<Record>);
+    /// Drops a key.
+    fn remove(&self, collection: &CollectionName, key: &Key);
+    /// Hits, misses, entries and bytes.
+    fn stats(&self) -> HotCacheStats;
 }
 
 /// A live vector as the store holds it.
@@ -280,6 +315,13 @@ pub trait CloudSink: Send + Sync + 'static {
     async fn remote_collections(&self) -> Result<Vec<CollectionSpec>>;
     /// A cheap round trip that proves the cloud is reachable.
     async fn health_check(&self) -> Result<()>;
+    /// Checks that the cloud holds the schema this build expects (a sink without a
+    /// schema has nothing to check).
+    async fn verify_schema(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Closes the sink's connections; the engine's runtime calls it once, at shutdown.
+    async fn close(&self) {}
     /// Registers (or renames) a device of this tenant; marks it seen now.
     async fn register_device(&self, id: crate::DeviceId, name: &str) -> Result<()>;
     /// Every device of this tenant, by name.

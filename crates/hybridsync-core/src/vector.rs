@@ -1,7 +1,6 @@
 //! Vector specs: dimension, distance metric and stored precision per collection.
 
 use crate::{Error, Result};
-use std::fmt;
 
 /// The distance a collection's similarity search uses. Smaller is closer for all three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -99,30 +98,5 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-macro_rules! text_enum {
-    ($ty:ident, $what:literal, $($variant:ident => $text:literal $(| $alias:literal)*),+) => {
-        impl $ty {
-            /// The lowercase name used in the CLI, configuration and storage.
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text),+ }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                match s.to_ascii_lowercase().as_str() {
-                    $($text $(| $alias)* => Ok($ty::$variant),)+
-                    _ => Err(Error::Parse { what: $what, value: s.to_owned() }),
-                }
-            }
-        }
-    };
-}
-
-text_enum!(Metric, "metric", L2 => "l2" | "l2sq", Cosine => "cosine" | "cos", Ip => "ip");
-text_enum!(Precision, "precision", F32 => "f32", F16 => "f16", I8 => "i8");
+crate::text::text_enum!(Metric, "metric", L2 => "l2" | "l2sq", Cosine => "cosine" | "cos", Ip => "ip");
+crate::text::text_enum!(Precision, "precision", F32 => "f32", F16 => "f16", I8 => "i8");

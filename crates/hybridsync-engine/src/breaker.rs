@@ -1,7 +1,8 @@
-//! The circuit breaker in front of the cloud: a pure state machine, fed the time.
+//! The circuit breaker in front of the cloud: a pure state machine, fed the time (ms
+//! from the engine's [`Clock`](hybridsync_core::Clock), so a test can step it).
 
 use hybridsync_core::CircuitState;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Breaker thresholds.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +34,7 @@ pub struct CircuitBreaker {
     state: CircuitState,
     failures: u32,
     successes: u32,
-    opened_at: Option<Instant>,
+    opened_ms: Option<u64>,
 }
 
 /// A state change, for events and metrics.
@@ -47,7 +48,7 @@ impl CircuitBreaker {
             state: CircuitState::Closed,
             failures: 0,
             successes: 0,
-            opened_at: None,
+            opened_ms: None,
         }
     }
 
@@ -56,24 +57,25 @@ impl CircuitBreaker {
         self.state
     }
 
-    fn go(&mut self, to: CircuitState, now: Instant) -> Option<Transition> {
+    fn go(&mut self, to: CircuitState, now_ms: u64) -> Option<Transition> {
         let from = self.state;
         self.state = to;
         self.failures = 0;
         self.successes = 0;
-        self.opened_at = (to == CircuitState::Open).then_some(now);
+        self.opened_ms = (to == CircuitState::Open).then_some(now_ms);
         (from != to).then_some((from, to))
     }
 
     /// Whether a call may go through now; an open circuit whose time is up turns
     /// half-open here.
-    pub fn allow(&mut self, now: Instant) -> (bool, Option<Transition>) {
+    pub fn allow(&mut self, now_ms: u64) -> (bool, Option<Transition>) {
         match self.state {
             CircuitState::Closed | CircuitState::HalfOpen => (true, None),
             CircuitState::Open => {
-                let opened = self.opened_at.unwrap_or(now);
-                if now.duration_since(opened) >= self.config.open_for {
-                    (true, self.go(CircuitState::HalfOpen, now))
+                let opened = self.opened_ms.unwrap_or(now_ms);
+                let open_for = u64::try_from(self.config.open_for.as_millis()).unwrap_or(u64::MAX);
+                if now_ms.saturating_sub(opened) >= open_for {
+                    (true, self.go(CircuitState::HalfOpen, now_ms))
                 } else {
                     (false, None)
                 }
@@ -82,7 +84,7 @@ impl CircuitBreaker {
     }
 
     /// Records a successful call.
-    pub fn on_success(&mut self, now: Instant) -> Option<Transition> {
+    pub fn on_success(&mut self, now_ms: u64) -> Option<Transition> {
         match self.state {
             CircuitState::Closed => {
                 self.failures = 0;
@@ -91,7 +93,7 @@ impl CircuitBreaker {
             CircuitState::HalfOpen => {
                 self.successes += 1;
                 (self.successes >= self.config.half_open_successes)
-                    .then(|| self.go(CircuitState::Closed, now))
+                    .then(|| self.go(CircuitState::Closed, now_ms))
                     .flatten()
             }
             CircuitState::Open => None,
@@ -102,37 +104,26 @@ impl CircuitBreaker {
     /// half-open before its time is up, so the backlog starts draining as soon as the
     /// cloud is back (the drain's probes then close it); a sick one keeps it open.
     /// While half-open a health check counts as a probe.
-    pub fn on_health(&mut self, healthy: bool, now: Instant) -> Option<Transition> {
+    pub fn on_health(&mut self, healthy: bool, now_ms: u64) -> Option<Transition> {
         match (self.state, healthy) {
-            (CircuitState::Open, true) => self.go(CircuitState::HalfOpen, now),
+            (CircuitState::Open, true) => self.go(CircuitState::HalfOpen, now_ms),
             (CircuitState::Open, false) | (CircuitState::Closed, _) => None,
-            (CircuitState::HalfOpen, true) => self.on_success(now),
-            (CircuitState::HalfOpen, false) => self.on_failure(now),
+            (CircuitState::HalfOpen, true) => self.on_success(now_ms),
+            (CircuitState::HalfOpen, false) => self.on_failure(now_ms),
         }
     }
 
     /// Records a failed call.
-    pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
+    pub fn on_failure(&mut self, now_ms: u64) -> Option<Transition> {
         match self.state {
             CircuitState::Closed => {
                 self.failures += 1;
                 (self.failures >= self.config.failure_threshold)
-                    .then(|| self.go(CircuitState::Open, now))
+                    .then(|| self.go(CircuitState::Open, now_ms))
                     .flatten()
             }
-            CircuitState::HalfOpen => self.go(CircuitState::Open, now),
+            CircuitState::HalfOpen => self.go(CircuitState::Open, now_ms),
             CircuitState::Open => None,
         }
     }
-}
-
-/// The delay before retry number `attempt` (1-based): `initial · 2^(attempt-1)`, capped
-/// at `max`, with "equal jitter" (half fixed, half random) so a fleet coming back does
-/// not retry in lockstep. Entries keep their attempt count in the outbox, so the
-/// schedule survives restarts; that is why this is a formula over the attempt count
-/// rather than an in-memory backoff object.
-pub fn retry_delay(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(30);
-    let full = initial.saturating_mul(1u32 << exponent).min(max);
-    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }

@@ -1,38 +1,23 @@
 //! The local read and write paths.
 
-use crate::Result;
 use crate::snapshot::{Ledger, SnapshotFiles};
+use crate::{Error, Result};
 use hybridsync_core::{
-    CollectionName, CollectionSpec, Error, Key, LocalStore, OutboxStats, Priority, Record,
-    VectorCache, VectorHit, WriteReceipt, WriteRequest,
+    CollectionName, CollectionSpec, HotCacheStats, Key, LocalStore, OutboxStats, Priority, Record,
+    RecordCache, VectorCache, VectorHit, WriteReceipt, WriteRequest,
 };
 use hybridsync_telemetry::catalogue;
-use hybridsync_vector::{HotCache, HotCacheStats};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// Sizing of the in-memory caches, and where vector indexes are saved.
-#[derive(Debug, Clone)]
+/// Where vector indexes are saved.
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
-    /// Most records the hot cache holds.
-    pub hot_entries: usize,
-    /// Most bytes (approximately) the hot cache holds.
-    pub hot_bytes: usize,
     /// Where [`Engine::save_indexes`] writes index snapshots and `open` looks for them
     /// (`None`: indexes are always built from the store).
     pub snapshot_dir: Option<PathBuf>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            hot_entries: 10_000,
-            hot_bytes: 64 << 20,
-            snapshot_dir: None,
-        }
-    }
 }
 
 /// How a search runs.
@@ -66,12 +51,12 @@ pub struct LocalStatus {
     pub uptime_secs: f64,
 }
 
-/// The local-first engine over a store `S` and a vector cache `V`.
-#[derive(Debug)]
-pub struct Engine<S, V> {
+/// The local-first engine over a store `S`, a vector cache `V` (optional: without one,
+/// vector collections are refused) and a hot-record cache.
+pub struct Engine<S: ?Sized, V: ?Sized> {
     store: Arc<S>,
-    vectors: Arc<V>,
-    hot: HotCache,
+    vectors: Option<Arc<V>>,
+    hot: Arc<dyn RecordCache>,
     specs: RwLock<HashMap<CollectionName, CollectionSpec>>,
     opened: Instant,
     /// Notified after every committed write, so a drain can start at once.
@@ -85,14 +70,30 @@ pub struct Engine<S, V> {
     restored: Mutex<std::collections::BTreeSet<CollectionName>>,
 }
 
-impl<S: LocalStore, V: VectorCache> Engine<S, V> {
+impl<S: ?Sized, V: ?Sized> std::fmt::Debug for Engine<S, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("hot", &self.hot)
+            .field("vectors", &self.vectors.is_some())
+            .field("snapshot_dir", &self.snapshot_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     /// Builds the vector index of every vector collection from the store (off the
-    /// async executor) and returns a ready engine.
-    pub async fn open(store: Arc<S>, vectors: Arc<V>, config: EngineConfig) -> Result<Self> {
+    /// async executor) and returns a ready engine. Without `vectors`, a store that
+    /// holds a vector collection is refused ([`Error::NoVectorIndex`]).
+    pub async fn open(
+        store: Arc<S>,
+        vectors: Option<Arc<V>>,
+        hot: Arc<dyn RecordCache>,
+        config: EngineConfig,
+    ) -> Result<Self> {
         let engine = Self {
             store,
             vectors,
-            hot: HotCache::new(config.hot_entries, config.hot_bytes),
+            hot,
             specs: RwLock::new(HashMap::new()),
             opened: Instant::now(),
             nudge: Arc::new(tokio::sync::Notify::new()),
@@ -108,6 +109,16 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
     /// The store underneath.
     pub fn store(&self) -> &Arc<S> {
         &self.store
+    }
+
+    /// The hot cache's counters.
+    pub fn cache_stats(&self) -> HotCacheStats {
+        self.hot.stats()
+    }
+
+    /// How long ago this engine was opened.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.opened.elapsed()
     }
 
     /// Notified after every committed write; hand it to a `Syncer`.
@@ -160,12 +171,20 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         Ok(())
     }
 
+    /// The vector index of a vector collection, or why there is none.
+    fn index(&self, collection: &CollectionName) -> Result<&Arc<V>> {
+        self.vectors.as_ref().ok_or_else(|| Error::NoVectorIndex {
+            collection: collection.to_string(),
+        })
+    }
+
     async fn load_index(&self, spec: &CollectionSpec) -> Result<()> {
         let Some(vector) = spec.vector else {
             return Ok(());
         };
+        let vectors = self.index(&spec.name)?.clone();
         let started = Instant::now();
-        if self.restore_index(spec, vector).await? {
+        if self.restore_index(spec, vector, &vectors).await? {
             tracing::debug!(collection = %spec.name, elapsed_ms = started.elapsed().as_millis() as u64, "vector index restored");
             return Ok(());
         }
@@ -176,10 +195,8 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             .into_iter()
             .map(|row| (row.label, row.key, row.embedding.unwrap_or_default()))
             .collect();
-        let (vectors, name) = (self.vectors.clone(), spec.name.clone());
-        tokio::task::spawn_blocking(move || vectors.build(&name, &vector, rows))
-            .await
-            .map_err(|e| Error::Vector(Box::new(e)))??;
+        let name = spec.name.clone();
+        tokio::task::spawn_blocking(move || vectors.build(&name, &vector, rows)).await??;
         self.ledgers().insert(spec.name.clone(), ledger);
         tracing::debug!(collection = %spec.name, count, elapsed_ms = started.elapsed().as_millis() as u64, "vector index built");
         Ok(())
@@ -191,6 +208,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         &self,
         spec: &CollectionSpec,
         vector: hybridsync_core::VectorSpec,
+        vectors: &Arc<V>,
     ) -> Result<bool> {
         let Some(dir) = &self.snapshot_dir else {
             return Ok(false);
@@ -206,12 +224,11 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             return Ok(false);
         }
         let keys = rows.into_iter().map(|row| (row.label, row.key)).collect();
-        let (vectors, name) = (self.vectors.clone(), spec.name.clone());
+        let (vectors, name) = (vectors.clone(), spec.name.clone());
         let restored = tokio::task::spawn_blocking(move || {
             vectors.restore(&name, &vector, &saved.index, keys)
         })
-        .await
-        .map_err(|e| Error::Vector(Box::new(e)))?;
+        .await?;
         match restored {
             Ok(()) => {
                 self.ledgers().insert(spec.name.clone(), ledger);
@@ -236,7 +253,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
     /// `open` restores it instead of building it (`close` calls this). A snapshot
     /// the store has moved past since is detected at open and ignored.
     pub async fn save_indexes(&self) -> Result<()> {
-        let Some(dir) = self.snapshot_dir.clone() else {
+        let (Some(dir), Some(vectors)) = (self.snapshot_dir.clone(), self.vectors.clone()) else {
             return Ok(());
         };
         let specs: Vec<(CollectionName, hybridsync_core::VectorSpec)> = self
@@ -249,10 +266,13 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         if specs.is_empty() {
             return Ok(());
         }
-        let (vectors, ledgers) = (self.vectors.clone(), self.ledgers.clone());
-        let io = |e: std::io::Error| Error::Vector(Box::new(e));
+        let ledgers = self.ledgers.clone();
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| Error::Snapshot { path, source }
+        };
         tokio::task::spawn_blocking(move || -> Result<()> {
-            crate::snapshot::create_dir(&dir).map_err(io)?;
+            crate::snapshot::create_dir(&dir).map_err(io(&dir))?;
             for (name, vector) in specs {
                 let files = SnapshotFiles::new(&dir, name.as_str());
                 // Writes wait while the index and its description are saved together.
@@ -268,12 +288,11 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
                 }
                 let index = files.new_index();
                 vectors.save(&name, &index)?;
-                files.describe(&vector, ledger, &index).map_err(io)?;
+                files.describe(&vector, ledger, &index).map_err(io(&dir))?;
             }
             Ok(())
         })
-        .await
-        .map_err(|e| Error::Vector(Box::new(e)))?
+        .await?
     }
 
     async fn require_spec(&self, collection: &CollectionName) -> Result<CollectionSpec> {
@@ -281,12 +300,17 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             return Ok(spec);
         }
         self.refresh_specs().await?;
-        self.spec(collection)
-            .ok_or_else(|| Error::UnknownCollection(collection.to_string()))
+        Ok(self
+            .spec(collection)
+            .ok_or_else(|| hybridsync_core::Error::UnknownCollection(collection.to_string()))?)
     }
 
-    /// Declares a collection (idempotent for the same spec).
+    /// Declares a collection (idempotent for the same spec). A vector collection
+    /// without a vector index is refused before anything is written.
     pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
+        if spec.vector.is_some() {
+            self.index(&spec.name)?;
+        }
         self.store.create_collection(&spec).await?;
         self.refresh_specs().await
     }
@@ -294,7 +318,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
     /// Every known collection.
     pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
         self.refresh_specs().await?;
-        self.store.collections().await
+        Ok(self.store.collections().await?)
     }
 
     /// Applies writes durably (one transaction), then updates the index and the hot
@@ -337,7 +361,8 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
                     }
                     _ => {
                         self.upsert_vectors(run_collection.take(), &mut run)?;
-                        self.vectors.remove(&record.collection, receipt.label)?;
+                        self.index(&record.collection)?
+                            .remove(&record.collection, receipt.label)?;
                         ledger.remove(receipt.label);
                     }
                 }
@@ -355,7 +380,8 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         let Some(collection) = collection else {
             return Ok(());
         };
-        let add = || self.vectors.upsert_many(collection, run);
+        let vectors = self.index(collection)?;
+        let add = || vectors.upsert_many(collection, run);
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if run.len() >= 64 && multi_thread {
@@ -407,17 +433,20 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             .await
     }
 
-    /// The live record for a key, from the hot cache or the store.
-    pub async fn get(&self, collection: &CollectionName, key: &Key) -> Result<Option<Arc<Record>>> {
+    /// The live record for a key, from the hot cache or else the store. The key is
+    /// checked against the store's limits first; a hit allocates nothing.
+    pub async fn get(&self, collection: &CollectionName, key: &str) -> Result<Option<Arc<Record>>> {
         let started = Instant::now();
-        let record = match self.hot.get(collection, key.as_str()) {
+        Key::check(key, self.store.limits())?;
+        let record = match self.hot.get_if_cached(collection, key) {
             Some(record) => {
                 Self::cache_hit(started);
                 record
             }
             None => {
                 metrics::counter!(catalogue::CACHE_MISSES).increment(1);
-                let Some(record) = self.store.get(collection, key).await? else {
+                let key = Key::with_limits(key, self.store.limits())?;
+                let Some(record) = self.store.get(collection, &key).await? else {
                     self.require_spec(collection).await?;
                     return Ok(None);
                 };
@@ -429,16 +458,6 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             }
         };
         Ok((!record.tombstone).then_some(record))
-    }
-
-    /// The record for a key if the hot cache holds it (live or a tombstone), counting
-    /// only a hit: the allocation-free fast path for a caller that has validated `key`
-    /// and goes on to [`Self::get`] when this finds nothing.
-    pub fn get_cached(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
-        let started = Instant::now();
-        let record = self.hot.get_if_cached(collection, key)?;
-        Self::cache_hit(started);
-        Some(record)
     }
 
     fn cache_hit(started: Instant) {
@@ -455,7 +474,7 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         limit: usize,
     ) -> Result<Vec<Record>> {
         self.require_spec(collection).await?;
-        self.store.list(collection, after, limit).await
+        Ok(self.store.list(collection, after, limit).await?)
     }
 
     /// The `k` nearest keys to `query`. The query is validated like a stored embedding.
@@ -468,18 +487,19 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
     ) -> Result<Vec<VectorHit>> {
         let started = Instant::now();
         let spec = self.require_spec(collection).await?;
-        let vector = spec.vector.ok_or_else(|| Error::EmbeddingNotAllowed {
-            collection: collection.to_string(),
-        })?;
+        let vector = spec
+            .vector
+            .ok_or_else(|| hybridsync_core::Error::EmbeddingNotAllowed {
+                collection: collection.to_string(),
+            })?;
+        let vectors = self.index(collection)?;
         vector.validate(collection.as_str(), query)?;
         let factor = options.rerank_factor.unwrap_or(match vector.precision {
             hybridsync_core::Precision::I8 => I8_RERANK_FACTOR,
             _ => 0,
         });
         let hits = if factor > 1 {
-            let candidates = self
-                .vectors
-                .search(collection, query, k.saturating_mul(factor))?;
+            let candidates = vectors.search(collection, query, k.saturating_mul(factor))?;
             let labels: Vec<u64> = candidates.iter().map(|hit| hit.label).collect();
             let embeddings = self.store.embeddings_of(collection, &labels).await?;
             let mut exact: Vec<VectorHit> = candidates
@@ -496,13 +516,13 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             exact.truncate(k);
             exact
         } else {
-            self.vectors.search(collection, query, k)?
+            vectors.search(collection, query, k)?
         };
         metrics::histogram!(catalogue::SEARCH_LATENCY).record(started.elapsed().as_secs_f64());
         Ok(hits)
     }
 
-    /// Counts, outbox depth and cache figures; also refreshes the gauges.
+    /// Counts, outbox depth and cache figures.
     pub async fn status(&self) -> Result<LocalStatus> {
         self.refresh_specs().await?;
         let outbox = self.store.outbox_stats().await?;
@@ -510,7 +530,10 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
         let indexed = specs
             .iter()
             .filter(|s| s.vector.is_some())
-            .map(|s| (s.name.clone(), self.vectors.len(&s.name)))
+            .map(|s| {
+                let indexed = self.vectors.as_ref().map_or(0, |v| v.len(&s.name));
+                (s.name.clone(), indexed)
+            })
             .collect();
         let status = LocalStatus {
             records: self.store.counts().await?,
@@ -525,19 +548,6 @@ impl<S: LocalStore, V: VectorCache> Engine<S, V> {
             uptime_secs: self.opened.elapsed().as_secs_f64(),
             outbox,
         };
-        for priority in Priority::ALL {
-            let depth = status
-                .outbox
-                .by_priority
-                .get(&priority)
-                .copied()
-                .unwrap_or(0);
-            metrics::gauge!(catalogue::QUEUE_SIZE, "priority" => priority.as_str())
-                .set(depth as f64);
-        }
-        metrics::gauge!(catalogue::QUEUE_FAILED).set(status.outbox.failed as f64);
-        metrics::gauge!(catalogue::CACHE_SIZE).set(status.cache.entries as f64);
-        metrics::gauge!(catalogue::UPTIME).set(status.uptime_secs);
         Ok(status)
     }
 }

@@ -3,14 +3,14 @@
 //! an interval. Pulls follow the cloud's change feed from a cursor persisted per
 //! collection, so an interrupted run resumes where it stopped.
 
-use crate::{Engine, Result, SyncHandle, Syncer};
+use crate::{Engine, Error, Result, SyncHandle, Syncer};
 use hybridsync_core::{
-    CloudSink, CollectionName, CollectionSpec, ConflictResolver, Error, HistoryEntry, LocalStore,
+    CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, LocalStore,
     Strategy, SyncEvent, SyncOperation, VectorCache,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Progress callback: percentage (0–100) and a short message.
@@ -65,27 +65,21 @@ const PAGE: usize = 1_000;
 /// How long a sync waits for its pushes to reach the cloud.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs seed, hydrate and sync for one device. One operation runs at a time.
-pub struct Replicator<S, V, C> {
+pub struct Replicator<S: ?Sized, V: ?Sized, C: ?Sized> {
     engine: Arc<Engine<S, V>>,
     syncer: Arc<Syncer<S, C>>,
     resolvers: RwLock<HashMap<CollectionName, Arc<dyn ConflictResolver>>>,
     running: tokio::sync::Mutex<()>,
 }
 
-impl<S, V, C> std::fmt::Debug for Replicator<S, V, C> {
+impl<S: ?Sized, V: ?Sized, C: ?Sized> std::fmt::Debug for Replicator<S, V, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replicator").finish_non_exhaustive()
     }
 }
 
-impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
+impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Replicator<S, V, C> {
     /// A replicator over an engine and the syncer that drains its outbox.
     pub fn new(engine: Arc<Engine<S, V>>, syncer: Arc<Syncer<S, C>>) -> Self {
         Self {
@@ -222,10 +216,7 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
             report.failed = after.failed_total - before.failed_total;
             report.processed += report.pushed;
             if left > 0 {
-                return Err(Error::Cloud {
-                    retryable: true,
-                    source: format!("{left} local changes could not be pushed yet").into(),
-                });
+                return Err(Error::NotPushed { left });
             }
             self.progress(SyncOperation::Sync, progress, 100.0, "pushed local changes");
             Ok(())
@@ -265,7 +256,7 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
     ) -> Result<SyncReport> {
         let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
-        let started_ms = now_ms();
+        let started_ms = self.syncer.clock().now_ms();
         self.syncer.emit(SyncEvent::SyncStarted { operation });
         progress(0.0, "starting");
         let mut report = SyncReport::new(operation);
@@ -395,10 +386,7 @@ impl<S: LocalStore, V: VectorCache, C: CloudSink> Replicator<S, V, C> {
             );
             match prefetch {
                 Some(next) => {
-                    batch = next.await.map_err(|e| Error::Cloud {
-                        retryable: true,
-                        source: Box::new(e),
-                    })??;
+                    batch = next.await??;
                 }
                 None => break,
             }
@@ -425,7 +413,7 @@ fn select(all: Vec<CollectionSpec>, chosen: &[CollectionName]) -> Result<Vec<Col
             all.iter()
                 .find(|s| s.name == *name)
                 .cloned()
-                .ok_or_else(|| Error::UnknownCollection(name.to_string()))
+                .ok_or_else(|| hybridsync_core::Error::UnknownCollection(name.to_string()).into())
         })
         .collect()
 }

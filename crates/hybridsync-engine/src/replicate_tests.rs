@@ -34,7 +34,8 @@ async fn device<C: CloudSink>(
     let engine = Arc::new(
         Engine::open(
             store.clone(),
-            Arc::new(UsearchCache::default()),
+            Some(Arc::new(UsearchCache::default())),
+            Arc::new(hybridsync_vector::HotCache::new(10_000, 64 << 20)),
             EngineConfig::default(),
         )
         .await
@@ -103,7 +104,7 @@ impl<C: CloudSink> Device<C> {
 
     async fn value(&self, key: &str) -> Option<String> {
         self.engine
-            .get(&notes(), &Key::new(key).unwrap())
+            .get(&notes(), key)
             .await
             .unwrap()
             .map(|r| String::from_utf8(r.payload.clone()).unwrap())

@@ -92,11 +92,8 @@ pub(crate) struct SnapshotFiles {
 /// A name no other save (in this process or another) uses.
 fn nonce() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
     let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}{nanos:x}{count:x}", std::process::id())
+    format!("{}{:x}{count:x}", std::process::id(), rand::random::<u64>())
 }
 
 impl SnapshotFiles {

@@ -1,10 +1,11 @@
 //! The write-behind drain: ships the outbox to the cloud in batches, most urgent first,
 //! behind a circuit breaker, with per-entry retries and no head-of-line blocking.
 
-use crate::breaker::{BreakerConfig, CircuitBreaker, Transition, retry_delay};
+use crate::breaker::{BreakerConfig, CircuitBreaker, Transition};
+use crate::retry::retry_delay;
 use hybridsync_core::{
-    CircuitState, CloudSink, Error, LocalStore, OutboxEntry, OutboxOutcome, Priority, Record,
-    SyncEvent, SyncOperation,
+    CircuitState, Clock, CloudSink, Error, LocalStore, OutboxEntry, OutboxOutcome, Priority,
+    Record, SyncEvent, SyncOperation, SystemClock,
 };
 use hybridsync_telemetry::catalogue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,9 +34,10 @@ pub struct SyncConfig {
     pub health_interval: Duration,
     /// Above this pool load only critical and high entries drain.
     pub load_gate: f64,
-    /// Most batches on their way to the cloud at once (each on its own pooled
-    /// connection; never more than the pool's cap). Batches are claimed most urgent
-    /// first; with several lanes a later batch may land before an earlier one.
+    /// Most batches on their way to the cloud at once, each on its own pooled
+    /// connection: the pool's cap is the only bound (a sink without a pool gets one
+    /// lane). Batches are claimed most urgent first; with several lanes a later batch
+    /// may land before an earlier one, so one lane gives strict claim-order landing.
     pub lanes: usize,
 }
 
@@ -69,6 +71,16 @@ pub struct DrainReport {
     pub circuit_open: bool,
 }
 
+impl std::ops::AddAssign for DrainReport {
+    fn add_assign(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.shipped += other.shipped;
+        self.retried += other.retried;
+        self.failed += other.failed;
+        self.circuit_open |= other.circuit_open;
+    }
+}
+
 /// The drain's state for `status`.
 #[derive(Debug, Clone)]
 pub struct SyncStatus {
@@ -83,7 +95,7 @@ pub struct SyncStatus {
 }
 
 /// Ships a [`LocalStore`]'s outbox to a [`CloudSink`].
-pub struct Syncer<S, C> {
+pub struct Syncer<S: ?Sized, C: ?Sized> {
     store: Arc<S>,
     sink: Arc<C>,
     config: SyncConfig,
@@ -94,10 +106,11 @@ pub struct Syncer<S, C> {
     shipped_total: AtomicU64,
     failed_total: AtomicU64,
     last_success: Mutex<Option<SystemTime>>,
+    clock: Arc<dyn Clock>,
     /// Serialises drain passes within this process.
     draining: tokio::sync::Mutex<()>,
-    /// When this device's last-seen time was last updated in the cloud.
-    last_touch: Mutex<Option<Instant>>,
+    /// When this device's last-seen time was last updated in the cloud (clock ms).
+    last_touch: Mutex<Option<u64>>,
     /// The earliest retry scheduled since the last pass began (ms since the epoch;
     /// `u64::MAX`: none), so the background drain wakes for it before its interval.
     next_retry_ms: AtomicU64,
@@ -113,7 +126,7 @@ struct Claim {
 /// How often a syncing device refreshes its last-seen time in the cloud.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
-impl<S, C> std::fmt::Debug for Syncer<S, C> {
+impl<S: ?Sized, C: ?Sized> std::fmt::Debug for Syncer<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Syncer")
             .field("config", &self.config)
@@ -131,21 +144,7 @@ fn is_retryable(e: &Error) -> bool {
     )
 }
 
-fn circuit_code(state: CircuitState) -> f64 {
-    match state {
-        CircuitState::Closed => 0.0,
-        CircuitState::HalfOpen => 1.0,
-        CircuitState::Open => 2.0,
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
+impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     /// A syncer; `nudge` is notified by writes (see `Engine::write_nudge`).
     pub fn new(store: Arc<S>, sink: Arc<C>, config: SyncConfig, nudge: Arc<Notify>) -> Self {
         let (events, _) = broadcast::channel(1024);
@@ -164,10 +163,28 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             shipped_total: AtomicU64::new(0),
             failed_total: AtomicU64::new(0),
             last_success: Mutex::new(None),
+            clock: Arc::new(SystemClock),
             draining: tokio::sync::Mutex::new(()),
             last_touch: Mutex::new(None),
             next_retry_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Reads time from `clock` instead of the system clock: retry schedules, the
+    /// breaker's open period and last-seen refreshes all follow it, so a test can step
+    /// time instead of sleeping.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The clock this syncer (and the replicator over it) reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The event stream.
@@ -191,7 +208,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     fn transitioned(&self, transition: Option<Transition>) {
         if let Some((from, to)) = transition {
             tracing::warn!(?from, ?to, "cloud circuit changed state");
-            metrics::gauge!(catalogue::CIRCUIT_STATE).set(circuit_code(to));
+            metrics::gauge!(catalogue::CIRCUIT_STATE).set(to.gauge_value());
             self.emit(SyncEvent::CircuitStateChanged { from, to });
             if to != CircuitState::Open {
                 // Recovery: drain the backlog at once rather than at the next interval
@@ -216,19 +233,19 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     }
 
     /// One pass: each lane claims a batch due now, ships it and settles every entry.
-    pub async fn drain_once(&self) -> Result<DrainReport, Error> {
-        self.drain_pass(now_ms(), false).await
+    pub async fn drain_once(&self) -> crate::Result<DrainReport> {
+        Ok(self.drain_pass(self.now_ms(), false).await?)
     }
 
     /// Ships what is due at `due_ms` through up to [`SyncConfig::lanes`] lanes at once
-    /// (at most one per connection the pool may open, three at most; a sink without a
-    /// pool gets one). Each lane claims a batch, ships it and settles it; with
-    /// `until_empty` it then claims the next, so the cloud always has a batch per lane
-    /// to work on while the outbox holds due entries. A lane stops at the first batch
-    /// that met trouble (retried or parked entries) or when the circuit opens.
+    /// (never more than the pool's cap; a sink without a pool gets one). Each lane
+    /// claims a batch, ships it and settles it; with `until_empty` it then claims the
+    /// next, so the cloud always has a batch per lane to work on while the outbox holds
+    /// due entries. A lane stops at the first batch that met trouble (retried or parked
+    /// entries) or when the circuit opens.
     async fn drain_pass(&self, due_ms: u64, until_empty: bool) -> Result<DrainReport, Error> {
         let _guard = self.draining.lock().await;
-        let (allowed, transition) = self.breaker().allow(Instant::now());
+        let (allowed, transition) = self.breaker().allow(self.now_ms());
         self.transitioned(transition);
         if !allowed {
             return Ok(DrainReport {
@@ -238,14 +255,9 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
         }
         metrics::gauge!(catalogue::POOL_LOAD).set(self.sink.load());
         metrics::gauge!(catalogue::POOL_SIZE).set(f64::from(self.sink.pool_size().0));
-        let lanes = (self.sink.pool_size().1 as usize)
-            .min(self.config.lanes)
-            .clamp(1, 3);
-        let lane = |index: usize| async move {
+        let lanes = self.lanes();
+        let lane = || async move {
             let mut report = DrainReport::default();
-            if index >= lanes {
-                return Ok(report);
-            }
             loop {
                 let batch = self.batch_size.load(Ordering::Relaxed);
                 let entries = self.store.claim_outbox(batch, due_ms, self.gate()).await?;
@@ -254,32 +266,25 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                 }
                 report.claimed += entries.len();
                 let (settled, shipped) = self.ship_lane(entries).await;
-                report.shipped += shipped.shipped;
-                report.retried += shipped.retried;
-                report.failed += shipped.failed;
-                settled?;
                 let trouble = shipped.retried > 0 || shipped.failed > 0;
+                report += shipped;
+                settled?;
                 if !until_empty || trouble {
                     return Ok::<_, Error>(report);
                 }
-                let (allowed, transition) = self.breaker().allow(Instant::now());
+                let (allowed, transition) = self.breaker().allow(self.now_ms());
                 self.transitioned(transition);
                 if !allowed {
                     return Ok(report);
                 }
             }
         };
-        let (a, b, c) = tokio::join!(lane(0), lane(1), lane(2));
+        let results = futures_util::future::join_all((0..lanes).map(|_| lane())).await;
         let mut report = DrainReport::default();
         let mut settled = Ok(());
-        for lane in [a, b, c] {
-            match lane {
-                Ok(lane) => {
-                    report.claimed += lane.claimed;
-                    report.shipped += lane.shipped;
-                    report.retried += lane.retried;
-                    report.failed += lane.failed;
-                }
+        for result in results {
+            match result {
+                Ok(lane) => report += lane,
                 Err(e) => settled = Err(e),
             }
         }
@@ -292,6 +297,13 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             self.touch_if_due().await;
         }
         Ok(report)
+    }
+
+    /// How many lanes a pass runs: as the config asks, at most one per connection the
+    /// pool may open, at least one.
+    fn lanes(&self) -> usize {
+        let cap = self.sink.pool_size().1 as usize;
+        self.config.lanes.min(cap).max(1)
     }
 
     /// The least urgent class a claim may take now: only critical and high while the
@@ -312,11 +324,12 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     /// minute; a failure here never fails the drain.
     async fn touch_if_due(&self) {
         {
+            let now = self.now_ms();
             let mut last = self.last_touch.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < TOUCH_EVERY) {
+            if last.is_some_and(|at| now.saturating_sub(at) < TOUCH_EVERY.as_millis() as u64) {
                 return;
             }
-            *last = Some(Instant::now());
+            *last = Some(now);
         }
         if let Err(e) = self.sink.touch_device(self.store.device_id()).await {
             tracing::debug!(error = %e, "could not refresh this device's last-seen time");
@@ -365,11 +378,11 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                     metrics::histogram!(catalogue::SYNC_LATENCY).record(elapsed.as_secs_f64());
                     metrics::counter!(catalogue::SYNCS, "status" => "ok").increment(1);
                     metrics::counter!(catalogue::RECORDS_SYNCED).increment(records.len() as u64);
-                    let transition = self.breaker().on_success(Instant::now());
+                    let transition = self.breaker().on_success(self.now_ms());
                     self.transitioned(transition);
                     self.adapt_batch(records.len(), elapsed);
                     *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(SystemTime::now());
+                        Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.now_ms()));
                     report.shipped += records.len();
                     // Only built for someone listening: a key and collection copy each.
                     let listened = self.events.receiver_count() > 0;
@@ -387,7 +400,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                 Err(e) if is_retryable(&e) => {
                     metrics::counter!(catalogue::SYNCS, "status" => "retry").increment(1);
                     tracing::warn!(error = %e, entries = records.len(), "cloud write failed; will retry");
-                    let transition = self.breaker().on_failure(Instant::now());
+                    let transition = self.breaker().on_failure(self.now_ms());
                     self.transitioned(transition);
                     self.shrink_batch();
                     let rest = stack.drain(..).flat_map(|(c, r)| c.into_iter().zip(r));
@@ -448,13 +461,8 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             );
         }
         report.retried += 1;
-        let delay = retry_delay(
-            attempt,
-            self.config.retry_initial,
-            self.config.retry_max,
-            rand::random::<f64>(),
-        );
-        let next_attempt_ms = now_ms() + delay.as_millis() as u64;
+        let delay = retry_delay(attempt, self.config.retry_initial, self.config.retry_max);
+        let next_attempt_ms = self.now_ms() + delay.as_millis() as u64;
         self.next_retry_ms
             .fetch_min(next_attempt_ms, Ordering::Relaxed);
         (
@@ -490,17 +498,14 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     }
 
     /// Drains until nothing due is left, the circuit opens, or a pass makes no progress.
-    pub async fn drain_until_idle(&self) -> Result<DrainReport, Error> {
+    pub async fn drain_until_idle(&self) -> crate::Result<DrainReport> {
         self.next_retry_ms.store(u64::MAX, Ordering::Relaxed);
         let mut total = DrainReport::default();
         loop {
-            let report = self.drain_pass(now_ms(), true).await?;
-            total.claimed += report.claimed;
-            total.shipped += report.shipped;
-            total.retried += report.retried;
-            total.failed += report.failed;
-            total.circuit_open |= report.circuit_open;
-            if report.claimed == 0 || report.circuit_open || report.retried > 0 {
+            let report = self.drain_pass(self.now_ms(), true).await?;
+            let done = report.claimed == 0 || report.circuit_open || report.retried > 0;
+            total += report;
+            if done {
                 return Ok(total);
             }
         }
@@ -509,7 +514,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
     /// Ships everything pending or in flight now, ignoring retry schedules, until the
     /// outbox holds nothing but failed entries or `timeout` passes. Returns how many
     /// entries are still pending or in flight (0 on success).
-    pub async fn flush(&self, timeout: Duration) -> Result<u64, Error> {
+    pub async fn flush(&self, timeout: Duration) -> crate::Result<u64> {
         let deadline = Instant::now() + timeout;
         self.store.requeue_in_flight().await?;
         let mut last_probe: Option<Instant> = None;
@@ -540,11 +545,11 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
             if breaker.state() == CircuitState::Closed {
                 return;
             }
-            breaker.allow(Instant::now())
+            breaker.allow(self.now_ms())
         };
         self.transitioned(transition);
         let healthy = self.sink.health_check().await.is_ok();
-        let transition = self.breaker().on_health(healthy, Instant::now());
+        let transition = self.breaker().on_health(healthy, self.now_ms());
         self.transitioned(transition);
     }
 
@@ -560,7 +565,7 @@ impl<S: LocalStore, C: CloudSink> Syncer<S, C> {
                     let retry_in = this
                         .next_retry_ms
                         .load(Ordering::Relaxed)
-                        .saturating_sub(now_ms());
+                        .saturating_sub(this.now_ms());
                     let wait = this.config.interval.min(Duration::from_millis(retry_in));
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

@@ -1,11 +1,12 @@
 //! The drain, proven against both the in-memory sink and the real PostgreSQL sink by
 //! one shared suite (`sync_suite!`), plus memory-only fault drills.
 
-use crate::{BreakerConfig, MemorySink, SyncConfig, Syncer};
+use crate::{BreakerConfig, SyncConfig, Syncer};
 use hybridsync_core::{
     ChangeCursor, CircuitState, CloudSink, CloudUrl, CollectionName, CollectionSpec, Key,
     LocalStore, Priority, Record, SyncEvent, WriteRequest,
 };
+use hybridsync_testkit::MemorySink;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,13 +242,7 @@ async fn survives_an_outage_and_converges<T: TestCloud>(cloud: T) {
             .put(write(key, &format!("during-{i}"), Priority::High))
             .await
             .unwrap();
-        assert!(
-            engine
-                .get(&notes(), &Key::new(key.as_str()).unwrap())
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(engine.get(&notes(), key.as_str()).await.unwrap().is_some());
     }
     for i in 0..20 {
         keys.push(format!("new{i}"));
@@ -572,14 +567,13 @@ async fn soft_caps_downgrade_new_entries_but_never_critical() {
 #[test]
 fn breaker_opens_half_opens_and_closes() {
     use crate::CircuitBreaker;
-    use std::time::Instant;
     let config = BreakerConfig {
         failure_threshold: 5,
         open_for: Duration::from_secs(60),
         half_open_successes: 2,
     };
     let mut breaker = CircuitBreaker::new(config);
-    let t0 = Instant::now();
+    let t0 = 1_000_000u64;
     for _ in 0..4 {
         assert_eq!(breaker.on_failure(t0), None);
     }
@@ -587,19 +581,16 @@ fn breaker_opens_half_opens_and_closes() {
         breaker.on_failure(t0),
         Some((CircuitState::Closed, CircuitState::Open))
     );
-    assert!(
-        !breaker.allow(t0 + Duration::from_secs(59)).0,
-        "open for 60 s"
-    );
+    assert!(!breaker.allow(t0 + 59_000).0, "open for 60 s");
     assert_eq!(
-        breaker.allow(t0 + Duration::from_secs(60)),
+        breaker.allow(t0 + 60_000),
         (true, Some((CircuitState::Open, CircuitState::HalfOpen)))
     );
     assert_eq!(
-        breaker.on_failure(t0 + Duration::from_secs(61)),
+        breaker.on_failure(t0 + 61_000),
         Some((CircuitState::HalfOpen, CircuitState::Open))
     );
-    let t1 = t0 + Duration::from_secs(121);
+    let t1 = t0 + 121_000;
     assert!(breaker.allow(t1).0);
     assert_eq!(breaker.on_success(t1), None);
     assert_eq!(
@@ -617,13 +608,12 @@ fn breaker_opens_half_opens_and_closes() {
 #[test]
 fn a_healthy_check_ends_an_open_period_early() {
     use crate::CircuitBreaker;
-    use std::time::Instant;
     let mut breaker = CircuitBreaker::new(BreakerConfig::default());
-    let t0 = Instant::now();
+    let t0 = 1_000_000u64;
     for _ in 0..5 {
         breaker.on_failure(t0);
     }
-    let t1 = t0 + Duration::from_secs(10);
+    let t1 = t0 + 10_000;
     assert_eq!(breaker.on_health(false, t1), None, "still sick: stays open");
     assert!(!breaker.allow(t1).0);
     assert_eq!(
@@ -654,16 +644,80 @@ fn a_healthy_check_ends_an_open_period_early() {
 }
 
 #[test]
-fn retry_delays_double_to_the_cap_with_jitter() {
+fn retry_delays_double_to_the_cap_with_equal_jitter() {
     let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
-    let full: Vec<u64> = (1..=8)
-        .map(|n| crate::retry_delay(n, initial, max, 1.0).as_secs())
-        .collect();
-    assert_eq!(full, [1, 2, 4, 8, 16, 32, 60, 60]);
+    for (attempt, full_secs) in (1..=8).zip([1u64, 2, 4, 8, 16, 32, 60, 60]) {
+        let full = Duration::from_secs(full_secs);
+        let delays: Vec<Duration> = (0..400)
+            .map(|_| crate::retry_delay(attempt, initial, max))
+            .collect();
+        let (low, high) = (*delays.iter().min().unwrap(), *delays.iter().max().unwrap());
+        // Equal jitter: half fixed, half random, never above the doubled (capped) delay.
+        assert!(
+            low >= full / 2 - Duration::from_millis(1) && high <= full,
+            "attempt {attempt}: {low:?}..{high:?} outside {:?}..{full:?}",
+            full / 2
+        );
+        assert!(
+            low < full.mul_f64(0.6) && high > full.mul_f64(0.9),
+            "attempt {attempt}: jitter should spread over the range, saw {low:?}..{high:?}"
+        );
+    }
+}
+
+/// Time is injected: a manual clock walks the breaker through its 60 s open period
+/// (and the entry through its retry schedule) without the test sleeping.
+#[tokio::test]
+async fn a_manual_clock_steps_the_breaker_through_its_open_period() {
+    use hybridsync_core::{Clock, ManualClock};
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    let sink = Arc::new(MemorySink::new());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let step = |ms: u64| clock.set(clock.now_ms() + ms);
+    let config = SyncConfig {
+        retry_initial: Duration::from_secs(1),
+        retry_max: Duration::from_secs(60),
+        breaker: BreakerConfig {
+            failure_threshold: 2,
+            open_for: Duration::from_secs(60),
+            half_open_successes: 2,
+        },
+        ..SyncConfig::default()
+    };
+    let syncer = syncer_for(&engine, sink.clone(), config).with_clock(clock.clone());
+    let started = std::time::Instant::now();
+    engine.put(write("a", "v", Priority::Normal)).await.unwrap();
+    sink.set_down(true);
+    assert_eq!(syncer.drain_once().await.unwrap().retried, 1);
     assert_eq!(
-        crate::retry_delay(3, initial, max, 0.0),
-        Duration::from_secs(2),
-        "jitter keeps at least half"
+        syncer.drain_once().await.unwrap().claimed,
+        0,
+        "the retry is not due before its backoff ends"
+    );
+    step(1_000);
+    assert_eq!(syncer.drain_once().await.unwrap().retried, 1);
+    assert_eq!(syncer.status().circuit, CircuitState::Open);
+    sink.set_down(false);
+    let calls = sink.calls();
+    step(59_999);
+    let report = syncer.drain_once().await.unwrap();
+    assert!(report.circuit_open && report.claimed == 0, "{report:?}");
+    assert_eq!(sink.calls(), calls, "nothing reaches the cloud while open");
+    step(1);
+    let report = syncer.drain_once().await.unwrap();
+    assert_eq!(
+        report.shipped, 1,
+        "60 s after opening, the backlog is the probe"
+    );
+    assert_eq!(syncer.status().circuit, CircuitState::HalfOpen);
+    engine.put(write("b", "v", Priority::Normal)).await.unwrap();
+    assert_eq!(syncer.drain_once().await.unwrap().shipped, 1);
+    assert_eq!(syncer.status().circuit, CircuitState::Closed);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "61 s of clock time took {:?} of real time",
+        started.elapsed()
     );
 }
 

@@ -2,8 +2,8 @@
 
 use super::*;
 use hybridsync_core::{
-    CollectionName, CollectionSpec, Error, Key, LocalStore, Metric, Precision, Priority,
-    VectorSpec, WriteRequest,
+    CollectionName, CollectionSpec, Key, LocalStore, Metric, Precision, Priority, VectorSpec,
+    WriteRequest,
 };
 use hybridsync_store::{SqliteStore, StoreOptions};
 use hybridsync_testkit::workload::Clustered;
@@ -35,7 +35,8 @@ pub(crate) async fn open_engine(dir: &std::path::Path, spec: CollectionSpec) -> 
     let store = Arc::new(SqliteStore::open(StoreOptions::new(dir)).await.unwrap());
     let engine = Engine::open(
         store,
-        Arc::new(UsearchCache::default()),
+        Some(Arc::new(UsearchCache::default())),
+        Arc::new(hybridsync_vector::HotCache::new(10_000, 64 << 20)),
         EngineConfig::default(),
     )
     .await
@@ -77,7 +78,7 @@ async fn writes_are_readable_from_cache_and_after_restart_from_the_store() {
         let batch = (0..50).map(|i| enrol(i, data.sample(i))).collect();
         engine.write(batch).await.unwrap();
         let record = engine
-            .get(&name("voices"), &key("speaker-7"))
+            .get(&name("voices"), "speaker-7")
             .await
             .unwrap()
             .unwrap();
@@ -100,14 +101,14 @@ async fn writes_are_readable_from_cache_and_after_restart_from_the_store() {
     );
     assert!(
         engine
-            .get(&name("voices"), &key("speaker-7"))
+            .get(&name("voices"), "speaker-7")
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         engine
-            .get(&name("voices"), &key("speaker-7"))
+            .get(&name("voices"), "speaker-7")
             .await
             .unwrap()
             .is_some()
@@ -157,7 +158,7 @@ async fn deletes_leave_the_index_and_reads_see_the_latest_write() {
         .unwrap();
     assert!(
         engine
-            .get(&name("voices"), &key("speaker-2"))
+            .get(&name("voices"), "speaker-2")
             .await
             .unwrap()
             .is_none()
@@ -177,7 +178,7 @@ async fn deletes_leave_the_index_and_reads_see_the_latest_write() {
     engine.put(update).await.unwrap();
     assert_eq!(
         engine
-            .get(&name("voices"), &key("speaker-3"))
+            .get(&name("voices"), "speaker-3")
             .await
             .unwrap()
             .unwrap()
@@ -301,22 +302,30 @@ async fn bad_queries_and_unknown_collections_are_typed_errors() {
     };
     assert!(matches!(
         search(vec![1.0; DIM - 1]).await,
-        Err(Error::DimensionMismatch { .. })
+        Err(crate::Error::Core(
+            hybridsync_core::Error::DimensionMismatch { .. }
+        ))
     ));
     let mut nan = vec![1.0; DIM];
     nan[3] = f32::NAN;
     assert!(matches!(
         search(nan).await,
-        Err(Error::NonFiniteEmbedding { index: 3, .. })
+        Err(crate::Error::Core(
+            hybridsync_core::Error::NonFiniteEmbedding { index: 3, .. }
+        ))
     ));
     assert!(matches!(
-        engine.get(&name("nowhere"), &key("k")).await,
-        Err(Error::UnknownCollection(_))
+        engine.get(&name("nowhere"), "k").await,
+        Err(crate::Error::Core(
+            hybridsync_core::Error::UnknownCollection(_)
+        ))
     ));
     let wrong_dim = WriteRequest::put(name("voices"), key("x"), vec![], Some(vec![0.5; DIM + 1]));
     assert!(matches!(
         engine.put(wrong_dim).await,
-        Err(Error::DimensionMismatch { .. })
+        Err(crate::Error::Core(
+            hybridsync_core::Error::DimensionMismatch { .. }
+        ))
     ));
     assert_eq!(
         engine.status().await.unwrap().indexed[&name("voices")],

@@ -283,26 +283,9 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// This store's persistent device id.
-    pub fn device_id(&self) -> DeviceId {
-        self.hlc.device()
-    }
-
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The input limits in force.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// Closes every connection, checkpointing the WAL.
-    pub async fn close(&self) {
-        self.point.close();
-        self.readers.close().await;
-        self.writer.close().await;
     }
 
     /// Runs `sql` (several statements) in one write transaction.

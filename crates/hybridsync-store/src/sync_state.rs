@@ -86,27 +86,10 @@ fn decide(
     (action, Some(kind))
 }
 
-fn operation_name(operation: SyncOperation) -> &'static str {
-    match operation {
-        SyncOperation::Drain => "drain",
-        SyncOperation::Seed => "seed",
-        SyncOperation::Hydrate => "hydrate",
-        SyncOperation::Sync => "sync",
-    }
-}
-
 fn operation_from(name: &str) -> Result<SyncOperation> {
-    Ok(match name {
-        "drain" => SyncOperation::Drain,
-        "seed" => SyncOperation::Seed,
-        "hydrate" => SyncOperation::Hydrate,
-        "sync" => SyncOperation::Sync,
-        other => {
-            return Err(Error::BadRow {
-                table: "sync_history",
-                detail: format!("unknown operation {other:?}"),
-            });
-        }
+    name.parse().map_err(|_| Error::BadRow {
+        table: "sync_history",
+        detail: format!("unknown operation {name:?}"),
     })
 }
 
@@ -292,7 +275,7 @@ impl SqliteStore {
                 )?
                 .execute(rusqlite::params![
                     clamp(entry.started_ms),
-                    operation_name(entry.operation),
+                    entry.operation.as_str(),
                     clamp(entry.pushed),
                     clamp(entry.pulled),
                     clamp(entry.conflicts),

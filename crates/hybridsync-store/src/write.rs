@@ -522,6 +522,17 @@ impl LocalStore for SqliteStore {
         self.hlc.device()
     }
 
+    fn limits(&self) -> &hybridsync_core::Limits {
+        &self.limits
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    async fn close(&self) {
+        self.point.close();
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
     async fn claim_outbox(
         &self,
         limit: usize,

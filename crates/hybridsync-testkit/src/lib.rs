@@ -1,19 +1,22 @@
 //! Test kit for hybridsync: throwaway PostgreSQL ([`TempPostgres`]) and Redis
 //! ([`TempRedis`]) servers started from the machine's installed binaries on free
 //! loopback ports in temp directories, a fault-injecting TCP proxy ([`FaultProxy`]) to
-//! put between the library and a server, and deterministic workload generators.
+//! put between the library and a server, an in-memory cloud sink with fault switches
+//! ([`MemorySink`]), and deterministic workload generators.
 //!
 //! Tests never rely on a server that is already running and never share one between
 //! runs: every server here is private to the test that made it and removed on drop.
 //! Nothing here is used by the library itself.
 #![forbid(unsafe_code)]
 
+mod memory_sink;
 mod postgres;
 mod process;
 mod proxy;
 mod redis;
 pub mod workload;
 
+pub use memory_sink::MemorySink;
 pub use postgres::{ShutdownMode, TempPostgres, TempPostgresOptions};
 pub use proxy::{Fault, FaultProxy};
 pub use redis::TempRedis;

@@ -1,19 +1,10 @@
 //! A bounded LRU cache of recently read or written records.
 
-use hybridsync_core::{CollectionName, Key, Record};
+use hybridsync_core::{CollectionName, HotCacheStats, Key, Record, RecordCache};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Counters of a [`HotCache`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HotCacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub entries: usize,
-    pub bytes: usize,
-}
 
 struct Inner {
     lru: lru::LruCache<String, Arc<Record>>,
@@ -65,17 +56,6 @@ impl HotCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached record, counting a hit or a miss.
-    pub fn get(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
-        self.lookup(collection, key, true)
-    }
-
-    /// The cached record, counting a hit but not a miss: for a caller that goes on to
-    /// [`Self::get`] (or its store) when this finds nothing.
-    pub fn get_if_cached(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
-        self.lookup(collection, key, false)
-    }
-
     /// The lookup key is built in a reused per-thread buffer: this is the hottest path
     /// of the library.
     fn lookup(
@@ -102,10 +82,23 @@ impl HotCache {
         }
         found
     }
+}
+
+impl RecordCache for HotCache {
+    /// The cached record, counting a hit or a miss.
+    fn get(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+        self.lookup(collection, key, true)
+    }
+
+    /// The cached record, counting a hit but not a miss: for a caller that goes on to
+    /// the store when this finds nothing.
+    fn get_if_cached(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+        self.lookup(collection, key, false)
+    }
 
     /// Caches `record` unless a newer version of it is already cached, so a slow
     /// reader cannot put back a state that a write has replaced.
-    pub fn insert(&self, record: Arc<Record>) {
+    fn insert(&self, record: Arc<Record>) {
         let size = record.approx_size();
         if size > self.max_bytes {
             return;
@@ -131,7 +124,7 @@ impl HotCache {
     }
 
     /// Drops a key.
-    pub fn remove(&self, collection: &CollectionName, key: &Key) {
+    fn remove(&self, collection: &CollectionName, key: &Key) {
         let mut inner = self.lock();
         if let Some(old) = inner.lru.pop(&cache_key(collection, key)) {
             inner.bytes -= old.approx_size();
@@ -139,7 +132,7 @@ impl HotCache {
     }
 
     /// Hits, misses, entries and bytes.
-    pub fn stats(&self) -> HotCacheStats {
+    fn stats(&self) -> HotCacheStats {
         let inner = self.lock();
         HotCacheStats {
             hits: self.hits.load(Ordering::Relaxed),

@@ -2,7 +2,8 @@
 
 use super::*;
 use hybridsync_core::{
-    CollectionName, DeviceId, Hlc, Key, Metric, Precision, Record, VectorCache, VectorSpec,
+    CollectionName, DeviceId, Hlc, Key, Metric, Precision, Record, RecordCache, VectorCache,
+    VectorSpec,
 };
 use hybridsync_testkit::workload::Clustered;
 use std::sync::Arc;

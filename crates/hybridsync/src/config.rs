@@ -1,5 +1,6 @@
 //! Configuration from a TOML file (or any serde format) and the environment.
 
+use hybridsync_core::CloudUrl;
 use std::path::PathBuf;
 
 /// What a deployment configures. Every field is optional; unset fields keep the
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub data_dir: Option<PathBuf>,
-    pub cloud_url: Option<String>,
+    pub cloud_url: Option<CloudUrl>,
     pub durability: Option<String>,
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -78,7 +79,7 @@ impl Config {
             self.data_dir = Some(dir.into());
         }
         if let Ok(url) = std::env::var("HYBRIDSYNC_CLOUD_URL") {
-            self.cloud_url = Some(url);
+            self.cloud_url = Some(CloudUrl::new(url));
         }
         if let Ok(durability) = std::env::var("HYBRIDSYNC_DURABILITY") {
             self.durability = Some(durability);

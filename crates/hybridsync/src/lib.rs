@@ -25,10 +25,24 @@
 //! With a cloud URL, [`HybridStore::start_sync`] ships the outbox to PostgreSQL in the
 //! background and [`HybridStore::flush`] ships it now; without one, changes wait.
 //!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `vector` | yes | usearch HNSW indexes for vector collections (without it they are refused) |
+//! | `cloud-postgres` | yes | the PostgreSQL sink (without it a cloud URL is refused at open) |
+//! | `prometheus` | no | [`install_prometheus`]: the `/metrics` endpoint (links an HTTP server) |
+//! | `full` | no | all of the above, for CI and docs |
+//!
+//! With `default-features = false` this is a local store with the hot-record cache:
+//! no usearch, no PostgreSQL driver, no exporter or HTTP server.
+//!
 //! This crate is a thin facade: it wires the layers (`hybridsync-store`,
 //! `hybridsync-vector`, `hybridsync-cloud`, `hybridsync-engine`, `hybridsync-telemetry`)
-//! and contains no sync logic of its own.
+//! into typed handles over the engine's [`Runtime`](hybridsync_engine::Runtime), and
+//! contains no sync logic of its own.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod store;
@@ -36,9 +50,11 @@ mod store;
 pub use config::Config;
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
-    SyncMetrics, WriteOptions,
+    WriteOptions,
 };
 
+#[doc(inline)]
+pub use hybridsync_core::{CRASH_POINTS, Clock, HotCacheStats, ManualClock, SystemClock};
 #[doc(inline)]
 pub use hybridsync_core::{
     CircuitState, Conflict, ConflictResolver, HistoryEntry, Resolution, Strategy, SyncEvent,
@@ -50,27 +66,22 @@ pub use hybridsync_core::{
     OutboxStats, Precision, Priority, Record, VectorHit as SearchHit, VectorSpec,
 };
 #[doc(inline)]
-pub use hybridsync_engine::{HotCacheStats, SyncConfig, SyncReport, SyncStatus};
+pub use hybridsync_engine::{BreakerConfig, SyncConfig, SyncReport, SyncStatus};
 #[doc(inline)]
 pub use hybridsync_store::Durability;
+#[doc(inline)]
+pub use hybridsync_telemetry::SyncMetrics;
 
-/// The layers, for users who compose them differently.
-pub mod layers {
+/// Setting up the cloud side: the schema migration an administrator runs once.
+#[cfg(feature = "cloud-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cloud-postgres")))]
+pub mod cloud {
     #[doc(inline)]
-    pub use hybridsync_cloud as cloud;
-    #[doc(inline)]
-    pub use hybridsync_core as core;
-    #[doc(inline)]
-    pub use hybridsync_engine as engine;
-    #[doc(inline)]
-    pub use hybridsync_store as store;
-    #[doc(inline)]
-    pub use hybridsync_telemetry as telemetry;
-    #[doc(inline)]
-    pub use hybridsync_vector as vector;
+    pub use hybridsync_cloud::{CloudOptions, PostgresSink, SCHEMA_VERSION, migrate};
 }
 
 #[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 #[doc(inline)]
 pub use hybridsync_telemetry::{DEFAULT_METRICS_ADDR, install_prometheus};
 
@@ -85,11 +96,33 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] hybridsync_store::Error),
     /// The cloud sink refused its configuration or its schema.
+    #[cfg(feature = "cloud-postgres")]
     #[error(transparent)]
     Cloud(#[from] hybridsync_cloud::Error),
+    /// The engine's own failure modes (a failed index build, changes not pushed yet, a
+    /// vector collection without a vector index).
+    #[error(transparent)]
+    Engine(hybridsync_engine::Error),
     /// The operation needs a cloud and none is configured.
     #[error("no cloud is configured (set cloud_url, HYBRIDSYNC_CLOUD_URL or --cloud-url)")]
     NoCloud,
+    /// A cloud URL, in a build without the `cloud-postgres` feature.
+    #[error(
+        "a cloud ({url}) is configured, and this build has no cloud sink (hybridsync's `cloud-postgres` feature)"
+    )]
+    CloudUnavailable { url: String },
+}
+
+impl From<hybridsync_engine::Error> for Error {
+    /// Refused input and layer failures keep the shape they have everywhere
+    /// ([`Error::Core`]); the engine's own failures are [`Error::Engine`].
+    fn from(e: hybridsync_engine::Error) -> Self {
+        match e {
+            hybridsync_engine::Error::Core(e) => Error::Core(e),
+            hybridsync_engine::Error::NoCloud => Error::NoCloud,
+            other => Error::Engine(other),
+        }
+    }
 }
 
 impl Error {

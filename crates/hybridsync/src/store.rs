@@ -1,32 +1,40 @@
-//! `HybridStore`, its builder and the typed and untyped collection handles.
+//! `HybridStore`, its builder and the typed and untyped collection handles: thin typed
+//! handles over one shared [`Runtime`], which owns the engine, the cloud and their
+//! lifecycle.
 
 use crate::{Config, Result};
-use hybridsync_cloud::{CloudOptions, PostgresSink};
 use hybridsync_core::{
-    Clock, CloudUrl, CollectionName, CollectionSpec, DeviceId, HistoryEntry, Hlc, Key, Limits,
-    OutboxStats, Priority, Strategy, VectorHit, VectorSpec, WriteRequest, decode_payload,
-    encode_payload,
+    Clock, CloudSink, CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, HistoryEntry,
+    Hlc, HotCacheStats, Key, Limits, LocalStore, OutboxStats, Priority, Record, Strategy,
+    SyncEvent, VectorCache, VectorHit, VectorSpec, WriteRequest, decode_payload, encode_payload,
 };
 use hybridsync_engine::{
-    Engine, EngineConfig, HotCacheStats, Replicator, SearchOptions, SyncConfig, SyncHandle,
-    SyncReport, SyncStatus, Syncer,
+    Engine, EngineConfig, Runtime, RuntimeConfig, SearchOptions, SyncConfig, SyncReport, SyncStatus,
 };
 use hybridsync_store::{Durability, SqliteStore, StoreOptions};
-use hybridsync_vector::{UsearchCache, VectorOptions};
+use hybridsync_telemetry::SyncMetrics;
+use hybridsync_vector::HotCache;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The runtime the facade drives: the SQLite store, whichever vector index and cloud
+/// sink this build has (behind cargo features), and the hot cache.
+type HybridRuntime = Runtime<SqliteStore, dyn VectorCache, dyn CloudSink>;
 
 /// Configures and opens a [`HybridStore`].
 #[derive(Debug, Clone)]
 pub struct HybridStoreBuilder {
     store: StoreOptions,
     engine: EngineConfig,
+    hot_entries: usize,
+    hot_bytes: usize,
     cloud_url: Option<CloudUrl>,
     tenant: String,
     max_connections: u32,
     application_name: String,
     sync: SyncConfig,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl HybridStoreBuilder {
@@ -34,9 +42,10 @@ impl HybridStoreBuilder {
     pub fn config(mut self, config: &Config) -> Result<Self> {
         if let Some(dir) = &config.data_dir {
             self.store.data_dir = dir.clone();
+            self.engine.snapshot_dir = Some(dir.join("indexes"));
         }
         if let Some(url) = &config.cloud_url {
-            self.cloud_url = Some(CloudUrl::new(url.clone()));
+            self.cloud_url = Some(url.clone());
         }
         if let Some(durability) = &config.durability {
             self.store.durability = durability.parse::<Durability>()?;
@@ -48,10 +57,10 @@ impl HybridStoreBuilder {
             self.store.limits.max_payload_bytes = n;
         }
         if let Some(n) = config.cache.entries {
-            self.engine.hot_entries = n;
+            self.hot_entries = n;
         }
         if let Some(n) = config.cache.bytes {
-            self.engine.hot_bytes = n;
+            self.hot_bytes = n;
         }
         if let Some(tenant) = &config.cloud.tenant {
             self.tenant = tenant.clone();
@@ -79,11 +88,13 @@ impl HybridStoreBuilder {
     /// The data directory (created 0700 if missing).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.store.data_dir = dir.into();
+        self.engine.snapshot_dir = Some(self.store.data_dir.join("indexes"));
         self
     }
 
     /// The cloud PostgreSQL URL. Optional: without one the store runs local-only and
-    /// keeps every change in the outbox for later.
+    /// keeps every change in the outbox for later. Needs the `cloud-postgres` feature
+    /// (`open` refuses a URL without it).
     pub fn cloud_url(mut self, url: impl Into<String>) -> Self {
         self.cloud_url = Some(CloudUrl::new(url));
         self
@@ -122,64 +133,95 @@ impl HybridStoreBuilder {
 
     /// Hot-cache bounds.
     pub fn hot_cache(mut self, entries: usize, bytes: usize) -> Self {
-        self.engine.hot_entries = entries;
-        self.engine.hot_bytes = bytes;
+        self.hot_entries = entries;
+        self.hot_bytes = bytes;
         self
     }
 
-    /// The physical clock for version stamps (tests inject a manual one).
+    /// The one clock of the store's version stamps, the drain's retry schedule and
+    /// breaker, and sync history (tests inject a manual one).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.store.clock = clock;
+        self.store.clock = clock.clone();
+        self.clock = Some(clock);
         self
     }
 
     /// Opens the store, checks the file, and builds the vector indexes.
     pub async fn open(self) -> Result<HybridStore> {
         let store = Arc::new(SqliteStore::open(self.store).await?);
-        let vectors = Arc::new(UsearchCache::new(VectorOptions::default()));
-        let engine = Arc::new(Engine::open(store.clone(), vectors, self.engine).await?);
-        let syncer = match &self.cloud_url {
+        let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
+        let engine = Engine::open(store, vector_index(), hot, self.engine).await;
+        let engine = match engine {
+            Ok(engine) => Arc::new(engine),
+            Err(e) => return Err(e.into()),
+        };
+        let sink = match &self.cloud_url {
             None => None,
-            Some(url) => {
-                let mut options = CloudOptions::new(url.clone(), self.tenant.clone());
-                options.max_connections = self.max_connections;
-                options.application_name = self.application_name;
-                options.min_connections = options.min_connections.min(self.max_connections);
-                // Lazy: nothing here waits on the network.
-                let sink = Arc::new(PostgresSink::new(options)?);
-                Some(Arc::new(Syncer::new(
-                    store,
-                    sink,
-                    self.sync,
-                    engine.write_nudge(),
-                )))
-            }
+            Some(url) => Some(cloud_sink(
+                url,
+                &self.tenant,
+                self.max_connections,
+                &self.application_name,
+            )?),
         };
-        let replicator = syncer
-            .as_ref()
-            .map(|syncer| Arc::new(Replicator::new(engine.clone(), syncer.clone())));
-        let inner = Inner {
-            engine,
-            cloud_url: self.cloud_url,
-            syncer,
-            replicator,
-            running: tokio::sync::Mutex::new(None),
-            auto_sync: tokio::sync::Mutex::new(None),
+        let mut config = RuntimeConfig {
+            sync: self.sync,
+            ..RuntimeConfig::default()
         };
+        if let Some(clock) = self.clock {
+            config.clock = clock;
+        }
         Ok(HybridStore {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                runtime: Runtime::new(engine, sink, config),
+                cloud_url: self.cloud_url,
+            }),
         })
     }
 }
 
+/// The usearch indexes, with the `vector` feature.
+#[cfg(feature = "vector")]
+fn vector_index() -> Option<Arc<dyn VectorCache>> {
+    Some(Arc::new(hybridsync_vector::UsearchCache::new(
+        hybridsync_vector::VectorOptions::default(),
+    )))
+}
+
+/// Without the `vector` feature there is no index: vector collections are refused.
+#[cfg(not(feature = "vector"))]
+fn vector_index() -> Option<Arc<dyn VectorCache>> {
+    None
+}
+
+/// The PostgreSQL sink, with the `cloud-postgres` feature. Lazy: nothing here waits on
+/// the network.
+#[cfg(feature = "cloud-postgres")]
+fn cloud_sink(
+    url: &CloudUrl,
+    tenant: &str,
+    max_connections: u32,
+    application_name: &str,
+) -> Result<Arc<dyn CloudSink>> {
+    let mut options = hybridsync_cloud::CloudOptions::new(url.clone(), tenant);
+    options.max_connections = max_connections;
+    options.application_name = application_name.to_owned();
+    options.min_connections = options.min_connections.min(max_connections);
+    Ok(Arc::new(hybridsync_cloud::PostgresSink::new(options)?))
+}
+
+/// Without the `cloud-postgres` feature a cloud URL is refused at open.
+#[cfg(not(feature = "cloud-postgres"))]
+fn cloud_sink(url: &CloudUrl, _: &str, _: u32, _: &str) -> Result<Arc<dyn CloudSink>> {
+    Err(crate::Error::CloudUnavailable {
+        url: url.redacted(),
+    })
+}
+
 #[derive(Debug)]
 struct Inner {
-    engine: Arc<Engine<SqliteStore, UsearchCache>>,
+    runtime: HybridRuntime,
     cloud_url: Option<CloudUrl>,
-    syncer: Option<Arc<Syncer<SqliteStore, PostgresSink>>>,
-    replicator: Option<Arc<Replicator<SqliteStore, UsearchCache, PostgresSink>>>,
-    running: tokio::sync::Mutex<Option<SyncHandle>>,
-    auto_sync: tokio::sync::Mutex<Option<SyncHandle>>,
 }
 
 /// A local-first store: SQLite for durability, usearch for similarity search, an
@@ -224,28 +266,6 @@ pub struct Status {
     pub history: Vec<HistoryEntry>,
 }
 
-/// A snapshot of the figures the metrics endpoint exports, for applications that want
-/// them without scraping (`HybridStore::metrics`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SyncMetrics {
-    pub cache_hits: u64,
-    pub cache_misses: u64,
-    /// Hits over reads answered so far (0 before any read).
-    pub cache_hit_rate: f64,
-    pub cache_entries: usize,
-    /// Outbox entries pending or in flight, per priority.
-    pub queue: std::collections::BTreeMap<Priority, u64>,
-    pub failed: u64,
-    /// Entries the cloud acknowledged (kept as history), and when the last one was.
-    pub synced_total: u64,
-    pub last_sync_ms: Option<u64>,
-    /// `None` without a cloud.
-    pub circuit: Option<hybridsync_core::CircuitState>,
-    pub pool_size: u32,
-    pub pool_max: u32,
-    pub pool_load: f64,
-}
-
 /// One collection in [`Status`].
 #[derive(Debug, Clone)]
 pub struct CollectionStatus {
@@ -264,19 +284,29 @@ impl HybridStore {
         HybridStoreBuilder {
             engine: EngineConfig {
                 snapshot_dir: Some(data_dir.join("indexes")),
-                ..EngineConfig::default()
             },
             store: StoreOptions::new(data_dir),
+            hot_entries: 10_000,
+            hot_bytes: 64 << 20,
             cloud_url: None,
             tenant: "default".into(),
             max_connections: 3,
             application_name: "hybridsync".into(),
             sync: SyncConfig::default(),
+            clock: None,
         }
     }
 
-    fn engine(&self) -> &Engine<SqliteStore, UsearchCache> {
-        &self.inner.engine
+    fn runtime(&self) -> &HybridRuntime {
+        &self.inner.runtime
+    }
+
+    fn engine(&self) -> &Engine<SqliteStore, dyn VectorCache> {
+        self.runtime().engine()
+    }
+
+    fn store(&self) -> &SqliteStore {
+        self.engine().store()
     }
 
     /// Declares a collection, with a vector spec for similarity search. Idempotent for
@@ -312,7 +342,7 @@ impl HybridStore {
 
     /// This device's persistent id.
     pub fn device_id(&self) -> DeviceId {
-        self.engine().store().device_id()
+        self.store().device_id()
     }
 
     /// Whether a cloud URL is configured.
@@ -337,7 +367,6 @@ impl HybridStore {
         Ok(Status {
             device_id: self.device_id(),
             data_dir: self
-                .engine()
                 .store()
                 .path()
                 .parent()
@@ -353,96 +382,55 @@ impl HybridStore {
 
     /// The figures the metrics endpoint exports, as a value.
     pub async fn metrics(&self) -> Result<SyncMetrics> {
-        let status = self.status().await?;
-        let sync = self.sync_status();
-        let reads = status.cache.hits + status.cache.misses;
-        Ok(SyncMetrics {
-            cache_hits: status.cache.hits,
-            cache_misses: status.cache.misses,
-            cache_hit_rate: if reads == 0 {
-                0.0
-            } else {
-                status.cache.hits as f64 / reads as f64
-            },
-            cache_entries: status.cache.entries,
-            queue: status.outbox.by_priority,
-            failed: status.outbox.failed,
-            synced_total: status.outbox.done,
-            last_sync_ms: status.outbox.last_shipped_ms,
-            circuit: sync.as_ref().map(|s| s.circuit),
-            pool_size: sync.as_ref().map_or(0, |s| s.pool.0),
-            pool_max: sync.as_ref().map_or(0, |s| s.pool.1),
-            pool_load: sync.as_ref().map_or(0.0, |s| s.pool_load),
-        })
-    }
-
-    fn syncer(&self) -> Result<&Arc<Syncer<SqliteStore, PostgresSink>>> {
-        self.inner.syncer.as_ref().ok_or(crate::Error::NoCloud)
+        Ok(self.runtime().metrics().await?)
     }
 
     /// Starts the background drain and health loops (idempotent). Writes nudge the
     /// drain; it also runs every sync interval and picks up entries other processes
     /// wrote to the same data directory.
     pub async fn start_sync(&self) -> Result<()> {
-        let syncer = self.syncer()?;
-        let mut running = self.inner.running.lock().await;
-        if running.is_none() {
-            *running = Some(syncer.start());
-        }
-        Ok(())
+        Ok(self.runtime().start_sync().await?)
     }
 
     /// Ships everything pending now; returns how many entries are still pending or in
     /// flight when `timeout` passes (0 when all reached the cloud).
     pub async fn flush(&self, timeout: std::time::Duration) -> Result<u64> {
-        Ok(self.syncer()?.flush(timeout).await?)
+        Ok(self.runtime().flush(timeout).await?)
     }
 
     /// The drain's state, when a cloud is configured.
     pub fn sync_status(&self) -> Option<SyncStatus> {
-        self.inner.syncer.as_ref().map(|s| s.status())
+        self.runtime().sync_status()
     }
 
     /// Whether the cloud answers a health check within `timeout`; `None` without a cloud.
     pub async fn cloud_reachable(&self, timeout: std::time::Duration) -> Option<bool> {
-        let syncer = self.inner.syncer.as_ref()?;
-        let check = hybridsync_core::CloudSink::health_check(&**syncer.sink());
-        Some(matches!(
-            tokio::time::timeout(timeout, check).await,
-            Ok(Ok(()))
-        ))
+        self.runtime().cloud_reachable(timeout).await
     }
 
     /// Checks that the cloud holds the schema this build expects.
     pub async fn verify_cloud_schema(&self) -> Result<()> {
-        Ok(self.syncer()?.sink().verify_schema().await?)
+        Ok(self.runtime().verify_cloud_schema().await?)
     }
 
     /// Events from the drain (record synced or failed, circuit changes, errors).
-    pub fn subscribe(
-        &self,
-    ) -> Result<tokio::sync::broadcast::Receiver<hybridsync_core::SyncEvent>> {
-        Ok(self.syncer()?.subscribe())
+    pub fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<SyncEvent>> {
+        Ok(self.runtime().syncer()?.subscribe())
     }
 
     /// Registers this device in the cloud under `name` (or renames it).
     pub async fn register_device(&self, name: &str) -> Result<()> {
-        let sink = self.syncer()?.sink();
-        Ok(hybridsync_core::CloudSink::register_device(&**sink, self.device_id(), name).await?)
+        Ok(self.runtime().register_device(name).await?)
     }
 
     /// Every device of this tenant.
-    pub async fn devices(&self) -> Result<Vec<hybridsync_core::DeviceInfo>> {
-        Ok(hybridsync_core::CloudSink::list_devices(&**self.syncer()?.sink()).await?)
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>> {
+        Ok(self.runtime().devices().await?)
     }
 
     /// Removes a device from the cloud's list; false when it was not registered.
     pub async fn deregister_device(&self, id: DeviceId) -> Result<bool> {
-        Ok(hybridsync_core::CloudSink::deregister_device(&**self.syncer()?.sink(), id).await?)
-    }
-
-    fn replicator(&self) -> Result<&Arc<Replicator<SqliteStore, UsearchCache, PostgresSink>>> {
-        self.inner.replicator.as_ref().ok_or(crate::Error::NoCloud)
+        Ok(self.runtime().deregister_device(id).await?)
     }
 
     fn names(&self, collections: &[&str]) -> Result<Vec<CollectionName>> {
@@ -460,7 +448,7 @@ impl HybridStore {
         progress: impl Fn(f32, &str) + Send + Sync,
     ) -> Result<SyncReport> {
         let names = self.names(collections)?;
-        Ok(self.replicator()?.seed(&names, &progress).await?)
+        Ok(self.runtime().replicator()?.seed(&names, &progress).await?)
     }
 
     /// Pulls every remote record of `collections` (all the cloud knows when empty),
@@ -472,7 +460,11 @@ impl HybridStore {
         progress: impl Fn(f32, &str) + Send + Sync,
     ) -> Result<SyncReport> {
         let names = self.names(collections)?;
-        Ok(self.replicator()?.hydrate(&names, &progress).await?)
+        Ok(self
+            .runtime()
+            .replicator()?
+            .hydrate(&names, &progress)
+            .await?)
     }
 
     /// Both ways: pulls remote changes (conflicts settled by the collection's resolver,
@@ -485,6 +477,7 @@ impl HybridStore {
     ) -> Result<SyncReport> {
         let names = self.names(collections)?;
         Ok(self
+            .runtime()
             .replicator()?
             .sync(&names, &strategy, &progress)
             .await?)
@@ -497,7 +490,7 @@ impl HybridStore {
         resolver: Arc<dyn hybridsync_core::ConflictResolver>,
     ) -> Result<()> {
         let name = CollectionName::new(collection)?;
-        self.replicator()?.set_resolver(name, resolver);
+        self.runtime().replicator()?.set_resolver(name, resolver);
         Ok(())
     }
 
@@ -508,84 +501,66 @@ impl HybridStore {
         interval: std::time::Duration,
         strategy: Strategy,
     ) -> Result<()> {
-        let handle = self.replicator()?.start(interval, strategy);
-        if let Some(old) = self.inner.auto_sync.lock().await.replace(handle) {
-            old.shutdown().await;
-        }
-        Ok(())
+        Ok(self.runtime().start_auto_sync(interval, strategy).await?)
     }
 
     /// Stops auto-sync (after its current round); a no-op when it is not running.
     pub async fn stop_auto_sync(&self) {
-        if let Some(handle) = self.inner.auto_sync.lock().await.take() {
-            handle.shutdown().await;
-        }
+        self.runtime().stop_auto_sync().await;
     }
 
     /// The newest `limit` seed, hydrate and sync runs, newest first.
     pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
-        Ok(hybridsync_core::LocalStore::history(&**self.engine().store(), limit).await?)
+        Ok(self.store().history(limit).await?)
     }
 
     /// Deletes shipped outbox entries older than `age`; returns how many.
     pub async fn clear_completed(&self, age: std::time::Duration) -> Result<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let before = now.saturating_sub(age).as_millis().min(u64::MAX as u128) as u64;
-        Ok(hybridsync_core::LocalStore::clear_done(&**self.engine().store(), before).await?)
+        let now = self.runtime().syncer().map_or_else(
+            |_| hybridsync_core::SystemClock.now_ms(),
+            |s| s.clock().now_ms(),
+        );
+        let before = now.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        Ok(self.store().clear_done(before).await?)
     }
 
     /// Moves every failed outbox entry back to pending; returns how many.
     pub async fn retry_failed(&self) -> Result<u64> {
-        Ok(hybridsync_core::LocalStore::retry_failed(&**self.engine().store()).await?)
+        Ok(self.store().retry_failed().await?)
     }
 
     /// Deletes failed outbox entries (their changes will not be shipped); returns how many.
     pub async fn clear_failed(&self) -> Result<u64> {
-        Ok(hybridsync_core::LocalStore::clear_failed(&**self.engine().store()).await?)
+        Ok(self.store().clear_failed().await?)
     }
 
     /// Stops the background loops, ships what it can within `deadline`, returns
-    /// entries still in flight to pending, and closes every connection.
+    /// entries still in flight to pending, closes the cloud connections, saves the
+    /// vector indexes and closes the store: once, for every clone of this store.
+    /// Returns how many entries are still queued for the cloud.
     pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<u64> {
-        let mut left = 0;
-        self.stop_auto_sync().await;
-        if let Some(handle) = self.inner.running.lock().await.take() {
-            handle.shutdown().await;
-        }
-        if let Some(syncer) = &self.inner.syncer {
-            left = syncer.flush(deadline).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "final flush failed; the outbox keeps the rest");
-                u64::MAX
-            });
-            hybridsync_core::LocalStore::requeue_in_flight(&**self.engine().store()).await?;
-            syncer.sink().close().await;
-        }
-        self.close().await;
-        Ok(left)
+        Ok(self.runtime().shutdown(deadline).await?)
     }
 
-    /// Saves the vector indexes (so the next open restores them instead of building
-    /// them) and closes the database connections (checkpointing the WAL). A snapshot
-    /// that cannot be written is logged and skipped: the next open builds the index.
+    /// [`Self::shutdown`] without shipping anything first: saves the vector indexes
+    /// (so the next open restores them instead of building them) and closes the
+    /// database connections. A snapshot that cannot be written is logged and skipped.
     pub async fn close(&self) {
-        if let Err(e) = self.save_indexes().await {
-            tracing::warn!(error = %e, "vector index snapshot not saved");
+        if let Err(e) = self.runtime().shutdown(std::time::Duration::ZERO).await {
+            tracing::warn!(error = %e, "closing the store failed");
         }
-        self.engine().store().close().await;
     }
 
     /// Saves every vector index to `<data dir>/indexes` with a description of what it
     /// holds; `open` restores an index from there when the store still holds exactly
-    /// that, and builds it otherwise. `close` calls this; long-running processes may
+    /// that, and builds it otherwise. `close` does this; long-running processes may
     /// call it now and then so a restart after a crash is fast too.
     pub async fn save_indexes(&self) -> Result<()> {
         Ok(self.engine().save_indexes().await?)
     }
 
     fn key(&self, key: &str) -> Result<Key> {
-        Ok(Key::with_limits(key, self.engine().store().limits())?)
+        Ok(Key::with_limits(key, self.store().limits())?)
     }
 }
 
@@ -602,15 +577,24 @@ impl RawCollection {
         &self.name
     }
 
-    /// Writes `payload` under `key`; returns the new version once it is durable locally.
-    pub async fn put(&self, key: &str, payload: Vec<u8>, options: WriteOptions) -> Result<Hlc> {
-        let request = WriteRequest::put(
+    fn write_request(
+        &self,
+        key: &str,
+        payload: Vec<u8>,
+        options: WriteOptions,
+    ) -> Result<WriteRequest> {
+        Ok(WriteRequest::put(
             self.name.clone(),
             self.store.key(key)?,
             payload,
             options.embedding,
         )
-        .with_priority(options.priority);
+        .with_priority(options.priority))
+    }
+
+    /// Writes `payload` under `key`; returns the new version once it is durable locally.
+    pub async fn put(&self, key: &str, payload: Vec<u8>, options: WriteOptions) -> Result<Hlc> {
+        let request = self.write_request(key, payload, options)?;
         Ok(self.store.engine().put(request).await?.record.version)
     }
 
@@ -618,15 +602,7 @@ impl RawCollection {
     pub async fn put_many(&self, items: Vec<(String, Vec<u8>, WriteOptions)>) -> Result<Vec<Hlc>> {
         let requests = items
             .into_iter()
-            .map(|(key, payload, options)| {
-                Ok(WriteRequest::put(
-                    self.name.clone(),
-                    self.store.key(&key)?,
-                    payload,
-                    options.embedding,
-                )
-                .with_priority(options.priority))
-            })
+            .map(|(key, payload, options)| self.write_request(&key, payload, options))
             .collect::<Result<Vec<_>>>()?;
         let receipts = self.store.engine().write(requests).await?;
         Ok(receipts.into_iter().map(|r| r.record.version).collect())
@@ -638,14 +614,8 @@ impl RawCollection {
     }
 
     /// The whole record under `key` (payload, embedding, version), if live.
-    pub async fn get_record(&self, key: &str) -> Result<Option<Arc<hybridsync_core::Record>>> {
-        let engine = self.store.engine();
-        // A hot-cache hit needs no owned key: validate in place and look it up.
-        Key::check(key, engine.store().limits())?;
-        if let Some(record) = engine.get_cached(&self.name, key) {
-            return Ok((!record.tombstone).then_some(record));
-        }
-        Ok(engine.get(&self.name, &self.store.key(key)?).await?)
+    pub async fn get_record(&self, key: &str) -> Result<Option<Arc<Record>>> {
+        Ok(self.store.engine().get(&self.name, key).await?)
     }
 
     /// Deletes `key` (a versioned tombstone that will reach the cloud).
@@ -678,17 +648,13 @@ impl RawCollection {
         k: usize,
         rerank_factor: usize,
     ) -> Result<Vec<VectorHit>> {
+        let options = SearchOptions {
+            rerank_factor: Some(rerank_factor),
+        };
         Ok(self
             .store
             .engine()
-            .search(
-                &self.name,
-                query,
-                k,
-                SearchOptions {
-                    rerank_factor: Some(rerank_factor),
-                },
-            )
+            .search(&self.name, query, k, options)
             .await?)
     }
 

@@ -1,14 +1,14 @@
-//! An in-memory [`CloudSink`] for unit tests of the engine, with fault injection. It
-//! keeps the contract of the real sink: monotone upserts by `(hlc, origin)` and a
-//! change feed in commit order.
+//! An in-memory [`CloudSink`] for tests of the engine, with fault injection. It keeps
+//! the contract of the real sink: monotone upserts by `(hlc, origin)` and a change feed
+//! in commit order. It lives here, in the test kit, so no production crate ships it.
 
 use hybridsync_core::{
-    ChangeBatch, ChangeCursor, CloudSink, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
-    Error, Key, Record, Result,
+    ChangeBatch, ChangeCursor, Clock, CloudSink, CollectionName, CollectionSpec, DeviceId,
+    DeviceInfo, Error, Key, Record, Result, SystemClock,
 };
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct State {
@@ -18,16 +18,10 @@ struct State {
     collections: BTreeMap<CollectionName, CollectionSpec>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A cloud that lives in memory. Faults: [`MemorySink::set_down`] (every call fails,
 /// retryably), [`MemorySink::fail_next`] (the next n calls fail retryably) and
 /// [`MemorySink::reject_key`] (any batch holding that key is refused permanently).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemorySink {
     state: Mutex<State>,
     down: AtomicBool,
@@ -39,6 +33,24 @@ pub struct MemorySink {
     /// Counts upserts that changed rows. One sink is shared by every device of a
     /// test, so unlike the real sink it also wakes the writer itself.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Stamps last-seen times and bounds clock drift (the real sink uses the server's).
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            down: AtomicBool::default(),
+            fail_next: AtomicU32::default(),
+            rejected: Mutex::default(),
+            calls: AtomicU64::default(),
+            load: Mutex::default(),
+            latency: Mutex::default(),
+            changes: tokio::sync::watch::Sender::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 fn unavailable(why: &str) -> Error {
@@ -52,6 +64,18 @@ impl MemorySink {
     /// An empty, healthy sink.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty, healthy sink that reads time from `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            ..Self::default()
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Takes the cloud down (or brings it back).
@@ -137,7 +161,7 @@ impl CloudSink for MemorySink {
             });
         }
         // Like the real sink: a stamp far ahead of the server's clock is refused.
-        let limit = now_ms()
+        let limit = self.now_ms()
             + hybridsync_core::HlcClock::<hybridsync_core::SystemClock>::DEFAULT_MAX_DRIFT_MS;
         if let Some(ahead) = records.iter().find(|r| r.version.physical_ms > limit) {
             return Err(Error::Cloud {
@@ -249,7 +273,7 @@ impl CloudSink for MemorySink {
         hybridsync_core::validate_device_name(name)?;
         self.gate()?;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
+        let now = self.now_ms();
         let info = state.devices.entry(id).or_insert(DeviceInfo {
             id,
             name: String::new(),
@@ -295,7 +319,7 @@ impl CloudSink for MemorySink {
             .devices
             .get_mut(&id)
         {
-            info.last_seen_ms = now_ms();
+            info.last_seen_ms = self.now_ms();
         }
         Ok(())
     }

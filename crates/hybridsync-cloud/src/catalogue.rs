@@ -1,0 +1,113 @@
+//! The collection catalogue in the cloud: publishing definitions (a name known with
+//! another spec is refused, all or nothing) and reading them back.
+
+use crate::{Error, PostgresSink, Result};
+use hybridsync_core::{CollectionName, CollectionSpec, VectorSpec};
+use sqlx::{Postgres, Row, Transaction};
+
+const PUBLISH: &str = "INSERT INTO hs_collections (tenant, name, dim, metric, precision)
+             SELECT current_setting('hybridsync.tenant'), * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[])
+             ON CONFLICT (tenant, name) DO NOTHING";
+
+const SPECS: &str = "SELECT name, dim, metric, precision FROM hs_collections
+         WHERE tenant = current_setting('hybridsync.tenant') ORDER BY name";
+
+impl PostgresSink {
+    /// Publishes collection specs in one transaction; any name known with another spec
+    /// rolls it all back.
+    pub(crate) async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()> {
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let (dims, metrics, precisions) = spec_columns(specs);
+        let mut tx = self.begin().await?;
+        sqlx::query(PUBLISH)
+            .bind(
+                specs
+                    .iter()
+                    .map(|s| s.name.as_str().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(dims)
+            .bind(metrics)
+            .bind(precisions)
+            .execute(&mut *tx)
+            .await?;
+        let known = read_specs(&mut tx).await?;
+        for spec in specs {
+            if let Some(other) = known.iter().find(|k| k.name == spec.name && *k != spec) {
+                return Err(Error::SpecConflict {
+                    collection: spec.name.to_string(),
+                    cloud: describe(other),
+                    local: describe(spec),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every collection definition of this tenant.
+    pub(crate) async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
+        let mut tx = self.begin().await?;
+        let specs = read_specs(&mut tx).await?;
+        tx.commit().await?;
+        Ok(specs)
+    }
+}
+
+type SpecColumns = (Vec<Option<i32>>, Vec<Option<String>>, Vec<Option<String>>);
+
+fn spec_columns(specs: &[CollectionSpec]) -> SpecColumns {
+    let vector = |f: &dyn Fn(&VectorSpec) -> String| {
+        specs
+            .iter()
+            .map(|s| s.vector.as_ref().map(f))
+            .collect::<Vec<_>>()
+    };
+    (
+        specs
+            .iter()
+            .map(|s| s.vector.map(|v| v.dim.min(i32::MAX as usize) as i32))
+            .collect(),
+        vector(&|v| v.metric.as_str().to_owned()),
+        vector(&|v| v.precision.as_str().to_owned()),
+    )
+}
+
+fn describe(spec: &CollectionSpec) -> String {
+    match &spec.vector {
+        None => "no vectors".into(),
+        Some(v) => format!("{}-D {} {}", v.dim, v.metric, v.precision),
+    }
+}
+
+async fn read_specs(tx: &mut Transaction<'static, Postgres>) -> Result<Vec<CollectionSpec>> {
+    let rows = sqlx::query(SPECS).fetch_all(&mut **tx).await?;
+    rows.iter()
+        .map(|row| {
+            let bad = |e: hybridsync_core::Error| Error::BadRow(e.to_string());
+            let name = CollectionName::new(row.try_get::<String, _>(0)?).map_err(bad)?;
+            let dim: Option<i32> = row.try_get(1)?;
+            let metric: Option<String> = row.try_get(2)?;
+            let precision: Option<String> = row.try_get(3)?;
+            let vector = match (dim, metric, precision) {
+                (None, None, None) => None,
+                (Some(dim), Some(metric), Some(precision)) => Some(
+                    VectorSpec::new(
+                        dim.max(0) as usize,
+                        metric.parse().map_err(bad)?,
+                        precision.parse().map_err(bad)?,
+                    )
+                    .map_err(bad)?,
+                ),
+                _ => {
+                    return Err(Error::BadRow(format!(
+                        "collection {name}: partial vector spec"
+                    )));
+                }
+            };
+            Ok(CollectionSpec { name, vector })
+        })
+        .collect()
+}

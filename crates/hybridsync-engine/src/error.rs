@@ -1,0 +1,52 @@
+//! The engine's errors: the layers' own (through [`hybridsync_core::Error`]) and the
+//! engine's failure modes.
+
+use std::path::PathBuf;
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Refused input, or a failure a layer reported through its trait.
+    #[error(transparent)]
+    Core(#[from] hybridsync_core::Error),
+    /// A background task of the engine (an index build, a snapshot save) panicked or
+    /// was cancelled.
+    #[error("engine task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// An index snapshot could not be written under `path`; the next open builds the
+    /// index instead.
+    #[error("index snapshot in {}: {source}", path.display())]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A vector collection, in an engine built without a vector index.
+    #[error(
+        "collection {collection} has a vector spec, and this engine has no vector index (hybridsync's `vector` feature)"
+    )]
+    NoVectorIndex { collection: String },
+    /// A sync's push ended with local changes still queued (they stay in the outbox
+    /// and ship later).
+    #[error("{left} local changes could not be pushed yet")]
+    NotPushed { left: u64 },
+    /// The operation needs a cloud and the runtime has none.
+    #[error("no cloud is configured")]
+    NoCloud,
+}
+
+impl Error {
+    /// Whether trying again later may succeed: the cloud was unavailable, or changes
+    /// are still queued. Refused input and permanent refusals are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Core(hybridsync_core::Error::Cloud { retryable, .. }) => *retryable,
+            Error::NotPushed { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// `Result` with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
