@@ -171,6 +171,7 @@ fn serve(cloud: &Cloud, metrics_port: u16) -> Child {
 fn serve_drains_writes_from_other_processes_and_stops_cleanly_on_sigterm() {
     let cloud = Cloud::new();
     let port = hybridsync_testkit::free_port().unwrap();
+    let started = Instant::now();
     let mut daemon = serve(&cloud, port);
     for i in 0..5 {
         cloud.ok(&["put", "notes", &format!("p{i}"), "--json", "{}"]);
@@ -180,11 +181,29 @@ fn serve_drains_writes_from_other_processes_and_stops_cleanly_on_sigterm() {
         Duration::from_secs(30),
         || cloud.cloud_rows().len() == 5,
     );
+    // The runtime refreshes the gauges every second: a scrape sees the current uptime
+    // and the drained queue, not the values of the first second.
+    std::thread::sleep(
+        Duration::from_millis(2_500)
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1_200)),
+    );
     let metrics = crate::metrics_endpoint::scrape(([127, 0, 0, 1], port).into());
     assert!(
         metrics.contains("hybridsync_records_synced_total"),
         "{metrics}"
     );
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("missing {name:?} in:\n{metrics}"))
+    };
+    assert!(
+        gauge("hybridsync_uptime_seconds") >= 1.0,
+        "uptime is stale: {metrics}"
+    );
+    assert_eq!(gauge("hybridsync_queue_size{priority=\"normal\"}"), 0.0);
     let pid = daemon.id().to_string();
     assert!(
         Command::new("kill")

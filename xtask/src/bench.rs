@@ -5,10 +5,23 @@ use crate::project_root;
 use anyhow::{Result, bail};
 use std::process::Command;
 
-/// Runs a binary of hybridsync-tests with `args`, in release mode unless `debug`.
-pub(crate) fn run_tests_bin(bin: &str, debug: bool, args: &[String]) -> Result<()> {
+/// How a binary of hybridsync-tests is built.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Build {
+    /// Unoptimised (the test build) rather than release.
+    pub(crate) debug: bool,
+    /// With the crash points compiled in (`--cfg hybridsync_crash_points`).
+    pub(crate) crash_points: bool,
+}
+
+/// Runs a binary of hybridsync-tests with `args`.
+pub(crate) fn run_tests_bin(bin: &str, build: Build, args: &[String]) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["run", "--locked", "-p", "hybridsync-tests", "--bin", bin]);
+    if build.crash_points {
+        cmd.env("RUSTFLAGS", crate::rustflags_with_crash_points());
+    }
+    let debug = build.debug;
     if !debug {
         cmd.arg("--release");
     }
@@ -20,10 +33,20 @@ pub(crate) fn run_tests_bin(bin: &str, debug: bool, args: &[String]) -> Result<(
     Ok(())
 }
 
+/// The benchmarks measure what users build: release, no crash points.
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    run_tests_bin("hybridsync-bench", false, args)
+    let build = Build {
+        debug: false,
+        crash_points: false,
+    };
+    run_tests_bin("hybridsync-bench", build, args)
 }
 
+/// The chaos drills need their crash points.
 pub(crate) fn chaos(args: &[String]) -> Result<()> {
-    run_tests_bin("hybridsync-chaos", false, args)
+    let build = Build {
+        debug: false,
+        crash_points: true,
+    };
+    run_tests_bin("hybridsync-chaos", build, args)
 }

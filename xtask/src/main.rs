@@ -1,5 +1,5 @@
 //! Project automation: `cargo xtask test` (the one test command), the tidy checks it
-//! runs, `bench` and `chaos`. Each task is a module with a `run` function, working from the project root.
+//! runs, `bench`, `chaos` and `release`. Each task is a module with a `run` function, working from the project root.
 
 mod bench;
 mod test;
@@ -14,6 +14,19 @@ pub(crate) fn project_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// The cfg that compiles the named crash points in (`hybridsync_core::crash_point`).
+/// Only `cargo xtask test` and `cargo xtask chaos` pass it; no manifest can, so a plain
+/// `cargo build --release` never links a crash point.
+pub(crate) const CRASH_POINTS_CFG: &str = "--cfg hybridsync_crash_points";
+
+/// `RUSTFLAGS` for a build with crash points: the caller's flags plus the cfg.
+pub(crate) fn rustflags_with_crash_points() -> String {
+    match std::env::var("RUSTFLAGS") {
+        Ok(flags) if !flags.trim().is_empty() => format!("{flags} {CRASH_POINTS_CFG}"),
+        _ => CRASH_POINTS_CFG.to_owned(),
+    }
 }
 
 fn main() -> Result<()> {

@@ -10,11 +10,14 @@ use anyhow::{Context, Result, bail};
 use std::process::Command;
 use std::time::Instant;
 
+/// Runs cargo with the crash points compiled in: every step of the test run shares one
+/// set of build artifacts, and the tests and chaos drills need the crash points.
 fn cargo(args: &[&str]) -> Result<()> {
     let started = Instant::now();
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .env("RUSTFLAGS", crate::rustflags_with_crash_points())
         .current_dir(project_root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -77,13 +80,17 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     // just made.
     let started_chaos = Instant::now();
     eprintln!("$ cargo xtask chaos --short (debug build)");
-    crate::bench::run_tests_bin("hybridsync-chaos", true, &["--short".to_owned()])?;
+    let test_build = crate::bench::Build {
+        debug: true,
+        crash_points: true,
+    };
+    crate::bench::run_tests_bin("hybridsync-chaos", test_build, &["--short".to_owned()])?;
     eprintln!("  ok in {:.1} s", started_chaos.elapsed().as_secs_f64());
     // The benchmarks at their reduced size, as a smoke check only: they must run to the
     // end; their figures (debug build) are not compared with anything.
     let started_bench = Instant::now();
     eprintln!("$ cargo xtask bench --quick (debug build, smoke only)");
-    crate::bench::run_tests_bin("hybridsync-bench", true, &["--quick".to_owned()])?;
+    crate::bench::run_tests_bin("hybridsync-bench", test_build, &["--quick".to_owned()])?;
     eprintln!("  ok in {:.1} s", started_bench.elapsed().as_secs_f64());
     eprintln!(
         "cargo xtask test: all green in {:.0} s",

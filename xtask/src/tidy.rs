@@ -121,6 +121,13 @@ fn forbidden_edges(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
                 "only the store and the cloud sink talk SQL",
             );
         }
+        if package != "hybridsync-store" {
+            forbid(
+                package,
+                "rusqlite",
+                "only the store opens SQLite connections of its own",
+            );
+        }
         if package != "hybridsync-cli" {
             forbid(
                 package,
@@ -145,6 +152,160 @@ fn forbidden_edges(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
         "the facade sits below the CLI",
     );
     violations
+}
+
+/// The packages `package` really links with a feature selection (`None`: its
+/// defaults; `Some(list)`: exactly `list`), transitively, normal dependencies only: what
+/// a user who depends on it that way compiles.
+fn resolved(package: &str, features: Option<&[&str]>) -> Result<BTreeSet<String>> {
+    let mut args = vec![
+        "tree",
+        "--offline",
+        "-p",
+        package,
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+        "--format",
+        "{p}",
+    ];
+    let joined;
+    if let Some(features) = features {
+        args.push("--no-default-features");
+        if !features.is_empty() {
+            joined = features.join(",");
+            args.extend(["--features", &joined]);
+        }
+    }
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&args)
+        .current_dir(project_root())
+        .output()
+        .context("running cargo tree")?;
+    if !output.status.success() {
+        bail!(
+            "cargo {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Checks on the resolved graph: what a feature selection really links.
+fn resolved_violations() -> Result<Vec<String>> {
+    let mut violations = Vec::new();
+    let mut absent = |package: &str, features: Option<&[&str]>, crates: &[&str], why: &str| {
+        let linked = resolved(package, features)?;
+        for krate in crates {
+            if linked.contains(*krate) {
+                violations.push(format!(
+                    "{package} (features {features:?}) links {krate}: {why}"
+                ));
+            }
+        }
+        anyhow::Ok(())
+    };
+    let server = ["hyper", "metrics-exporter-prometheus"];
+    absent(
+        "hybridsync",
+        Some(&[]),
+        &[
+            "hyper",
+            "metrics-exporter-prometheus",
+            "sqlx-postgres",
+            "usearch",
+        ],
+        "default-features = false is a local store: no exporter, HTTP server, PostgreSQL driver or usearch",
+    )?;
+    absent(
+        "hybridsync",
+        Some(&["vector", "cloud-postgres"]),
+        &server,
+        "the exporter and its HTTP server come only with the `prometheus` feature",
+    )?;
+    absent(
+        "hybridsync-telemetry",
+        Some(&[]),
+        &server,
+        "telemetry links the exporter only with its `prometheus` feature",
+    )?;
+    absent(
+        "hybridsync-engine",
+        None,
+        &[
+            "hyper",
+            "metrics-exporter-prometheus",
+            "usearch",
+            "sqlx-core",
+            "rusqlite",
+            "hybridsync-store",
+            "hybridsync-vector",
+            "hybridsync-cloud",
+        ],
+        "the engine knows its layers only through the core traits",
+    )?;
+    absent(
+        "hybridsync-cli",
+        None,
+        &["hybridsync-testkit"],
+        "test tooling stays out of the shipped binary",
+    )?;
+    for package in ["hybridsync", "hybridsync-cli"] {
+        let linked = resolved(package, None)?;
+        if linked.contains("rusqlite") && !linked.contains("hybridsync-store") {
+            violations.push(format!(
+                "{package} links rusqlite without the store: only the store uses it"
+            ));
+        }
+    }
+    Ok(violations)
+}
+
+/// Crash points compile only under `--cfg hybridsync_crash_points`, which xtask alone
+/// passes: no manifest, cargo config or feature may turn them on, so a plain
+/// `cargo build --release --workspace` never links one.
+fn crash_points_stay_out_of_release() -> Result<Vec<String>> {
+    let root = project_root();
+    let mut violations = Vec::new();
+    let crash = std::fs::read_to_string(root.join("crates/hybridsync-core/src/crash.rs"))?;
+    if !crash.contains("#[cfg(hybridsync_crash_points)]") {
+        violations
+            .push("crash.rs: crash_point is not gated on cfg(hybridsync_crash_points)".into());
+    }
+    let mut manifests = vec![
+        root.join("Cargo.toml"),
+        root.join("tests/Cargo.toml"),
+        root.join("xtask/Cargo.toml"),
+    ];
+    for entry in std::fs::read_dir(root.join("crates"))? {
+        manifests.push(entry?.path().join("Cargo.toml"));
+    }
+    for config in [".cargo/config.toml", ".cargo/config"] {
+        manifests.push(root.join(config));
+    }
+    for manifest in manifests.iter().filter(|m| m.exists()) {
+        let text = std::fs::read_to_string(manifest)?;
+        let relative = manifest
+            .strip_prefix(&root)
+            .unwrap_or(manifest)
+            .display()
+            .to_string();
+        // Comments and the workspace's check-cfg list name the cfg without setting it.
+        let switches = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.contains("check-cfg"))
+            .any(|l| l.contains("hybridsync_crash_points") || l.contains("crash-points"));
+        if switches {
+            violations.push(format!("{relative}: turns crash points on"));
+        }
+    }
+    Ok(violations)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
@@ -199,6 +360,8 @@ fn file_conventions() -> Result<Vec<String>> {
 pub(crate) fn run() -> Result<()> {
     let graph = dependency_graph()?;
     let mut violations = forbidden_edges(&graph);
+    violations.extend(resolved_violations()?);
+    violations.extend(crash_points_stay_out_of_release()?);
     violations.extend(file_conventions()?);
     if !violations.is_empty() {
         bail!(
@@ -208,7 +371,7 @@ pub(crate) fn run() -> Result<()> {
         );
     }
     eprintln!(
-        "tidy: layering and file conventions hold ({} packages)",
+        "tidy: layering, resolved features, crash-point gating and file conventions hold ({} packages)",
         graph.len()
     );
     Ok(())
@@ -250,5 +413,24 @@ mod tests {
             );
         }
         assert!(forbidden_edges(&dependency_graph().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn the_resolved_graph_is_what_the_features_say() {
+        let local_only = resolved("hybridsync", Some(&[])).unwrap();
+        assert!(local_only.contains("hybridsync-store") && local_only.contains("rusqlite"));
+        let full = resolved("hybridsync", Some(&["full"])).unwrap();
+        for krate in [
+            "usearch",
+            "sqlx-postgres",
+            "metrics-exporter-prometheus",
+            "hyper",
+        ] {
+            assert!(
+                full.contains(krate) && !local_only.contains(krate),
+                "{krate}: the check must see it come and go with the features"
+            );
+        }
+        assert!(resolved_violations().unwrap().is_empty());
     }
 }

@@ -96,7 +96,7 @@ enum Command {
         #[command(flatten)]
         selection: replicate::Selection,
         /// Conflict strategy: newest (by version), local or remote
-        #[arg(long, default_value = "newest", value_parser = str::parse::<hybridsync::Strategy>)]
+        #[arg(long, default_value = "newest", value_parser = parse_strategy)]
         strategy: hybridsync::Strategy,
     },
     /// Ship the outbox to the cloud now; fails if anything is left when the timeout passes
@@ -193,6 +193,12 @@ async fn open(config: &Config) -> Result<HybridStore> {
         .unwrap_or_else(|| PathBuf::from("hybridsync-data"));
     let store = HybridStore::builder(&dir).config(config)?.open().await;
     store.with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// `--strategy newest|local|remote` (the names are `Strategy`'s own).
+fn parse_strategy(s: &str) -> Result<hybridsync::Strategy, String> {
+    s.parse()
+        .map_err(|_| format!("unknown strategy {s:?} (newest, local or remote)"))
 }
 
 fn parse_embedding(csv: &str) -> Result<Vec<f32>> {

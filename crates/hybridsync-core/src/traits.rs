@@ -173,13 +173,6 @@ pub struct HotCacheStats {
 pub trait RecordCache: Send + Sync + std::fmt::Debug + 'static {
     /// The cached record, counting a hit, or a miss when it is absent.
     fn get(&self, collection: &CollectionName, key: &str) -> Option<std::sync::Arc<Record>>;
-    /// The cached record, counting a hit but not a miss: for a caller that goes on to
-    /// the store when this finds nothing (and counts the miss itself).
-    fn get_if_cached(
-        &self,
-        collection: &CollectionName,
-        key: &str,
-    ) -> Option<std::sync::Arc<Record>>;
     /// Caches `record` unless a newer version of it is already cached.
     fn insert(&self, record: std::sync::Arc<Record>);
     /// Drops a key.

@@ -438,7 +438,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     pub async fn get(&self, collection: &CollectionName, key: &str) -> Result<Option<Arc<Record>>> {
         let started = Instant::now();
         Key::check(key, self.store.limits())?;
-        let record = match self.hot.get_if_cached(collection, key) {
+        let record = match self.hot.get(collection, key) {
             Some(record) => {
                 Self::cache_hit(started);
                 record

@@ -413,3 +413,86 @@ fn a_snapshot_description_names_its_own_index_file_and_nothing_else() {
         assert!(files.saved_for(&spec).is_none(), "{forged}");
     }
 }
+
+/// The runtime shuts down in its fixed order, once: what was written reaches the cloud
+/// within the deadline, the index snapshot is saved, the store is closed, and a second
+/// shutdown does nothing and gives the same answer.
+#[tokio::test]
+async fn the_runtime_shuts_down_once_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(StoreOptions::new(tmp.path()))
+            .await
+            .unwrap(),
+    );
+    let snapshots = tmp.path().join("indexes");
+    let engine = Engine::open(
+        store,
+        Some(Arc::new(UsearchCache::default())),
+        Arc::new(hybridsync_vector::HotCache::new(100, 1 << 20)),
+        EngineConfig {
+            snapshot_dir: Some(snapshots.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    engine.create_collection(voices()).await.unwrap();
+    let engine = Arc::new(engine);
+    let sink = Arc::new(hybridsync_testkit::MemorySink::new());
+    let config = RuntimeConfig {
+        sync: crate::sync_tests::fast_config(),
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(engine.clone(), Some(sink.clone()), config);
+    runtime.start_sync().await.unwrap();
+    let mut voiceprints = Clustered::new(3, 4, DIM, 0.05);
+    for i in 0..20 {
+        engine
+            .put(
+                WriteRequest::put(
+                    name("voices"),
+                    key(&format!("speaker-{i}")),
+                    vec![1],
+                    Some(voiceprints.sample(i)),
+                )
+                .with_priority(Priority::Normal),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        runtime
+            .shutdown(std::time::Duration::from_secs(5))
+            .await
+            .unwrap(),
+        0,
+        "everything shipped within the deadline"
+    );
+    assert_eq!(
+        hybridsync_core::CloudSink::count(&*sink, &name("voices"))
+            .await
+            .unwrap(),
+        20
+    );
+    assert!(
+        std::fs::read_dir(&snapshots).unwrap().count() > 0,
+        "the index snapshot was saved"
+    );
+    assert!(
+        engine
+            .put(WriteRequest::delete(name("voices"), key("speaker-1")))
+            .await
+            .is_err(),
+        "the store is closed after shutdown"
+    );
+    let calls = sink.calls();
+    assert_eq!(
+        runtime
+            .shutdown(std::time::Duration::from_secs(5))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(sink.calls(), calls, "a second shutdown does nothing");
+    assert!(runtime.start_sync().await.is_ok());
+}

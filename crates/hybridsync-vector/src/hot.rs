@@ -58,12 +58,7 @@ impl HotCache {
 
     /// The lookup key is built in a reused per-thread buffer: this is the hottest path
     /// of the library.
-    fn lookup(
-        &self,
-        collection: &CollectionName,
-        key: &str,
-        count_miss: bool,
-    ) -> Option<Arc<Record>> {
+    fn lookup(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
         thread_local! {
             static LOOKUP: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
@@ -77,7 +72,7 @@ impl HotCache {
         });
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
-        } else if count_miss {
+        } else {
             self.misses.fetch_add(1, Ordering::Relaxed);
         }
         found
@@ -87,13 +82,7 @@ impl HotCache {
 impl RecordCache for HotCache {
     /// The cached record, counting a hit or a miss.
     fn get(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
-        self.lookup(collection, key, true)
-    }
-
-    /// The cached record, counting a hit but not a miss: for a caller that goes on to
-    /// the store when this finds nothing.
-    fn get_if_cached(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
-        self.lookup(collection, key, false)
+        self.lookup(collection, key)
     }
 
     /// Caches `record` unless a newer version of it is already cached, so a slow

@@ -307,3 +307,48 @@ async fn close_saves_the_index_open_restores_it_and_a_store_that_moved_on_is_reb
     assert_eq!(nearest(&store, &moved).await, "v17");
     store.close().await;
 }
+
+/// R30: no public type that can hold a cloud URL shows its password in `Debug` (or in
+/// an error's `Display`), whether the URL came from a file, the builder or the sink's
+/// own options.
+#[cfg(feature = "cloud-postgres")]
+#[tokio::test]
+async fn debug_output_never_shows_the_cloud_password() {
+    const PASSWORD: &str = "hunter2-Sup3rSecret";
+    let url = format!("postgres://app:{PASSWORD}@127.0.0.1:1/db?sslmode=disable");
+    let tmp = tempfile::tempdir().unwrap();
+    let config: Config = toml::from_str(&format!("cloud_url = {url:?}\n")).unwrap();
+    let builder = HybridStore::builder(tmp.path())
+        .config(&config)
+        .unwrap()
+        .cloud_url(url.clone());
+    let store = builder.clone().open().await.unwrap();
+    let options = hybridsync_cloud::CloudOptions::new(crate::CloudUrl::new(url.clone()), "t");
+    let sink = hybridsync_cloud::PostgresSink::new(options.clone()).unwrap();
+    // Errors that carry the URL or a refused connection to it.
+    let unreachable = store.devices().await.unwrap_err();
+    let unparsable = hybridsync_cloud::PostgresSink::new(hybridsync_cloud::CloudOptions::new(
+        crate::CloudUrl::new(format!("postgres://app:{PASSWORD}@[::1")),
+        "t",
+    ))
+    .unwrap_err();
+    let facade_unparsable = crate::Error::from(unparsable);
+    let printed = [
+        format!("{config:?}"),
+        format!("{builder:?}"),
+        format!("{store:?}"),
+        format!("{options:?}"),
+        format!("{sink:?}"),
+        format!("{unreachable:?} {unreachable}"),
+        format!("{facade_unparsable:?} {facade_unparsable}"),
+        format!("{:?}", store.status().await.unwrap()),
+    ];
+    for text in &printed {
+        assert!(!text.contains(PASSWORD), "password shown in: {text}");
+    }
+    assert!(
+        printed[0].contains("127.0.0.1:1") && printed[5].contains("cloud"),
+        "the checks saw the URL and the error at all: {printed:#?}"
+    );
+    store.close().await;
+}
