@@ -2,6 +2,7 @@
 //! runs, `bench`, `chaos` and `release`. Each task is a module with a `run` function, working from the project root.
 
 mod bench;
+mod release;
 mod test;
 mod tidy;
 
@@ -36,8 +37,9 @@ fn main() -> Result<()> {
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => bench::chaos(&args[1..]),
+        Some("release") => release::run(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <test|tidy|bench|chaos>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --devices, --faults)"
+            "usage: cargo xtask <test|tidy|bench|chaos|release>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --devices, --faults)\n  release  bump the version in lockstep, write CHANGELOG.md, cargo package (--dry-run, --bump patch|minor|major)"
         ),
     }
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: formatting, lints, tidy, every test of the workspace, the chaos
-//! schedules in short mode, and the benchmarks' quick mode as a smoke check.
+//! schedules in short mode, the benchmarks' quick mode as a smoke check, and the
+//! release dry run.
 //!
 //! The tests start what they need themselves (throwaway PostgreSQL and Redis from the
 //! installed binaries, via `hybridsync-testkit`); this only checks those binaries exist
@@ -92,6 +93,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     eprintln!("$ cargo xtask bench --quick (debug build, smoke only)");
     crate::bench::run_tests_bin("hybridsync-bench", test_build, &["--quick".to_owned()])?;
     eprintln!("  ok in {:.1} s", started_bench.elapsed().as_secs_f64());
+    // The release path must keep working: every crate packages, in order.
+    let started_release = Instant::now();
+    eprintln!("$ cargo xtask release --dry-run");
+    crate::release::run(&["--dry-run".to_owned()])?;
+    eprintln!("  ok in {:.1} s", started_release.elapsed().as_secs_f64());
     eprintln!(
         "cargo xtask test: all green in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -28,5 +28,10 @@ pub use error::{Error, Result};
 pub use pool::{CloudOptions, PostgresSink};
 pub use schema::{SCHEMA_VERSION, migrate};
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests;

@@ -47,5 +47,10 @@ pub use traits::{
 };
 pub use vector::{Metric, Precision, VectorSpec};
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests;

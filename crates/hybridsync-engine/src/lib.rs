@@ -31,6 +31,11 @@ pub use retry::retry_delay;
 pub use runtime::{Runtime, RuntimeConfig};
 pub use sync::{DrainReport, SyncConfig, SyncHandle, SyncStatus, Syncer};
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 mod replicate_tests;
 #[cfg(test)]

@@ -22,5 +22,10 @@ mod writer;
 pub use error::{Error, Result};
 pub use open::{DB_FILE, Durability, SqliteStore, StoreOptions};
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests;

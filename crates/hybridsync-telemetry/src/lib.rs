@@ -7,13 +7,7 @@
 //! `prometheus` feature this crate links no exporter and no HTTP server. It knows the
 //! core types and nothing of SQLite, usearch or PostgreSQL.
 //!
-//! ```
-//! use hybridsync_telemetry::{SyncMetrics, catalogue};
-//! let snapshot = SyncMetrics::new(&Default::default(), &Default::default(), None, 1.5);
-//! assert_eq!(snapshot.cache_hit_rate, 0.0);
-//! snapshot.publish(); // sets the gauges; a no-op until a recorder is installed
-//! assert!(catalogue::ALL.iter().any(|m| m.name == catalogue::UPTIME));
-//! ```
+//! The README's example (a doc test) shows it in use.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -59,3 +53,8 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<()> {
     catalogue::describe_all();
     Ok(())
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -48,3 +48,8 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

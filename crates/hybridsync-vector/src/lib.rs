@@ -6,25 +6,7 @@
 //! feature; without it the crate is the hot cache alone). It knows nothing of SQLite,
 //! the cloud or metrics exporters: it keeps counts, and the engine reports them.
 //!
-//! ```
-//! use hybridsync_core::{CollectionName, Key, Metric, Precision, RecordCache, VectorCache, VectorSpec};
-//! use hybridsync_vector::{HotCache, UsearchCache, VectorOptions};
-//!
-//! let voices = CollectionName::new("voices")?;
-//! let index = UsearchCache::new(VectorOptions::default());
-//! let spec = VectorSpec::new(3, Metric::Cosine, Precision::F32)?;
-//! index.build(&voices, &spec, vec![
-//!     (1, Key::new("alice")?, vec![1.0, 0.0, 0.0]),
-//!     (2, Key::new("bob")?, vec![0.0, 1.0, 0.0]),
-//! ])?;
-//! let hits = index.search(&voices, &[0.9, 0.1, 0.0], 1)?;
-//! assert_eq!(hits[0].key.as_str(), "alice");
-//!
-//! let hot = HotCache::new(1_000, 1 << 20);
-//! assert!(hot.get(&voices, "alice").is_none());
-//! assert_eq!(hot.stats().misses, 1);
-//! # Ok::<(), hybridsync_core::Error>(())
-//! ```
+//! The README's example (a doc test) shows it in use.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod hot;
@@ -57,6 +39,11 @@ impl From<Error> for hybridsync_core::Error {
 
 /// `Result` with the vector layer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests;
