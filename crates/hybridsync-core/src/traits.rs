@@ -20,6 +20,34 @@ pub enum OutboxState {
     Failed = 3,
 }
 
+impl OutboxState {
+    /// Every state, in code order.
+    pub const ALL: [OutboxState; 4] = [
+        OutboxState::Pending,
+        OutboxState::InFlight,
+        OutboxState::Done,
+        OutboxState::Failed,
+    ];
+
+    /// The integer a store keeps for this state.
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// The state stored as `code`.
+    pub fn from_code(code: i64) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.code() == code)
+            .ok_or_else(|| crate::Error::Parse {
+                what: "outbox state",
+                value: code.to_string(),
+            })
+    }
+}
+
+crate::text::text_enum!(OutboxState, "outbox state", Pending => "pending", InFlight => "in_flight" | "in-flight", Done => "done", Failed => "failed");
+
 /// Outbox depth per state and, for pending entries, per priority.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxStats {

@@ -57,6 +57,25 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+impl Error {
+    /// The store's error inside a core error, or the core error as refused input:
+    /// the inverse of the conversion at the trait boundary.
+    pub(crate) fn from_core(e: hybridsync_core::Error) -> Self {
+        match e {
+            hybridsync_core::Error::Store(inner) => match inner.downcast::<Error>() {
+                Ok(store) => *store,
+                Err(other) => Error::Invalid(hybridsync_core::Error::Store(other)),
+            },
+            other => Error::Invalid(other),
+        }
+    }
+}
+
+/// A sqlx failure as the trait seams report it.
+pub(crate) fn sql(e: sqlx::Error) -> hybridsync_core::Error {
+    Error::Sqlite(e).into()
+}
+
 impl From<Error> for hybridsync_core::Error {
     fn from(e: Error) -> Self {
         match e {

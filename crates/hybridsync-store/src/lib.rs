@@ -1,5 +1,9 @@
 //! The local store of hybridsync: SQLite, set up through sqlx (its migrator), written
-//! through one rusqlite connection (the `writer` module) and read through both.
+//! through one rusqlite connection and read through both (`connections`).
+//!
+//! Modules follow its concerns: `store` (the struct and its `LocalStore`
+//! implementation), `opening`, `connections`, `catalogue`, `records`, `outbox`, `feed`
+//! (pulled pages and cursors) and `history`.
 //!
 //! It owns the database file (records, the collection catalogue, the transactional
 //! outbox, device identity and the HLC high-water mark) and implements
@@ -10,17 +14,20 @@
 //! composes it with those through the traits in `hybridsync-core`.
 #![forbid(unsafe_code)]
 
+mod catalogue;
+mod connections;
 mod error;
-mod open;
+mod feed;
+mod history;
+mod opening;
 mod outbox;
-mod point;
+mod records;
 mod rows;
-mod sync_state;
-mod write;
-mod writer;
+mod store;
 
 pub use error::{Error, Result};
-pub use open::{DB_FILE, Durability, SqliteStore, StoreOptions};
+pub use opening::{DB_FILE, Durability, StoreOptions};
+pub use store::SqliteStore;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -1,35 +1,148 @@
-//! Draining the outbox: claiming entries, settling them, and the queue-management
-//! operations (requeue, retry failed, clear failed).
+//! The outbox: the queue of local changes for the cloud. Entering it (`enqueue`, inside
+//! a write's transaction), claiming and settling batches for the drain, and queue
+//! management (requeue, retry failed, clear failed, clear done, statistics).
+//!
+//! States come from [`OutboxState`]: the statements below are written with `{pending}`,
+//! `{in_flight}`, `{done}` and `{failed}` and get the enum's codes once, at first use
+//! (literals, not bind parameters, so SQLite matches them to the partial indexes).
 
+use crate::connections::HEAVY_ROWS;
+use crate::error::sql;
 use crate::rows::{columns_at, record_from_columns};
-use crate::writer::HEAVY_ROWS;
 use crate::{Error, Result, SqliteStore};
-use hybridsync_core::{CollectionName, OutboxEntry, OutboxOutcome, Priority};
+use hybridsync_core::{
+    CollectionName, Hlc, OutboxEntry, OutboxOutcome, OutboxState, OutboxStats, Priority,
+};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-/// Outbox states as stored (0 pending, 1 in flight, 2 done, 3 failed).
-const PENDING: i64 = 0;
-const FAILED: i64 = 3;
+/// `sql` with its state placeholders replaced by [`OutboxState`]'s codes.
+pub(crate) fn with_states(sql: &str) -> String {
+    OutboxState::ALL.iter().fold(sql.to_owned(), |sql, state| {
+        sql.replace(
+            &format!("{{{}}}", state.as_str()),
+            &state.code().to_string(),
+        )
+    })
+}
 
-/// The state an entry takes when it leaves flight for `target`: `target`, unless a
-/// newer open entry exists for the same record, in which case it is superseded (done):
-/// the newer entry ships the record's current state.
-const SETTLE_STATE: &str = "CASE WHEN EXISTS (SELECT 1 FROM outbox newer WHERE newer.record_id = outbox.record_id \
-     AND newer.state IN (0, 3) AND newer.id <> outbox.id) THEN 2 ELSE ?1 END";
+/// A statement written with state placeholders, resolved once.
+macro_rules! statement {
+    ($($text:expr),+ $(,)?) => {
+        LazyLock::new(|| with_states(concat!($($text),+)))
+    };
+}
+
+/// The state an entry takes when it leaves flight for `?1`: `?1`, unless a newer open
+/// entry exists for the same record, in which case it is superseded (done): the newer
+/// entry ships the record's current state.
+macro_rules! settle_state {
+    () => {
+        "CASE WHEN EXISTS (SELECT 1 FROM outbox newer WHERE newer.record_id = outbox.record_id \
+         AND newer.state IN ({pending}, {failed}) AND newer.id <> outbox.id) THEN {done} ELSE ?1 END"
+    };
+}
+
+/// Enters a record in the queue; an open (pending or failed) entry coalesces. The
+/// conflict target must match the partial index `outbox_open_per_record`.
+static ENQUEUE: LazyLock<String> = statement!(
+    "INSERT INTO outbox (record_id, hlc, origin, priority, state, attempts, next_attempt_ms, created_ms, updated_ms) ",
+    "VALUES (?1, ?2, ?3, ?4, {pending}, 0, 0, ?5, ?5) ",
+    "ON CONFLICT (record_id) WHERE state IN ({pending}, {failed}) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin, ",
+    "priority = MIN(outbox.priority, excluded.priority), state = {pending}, attempts = 0, next_attempt_ms = 0, ",
+    "last_error = NULL, updated_ms = excluded.updated_ms"
+);
+static REQUEUE: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = ",
+    settle_state!(),
+    ", claim = NULL WHERE state = {in_flight}"
+);
+static CLAIM: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = {in_flight}, claim = ?1, updated_ms = ?2 WHERE id IN (",
+    " SELECT id FROM outbox WHERE state = {pending} AND next_attempt_ms <= ?3 AND priority <= ?4",
+    " ORDER BY priority, id LIMIT ?5)"
+);
+static CLAIMED: LazyLock<String> = statement!(
+    "SELECT o.id, o.priority, o.attempts, r.collection,",
+    " r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash",
+    " FROM outbox o JOIN records r ON r.id = o.record_id",
+    " WHERE o.state = {in_flight} AND o.claim = ?1 ORDER BY o.priority, o.id"
+);
+static SHIPPED: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = {done}, claim = NULL, updated_ms = ?1 WHERE id = ?2 AND state = {in_flight}"
+);
+static RELEASE: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = ",
+    settle_state!(),
+    ", claim = NULL, updated_ms = ?2 WHERE id = ?3 AND state = {in_flight}"
+);
+static RETRY: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = ",
+    settle_state!(),
+    ", claim = NULL, attempts = attempts + 1, ",
+    "next_attempt_ms = ?2, last_error = ?3, updated_ms = ?4 WHERE id = ?5 AND state = {in_flight}"
+);
+static RETRY_FAILED: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = {pending}, attempts = 0, next_attempt_ms = 0, last_error = NULL WHERE state = {failed}"
+);
+static CLEAR_FAILED: LazyLock<String> = statement!("DELETE FROM outbox WHERE state = {failed}");
+static CLEAR_DONE: LazyLock<String> =
+    statement!("DELETE FROM outbox WHERE state = {done} AND updated_ms < ?1");
+/// Superseding a record's open entries: a remote version won over the local change.
+pub(crate) static SUPERSEDE: LazyLock<String> = statement!(
+    "UPDATE outbox SET state = {done}, claim = NULL, updated_ms = ?1 WHERE record_id = ?2 AND state IN ({pending}, {failed})"
+);
+/// Whether a record has a change not yet in the cloud (pending, in flight or failed).
+pub(crate) const UNSHIPPED: &str = "o.state IN ({pending}, {in_flight}, {failed})";
+/// Reads the drain-order index only.
+const STATS: &str = "SELECT state, priority, COUNT(*) FROM outbox GROUP BY state, priority";
+/// One seek in the partial index of shipped entries.
+static LAST_SHIPPED: LazyLock<String> = statement!(
+    "SELECT MAX(updated_ms) FROM outbox INDEXED BY outbox_done_age WHERE state = {done}"
+);
+static DEPTHS: LazyLock<String> = statement!(
+    "SELECT priority, COUNT(*) FROM outbox WHERE state IN ({pending}, {in_flight}) GROUP BY priority"
+);
+
+/// Queues record `id` at `version` for the cloud. An open (pending or failed) entry for
+/// the same record coalesces: latest version, most urgent priority, attempts reset.
+pub(crate) fn enqueue(
+    tx: &rusqlite::Transaction<'_>,
+    id: u64,
+    version: Hlc,
+    priority: Priority,
+    now_ms: i64,
+) -> Result<()> {
+    tx.prepare_cached(&ENQUEUE)?.execute(rusqlite::params![
+        id as i64,
+        version.packed(),
+        version.origin.0,
+        priority.code(),
+        now_ms
+    ])?;
+    Ok(())
+}
 
 impl SqliteStore {
-    pub(crate) async fn requeue(&self) -> Result<u64> {
-        let sql = format!("UPDATE outbox SET state = {SETTLE_STATE}, claim = NULL WHERE state = 1");
-        self.writer
-            .transaction(HEAVY_ROWS, |tx| Ok(tx.execute(&sql, [PENDING])? as u64))
-            .await
+    /// Returns every in-flight entry to pending (after a crash, or at shutdown).
+    pub(crate) async fn requeue_in_flight(&self) -> hybridsync_core::Result<u64> {
+        let requeued = self
+            .writer
+            .transaction(HEAVY_ROWS, |tx| {
+                Ok(tx.execute(&REQUEUE, [OutboxState::Pending.code()])? as u64)
+            })
+            .await?;
+        Ok(requeued)
     }
 
-    pub(crate) async fn claim(
+    /// Claims up to `limit` pending entries due at `now_ms`, most urgent first.
+    pub(crate) async fn claim_outbox(
         &self,
         limit: usize,
         now_ms: u64,
         most_urgent_only: Priority,
-    ) -> Result<Vec<OutboxEntry>> {
+    ) -> hybridsync_core::Result<Vec<OutboxEntry>> {
         let token: i64 = rand::random::<i64>().abs().max(1);
         let due_ms = now_ms.min(i64::MAX as u64) as i64;
         let updated_ms = self.hlc.physical_now_ms() as i64;
@@ -37,24 +150,14 @@ impl SqliteStore {
         let columns = self
             .writer
             .transaction_in_background(move |tx| {
-                tx.prepare_cached(
-                    "UPDATE outbox SET state = 1, claim = ?1, updated_ms = ?2 WHERE id IN (
-                         SELECT id FROM outbox WHERE state = 0 AND next_attempt_ms <= ?3 AND priority <= ?4
-                         ORDER BY priority, id LIMIT ?5)",
-                )?
-                .execute(rusqlite::params![
+                tx.prepare_cached(&CLAIM)?.execute(rusqlite::params![
                     token,
                     updated_ms,
                     due_ms,
                     most_urgent_only.code(),
                     limit.min(i64::MAX as usize) as i64
                 ])?;
-                let mut claimed = tx.prepare_cached(
-                    "SELECT o.id, o.priority, o.attempts, r.collection,
-                            r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash
-                     FROM outbox o JOIN records r ON r.id = o.record_id
-                     WHERE o.state = 1 AND o.claim = ?1 ORDER BY o.priority, o.id",
-                )?;
+                let mut claimed = tx.prepare_cached(&CLAIMED)?;
                 let rows = claimed.query_map([token], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
@@ -69,7 +172,7 @@ impl SqliteStore {
             .await?;
         // Checked after the commit, outside the writer; one name per collection.
         let mut names: Vec<CollectionName> = Vec::new();
-        columns
+        let entries = columns
             .into_iter()
             .map(|(id, priority, attempts, collection, columns)| {
                 let name = match names.iter().find(|n| n.as_str() == collection) {
@@ -90,70 +193,71 @@ impl SqliteStore {
                     record: record_from_columns(&name, columns)?,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(entries)
     }
 
-    pub(crate) async fn settle(&self, outcomes: Vec<(i64, OutboxOutcome)>) -> Result<()> {
+    /// Settles claimed entries in one transaction.
+    pub(crate) async fn settle_outbox(
+        &self,
+        outcomes: Vec<(i64, OutboxOutcome)>,
+    ) -> hybridsync_core::Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
         let now = self.hlc.physical_now_ms() as i64;
-        let leave = format!(
-            "UPDATE outbox SET state = {SETTLE_STATE}, claim = NULL, updated_ms = ?2 WHERE id = ?3 AND state = 1"
-        );
-        let retry = format!(
-            "UPDATE outbox SET state = {SETTLE_STATE}, claim = NULL, attempts = attempts + 1, \
-             next_attempt_ms = ?2, last_error = ?3, updated_ms = ?4 WHERE id = ?5 AND state = 1"
-        );
         self.writer
             .transaction_in_background(move |tx| {
                 for (id, outcome) in &outcomes {
                     match outcome {
                         // The common case: shipped, so done.
                         OutboxOutcome::Shipped => tx
-                            .prepare_cached(
-                                "UPDATE outbox SET state = 2, claim = NULL, updated_ms = ?1 \
-                                 WHERE id = ?2 AND state = 1",
-                            )?
+                            .prepare_cached(&SHIPPED)?
                             .execute(rusqlite::params![now, id])?,
                         OutboxOutcome::Released => tx
-                            .prepare_cached(&leave)?
-                            .execute(rusqlite::params![PENDING, now, id])?,
+                            .prepare_cached(&RELEASE)?
+                            .execute(rusqlite::params![OutboxState::Pending.code(), now, id])?,
                         OutboxOutcome::Retry {
                             error,
                             next_attempt_ms,
-                        } => tx.prepare_cached(&retry)?.execute(rusqlite::params![
-                            PENDING,
+                        } => tx.prepare_cached(&RETRY)?.execute(rusqlite::params![
+                            OutboxState::Pending.code(),
                             (*next_attempt_ms).min(i64::MAX as u64) as i64,
                             error,
                             now,
                             id
                         ])?,
-                        OutboxOutcome::Failed { error } => tx
-                            .prepare_cached(&retry)?
-                            .execute(rusqlite::params![FAILED, 0i64, error, now, id])?,
+                        OutboxOutcome::Failed { error } => {
+                            tx.prepare_cached(&RETRY)?.execute(rusqlite::params![
+                                OutboxState::Failed.code(),
+                                0i64,
+                                error,
+                                now,
+                                id
+                            ])?
+                        }
                     };
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        Ok(())
     }
 
-    pub(crate) async fn retry_all_failed(&self) -> Result<u64> {
-        let sql = format!(
-            "UPDATE outbox SET state = 0, attempts = 0, next_attempt_ms = 0, last_error = NULL WHERE state = {FAILED}"
-        );
-        self.writer
-            .transaction(HEAVY_ROWS, |tx| Ok(tx.execute(&sql, [])? as u64))
-            .await
+    /// Moves every failed entry back to pending with its attempts reset.
+    pub(crate) async fn retry_failed(&self) -> hybridsync_core::Result<u64> {
+        let retried = self
+            .writer
+            .transaction(HEAVY_ROWS, |tx| Ok(tx.execute(&RETRY_FAILED, [])? as u64))
+            .await?;
+        Ok(retried)
     }
 
-    pub(crate) async fn clear_all_failed(&self) -> Result<u64> {
+    /// Deletes failed entries (explicitly dropping them).
+    pub(crate) async fn clear_failed(&self) -> hybridsync_core::Result<u64> {
         let cleared = self
             .writer
-            .transaction(HEAVY_ROWS, |tx| {
-                Ok(tx.execute("DELETE FROM outbox WHERE state = 3", [])? as u64)
-            })
+            .transaction(HEAVY_ROWS, |tx| Ok(tx.execute(&CLEAR_FAILED, [])? as u64))
             .await?;
         if cleared > 0 {
             tracing::warn!(
@@ -164,15 +268,65 @@ impl SqliteStore {
         Ok(cleared)
     }
 
-    pub(crate) async fn clear_done_before(&self, before_ms: u64) -> Result<u64> {
+    /// Deletes shipped entries last updated before `before_ms`.
+    pub(crate) async fn clear_done(&self, before_ms: u64) -> hybridsync_core::Result<u64> {
         let before_ms = before_ms.min(i64::MAX as u64) as i64;
-        self.writer
+        let cleared = self
+            .writer
             .transaction(HEAVY_ROWS, |tx| {
-                Ok(tx.execute(
-                    "DELETE FROM outbox WHERE state = 2 AND updated_ms < ?1",
-                    [before_ms],
-                )? as u64)
+                Ok(tx.execute(&CLEAR_DONE, [before_ms])? as u64)
             })
+            .await?;
+        Ok(cleared)
+    }
+
+    /// Outbox depth per state and, for open entries, per priority.
+    pub(crate) async fn outbox_stats(&self) -> hybridsync_core::Result<OutboxStats> {
+        // Both read indexes only: the drain-order index covers the counts, the partial
+        // index of shipped entries answers the newest shipment with one seek.
+        let rows = sqlx::query(STATS)
+            .fetch_all(&self.readers)
             .await
+            .map_err(sql)?;
+        let last_shipped: Option<i64> = sqlx::query_scalar(LAST_SHIPPED.as_str())
+            .fetch_one(&self.readers)
+            .await
+            .map_err(sql)?;
+        let mut stats = OutboxStats {
+            last_shipped_ms: last_shipped.map(|ms| ms.max(0) as u64),
+            ..OutboxStats::default()
+        };
+        for row in rows {
+            let state: i64 = row.try_get(0).map_err(sql)?;
+            let priority = Priority::from_code(row.try_get(1).map_err(sql)?)?;
+            let count = row.try_get::<i64, _>(2).map_err(sql)? as u64;
+            let state = OutboxState::from_code(state).map_err(|_| Error::BadRow {
+                table: "outbox",
+                detail: format!("unknown state {state}"),
+            })?;
+            match state {
+                OutboxState::Pending => stats.pending += count,
+                OutboxState::InFlight => stats.in_flight += count,
+                OutboxState::Done => stats.done += count,
+                OutboxState::Failed => stats.failed += count,
+            }
+            if matches!(state, OutboxState::Pending | OutboxState::InFlight) {
+                *stats.by_priority.entry(priority).or_default() += count;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Entries pending or in flight per priority (what the soft caps need).
+    pub(crate) async fn queue_depths(&self) -> hybridsync_core::Result<BTreeMap<Priority, u64>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(DEPTHS.as_str())
+            .fetch_all(&self.readers)
+            .await
+            .map_err(sql)?;
+        let mut depths = BTreeMap::new();
+        for (priority, count) in rows {
+            *depths.entry(Priority::from_code(priority)?).or_default() += count.max(0) as u64;
+        }
+        Ok(depths)
     }
 }

@@ -781,7 +781,7 @@ async fn a_point_read_the_fast_path_cannot_answer_is_answered_by_the_reader_pool
         .await
         .unwrap();
     // A fast path that cannot open its file fails every read.
-    store.point = crate::point::PointReaders::new(
+    store.point = crate::connections::PointReaders::new(
         tmp.path().join("missing").join("hybridsync.db"),
         std::time::Duration::from_millis(10),
         1,
@@ -977,4 +977,57 @@ async fn embeddings_of_reads_by_label_in_order_and_only_live_rows_of_the_collect
             Some(vec![1.0, 0.0, 0.0])
         ]
     );
+}
+
+/// Outbox states come from `OutboxState` alone: no statement of the store spells a state
+/// as a number, every placeholder resolves, and the partial indexes the migrations
+/// created (which statements must match literally) use the enum's codes.
+#[test]
+fn outbox_states_come_from_one_enum() {
+    use hybridsync_core::OutboxState;
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") || path.ends_with("tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for pattern in ["state = 0", "state = 1", "state = 2", "state = 3", "state IN (0"] {
+            assert!(
+                !text.contains(pattern),
+                "{} spells an outbox state as a number ({pattern:?})",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(
+        crate::outbox::with_states("{pending} {in_flight} {done} {failed}"),
+        format!(
+            "{} {} {} {}",
+            OutboxState::Pending.code(),
+            OutboxState::InFlight.code(),
+            OutboxState::Done.code(),
+            OutboxState::Failed.code()
+        )
+    );
+    let migrations = [
+        include_str!("../migrations/0001_init.sql"),
+        include_str!("../migrations/0003_sync_state.sql"),
+    ]
+    .concat();
+    for predicate in [
+        "WHERE state IN ({pending}, {failed})",
+        "WHERE state = {done}",
+    ] {
+        let resolved = crate::outbox::with_states(predicate);
+        assert!(
+            migrations.contains(&resolved),
+            "no partial index with {resolved:?}: statements and indexes disagree"
+        );
+    }
+    for state in OutboxState::ALL {
+        assert_eq!(OutboxState::from_code(state.code()).unwrap(), state);
+        assert_eq!(state.as_str().parse::<OutboxState>().unwrap(), state);
+    }
+    assert!(OutboxState::from_code(9).is_err());
 }

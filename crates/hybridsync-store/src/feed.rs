@@ -1,21 +1,25 @@
-//! Two-way sync state: applying pages of remote changes (with conflict resolution),
-//! the per-collection change-feed cursors, the sync history, and scans for seeding.
+//! The pull side of two-way sync: applying pages of remote changes (conflicts settled
+//! inside the same transaction) and the per-collection change-feed cursors, which move
+//! in the transaction that applies the page they lead past.
 
-use crate::rows::{RecordColumns, columns_at, record_from_columns};
-use crate::write::{enqueue, high_water, raise_high_water, save_record};
-use crate::{Error, Result, SqliteStore};
+use crate::error::sql;
+use crate::outbox::{SUPERSEDE, UNSHIPPED, enqueue, with_states};
+use crate::records::{high_water, raise_high_water, save_record};
+use crate::rows::{columns_at, record_from_columns};
+use crate::{Result, SqliteStore};
 use hybridsync_core::{
-    ApplyOutcome, ChangeCursor, CollectionName, Conflict, ConflictResolver, HistoryEntry, Hlc, Key,
-    Priority, Record, Resolution, ResolutionKind, SettledConflict, SyncOperation, WriteReceipt,
+    ApplyOutcome, ChangeCursor, CollectionName, Conflict, ConflictResolver, Hlc, Key, Priority,
+    Record, Resolution, ResolutionKind, SettledConflict, WriteReceipt,
 };
-use sqlx::Row;
 use std::collections::HashMap;
 
 /// Keys per lookup statement, well below SQLite's bind-variable limit.
 const KEYS_PER_LOOKUP: usize = 500;
 
-/// History entries kept.
-const HISTORY_KEPT: i64 = 1_000;
+const SAVE_CURSOR: &str = "INSERT INTO sync_cursors (collection, cursor, updated_ms) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms";
+
+const LOAD_CURSOR: &str = "SELECT cursor FROM sync_cursors WHERE collection = ?";
 
 /// A key's local state as the apply sees it.
 struct Local {
@@ -86,13 +90,6 @@ fn decide(
     (action, Some(kind))
 }
 
-fn operation_from(name: &str) -> Result<SyncOperation> {
-    name.parse().map_err(|_| Error::BadRow {
-        table: "sync_history",
-        detail: format!("unknown operation {name:?}"),
-    })
-}
-
 impl SqliteStore {
     fn local_state(
         tx: &rusqlite::Transaction<'_>,
@@ -104,8 +101,9 @@ impl SqliteStore {
             let marks = vec!["?"; chunk.len()].join(", ");
             let sql = format!(
                 "SELECT r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash, \
-                 EXISTS (SELECT 1 FROM outbox o WHERE o.record_id = r.id AND o.state IN (0, 1, 3)) \
-                 FROM records r WHERE r.collection = ? AND r.key IN ({marks})"
+                 EXISTS (SELECT 1 FROM outbox o WHERE o.record_id = r.id AND {}) \
+                 FROM records r WHERE r.collection = ? AND r.key IN ({marks})",
+                with_states(UNSHIPPED)
             );
             let mut lookup = tx.prepare_cached(&sql)?;
             let params =
@@ -122,13 +120,15 @@ impl SqliteStore {
         Ok(found)
     }
 
-    pub(crate) async fn apply(
+    /// Applies a page of remote changes and moves the collection's cursor to `next`, in
+    /// one transaction, settling conflicts with `resolver`.
+    pub(crate) async fn apply_remote(
         &self,
         collection: &CollectionName,
         records: Vec<Record>,
         next: &ChangeCursor,
         resolver: &dyn ConflictResolver,
-    ) -> Result<ApplyOutcome> {
+    ) -> hybridsync_core::Result<ApplyOutcome> {
         let spec = self.require_spec(collection).await?;
         let mut outcome = ApplyOutcome::default();
         let mut accepted = Vec::with_capacity(records.len());
@@ -173,11 +173,8 @@ impl SqliteStore {
                         Action::Apply { supersede } => {
                             let label = save_record(tx, remote)?;
                             if supersede {
-                                tx.prepare_cached(
-                                    "UPDATE outbox SET state = 2, claim = NULL, updated_ms = ?1 \
-                                     WHERE record_id = ?2 AND state IN (0, 3)",
-                                )?
-                                .execute(rusqlite::params![now, label as i64])?;
+                                tx.prepare_cached(&SUPERSEDE)?
+                                    .execute(rusqlite::params![now, label as i64])?;
                             }
                             outcome.applied += 1;
                             outcome.changed.push(WriteReceipt {
@@ -211,107 +208,28 @@ impl SqliteStore {
                     }
                 }
                 raise_high_water(tx, floor)?;
-                tx.prepare_cached(
-                    "INSERT INTO sync_cursors (collection, cursor, updated_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (collection) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms",
-                )?
-                .execute(rusqlite::params![collection.as_str(), next.0, now])?;
+                tx.prepare_cached(SAVE_CURSOR)?.execute(rusqlite::params![
+                    collection.as_str(),
+                    next.0,
+                    now
+                ])?;
                 Ok(())
             })
             .await?;
         Ok(outcome)
     }
 
-    pub(crate) async fn load_cursor(&self, collection: &CollectionName) -> Result<ChangeCursor> {
-        self.require_spec(collection).await?;
-        let cursor: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT cursor FROM sync_cursors WHERE collection = ?")
-                .bind(collection.as_str())
-                .fetch_optional(&self.readers)
-                .await?;
-        Ok(ChangeCursor(cursor.unwrap_or_default()))
-    }
-
-    /// Up to `limit` records after `after` in key order; tombstones only if asked for.
-    pub(crate) async fn scan_records(
+    /// Where this store's pull of `collection` stands in the cloud's change feed.
+    pub(crate) async fn cursor(
         &self,
         collection: &CollectionName,
-        after: Option<&Key>,
-        limit: usize,
-        tombstones: bool,
-    ) -> Result<Vec<Record>> {
+    ) -> hybridsync_core::Result<ChangeCursor> {
         self.require_spec(collection).await?;
-        let rows = sqlx::query_as::<_, RecordColumns>(
-            "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records \
-             WHERE collection = ?1 AND key > ?2 AND (?4 OR tombstone = 0) ORDER BY key LIMIT ?3",
-        )
-        .bind(collection.as_str())
-        .bind(after.map_or("", Key::as_str))
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .bind(tombstones)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.into_iter()
-            .map(|columns| record_from_columns(collection, columns))
-            .collect()
-    }
-
-    pub(crate) async fn count_records(&self, collection: &CollectionName) -> Result<u64> {
-        self.require_spec(collection).await?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE collection = ?")
+        let cursor: Option<Vec<u8>> = sqlx::query_scalar(LOAD_CURSOR)
             .bind(collection.as_str())
-            .fetch_one(&self.readers)
-            .await?;
-        Ok(count as u64)
-    }
-
-    pub(crate) async fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
-        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-        self.writer
-            .transaction(1, |tx| {
-                tx.prepare_cached(
-                    "INSERT INTO sync_history (started_ms, operation, pushed, pulled, conflicts, duration_ms, error) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(rusqlite::params![
-                    clamp(entry.started_ms),
-                    entry.operation.as_str(),
-                    clamp(entry.pushed),
-                    clamp(entry.pulled),
-                    clamp(entry.conflicts),
-                    clamp(entry.duration_ms),
-                    entry.error.as_deref(),
-                ])?;
-                tx.prepare_cached(
-                    "DELETE FROM sync_history WHERE id <= (SELECT MAX(id) FROM sync_history) - ?1",
-                )?
-                .execute([HISTORY_KEPT])?;
-                Ok(())
-            })
+            .fetch_optional(&self.readers)
             .await
-    }
-
-    pub(crate) async fn load_history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
-        let rows = sqlx::query(
-            "SELECT started_ms, operation, pushed, pulled, conflicts, duration_ms, error \
-             FROM sync_history ORDER BY id DESC LIMIT ?",
-        )
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let unsigned = |i: usize| row.try_get::<i64, _>(i).map(|v| v.max(0) as u64);
-                Ok(HistoryEntry {
-                    started_ms: unsigned(0)?,
-                    operation: operation_from(&row.try_get::<String, _>(1)?)?,
-                    pushed: unsigned(2)?,
-                    pulled: unsigned(3)?,
-                    conflicts: unsigned(4)?,
-                    duration_ms: unsigned(5)?,
-                    error: row.try_get(6)?,
-                })
-            })
-            .collect()
+            .map_err(sql)?;
+        Ok(ChangeCursor(cursor.unwrap_or_default()))
     }
 }

@@ -1,11 +1,9 @@
 //! Opening a store: the data directory, file permissions, integrity and schema checks,
-//! migrations, device identity and crash recovery of the outbox.
+//! migrations (through sqlx's migrator), device identity and crash recovery of the
+//! outbox.
 
-use crate::{Error, Result};
-use hybridsync_core::{
-    Clock, CollectionName, CollectionSpec, DeviceId, Hlc, HlcClock, Limits, Metric, Precision,
-    SystemClock, VectorSpec,
-};
+use crate::{Error, Result, SqliteStore};
+use hybridsync_core::{Clock, DeviceId, Hlc, HlcClock, Limits, SystemClock};
 use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -76,20 +74,6 @@ impl StoreOptions {
             busy_timeout: Duration::from_secs(5),
         }
     }
-}
-
-/// The SQLite-backed local store. Cheap to share behind an `Arc`; all methods take `&self`.
-#[derive(Debug)]
-pub struct SqliteStore {
-    pub(crate) path: PathBuf,
-    /// Every write after open: SQLite has one writer at a time, so queueing here is
-    /// cheaper than retrying on `SQLITE_BUSY` (see the `writer` module).
-    pub(crate) writer: crate::writer::Writer,
-    pub(crate) readers: SqlitePool,
-    pub(crate) point: crate::point::PointReaders,
-    pub(crate) hlc: HlcClock<Arc<dyn Clock>>,
-    pub(crate) limits: Limits,
-    pub(crate) catalogue: RwLock<HashMap<CollectionName, CollectionSpec>>,
 }
 
 fn migrator() -> Migrator {
@@ -255,10 +239,11 @@ impl SqliteStore {
 
         let (device, high_water) = load_identity(&setup).await?;
         setup.close().await;
-        let writer = crate::writer::Writer::open(&path, options.durability, options.busy_timeout)?;
+        let writer =
+            crate::connections::Writer::open(&path, options.durability, options.busy_timeout)?;
         drop(lock);
         let hlc = HlcClock::new(options.clock, device, high_water, options.max_drift_ms);
-        let point = crate::point::PointReaders::new(
+        let point = crate::connections::PointReaders::new(
             path.clone(),
             options.busy_timeout,
             options.readers as usize,
@@ -273,7 +258,7 @@ impl SqliteStore {
             catalogue: RwLock::new(HashMap::new()),
         };
         store.reload_catalogue().await?;
-        let recovered = store.requeue().await?;
+        let recovered = store.requeue_in_flight().await.map_err(Error::from_core)?;
         if recovered > 0 {
             tracing::info!(
                 recovered,
@@ -282,57 +267,6 @@ impl SqliteStore {
         }
         Ok(store)
     }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Runs `sql` (several statements) in one write transaction.
-    #[cfg(test)]
-    pub(crate) async fn execute_for_tests(&self, sql: &str) -> Result<()> {
-        self.writer
-            .transaction(1, |tx| Ok(tx.execute_batch(sql)?))
-            .await
-    }
-
-    pub(crate) async fn reload_catalogue(&self) -> Result<()> {
-        let rows = sqlx::query("SELECT name, dim, metric, precision FROM collections")
-            .fetch_all(&self.readers)
-            .await?;
-        let mut specs = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let spec = spec_from_row(&row)?;
-            specs.insert(spec.name.clone(), spec);
-        }
-        *self.catalogue.write().unwrap_or_else(|e| e.into_inner()) = specs;
-        Ok(())
-    }
-}
-
-fn spec_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CollectionSpec> {
-    let bad = |detail: String| Error::BadRow {
-        table: "collections",
-        detail,
-    };
-    let name: String = row.try_get("name")?;
-    let name = CollectionName::new(name).map_err(|e| bad(e.to_string()))?;
-    let dim: Option<i64> = row.try_get("dim")?;
-    let vector = match dim {
-        None => None,
-        Some(dim) => {
-            let metric: String = row.try_get("metric")?;
-            let precision: String = row.try_get("precision")?;
-            let metric: Metric = metric
-                .parse()
-                .map_err(|e: hybridsync_core::Error| bad(e.to_string()))?;
-            let precision: Precision = precision
-                .parse()
-                .map_err(|e: hybridsync_core::Error| bad(e.to_string()))?;
-            Some(VectorSpec::new(dim as usize, metric, precision).map_err(|e| bad(e.to_string()))?)
-        }
-    };
-    Ok(CollectionSpec { name, vector })
 }
 
 async fn check_integrity(pool: &SqlitePool, path: &Path) -> Result<()> {

@@ -1,0 +1,414 @@
+//! Records: transactional writes (each with its outbox entry), versions stamped inside
+//! the transaction from the stored high-water mark, point reads, scans, counts and the
+//! embeddings the vector index is built and re-ranked from.
+
+use crate::error::sql;
+use crate::outbox::enqueue;
+use crate::rows::{RecordColumns, blob_to_embedding, embedding_to_blob, record_from_columns};
+use crate::{Error, Result, SqliteStore};
+use hybridsync_core::{
+    CollectionName, ContentHash, Hlc, Key, Priority, Record, StoredVector, WriteReceipt,
+    WriteRequest,
+};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+
+/// Labels per statement of [`SqliteStore::embeddings_of`], well below SQLite's
+/// bind-variable limit.
+const LABELS_PER_READ: usize = 500;
+
+/// Inserts or replaces a record's row (keeping its id) and returns the id, which is
+/// also its vector label. Looked up first rather than with `RETURNING`, which costs
+/// SQLite an ephemeral table per statement and halves the write rate.
+pub(crate) fn save_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> Result<u64> {
+    use rusqlite::OptionalExtension;
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT id FROM records WHERE collection = ?1 AND key = ?2")?
+        .query_row([record.collection.as_str(), record.key.as_str()], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    let embedding = record.embedding.as_deref().map(embedding_to_blob);
+    let params = rusqlite::params![
+        record.collection.as_str(),
+        record.key.as_str(),
+        record.payload,
+        embedding,
+        record.version.packed(),
+        record.version.origin.0,
+        record.tombstone,
+        record.hash.0,
+    ];
+    let id = match existing {
+        Some(id) => {
+            tx.prepare_cached(
+                "UPDATE records SET payload = ?3, embedding = ?4, hlc = ?5, origin = ?6, tombstone = ?7, \
+                 hash = ?8 WHERE collection = ?1 AND key = ?2",
+            )?
+            .execute(params)?;
+            id
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params)?;
+            tx.last_insert_rowid()
+        }
+    };
+    Ok(id as u64)
+}
+
+/// The HLC high-water mark as stored: at or above every version in the file, whichever
+/// process wrote it.
+pub(crate) fn high_water(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
+    Ok(tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'hlc_high_water'")?
+        .query_row([], |row| row.get(0))?)
+}
+
+/// Raises the stored high-water mark to `packed` (never lowers it).
+pub(crate) fn raise_high_water(tx: &rusqlite::Transaction<'_>, packed: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE meta SET value = MAX(value, ?1) WHERE key = 'hlc_high_water'")?
+        .execute([packed])?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Validates every request, then applies them all in one transaction.
+    pub(crate) async fn write(
+        &self,
+        requests: Vec<WriteRequest>,
+    ) -> hybridsync_core::Result<Vec<WriteReceipt>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        for request in &requests {
+            let spec = self.require_spec(&request.collection).await?;
+            request.validate(&spec, &self.limits)?;
+        }
+        let requests = coalesce(requests);
+        let priorities: Vec<Priority> = requests.iter().map(|r| r.priority).collect();
+        // Hashed before the writer is taken; versions are assigned inside the transaction.
+        let mut records: Vec<Record> = requests
+            .into_iter()
+            .map(|r| {
+                Record::new(
+                    r.collection,
+                    r.key,
+                    r.payload,
+                    r.embedding,
+                    Hlc::default(),
+                    r.tombstone,
+                )
+            })
+            .collect();
+        let now = self.hlc.physical_now_ms() as i64;
+        let labels = self
+            .writer
+            .transaction(records.len(), |tx| {
+                let mut floor = high_water(tx)?;
+                let mut labels = Vec::with_capacity(records.len());
+                for (record, priority) in records.iter_mut().zip(&priorities) {
+                    record.version = self.stamp_above(floor);
+                    floor = record.version.packed();
+                    let label = save_record(tx, record)?;
+                    enqueue(tx, label, record.version, *priority, now)?;
+                    labels.push(label);
+                }
+                raise_high_water(tx, floor)?;
+                Ok(labels)
+            })
+            .await?;
+        hybridsync_core::crash_point("after_local_commit");
+        Ok(records
+            .into_iter()
+            .zip(labels)
+            .map(|(record, label)| WriteReceipt { record, label })
+            .collect())
+    }
+
+    /// A version above `floor` (the stored high-water mark, or the last version
+    /// issued in this transaction), from our clock when it is ahead, else `floor + 1`;
+    /// our clock moves past it either way. Called inside a write transaction, so
+    /// versions follow commit order even with several processes on one data directory.
+    pub(crate) fn stamp_above(&self, floor: i64) -> Hlc {
+        let version = self.hlc.now();
+        if version.packed() > floor {
+            return version;
+        }
+        let raised = Hlc::from_packed(floor + 1, self.hlc.device());
+        let _ = self.hlc.observe(raised);
+        raised
+    }
+
+    /// The current record for a key, tombstones included: on this thread through the
+    /// point readers, through the reader pool if SQLite refuses that path.
+    pub(crate) async fn get(
+        &self,
+        collection: &CollectionName,
+        key: &Key,
+    ) -> hybridsync_core::Result<Option<Record>> {
+        self.require_spec(collection).await?;
+        const POINT: &str = "SELECT key, payload, embedding, hlc, origin, tombstone, hash \
+                             FROM records WHERE collection = ?1 AND key = ?2";
+        // On this thread: see the `point` module.
+        let fast = self.point.with(|conn| {
+            use rusqlite::OptionalExtension;
+            conn.prepare_cached(POINT)?
+                .query_row([collection.as_str(), key.as_str()], |row| {
+                    crate::rows::columns_at(row, 0)
+                })
+                .optional()
+        });
+        let columns = match fast {
+            Ok(columns) => columns,
+            // A rare SQLite refusal on the fast path (busy or a locking-protocol retry
+            // limit while another process opens, crashes or checkpoints): the pooled
+            // readers answer instead, so a read never fails for it.
+            Err(e) => {
+                tracing::warn!(error = %e, "point read failed; answering through the reader pool");
+                sqlx::query_as::<_, RecordColumns>(POINT)
+                    .bind(collection.as_str())
+                    .bind(key.as_str())
+                    .fetch_optional(&self.readers)
+                    .await
+                    .map_err(sql)?
+            }
+        };
+        Ok(columns
+            .map(|columns| record_from_columns(collection, columns))
+            .transpose()?)
+    }
+
+    /// Up to `limit` live records after `after`, in key order.
+    pub(crate) async fn list(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> hybridsync_core::Result<Vec<Record>> {
+        Ok(self.scan_records(collection, after, limit, false).await?)
+    }
+
+    /// Up to `limit` records after `after`, in key order, tombstones included.
+    pub(crate) async fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> hybridsync_core::Result<Vec<Record>> {
+        Ok(self.scan_records(collection, after, limit, true).await?)
+    }
+
+    /// Every live embedding of a collection with its label and hash.
+    pub(crate) async fn embeddings(
+        &self,
+        collection: &CollectionName,
+    ) -> hybridsync_core::Result<Vec<StoredVector>> {
+        Ok(self.live_vectors(collection, true).await?)
+    }
+
+    /// The labels and hashes of a collection's live embeddings, without the vectors.
+    pub(crate) async fn vector_labels(
+        &self,
+        collection: &CollectionName,
+    ) -> hybridsync_core::Result<Vec<StoredVector>> {
+        Ok(self.live_vectors(collection, false).await?)
+    }
+
+    /// Up to `limit` records after `after` in key order; tombstones only if asked for.
+    async fn scan_records(
+        &self,
+        collection: &CollectionName,
+        after: Option<&Key>,
+        limit: usize,
+        tombstones: bool,
+    ) -> Result<Vec<Record>> {
+        self.require_spec(collection).await?;
+        let rows = sqlx::query_as::<_, RecordColumns>(
+            "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM records \
+             WHERE collection = ?1 AND key > ?2 AND (?4 OR tombstone = 0) ORDER BY key LIMIT ?3",
+        )
+        .bind(collection.as_str())
+        .bind(after.map_or("", Key::as_str))
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .bind(tombstones)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter()
+            .map(|columns| record_from_columns(collection, columns))
+            .collect()
+    }
+
+    /// Records in a collection, tombstones included.
+    pub(crate) async fn count_all(
+        &self,
+        collection: &CollectionName,
+    ) -> hybridsync_core::Result<u64> {
+        self.require_spec(collection).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE collection = ?")
+            .bind(collection.as_str())
+            .fetch_one(&self.readers)
+            .await
+            .map_err(sql)?;
+        Ok(count as u64)
+    }
+
+    /// Live records per collection.
+    pub(crate) async fn counts(&self) -> hybridsync_core::Result<BTreeMap<CollectionName, u64>> {
+        let rows = sqlx::query(
+            "SELECT c.name, (SELECT COUNT(*) FROM records r WHERE r.collection = c.name AND r.tombstone = 0) \
+             FROM collections c",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(sql)?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            let name: String = row.try_get(0).map_err(sql)?;
+            let count: i64 = row.try_get(1).map_err(sql)?;
+            let name = CollectionName::new(name).map_err(|e| Error::BadRow {
+                table: "collections",
+                detail: e.to_string(),
+            })?;
+            counts.insert(name, count as u64);
+        }
+        Ok(counts)
+    }
+
+    /// Live rows with an embedding in `collection`: label, key, hash and, when
+    /// `with_embedding`, the vector.
+    async fn live_vectors(
+        &self,
+        collection: &CollectionName,
+        with_embedding: bool,
+    ) -> Result<Vec<StoredVector>> {
+        self.require_spec(collection).await?;
+        let sql = if with_embedding {
+            "SELECT id, key, hash, embedding FROM records WHERE collection = ?1 AND tombstone = 0 AND embedding IS NOT NULL"
+        } else {
+            "SELECT id, key, hash FROM records WHERE collection = ?1 AND tombstone = 0 AND embedding IS NOT NULL"
+        };
+        let rows = sqlx::query(sql)
+            .bind(collection.as_str())
+            .fetch_all(&self.readers)
+            .await?;
+        let bad = |detail: String| Error::BadRow {
+            table: "records",
+            detail,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get(0)?;
+            let key: String = row.try_get(1)?;
+            let key = Key::new(key).map_err(|e| bad(e.to_string()))?;
+            let hash: Vec<u8> = row.try_get(2)?;
+            let hash = ContentHash::from_slice(&hash)
+                .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?;
+            let embedding = if with_embedding {
+                let blob: Vec<u8> = row.try_get(3)?;
+                Some(blob_to_embedding(&blob)?)
+            } else {
+                None
+            };
+            out.push(StoredVector {
+                label: id as u64,
+                key,
+                hash,
+                embedding,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The stored embeddings of the records labelled `labels`, in that order: point reads by row id on this thread, a
+    /// statement per [`LABELS_PER_READ`] labels, with the reader pool as the fallback (as
+    /// for `get`).
+    pub(crate) async fn embeddings_of(
+        &self,
+        collection: &CollectionName,
+        labels: &[u64],
+    ) -> hybridsync_core::Result<Vec<Option<Vec<f32>>>> {
+        type Row = (i64, String, Option<Vec<u8>>);
+        self.require_spec(collection).await?;
+        let mut found: HashMap<i64, Vec<u8>> = HashMap::with_capacity(labels.len());
+        for chunk in labels.chunks(LABELS_PER_READ) {
+            // Row-id lookups only, the collection checked here: with `collection = ?`
+            // in the WHERE clause SQLite may pick the (collection, key) index and scan
+            // the whole collection.
+            let statement = format!(
+                "SELECT id, collection, embedding FROM records WHERE id IN ({}) AND tombstone = 0",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let ids: Vec<i64> = chunk
+                .iter()
+                .map(|&label| label.min(i64::MAX as u64) as i64)
+                .collect();
+            let fast = self.point.with(|conn| {
+                let mut read = conn.prepare_cached(&statement)?;
+                let rows = read.query_map(rusqlite::params_from_iter(&ids), |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<Row>>>()
+            });
+            let rows = match fast {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding read failed; answering through the reader pool");
+                    let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(statement));
+                    for id in &ids {
+                        query = query.bind(id);
+                    }
+                    query.fetch_all(&self.readers).await.map_err(sql)?
+                }
+            };
+            found.extend(rows.into_iter().filter_map(|(id, name, blob)| {
+                (name == collection.as_str()).then_some((id, blob?))
+            }));
+        }
+        let embeddings = labels
+            .iter()
+            .map(|&label| {
+                found
+                    .remove(&(label.min(i64::MAX as u64) as i64))
+                    .map(|blob| blob_to_embedding(&blob))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
+        Ok(embeddings)
+    }
+}
+
+/// Several writes to one key in a batch coalesce into the last one, keeping the most
+/// urgent priority: the latest state wins and each key gets exactly one version.
+fn coalesce(mut requests: Vec<WriteRequest>) -> Vec<WriteRequest> {
+    // Index of the last write to each key, and the most urgent priority among its writes.
+    let mut keep: Vec<Option<Priority>> = vec![None; requests.len()];
+    {
+        let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let key = (r.collection.as_str(), r.key.as_str());
+            let priority = match last.insert(key, i) {
+                Some(before) => keep[before]
+                    .take()
+                    .map_or(r.priority, |p| p.min(r.priority)),
+                None => r.priority,
+            };
+            keep[i] = Some(priority);
+        }
+        if last.len() == requests.len() {
+            return requests;
+        }
+    }
+    let mut keep = keep.into_iter();
+    requests.retain_mut(|r| match keep.next().flatten() {
+        Some(priority) => {
+            r.priority = priority;
+            true
+        }
+        None => false,
+    });
+    requests
+}
