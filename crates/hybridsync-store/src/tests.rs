@@ -992,7 +992,13 @@ fn outbox_states_come_from_one_enum() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        for pattern in ["state = 0", "state = 1", "state = 2", "state = 3", "state IN (0"] {
+        for pattern in [
+            "state = 0",
+            "state = 1",
+            "state = 2",
+            "state = 3",
+            "state IN (0",
+        ] {
             assert!(
                 !text.contains(pattern),
                 "{} spells an outbox state as a number ({pattern:?})",
