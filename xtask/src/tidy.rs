@@ -291,11 +291,7 @@ fn crash_points_stay_out_of_release() -> Result<Vec<String>> {
     }
     for manifest in manifests.iter().filter(|m| m.exists()) {
         let text = std::fs::read_to_string(manifest)?;
-        let relative = manifest
-            .strip_prefix(&root)
-            .unwrap_or(manifest)
-            .display()
-            .to_string();
+        let relative = relative_to(&root, manifest);
         // Comments and the workspace's check-cfg list name the cfg without setting it.
         let switches = text
             .lines()
@@ -306,6 +302,14 @@ fn crash_points_stay_out_of_release() -> Result<Vec<String>> {
         }
     }
     Ok(violations)
+}
+
+/// `path` relative to `root`, for messages.
+fn relative_to(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
@@ -331,11 +335,7 @@ fn file_conventions() -> Result<Vec<String>> {
     let mut violations = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file)?;
-        let relative = file
-            .strip_prefix(&root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
+        let relative = relative_to(&root, file);
         if !text.starts_with("//!") {
             violations.push(format!("{relative}: does not start with a `//!` comment"));
         }

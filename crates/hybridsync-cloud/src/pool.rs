@@ -5,6 +5,7 @@
 use crate::schema::{SCHEMA_VERSION, applied_version};
 use crate::{Error, Result};
 use hybridsync_core::CloudUrl;
+use hybridsync_core::MutexExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use std::collections::VecDeque;
@@ -203,7 +204,7 @@ impl PostgresSink {
         if self.max_connections < 2 {
             return false;
         }
-        let mut listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listener = self.listener.lock_or_recover();
         if listener.is_none() {
             *listener = Some(tokio::spawn(listen_for_changes(
                 self.pool.clone(),
@@ -217,19 +218,14 @@ impl PostgresSink {
     }
 
     fn stop_listening(&self) {
-        if let Some(task) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(task) = self.listener.lock_or_recover().take() {
             task.abort();
         }
     }
 
     /// Mean share of the cap in use over the last 100 operations (0.0–1.0).
     pub(crate) fn pool_load(&self) -> f64 {
-        let samples = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        let samples = self.load.lock_or_recover();
         if samples.is_empty() {
             0.0
         } else {
@@ -252,7 +248,7 @@ impl PostgresSink {
     /// Records [`Self::busy_share`] in the moving window.
     fn sample_load(&self) {
         let share = self.busy_share();
-        let mut samples = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        let mut samples = self.load.lock_or_recover();
         if samples.len() == LOAD_WINDOW {
             samples.pop_front();
         }
@@ -267,7 +263,7 @@ impl PostgresSink {
     /// Fills the load window with `share`, as if every recent operation saw it.
     #[cfg(test)]
     pub(crate) fn fill_load_for_tests(&self, share: f64) {
-        let mut samples = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        let mut samples = self.load.lock_or_recover();
         samples.clear();
         samples.extend(std::iter::repeat_n(share, LOAD_WINDOW));
     }

@@ -1,6 +1,7 @@
 //! Hybrid logical clocks: versions that are monotone, roughly wall-clock, and totally
 //! ordered across devices.
 
+use crate::MutexExt;
 use crate::{Error, Result};
 use std::fmt;
 use std::sync::Mutex;
@@ -145,7 +146,7 @@ impl<C: Clock> HlcClock<C> {
     /// A new stamp greater than every stamp issued or observed before.
     pub fn now(&self) -> Hlc {
         let wall = self.clock.now_ms();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock_or_recover();
         let next = if wall > last.0 {
             (wall, 0)
         } else if last.1 == u16::MAX {
@@ -173,7 +174,7 @@ impl<C: Clock> HlcClock<C> {
                 max_drift_ms: self.max_drift_ms,
             });
         }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock_or_recover();
         if (remote.physical_ms, remote.logical) > *last {
             *last = (remote.physical_ms, remote.logical);
         }

@@ -23,6 +23,7 @@ mod priority;
 mod record;
 mod replication;
 mod secret;
+mod sync;
 mod text;
 mod traits;
 mod vector;
@@ -40,6 +41,7 @@ pub use priority::Priority;
 pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
 pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
 pub use secret::CloudUrl;
+pub use sync::{MutexExt, RwLockExt};
 pub use traits::{
     ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, HotCacheStats, LocalStore, OutboxEntry,
     OutboxOutcome, OutboxState, OutboxStats, RecordCache, StoredVector, VectorCache, VectorHit,

@@ -29,15 +29,6 @@ pub enum Priority {
 }
 
 impl Priority {
-    /// Every class, most urgent first.
-    pub const ALL: [Priority; 5] = [
-        Priority::Critical,
-        Priority::High,
-        Priority::Normal,
-        Priority::Low,
-        Priority::Deferred,
-    ];
-
     /// The storage code (0 = critical … 4 = deferred).
     pub fn code(self) -> i64 {
         self as i64

@@ -6,6 +6,9 @@
 macro_rules! text_enum {
     ($ty:ident, $what:literal, $($variant:ident => $text:literal $(| $alias:literal)*),+) => {
         impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: [$ty; [$(stringify!($variant)),+].len()] = [$($ty::$variant),+];
+
             /// The lowercase name used in the CLI, configuration and storage.
             pub fn as_str(self) -> &'static str {
                 match self { $($ty::$variant => $text),+ }

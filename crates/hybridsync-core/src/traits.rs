@@ -21,14 +21,6 @@ pub enum OutboxState {
 }
 
 impl OutboxState {
-    /// Every state, in code order.
-    pub const ALL: [OutboxState; 4] = [
-        OutboxState::Pending,
-        OutboxState::InFlight,
-        OutboxState::Done,
-        OutboxState::Failed,
-    ];
-
     /// The integer a store keeps for this state.
     pub const fn code(self) -> i64 {
         self as i64

@@ -6,6 +6,7 @@ use hybridsync_core::{
     CollectionName, CollectionSpec, HotCacheStats, Key, LocalStore, OutboxStats, Priority, Record,
     RecordCache, VectorCache, VectorHit, WriteReceipt, WriteRequest,
 };
+use hybridsync_core::{MutexExt, RwLockExt};
 use hybridsync_telemetry::catalogue;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -130,16 +131,16 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     /// next class down (never critical; nothing is dropped).
     async fn apply_soft_caps(&self, requests: &mut [WriteRequest]) -> Result<()> {
         let stale = {
-            let queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            let queued = self.queued.lock_or_recover();
             queued
                 .0
                 .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(1))
         };
         if stale {
             let depths = self.store.queue_depths().await?;
-            *self.queued.lock().unwrap_or_else(|e| e.into_inner()) = (Some(Instant::now()), depths);
+            *self.queued.lock_or_recover() = (Some(Instant::now()), depths);
         }
-        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queued = self.queued.lock_or_recover();
         for request in requests {
             let depth = queued.1.get(&request.priority).copied().unwrap_or(0);
             request.priority = request.priority.downgraded(depth);
@@ -149,11 +150,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     }
 
     fn spec(&self, collection: &CollectionName) -> Option<CollectionSpec> {
-        self.specs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(collection)
-            .cloned()
+        self.specs.read_or_recover().get(collection).cloned()
     }
 
     /// Learns collections the store knows and this engine does not (created by another
@@ -163,8 +160,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
             if self.spec(&spec.name).is_none() {
                 self.load_index(&spec).await?;
                 self.specs
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .write_or_recover()
                     .insert(spec.name.clone(), spec);
             }
         }
@@ -232,10 +228,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         match restored {
             Ok(()) => {
                 self.ledgers().insert(spec.name.clone(), ledger);
-                self.restored
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(spec.name.clone());
+                self.restored.lock_or_recover().insert(spec.name.clone());
                 Ok(true)
             }
             Err(e) => {
@@ -246,7 +239,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     }
 
     fn ledgers(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Ledger>> {
-        self.ledgers.lock().unwrap_or_else(|e| e.into_inner())
+        self.ledgers.lock_or_recover()
     }
 
     /// Saves every vector index with a description of what it holds, so the next
@@ -258,8 +251,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         };
         let specs: Vec<(CollectionName, hybridsync_core::VectorSpec)> = self
             .specs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_or_recover()
             .values()
             .filter_map(|spec| spec.vector.map(|v| (spec.name.clone(), v)))
             .collect();
@@ -276,7 +268,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
             for (name, vector) in specs {
                 let files = SnapshotFiles::new(&dir, name.as_str());
                 // Writes wait while the index and its description are saved together.
-                let ledgers = ledgers.lock().unwrap_or_else(|e| e.into_inner());
+                let ledgers = ledgers.lock_or_recover();
                 let Some(ledger) = ledgers.get(&name) else {
                     continue;
                 };
@@ -538,11 +530,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         let status = LocalStatus {
             records: self.store.counts().await?,
             indexed,
-            restored: self
-                .restored
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            restored: self.restored.lock_or_recover().clone(),
             specs,
             cache: self.hot.stats(),
             uptime_secs: self.opened.elapsed().as_secs_f64(),

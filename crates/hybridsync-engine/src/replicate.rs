@@ -4,6 +4,7 @@
 //! collection, so an interrupted run resumes where it stopped.
 
 use crate::{Engine, Error, Result, SyncHandle, Syncer};
+use hybridsync_core::RwLockExt;
 use hybridsync_core::{
     CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, LocalStore,
     Strategy, SyncEvent, SyncOperation, VectorCache,
@@ -99,17 +100,12 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
     /// passed to [`Self::sync`].
     pub fn set_resolver(&self, collection: CollectionName, resolver: Arc<dyn ConflictResolver>) {
         self.resolvers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_or_recover()
             .insert(collection, resolver);
     }
 
     fn resolver_for(&self, collection: &CollectionName) -> Option<Arc<dyn ConflictResolver>> {
-        self.resolvers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(collection)
-            .cloned()
+        self.resolvers.read_or_recover().get(collection).cloned()
     }
 
     /// Pushes every local record (tombstones included) and the catalogue of the chosen

@@ -3,6 +3,7 @@
 
 use crate::breaker::{BreakerConfig, CircuitBreaker, Transition};
 use crate::retry::retry_delay;
+use hybridsync_core::MutexExt;
 use hybridsync_core::{
     CircuitState, Clock, CloudSink, Error, LocalStore, OutboxEntry, OutboxOutcome, Priority,
     Record, SyncEvent, SyncOperation, SystemClock,
@@ -202,7 +203,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+        self.breaker.lock_or_recover()
     }
 
     fn transitioned(&self, transition: Option<Transition>) {
@@ -223,7 +224,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
         let pool = self.sink.pool_size();
         SyncStatus {
             circuit: self.breaker().state(),
-            last_success: *self.last_success.lock().unwrap_or_else(|e| e.into_inner()),
+            last_success: *self.last_success.lock_or_recover(),
             shipped_total: self.shipped_total.load(Ordering::Relaxed),
             failed_total: self.failed_total.load(Ordering::Relaxed),
             batch_size: self.batch_size.load(Ordering::Relaxed),
@@ -325,7 +326,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     async fn touch_if_due(&self) {
         {
             let now = self.now_ms();
-            let mut last = self.last_touch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_touch.lock_or_recover();
             if last.is_some_and(|at| now.saturating_sub(at) < TOUCH_EVERY.as_millis() as u64) {
                 return;
             }
@@ -381,7 +382,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
                     let transition = self.breaker().on_success(self.now_ms());
                     self.transitioned(transition);
                     self.adapt_batch(records.len(), elapsed);
-                    *self.last_success.lock().unwrap_or_else(|e| e.into_inner()) =
+                    *self.last_success.lock_or_recover() =
                         Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.now_ms()));
                     report.shipped += records.len();
                     // Only built for someone listening: a key and collection copy each.

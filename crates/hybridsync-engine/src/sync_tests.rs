@@ -127,6 +127,13 @@ async fn local(dir: &std::path::Path) -> LocalEngine {
     .await
 }
 
+/// A local engine in a fresh directory and an empty in-memory cloud.
+async fn local_with_memory_cloud() -> (tempfile::TempDir, LocalEngine, Arc<MemorySink>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    (tmp, engine, Arc::new(MemorySink::new()))
+}
+
 pub(crate) fn notes() -> CollectionName {
     CollectionName::new("notes").unwrap()
 }
@@ -440,9 +447,7 @@ sync_suite!(postgres, pg_cloud().await);
 
 #[tokio::test]
 async fn a_poisonous_record_is_parked_and_the_rest_ship() {
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = local(tmp.path()).await;
-    let sink = Arc::new(MemorySink::new());
+    let (_tmp, engine, sink) = local_with_memory_cloud().await;
     sink.reject_key("poison");
     let keys: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
     for key in keys.iter().take(15) {
@@ -474,9 +479,7 @@ async fn a_poisonous_record_is_parked_and_the_rest_ship() {
 
 #[tokio::test]
 async fn retries_back_off_and_give_up_after_max_attempts() {
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = local(tmp.path()).await;
-    let sink = Arc::new(MemorySink::new());
+    let (_tmp, engine, sink) = local_with_memory_cloud().await;
     let mut config = fast_config();
     config.max_attempts = 3;
     config.breaker.failure_threshold = 100;
@@ -505,9 +508,7 @@ async fn retries_back_off_and_give_up_after_max_attempts() {
 
 #[tokio::test]
 async fn under_pool_pressure_only_critical_and_high_drain() {
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = local(tmp.path()).await;
-    let sink = Arc::new(MemorySink::new());
+    let (_tmp, engine, sink) = local_with_memory_cloud().await;
     sink.set_load(0.9);
     for (key, priority) in [
         ("c", Priority::Critical),
@@ -670,9 +671,7 @@ fn retry_delays_double_to_the_cap_with_equal_jitter() {
 #[tokio::test]
 async fn a_manual_clock_steps_the_breaker_through_its_open_period() {
     use hybridsync_core::{Clock, ManualClock};
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = local(tmp.path()).await;
-    let sink = Arc::new(MemorySink::new());
+    let (_tmp, engine, sink) = local_with_memory_cloud().await;
     let clock = Arc::new(ManualClock::new(1_000_000));
     let step = |ms: u64| clock.set(clock.now_ms() + ms);
     let config = SyncConfig {
@@ -723,9 +722,7 @@ async fn a_manual_clock_steps_the_breaker_through_its_open_period() {
 
 #[tokio::test]
 async fn batch_size_grows_while_fast_and_shrinks_when_slow() {
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = local(tmp.path()).await;
-    let sink = Arc::new(MemorySink::new());
+    let (_tmp, engine, sink) = local_with_memory_cloud().await;
     let mut config = fast_config();
     config.target_batch_latency = Duration::from_millis(50);
     let syncer = syncer_for(&engine, sink.clone(), config);
@@ -759,9 +756,7 @@ async fn batch_size_grows_while_fast_and_shrinks_when_slow() {
 
 #[tokio::test]
 async fn a_successful_drain_marks_this_device_seen() {
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = local(tmp.path()).await;
-    let sink = Arc::new(MemorySink::new());
+    let (_tmp, engine, sink) = local_with_memory_cloud().await;
     let me = engine.store().device_id();
     sink.register_device(me, "me").await.unwrap();
     let registered = sink.list_devices().await.unwrap()[0].last_seen_ms;

@@ -32,12 +32,21 @@ fn voices() -> CollectionSpec {
 /// An engine over a real store and index in `dir`, with `spec` declared. Shared by
 /// the engine's test modules.
 pub(crate) async fn open_engine(dir: &std::path::Path, spec: CollectionSpec) -> TestEngine {
+    open_engine_with(dir, spec, EngineConfig::default()).await
+}
+
+/// [`open_engine`] with an engine configuration (a snapshot directory, say).
+async fn open_engine_with(
+    dir: &std::path::Path,
+    spec: CollectionSpec,
+    config: EngineConfig,
+) -> TestEngine {
     let store = Arc::new(SqliteStore::open(StoreOptions::new(dir)).await.unwrap());
     let engine = Engine::open(
         store,
         Some(Arc::new(UsearchCache::default())),
         Arc::new(hybridsync_vector::HotCache::new(10_000, 64 << 20)),
-        EngineConfig::default(),
+        config,
     )
     .await
     .unwrap();
@@ -420,24 +429,11 @@ fn a_snapshot_description_names_its_own_index_file_and_nothing_else() {
 #[tokio::test]
 async fn the_runtime_shuts_down_once_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(StoreOptions::new(tmp.path()))
-            .await
-            .unwrap(),
-    );
     let snapshots = tmp.path().join("indexes");
-    let engine = Engine::open(
-        store,
-        Some(Arc::new(UsearchCache::default())),
-        Arc::new(hybridsync_vector::HotCache::new(100, 1 << 20)),
-        EngineConfig {
-            snapshot_dir: Some(snapshots.clone()),
-        },
-    )
-    .await
-    .unwrap();
-    engine.create_collection(voices()).await.unwrap();
-    let engine = Arc::new(engine);
+    let config = EngineConfig {
+        snapshot_dir: Some(snapshots.clone()),
+    };
+    let engine = Arc::new(open_engine_with(tmp.path(), voices(), config).await);
     let sink = Arc::new(hybridsync_testkit::MemorySink::new());
     let config = RuntimeConfig {
         sync: crate::sync_tests::fast_config(),
@@ -445,21 +441,7 @@ async fn the_runtime_shuts_down_once_in_order() {
     };
     let runtime = Runtime::new(engine.clone(), Some(sink.clone()), config);
     runtime.start_sync().await.unwrap();
-    let mut voiceprints = Clustered::new(3, 4, DIM, 0.05);
-    for i in 0..20 {
-        engine
-            .put(
-                WriteRequest::put(
-                    name("voices"),
-                    key(&format!("speaker-{i}")),
-                    vec![1],
-                    Some(voiceprints.sample(i)),
-                )
-                .with_priority(Priority::Normal),
-            )
-            .await
-            .unwrap();
-    }
+    enrol_all(&engine, &Clustered::new(3, 4, DIM, 0.05).samples(20)).await;
     assert_eq!(
         runtime
             .shutdown(std::time::Duration::from_secs(5))

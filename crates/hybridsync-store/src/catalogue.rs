@@ -2,6 +2,7 @@
 //! memory and reread when a name is not known (another process may have created it).
 
 use crate::{Error, Result, SqliteStore};
+use hybridsync_core::RwLockExt;
 use hybridsync_core::{CollectionName, CollectionSpec, Metric, Precision, VectorSpec};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -19,16 +20,12 @@ impl SqliteStore {
             let spec = spec_from_row(&row)?;
             specs.insert(spec.name.clone(), spec);
         }
-        *self.catalogue.write().unwrap_or_else(|e| e.into_inner()) = specs;
+        *self.catalogue.write_or_recover() = specs;
         Ok(())
     }
 
     fn spec(&self, collection: &CollectionName) -> Option<CollectionSpec> {
-        self.catalogue
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(collection)
-            .cloned()
+        self.catalogue.read_or_recover().get(collection).cloned()
     }
 
     /// The spec of a known collection, rereading the catalogue once in case another
@@ -45,13 +42,8 @@ impl SqliteStore {
     /// Every collection, by name.
     pub(crate) async fn collections(&self) -> hybridsync_core::Result<Vec<CollectionSpec>> {
         self.reload_catalogue().await?;
-        let mut specs: Vec<CollectionSpec> = self
-            .catalogue
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut specs: Vec<CollectionSpec> =
+            self.catalogue.read_or_recover().values().cloned().collect();
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(specs)
     }

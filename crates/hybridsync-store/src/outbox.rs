@@ -17,9 +17,16 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-/// `sql` with its state placeholders replaced by [`OutboxState`]'s codes.
+/// The state an entry takes when it leaves flight for `?1`: `?1`, unless a newer open
+/// entry exists for the same record, in which case it is superseded (done): the newer
+/// entry ships the record's current state. Written `{settle}` in the statements below.
+const SETTLE: &str = "CASE WHEN EXISTS (SELECT 1 FROM outbox newer WHERE newer.record_id = outbox.record_id \
+     AND newer.state IN ({pending}, {failed}) AND newer.id <> outbox.id) THEN {done} ELSE ?1 END";
+
+/// `sql` with `{settle}` and its state placeholders replaced by [`OutboxState`]'s codes.
 pub(crate) fn with_states(sql: &str) -> String {
-    OutboxState::ALL.iter().fold(sql.to_owned(), |sql, state| {
+    let sql = sql.replace("{settle}", SETTLE);
+    OutboxState::ALL.iter().fold(sql, |sql, state| {
         sql.replace(
             &format!("{{{}}}", state.as_str()),
             &state.code().to_string(),
@@ -27,20 +34,10 @@ pub(crate) fn with_states(sql: &str) -> String {
     })
 }
 
-/// A statement written with state placeholders, resolved once.
+/// A statement written with placeholders, resolved once.
 macro_rules! statement {
-    ($($text:expr),+ $(,)?) => {
+    ($($text:literal),+ $(,)?) => {
         LazyLock::new(|| with_states(concat!($($text),+)))
-    };
-}
-
-/// The state an entry takes when it leaves flight for `?1`: `?1`, unless a newer open
-/// entry exists for the same record, in which case it is superseded (done): the newer
-/// entry ships the record's current state.
-macro_rules! settle_state {
-    () => {
-        "CASE WHEN EXISTS (SELECT 1 FROM outbox newer WHERE newer.record_id = outbox.record_id \
-         AND newer.state IN ({pending}, {failed}) AND newer.id <> outbox.id) THEN {done} ELSE ?1 END"
     };
 }
 
@@ -53,11 +50,8 @@ static ENQUEUE: LazyLock<String> = statement!(
     "priority = MIN(outbox.priority, excluded.priority), state = {pending}, attempts = 0, next_attempt_ms = 0, ",
     "last_error = NULL, updated_ms = excluded.updated_ms"
 );
-static REQUEUE: LazyLock<String> = statement!(
-    "UPDATE outbox SET state = ",
-    settle_state!(),
-    ", claim = NULL WHERE state = {in_flight}"
-);
+static REQUEUE: LazyLock<String> =
+    statement!("UPDATE outbox SET state = {settle}, claim = NULL WHERE state = {in_flight}");
 static CLAIM: LazyLock<String> = statement!(
     "UPDATE outbox SET state = {in_flight}, claim = ?1, updated_ms = ?2 WHERE id IN (",
     " SELECT id FROM outbox WHERE state = {pending} AND next_attempt_ms <= ?3 AND priority <= ?4",
@@ -73,14 +67,10 @@ static SHIPPED: LazyLock<String> = statement!(
     "UPDATE outbox SET state = {done}, claim = NULL, updated_ms = ?1 WHERE id = ?2 AND state = {in_flight}"
 );
 static RELEASE: LazyLock<String> = statement!(
-    "UPDATE outbox SET state = ",
-    settle_state!(),
-    ", claim = NULL, updated_ms = ?2 WHERE id = ?3 AND state = {in_flight}"
+    "UPDATE outbox SET state = {settle}, claim = NULL, updated_ms = ?2 WHERE id = ?3 AND state = {in_flight}"
 );
 static RETRY: LazyLock<String> = statement!(
-    "UPDATE outbox SET state = ",
-    settle_state!(),
-    ", claim = NULL, attempts = attempts + 1, ",
+    "UPDATE outbox SET state = {settle}, claim = NULL, attempts = attempts + 1, ",
     "next_attempt_ms = ?2, last_error = ?3, updated_ms = ?4 WHERE id = ?5 AND state = {in_flight}"
 );
 static RETRY_FAILED: LazyLock<String> = statement!(

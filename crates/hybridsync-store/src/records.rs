@@ -182,44 +182,7 @@ impl SqliteStore {
             .transpose()?)
     }
 
-    /// Up to `limit` live records after `after`, in key order.
-    pub(crate) async fn list(
-        &self,
-        collection: &CollectionName,
-        after: Option<&Key>,
-        limit: usize,
-    ) -> hybridsync_core::Result<Vec<Record>> {
-        Ok(self.scan_records(collection, after, limit, false).await?)
-    }
-
-    /// Up to `limit` records after `after`, in key order, tombstones included.
-    pub(crate) async fn scan(
-        &self,
-        collection: &CollectionName,
-        after: Option<&Key>,
-        limit: usize,
-    ) -> hybridsync_core::Result<Vec<Record>> {
-        Ok(self.scan_records(collection, after, limit, true).await?)
-    }
-
-    /// Every live embedding of a collection with its label and hash.
-    pub(crate) async fn embeddings(
-        &self,
-        collection: &CollectionName,
-    ) -> hybridsync_core::Result<Vec<StoredVector>> {
-        Ok(self.live_vectors(collection, true).await?)
-    }
-
-    /// The labels and hashes of a collection's live embeddings, without the vectors.
-    pub(crate) async fn vector_labels(
-        &self,
-        collection: &CollectionName,
-    ) -> hybridsync_core::Result<Vec<StoredVector>> {
-        Ok(self.live_vectors(collection, false).await?)
-    }
-
-    /// Up to `limit` records after `after` in key order; tombstones only if asked for.
-    async fn scan_records(
+    pub(crate) async fn scan_records(
         &self,
         collection: &CollectionName,
         after: Option<&Key>,
@@ -280,7 +243,7 @@ impl SqliteStore {
 
     /// Live rows with an embedding in `collection`: label, key, hash and, when
     /// `with_embedding`, the vector.
-    async fn live_vectors(
+    pub(crate) async fn live_vectors(
         &self,
         collection: &CollectionName,
         with_embedding: bool,

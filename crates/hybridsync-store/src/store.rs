@@ -1,7 +1,9 @@
 //! [`SqliteStore`] and its [`LocalStore`] implementation, in one place. Each operation
 //! is implemented under its trait name in the module of its concern (`catalogue`,
 //! `records`, `outbox`, `feed`, `history`), returning the core error; the trait
-//! implementation below only forwards to it.
+//! implementation below only forwards to it. (`list` and `scan` are one scan with or
+//! without tombstones, `embeddings` and `vector_labels` one read with or without the
+//! vectors.)
 
 use crate::connections::{PointReaders, Writer};
 use hybridsync_core::{
@@ -69,15 +71,15 @@ impl LocalStore for SqliteStore {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<Vec<Record>> {
-        SqliteStore::list(self, collection, after, limit).await
+        Ok(self.scan_records(collection, after, limit, false).await?)
     }
 
     async fn embeddings(&self, collection: &CollectionName) -> Result<Vec<StoredVector>> {
-        SqliteStore::embeddings(self, collection).await
+        Ok(self.live_vectors(collection, true).await?)
     }
 
     async fn vector_labels(&self, collection: &CollectionName) -> Result<Vec<StoredVector>> {
-        SqliteStore::vector_labels(self, collection).await
+        Ok(self.live_vectors(collection, false).await?)
     }
 
     async fn embeddings_of(
@@ -150,7 +152,7 @@ impl LocalStore for SqliteStore {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<Vec<Record>> {
-        SqliteStore::scan(self, collection, after, limit).await
+        Ok(self.scan_records(collection, after, limit, true).await?)
     }
 
     async fn count_all(&self, collection: &CollectionName) -> Result<u64> {

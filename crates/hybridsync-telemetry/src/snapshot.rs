@@ -21,6 +21,8 @@ pub struct DrainGauges {
 /// them without scraping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncMetrics {
+    /// Seconds since the store was opened.
+    pub uptime_secs: f64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// Hits over reads answered so far (0 before any read).
@@ -37,8 +39,6 @@ pub struct SyncMetrics {
     pub pool_size: u32,
     pub pool_max: u32,
     pub pool_load: f64,
-    /// Seconds since the store was opened.
-    pub uptime_secs: f64,
 }
 
 impl SyncMetrics {
@@ -51,6 +51,7 @@ impl SyncMetrics {
     ) -> Self {
         let reads = cache.hits + cache.misses;
         Self {
+            uptime_secs,
             cache_hits: cache.hits,
             cache_misses: cache.misses,
             cache_hit_rate: if reads == 0 {
@@ -67,7 +68,6 @@ impl SyncMetrics {
             pool_size: drain.map_or(0, |d| d.pool_size),
             pool_max: drain.map_or(0, |d| d.pool_max),
             pool_load: drain.map_or(0.0, |d| d.pool_load),
-            uptime_secs,
         }
     }
 

@@ -2,6 +2,7 @@
 //! the contract of the real sink: monotone upserts by `(hlc, origin)` and a change feed
 //! in commit order. It lives here, in the test kit, so no production crate ships it.
 
+use hybridsync_core::MutexExt;
 use hybridsync_core::{
     ChangeBatch, ChangeCursor, Clock, CloudSink, CollectionName, CollectionSpec, DeviceId,
     DeviceInfo, Error, Key, Record, Result, SystemClock,
@@ -90,20 +91,17 @@ impl MemorySink {
 
     /// Refuses, permanently, any batch that holds `key`.
     pub fn reject_key(&self, key: &str) {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_owned());
+        self.rejected.lock_or_recover().insert(key.to_owned());
     }
 
     /// Pretends the pool is this loaded.
     pub fn set_load(&self, load: f64) {
-        *self.load.lock().unwrap_or_else(|e| e.into_inner()) = load;
+        *self.load.lock_or_recover() = load;
     }
 
     /// Makes every upsert take at least this long.
     pub fn set_latency(&self, latency: std::time::Duration) {
-        *self.latency.lock().unwrap_or_else(|e| e.into_inner()) = latency;
+        *self.latency.lock_or_recover() = latency;
     }
 
     /// Upsert and health calls made so far.
@@ -113,7 +111,7 @@ impl MemorySink {
 
     /// The stored record for a key.
     pub fn get(&self, collection: &CollectionName, key: &Key) -> Option<Record> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock_or_recover();
         state
             .rows
             .get(&(collection.clone(), key.clone()))
@@ -122,7 +120,7 @@ impl MemorySink {
 
     /// Every stored record.
     pub fn all(&self) -> Vec<Record> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock_or_recover();
         state.rows.values().map(|(_, r)| r.clone()).collect()
     }
 
@@ -145,15 +143,11 @@ impl MemorySink {
 impl CloudSink for MemorySink {
     async fn upsert_batch(&self, records: &[Record]) -> Result<()> {
         self.gate()?;
-        let latency = *self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let latency = *self.latency.lock_or_recover();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let rejected = self
-            .rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let rejected = self.rejected.lock_or_recover().clone();
         if let Some(bad) = records.iter().find(|r| rejected.contains(r.key.as_str())) {
             return Err(Error::Cloud {
                 retryable: false,
@@ -169,7 +163,7 @@ impl CloudSink for MemorySink {
                 source: format!("{} is stamped ahead of the server clock", ahead.key).into(),
             });
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock_or_recover();
         let mut changed = false;
         for record in records {
             let id = (record.collection.clone(), record.key.clone());
@@ -214,7 +208,7 @@ impl CloudSink for MemorySink {
             .try_into()
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock_or_recover();
         let mut changes: Vec<(u64, Record)> = state
             .rows
             .iter()
@@ -235,13 +229,13 @@ impl CloudSink for MemorySink {
 
     async fn count(&self, collection: &CollectionName) -> Result<u64> {
         self.gate()?;
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock_or_recover();
         Ok(state.rows.keys().filter(|(c, _)| c == collection).count() as u64)
     }
 
     async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()> {
         self.gate()?;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock_or_recover();
         if let Some(spec) = specs.iter().find(|s| {
             state
                 .collections
@@ -261,7 +255,7 @@ impl CloudSink for MemorySink {
 
     async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
         self.gate()?;
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.state.lock_or_recover();
         Ok(state.collections.values().cloned().collect())
     }
 
@@ -272,7 +266,7 @@ impl CloudSink for MemorySink {
     async fn register_device(&self, id: DeviceId, name: &str) -> Result<()> {
         hybridsync_core::validate_device_name(name)?;
         self.gate()?;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock_or_recover();
         let now = self.now_ms();
         let info = state.devices.entry(id).or_insert(DeviceInfo {
             id,
@@ -289,8 +283,7 @@ impl CloudSink for MemorySink {
         self.gate()?;
         let mut devices: Vec<DeviceInfo> = self
             .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_or_recover()
             .devices
             .values()
             .cloned()
@@ -301,30 +294,18 @@ impl CloudSink for MemorySink {
 
     async fn deregister_device(&self, id: DeviceId) -> Result<bool> {
         self.gate()?;
-        Ok(self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .devices
-            .remove(&id)
-            .is_some())
+        Ok(self.state.lock_or_recover().devices.remove(&id).is_some())
     }
 
     async fn touch_device(&self, id: DeviceId) -> Result<()> {
         self.gate()?;
-        if let Some(info) = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .devices
-            .get_mut(&id)
-        {
+        if let Some(info) = self.state.lock_or_recover().devices.get_mut(&id) {
             info.last_seen_ms = self.now_ms();
         }
         Ok(())
     }
 
     fn load(&self) -> f64 {
-        *self.load.lock().unwrap_or_else(|e| e.into_inner())
+        *self.load.lock_or_recover()
     }
 }

@@ -4,6 +4,7 @@
 //! connection after N bytes, and down (refuse and drop everything).
 
 use crate::Result;
+use hybridsync_core::MutexExt;
 use rand::{Rng, SeedableRng};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -91,7 +92,7 @@ impl FaultProxy {
         if let Fault::CloseAfter { bytes } = fault {
             self.shared.budget.store(bytes, Ordering::SeqCst);
         }
-        *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+        *self.shared.fault.lock_or_recover() = fault;
         if fault == Fault::Down {
             self.shared.generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -99,7 +100,7 @@ impl FaultProxy {
 
     /// The fault in force.
     pub fn fault(&self) -> Fault {
-        *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner())
+        *self.shared.fault.lock_or_recover()
     }
 
     /// Resets (RST) every open connection; new ones are forwarded as before.
@@ -131,7 +132,7 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
             }
             Err(_) => continue,
         };
-        if *shared.fault.lock().unwrap_or_else(|e| e.into_inner()) == Fault::Down {
+        if *shared.fault.lock_or_recover() == Fault::Down {
             cut(&client);
             continue;
         }
@@ -173,7 +174,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared
         if shared.generation.load(Ordering::SeqCst) != generation {
             return cut_both(&from, &to);
         }
-        let fault = *shared.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = *shared.fault.lock_or_recover();
         if fault == Fault::Blackhole {
             std::thread::sleep(POLL);
             continue;
@@ -188,7 +189,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared
             Err(_) => return cut_both(&from, &to),
         };
         // Faults may have changed while we waited for data.
-        let fault = *shared.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = *shared.fault.lock_or_recover();
         match fault {
             Fault::Latency { ms, jitter_ms } => {
                 let extra = if jitter_ms > 0 {
@@ -216,7 +217,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared
             }
             Fault::Blackhole => {
                 // Hold what was read until the blackhole lifts (or the link is cut).
-                while *shared.fault.lock().unwrap_or_else(|e| e.into_inner()) == Fault::Blackhole {
+                while *shared.fault.lock_or_recover() == Fault::Blackhole {
                     if shared.generation.load(Ordering::SeqCst) != generation {
                         return cut_both(&from, &to);
                     }

@@ -1,5 +1,6 @@
 //! A bounded LRU cache of recently read or written records.
 
+use hybridsync_core::MutexExt;
 use hybridsync_core::{CollectionName, HotCacheStats, Key, Record, RecordCache};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -53,7 +54,7 @@ impl HotCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock_or_recover()
     }
 
     /// The lookup key is built in a reused per-thread buffer: this is the hottest path

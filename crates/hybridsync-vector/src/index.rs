@@ -2,6 +2,7 @@
 
 use crate::{Error, Result};
 use hybridsync_core::{CollectionName, Key, Metric, Precision, VectorCache, VectorHit, VectorSpec};
+use hybridsync_core::{MutexExt, RwLockExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
@@ -59,7 +60,7 @@ impl Slots {
     }
 
     fn acquire(&self) -> SlotGuard<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = self.free.lock_or_recover();
         while *free == 0 {
             free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
         }
@@ -70,7 +71,7 @@ impl Slots {
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *self.0.free.lock_or_recover() += 1;
         self.0.freed.notify_one();
     }
 }
@@ -204,15 +205,13 @@ impl UsearchCache {
             slots: Slots::new(THREAD_SLOTS),
         };
         self.collections
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_or_recover()
             .insert(collection.clone(), Arc::new(entry));
     }
 
     fn get(&self, collection: &CollectionName) -> Result<Arc<CollectionIndex>> {
         self.collections
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_or_recover()
             .get(collection)
             .cloned()
             .ok_or_else(|| Error::NoIndex(collection.to_string()))
@@ -228,17 +227,13 @@ impl UsearchCache {
     ) -> Result<Vec<VectorHit>> {
         let entry = self.get(collection)?;
         let _slot = entry.slots.acquire();
-        let matches = entry
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .exact_search(query, k);
+        let matches = entry.index.read_or_recover().exact_search(query, k);
         hits(&entry, matches.map_err(usearch_error)?)
     }
 }
 
 fn hits(entry: &CollectionIndex, matches: usearch::ffi::Matches) -> Result<Vec<VectorHit>> {
-    let keys = entry.keys.read().unwrap_or_else(|e| e.into_inner());
+    let keys = entry.keys.read_or_recover();
     Ok(matches
         .keys
         .iter()
@@ -310,8 +305,7 @@ impl VectorCache for UsearchCache {
         let temp = path.with_extension("tmp");
         entry
             .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_or_recover()
             .save(path_str(&temp)?)
             .map_err(usearch_error)?;
         std::fs::rename(&temp, path)
@@ -341,8 +335,8 @@ impl VectorCache for UsearchCache {
         embedding: &[f32],
     ) -> hybridsync_core::Result<()> {
         let entry = self.get(collection)?;
-        let index = entry.index.write().unwrap_or_else(|e| e.into_inner());
-        let mut used = entry.used.lock().unwrap_or_else(|e| e.into_inner());
+        let index = entry.index.write_or_recover();
+        let mut used = entry.used.lock_or_recover();
         if *used + 1 >= index.capacity() {
             reserve(&index, (*used + 1) * 2)?;
         }
@@ -351,11 +345,7 @@ impl VectorCache for UsearchCache {
         }
         index.add(label, embedding).map_err(usearch_error)?;
         *used += 1;
-        entry
-            .keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(label, key.clone());
+        entry.keys.write_or_recover().insert(label, key.clone());
         Ok(())
     }
 
@@ -376,8 +366,8 @@ impl VectorCache for UsearchCache {
         }
         let entry = self.get(collection)?;
         for chunk in items.chunks(PARALLEL_ADD_CHUNK) {
-            let index = entry.index.write().unwrap_or_else(|e| e.into_inner());
-            let mut used = entry.used.lock().unwrap_or_else(|e| e.into_inner());
+            let index = entry.index.write_or_recover();
+            let mut used = entry.used.lock_or_recover();
             if *used + chunk.len() >= index.capacity() {
                 reserve(&index, (*used + chunk.len()) * 2)?;
             }
@@ -390,8 +380,7 @@ impl VectorCache for UsearchCache {
             *used += chunk.len();
             entry
                 .keys
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
+                .write_or_recover()
                 .extend(chunk.iter().map(|(label, key, _)| (*label, key.clone())));
         }
         Ok(())
@@ -399,15 +388,11 @@ impl VectorCache for UsearchCache {
 
     fn remove(&self, collection: &CollectionName, label: u64) -> hybridsync_core::Result<()> {
         let entry = self.get(collection)?;
-        let index = entry.index.write().unwrap_or_else(|e| e.into_inner());
+        let index = entry.index.write_or_recover();
         if index.contains(label) {
             index.remove(label).map_err(usearch_error)?;
         }
-        entry
-            .keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&label);
+        entry.keys.write_or_recover().remove(&label);
         Ok(())
     }
 
@@ -419,7 +404,7 @@ impl VectorCache for UsearchCache {
     ) -> hybridsync_core::Result<Vec<VectorHit>> {
         let entry = self.get(collection)?;
         let _slot = entry.slots.acquire();
-        let index = entry.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = entry.index.read_or_recover();
         let matches = if index.size() <= self.options.exact_below {
             index.exact_search(query, k)
         } else {
@@ -429,8 +414,7 @@ impl VectorCache for UsearchCache {
     }
 
     fn len(&self, collection: &CollectionName) -> usize {
-        self.get(collection).map_or(0, |e| {
-            e.index.read().unwrap_or_else(|e| e.into_inner()).size()
-        })
+        self.get(collection)
+            .map_or(0, |e| e.index.read_or_recover().size())
     }
 }

@@ -8,6 +8,7 @@
 //! writer, so the call does not block the async runtime for longer than the read.
 
 use crate::{Error, Result};
+use hybridsync_core::MutexExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,13 +55,13 @@ impl PointReaders {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::PointRead("the store is closed".into()));
         }
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = self.idle.lock_or_recover().pop();
         let conn = match idle {
             Some(conn) => conn,
             None => self.open().map_err(point_error)?,
         };
         let out = read(&conn).map_err(point_error)?;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle.lock_or_recover();
         if idle.len() < self.keep && !self.closed.load(Ordering::SeqCst) {
             idle.push(conn);
         }
@@ -70,7 +71,7 @@ impl PointReaders {
     /// Drops every idle connection; later reads fail.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.idle.lock_or_recover().clear();
     }
 }
 
