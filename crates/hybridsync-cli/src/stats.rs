@@ -139,10 +139,9 @@ pub(crate) fn status_text(
     out
 }
 
+/// The wall clock, through the library's one `Clock`.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    hybridsync::Clock::now_ms(&hybridsync::SystemClock)
 }
 
 /// p50 and p99 of `samples`.

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The health check's round trip.
+const PING: &str = "SELECT 1";
+
 /// Opens a transaction's tenant scope (`set_config(..., true)` is transaction-local)
 /// and reads the server's clock in the same round trip.
 const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
@@ -309,7 +312,7 @@ impl PostgresSink {
     /// A cheap round trip that proves the server answers.
     pub(crate) async fn health_check(&self) -> Result<()> {
         self.sample_load();
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(PING).execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -87,20 +87,22 @@ pub async fn migrate(admin_url: &hybridsync_core::CloudUrl, app_role: Option<&st
     Ok(())
 }
 
+const HAS_MIGRATIONS: &str = "SELECT to_regclass('_hybridsync_migrations') IS NOT NULL";
+
+const APPLIED: &str = "SELECT max(version) FROM _hybridsync_migrations WHERE success";
+
 /// The highest successfully applied hybridsync migration, 0 when none.
 pub(crate) async fn applied_version(pool: &sqlx::PgPool) -> Result<i64> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('_hybridsync_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await
-            .map_err(Error::from)?;
+    let exists: bool = sqlx::query_scalar(HAS_MIGRATIONS)
+        .fetch_one(pool)
+        .await
+        .map_err(Error::from)?;
     if !exists {
         return Ok(0);
     }
-    let version: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _hybridsync_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .map_err(Error::from)?;
+    let version: Option<i64> = sqlx::query_scalar(APPLIED)
+        .fetch_one(pool)
+        .await
+        .map_err(Error::from)?;
     Ok(version.unwrap_or(0))
 }
