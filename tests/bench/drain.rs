@@ -127,7 +127,12 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
         "the bench server must be durable"
     );
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
-    hybridsync::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app")).await?;
+    let admin = CloudUrl::new(pg.url("postgres"));
+    hybridsync::cloud::migrate(&admin, Some("app")).await?;
+    // The tenants the bench's devices act for.
+    for tenant in ["default", "recovery", "propagation"] {
+        hybridsync::cloud::grant_tenant(&admin, Some("app"), tenant).await?;
+    }
     Ok(pg)
 }
 

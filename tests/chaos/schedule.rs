@@ -120,10 +120,15 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
     pg.psql("postgres", "CREATE ROLE hog LOGIN")?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(hybridsync::cloud::migrate(
-        &CloudUrl::new(pg.url("postgres")),
-        Some("app"),
-    ))?;
+    let admin = CloudUrl::new(pg.url("postgres"));
+    runtime.block_on(hybridsync::cloud::migrate(&admin, Some("app")))?;
+    for seed in &seeds {
+        runtime.block_on(hybridsync::cloud::grant_tenant(
+            &admin,
+            Some("app"),
+            &format!("chaos-{seed}"),
+        ))?;
+    }
     let mut report = Report {
         devices: options.devices,
         ..Report::default()

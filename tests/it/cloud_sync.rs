@@ -24,7 +24,10 @@ impl Cloud {
             data: tempfile::tempdir().unwrap(),
         };
         let admin = cloud.pg.url("postgres");
-        cloud.ok_with(&admin, &["cloud", "migrate", "--grant", "app"]);
+        cloud.ok_with(
+            &admin,
+            &["cloud", "migrate", "--grant", "app", "--tenant", "default"],
+        );
         cloud.ok(&["collections", "create", "notes"]);
         cloud
     }

@@ -59,7 +59,11 @@ async fn slot_exhaustion_terminated_backends_and_restarts_never_break_the_cap_or
     };
     let pg = TempPostgres::with_options(options).unwrap();
     pg.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
-    hybridsync::cloud::migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
+    let admin = CloudUrl::new(pg.url("postgres"));
+    hybridsync::cloud::migrate(&admin, Some("app"))
+        .await
+        .unwrap();
+    hybridsync::cloud::grant_tenant(&admin, Some("app"), "default")
         .await
         .unwrap();
 

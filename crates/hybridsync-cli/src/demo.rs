@@ -52,10 +52,15 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
     };
     config.data_dir = Some(dir.clone());
     if let Some(url) = &config.cloud_url {
-        // The demo sets up its own cloud schema; production runs `hybridsync cloud migrate`.
+        // The demo sets up its own cloud schema and lets its own login act for its
+        // tenant; production runs `hybridsync cloud migrate` and `cloud grant`.
         hybridsync::cloud::migrate(url, None)
             .await
             .context("preparing the cloud schema for the demo")?;
+        let tenant = config.cloud.tenant.as_deref().unwrap_or("default");
+        hybridsync::cloud::grant_tenant(url, None, tenant)
+            .await
+            .context("granting the demo's login its tenant")?;
     }
     let store = HybridStore::builder(&dir)
         .config(&config)?

@@ -147,7 +147,24 @@ enum CloudCommand {
         /// Grant the sink's (non-owner) login role access, so row-level security applies to it
         #[arg(long)]
         grant: Option<String>,
+        /// Also make the --grant role a member of this tenant (repeatable)
+        #[arg(long = "tenant", value_name = "TENANT", requires = "grant")]
+        tenants: Vec<String>,
     },
+    /// Let a login role act for a tenant (through --cloud-url, an administrative role)
+    Grant {
+        role: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Take a tenant away from a login role
+    Revoke {
+        role: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List which login roles may act for which tenants
+    Members,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +212,41 @@ async fn open(config: &Config) -> Result<HybridStore> {
     store.with_context(|| format!("opening the store in {}", dir.display()))
 }
 
+/// `hybridsync cloud ...`, through an administrative URL.
+async fn cloud_admin(command: &CloudCommand, url: &hybridsync::CloudUrl) -> Result<()> {
+    use hybridsync::cloud;
+    match command {
+        CloudCommand::Migrate { grant, tenants } => {
+            cloud::migrate(url, grant.as_deref()).await?;
+            for tenant in tenants {
+                cloud::grant_tenant(url, grant.as_deref(), tenant).await?;
+            }
+            println!("cloud schema {} ready at {url}", cloud::SCHEMA_VERSION);
+        }
+        CloudCommand::Grant { role, tenant } => {
+            cloud::grant_tenant(url, Some(role), tenant).await?;
+            println!("{role} may act for tenant {tenant}");
+        }
+        CloudCommand::Revoke { role, tenant } => {
+            let revoked = cloud::revoke_tenant(url, role, tenant).await?;
+            println!(
+                "{role} {} tenant {tenant}",
+                if revoked {
+                    "no longer acts for"
+                } else {
+                    "was not a member of"
+                }
+            );
+        }
+        CloudCommand::Members => {
+            for member in cloud::tenant_members(url).await? {
+                println!("{:<24} {}", member.tenant, member.role);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `--strategy newest|local|remote` (the names are `Strategy`'s own).
 fn parse_strategy(s: &str) -> Result<hybridsync::Strategy, String> {
     s.parse()
@@ -233,17 +285,12 @@ async fn real_main() -> Result<()> {
     let mut config = load_config(&cli)?;
     match &cli.command {
         Command::Demo(args) => return demo::run(args, config).await,
-        Command::Cloud(CloudCommand::Migrate { grant }) => {
+        Command::Cloud(command) => {
             let url = config
                 .cloud_url
                 .clone()
-                .context("cloud migrate needs --cloud-url (or HYBRIDSYNC_CLOUD_URL)")?;
-            hybridsync::cloud::migrate(&url, grant.as_deref()).await?;
-            println!(
-                "cloud schema {} ready at {url}",
-                hybridsync::cloud::SCHEMA_VERSION
-            );
-            return Ok(());
+                .context("cloud administration needs --cloud-url (or HYBRIDSYNC_CLOUD_URL)")?;
+            return cloud_admin(command, &url).await;
         }
         Command::Serve {
             sync_interval: Some(secs),

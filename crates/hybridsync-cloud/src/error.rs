@@ -27,6 +27,13 @@ pub enum Error {
         ahead_ms: i64,
         limit_ms: i64,
     },
+    /// The login role is not a member of the tenant it claims (`cloud grant`): it reads
+    /// nothing and writes nothing there. Permanent, so queued writes are parked as
+    /// failed rather than retried forever.
+    #[error(
+        "this login role may not act for tenant {tenant:?} (an administrator grants it: hybridsync cloud grant ROLE --tenant TENANT)"
+    )]
+    TenantDenied { tenant: String },
     /// A collection the cloud already knows with another spec.
     #[error("collection {collection} exists in the cloud with another spec ({cloud}), not {local}")]
     SpecConflict {

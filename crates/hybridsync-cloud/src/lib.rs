@@ -7,8 +7,12 @@
 //! - Batch upserts as one statement per batch (`UNNEST` arrays), idempotent and
 //!   monotone: a row is replaced only by a strictly newer `(hlc, origin)`.
 //! - A change feed whose cursor cannot skip a row committed out of order.
-//! - Tenant isolation by row-level security; the tenant is set with a transaction-local
-//!   setting so it never leaks to the next user of a pooled connection.
+//! - Tenant isolation by row-level security: a row is visible and writable only when it
+//!   belongs to the tenant the transaction selected *and* the login role is a member
+//!   of that tenant (`hs_tenant_members`, managed by the administrative role through
+//!   [`grant_tenant`] and [`revoke_tenant`]). The tenant is set with a
+//!   transaction-local setting so it never leaks to the next user of a pooled
+//!   connection.
 //! - `sqlx::Error` is mapped here, by SQLSTATE, into [`Error`], which says whether a
 //!   failure is worth retrying.
 //!
@@ -26,7 +30,9 @@ mod upsert;
 
 pub use error::{Error, Result};
 pub use pool::{CloudOptions, PostgresSink};
-pub use schema::{SCHEMA_VERSION, migrate};
+pub use schema::{
+    SCHEMA_VERSION, TenantMember, grant_tenant, migrate, revoke_tenant, tenant_members,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -20,7 +20,13 @@ const PING: &str = "SELECT 1";
 
 /// Opens a transaction's tenant scope (`set_config(..., true)` is transaction-local)
 /// and reads the server's clock in the same round trip.
-const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
+/// Also says whether the login role may act for the tenant (a member of it, or a role
+/// that bypasses row-level security anyway), so a device claiming another tenant gets a
+/// typed refusal instead of empty reads and policy violations.
+const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
+     EXISTS (SELECT 1 FROM hs_tenant_members m WHERE m.tenant = $1 \
+             AND pg_has_role(current_user, m.member, 'MEMBER')) \
+     OR (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) \
      FROM (SELECT set_config('hybridsync.tenant', $1, true)) AS tenant";
 
 /// How to reach the cloud and how hard to lean on it.
@@ -154,18 +160,23 @@ async fn listen_for_changes(
     }
 }
 
+/// A tenant name as stored: 1–128 printable characters, trimmed.
+pub(crate) fn validate_tenant(tenant: &str) -> Result<&str> {
+    let trimmed = tenant.trim();
+    if trimmed.is_empty() || trimmed.len() > 128 || trimmed.chars().any(char::is_control) {
+        return Err(Error::Config(format!(
+            "tenant {tenant:?} must be 1-128 printable characters"
+        )));
+    }
+    Ok(trimmed)
+}
+
 impl PostgresSink {
     /// A sink with a lazily connecting pool: this never waits on the network, so an
     /// application starts the same whether the cloud is up or down. Call it inside a
     /// Tokio runtime (the pool's maintenance task runs there).
     pub fn new(options: CloudOptions) -> Result<Self> {
-        let tenant = options.tenant.trim();
-        if tenant.is_empty() || tenant.len() > 128 || tenant.chars().any(char::is_control) {
-            return Err(Error::Config(format!(
-                "tenant {:?} must be 1-128 printable characters",
-                options.tenant
-            )));
-        }
+        let tenant = validate_tenant(&options.tenant)?;
         if options.max_connections == 0 || options.min_connections > options.max_connections {
             return Err(Error::Config(format!(
                 "pool bounds min {} / max {} are inconsistent",
@@ -288,10 +299,15 @@ impl PostgresSink {
     pub(crate) async fn begin_clocked(&self) -> Result<(Transaction<'static, Postgres>, i64)> {
         self.sample_load();
         let mut tx = self.pool.begin().await?;
-        let server_ms: i64 = sqlx::query_scalar(BEGIN_FOR_TENANT)
+        let (server_ms, member): (i64, Option<bool>) = sqlx::query_as(BEGIN_FOR_TENANT)
             .bind(&self.tenant)
             .fetch_one(&mut *tx)
             .await?;
+        if member != Some(true) {
+            return Err(Error::TenantDenied {
+                tenant: self.tenant.clone(),
+            });
+        }
         Ok((tx, server_ms))
     }
 

@@ -15,11 +15,16 @@ fn server() -> TempPostgres {
     pg
 }
 
+/// The tenants the tests act for as `app`.
+const TENANTS: [&str; 3] = ["t", "tenant-a", "tenant-b"];
+
 async fn migrated() -> TempPostgres {
     let pg = server();
-    migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
-        .await
-        .unwrap();
+    let admin = CloudUrl::new(pg.url("postgres"));
+    migrate(&admin, Some("app")).await.unwrap();
+    for tenant in TENANTS {
+        grant_tenant(&admin, Some("app"), tenant).await.unwrap();
+    }
     pg
 }
 
@@ -271,6 +276,273 @@ async fn tenants_cannot_read_or_overwrite_each_other() {
         pg.psql("postgres", "SELECT count(*) FROM hs_records")
             .unwrap(),
         "2"
+    );
+}
+
+/// `migrate` upgrades a version-2 schema in place: rows stay, tenants now need members.
+#[tokio::test]
+async fn migrate_upgrades_a_version_2_schema_keeping_its_rows() {
+    let pg = server();
+    let admin = CloudUrl::new(pg.url("postgres"));
+    let pool = sqlx::PgPool::connect(admin.expose()).await.unwrap();
+    crate::schema::migrator_until(2).run(&pool).await.unwrap();
+    pool.close().await;
+    pg.psql(
+        "postgres",
+        "INSERT INTO hs_records (tenant, collection, key, payload, hlc, origin, tombstone, hash) \
+         VALUES ('t', 'notes', 'old', 'kept', 1, '', false, '')",
+    )
+    .unwrap();
+    assert_eq!(
+        crate::schema::applied_version(&sqlx::PgPool::connect(admin.expose()).await.unwrap())
+            .await
+            .unwrap(),
+        2
+    );
+    migrate(&admin, Some("app")).await.unwrap();
+    let pool = sqlx::PgPool::connect(admin.expose()).await.unwrap();
+    assert_eq!(
+        crate::schema::applied_version(&pool).await.unwrap(),
+        SCHEMA_VERSION
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT encode(payload, 'escape') FROM hs_records WHERE key = 'old'"
+        )
+        .unwrap(),
+        "kept"
+    );
+    let sink = sink(&pg, "t");
+    assert!(
+        matches!(sink.verify_schema().await, Ok(())),
+        "the upgraded schema is the one this build expects"
+    );
+    assert!(matches!(
+        sink.count(&name("notes")).await,
+        Err(Error::TenantDenied { .. })
+    ));
+    grant_tenant(&admin, Some("app"), "t").await.unwrap();
+    assert_eq!(sink.count(&name("notes")).await.unwrap(), 1);
+}
+
+/// Every row of tenant `bob` as the administrator sees it, for row-by-row comparison.
+fn bob_rows(pg: &TempPostgres) -> String {
+    [
+        "SELECT string_agg(concat_ws('|', collection, key, encode(payload, 'hex'), hlc, tombstone), ',' ORDER BY collection, key) FROM hs_records WHERE tenant = 'bob'",
+        "SELECT string_agg(concat_ws('|', device_id, name), ',' ORDER BY device_id) FROM hs_devices WHERE tenant = 'bob'",
+        "SELECT string_agg(name, ',' ORDER BY name) FROM hs_collections WHERE tenant = 'bob'",
+    ]
+    .iter()
+    .map(|sql| pg.psql("postgres", sql).unwrap())
+    .collect::<Vec<_>>()
+    .join(" / ")
+}
+
+/// R32, tried as an attacker would: a login role granted only `alice` claims `bob`,
+/// through the sink and through raw SQL. Every attempt sees nothing or is refused, and
+/// bob's rows are unchanged, row by row.
+#[tokio::test]
+async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
+    let pg = TempPostgres::start().unwrap();
+    for role in ["alice_app", "bob_app"] {
+        pg.psql(
+            "postgres",
+            &format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'"),
+        )
+        .unwrap();
+    }
+    let admin = CloudUrl::new(pg.url("postgres"));
+    migrate(&admin, Some("alice_app")).await.unwrap();
+    migrate(&admin, Some("bob_app")).await.unwrap();
+    grant_tenant(&admin, Some("alice_app"), "alice")
+        .await
+        .unwrap();
+    grant_tenant(&admin, Some("bob_app"), "bob").await.unwrap();
+    let url = |role: &str| {
+        CloudUrl::new(format!(
+            "postgres://{role}:pw@127.0.0.1:{}/postgres",
+            pg.port()
+        ))
+    };
+    let as_role =
+        |role: &str, tenant: &str| PostgresSink::new(CloudOptions::new(url(role), tenant)).unwrap();
+    let bob = as_role("bob_app", "bob");
+    bob.upsert_batch(&[record("secret", 10, r#"{"pin":"1234"}"#)])
+        .await
+        .unwrap();
+    bob.register_device(DeviceId([2; 16]), "bob's phone")
+        .await
+        .unwrap();
+    bob.publish_collections(&[hybridsync_core::CollectionSpec {
+        name: name("notes"),
+        vector: None,
+    }])
+    .await
+    .unwrap();
+    let before = bob_rows(&pg);
+    assert!(before.contains("notes|secret"), "{before}");
+
+    // Through the sink: a typed, permanent refusal that names the tenant.
+    let liar = as_role("alice_app", "bob");
+    // The refusal names the tenant the sink claimed.
+    let denied = |e: Error| matches!(e, Error::TenantDenied { ref tenant } if tenant == "bob" || tenant == "alice");
+    assert!(denied(
+        liar.upsert_batch(&[record("secret", 99, "owned")])
+            .await
+            .unwrap_err()
+    ));
+    assert!(denied(
+        liar.pull(&name("notes"), &ChangeCursor::default(), 10)
+            .await
+            .unwrap_err()
+    ));
+    assert!(denied(liar.list_devices().await.unwrap_err()));
+    assert!(denied(
+        liar.register_device(DeviceId([9; 16]), "implant")
+            .await
+            .unwrap_err()
+    ));
+    assert!(denied(liar.remote_collections().await.unwrap_err()));
+    let core = hybridsync_core::CloudSink::upsert_batch(&liar, &[record("secret", 99, "x")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            core,
+            hybridsync_core::Error::Cloud {
+                retryable: false,
+                ..
+            }
+        ),
+        "a denied write is permanent, so the drain parks it: {core}"
+    );
+    // alice's own tenant works for her.
+    let alice = as_role("alice_app", "alice");
+    alice
+        .upsert_batch(&[record("mine", 1, "ok")])
+        .await
+        .unwrap();
+
+    // Through raw SQL as alice's login role.
+    let mut conn = sqlx::PgConnection::connect(url("alice_app").expose())
+        .await
+        .unwrap();
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+    sqlx::query("SELECT set_config('hybridsync.tenant', 'bob', false)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT count(*) FROM hs_records",
+        "SELECT count(*) FROM hs_records WHERE tenant = 'bob'",
+        "SELECT count(*) FROM hs_devices",
+        "SELECT count(*) FROM hs_collections",
+    ] {
+        assert_eq!(count(sql).fetch_one(&mut conn).await.unwrap(), 0, "{sql}");
+    }
+    let updated = sqlx::query("UPDATE hs_records SET payload = 'x' WHERE tenant = 'bob'")
+        .execute(&mut conn)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(updated, 0, "nothing of bob's is visible to update");
+    for sql in [
+        "INSERT INTO hs_records (tenant, collection, key, payload, hlc, origin, tombstone, hash) \
+         VALUES ('bob', 'notes', 'forged', '', 999, '', false, '')",
+        "INSERT INTO hs_devices (tenant, device_id, name) VALUES ('bob', 'ff', 'implant')",
+        "INSERT INTO hs_collections (tenant, name) VALUES ('bob', 'stolen')",
+        "DELETE FROM hs_records WHERE tenant = 'bob'",
+        "INSERT INTO hs_tenant_members (member, tenant) VALUES ('alice_app', 'bob')",
+        "UPDATE hs_tenant_members SET tenant = 'bob'",
+        "ALTER TABLE hs_records DISABLE ROW LEVEL SECURITY",
+        "DROP POLICY hs_records_tenant ON hs_records",
+    ] {
+        assert!(
+            sqlx::query(sql).execute(&mut conn).await.is_err(),
+            "alice's role could run: {sql}"
+        );
+    }
+    // Changing the tenant mid-transaction, or resetting it, reaches nothing more.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('hybridsync.tenant', 'alice', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM hs_records")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap(),
+        1
+    );
+    sqlx::query("SELECT set_config('hybridsync.tenant', 'bob', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM hs_records")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap(),
+        0
+    );
+    sqlx::query("RESET hybridsync.tenant")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM hs_records")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap(),
+        0
+    );
+    tx.rollback().await.unwrap();
+    // The mapping shows alice's role its own membership only, and it bypasses nothing.
+    assert_eq!(
+        count("SELECT count(*) FROM hs_tenant_members")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap(),
+        1
+    );
+    let bypass: bool = sqlx::query_scalar(
+        "SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(!bypass);
+    assert_eq!(
+        bob_rows(&pg),
+        before,
+        "bob's rows are unchanged, row by row"
+    );
+
+    // A revoked role loses its tenant at its next transaction.
+    assert!(revoke_tenant(&admin, "alice_app", "alice").await.unwrap());
+    let late = alice
+        .upsert_batch(&[record("mine", 2, "late")])
+        .await
+        .unwrap_err();
+    assert!(denied(late), "revoked, yet");
+    let members = tenant_members(&admin).await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| (m.role.as_str(), m.tenant.as_str()))
+            .collect::<Vec<_>>(),
+        [("bob_app", "bob")]
+    );
+    assert!(
+        grant_tenant(&admin, Some("nobody"), "bob").await.is_err(),
+        "unknown role"
+    );
+    assert!(
+        grant_tenant(&admin, Some("x; drop table hs_records"), "bob")
+            .await
+            .is_err()
     );
 }
 
@@ -538,9 +810,9 @@ async fn connects_over_tls() {
     }
     pg.psql("postgres", "ALTER SYSTEM SET ssl = on").unwrap();
     pg.restart(ShutdownMode::Fast).unwrap();
-    migrate(&CloudUrl::new(pg.url("postgres")), Some("app"))
-        .await
-        .unwrap();
+    let admin = CloudUrl::new(pg.url("postgres"));
+    migrate(&admin, Some("app")).await.unwrap();
+    grant_tenant(&admin, Some("app"), "t").await.unwrap();
     let url = CloudUrl::new(format!(
         "postgres://app:app-password@127.0.0.1:{}/postgres?sslmode=require",
         pg.port()

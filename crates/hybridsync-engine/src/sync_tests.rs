@@ -70,7 +70,11 @@ impl TestCloud for PgCloud {
 pub(crate) async fn pg_cloud() -> PgCloud {
     let server = hybridsync_testkit::TempPostgres::start().unwrap();
     server.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
-    hybridsync_cloud::migrate(&CloudUrl::new(server.url("postgres")), Some("app"))
+    let admin = CloudUrl::new(server.url("postgres"));
+    hybridsync_cloud::migrate(&admin, Some("app"))
+        .await
+        .unwrap();
+    hybridsync_cloud::grant_tenant(&admin, Some("app"), "tenant")
         .await
         .unwrap();
     let url = CloudUrl::new(format!(

@@ -72,12 +72,16 @@ pub use hybridsync_store::Durability;
 #[doc(inline)]
 pub use hybridsync_telemetry::SyncMetrics;
 
-/// Setting up the cloud side: the schema migration an administrator runs once.
+/// Setting up the cloud side: the schema migration an administrator runs once, and the
+/// tenant memberships that bind login roles to tenants.
 #[cfg(feature = "cloud-postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cloud-postgres")))]
 pub mod cloud {
     #[doc(inline)]
-    pub use hybridsync_cloud::{CloudOptions, PostgresSink, SCHEMA_VERSION, migrate};
+    pub use hybridsync_cloud::{
+        CloudOptions, PostgresSink, SCHEMA_VERSION, TenantMember, grant_tenant, migrate,
+        revoke_tenant, tenant_members,
+    };
 }
 
 #[cfg(feature = "prometheus")]
