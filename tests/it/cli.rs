@@ -347,3 +347,28 @@ fn a_corrupted_database_is_refused_and_left_as_it_was() -> Result<()> {
     );
     Ok(())
 }
+
+/// `hybridsync status --json | head -c 10`: a reader that goes away ends the command
+/// quietly, with the closed-pipe status, no panic and no backtrace.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let cli = Cli::new();
+    cli.ok(&["collections", "create", "notes"]);
+    // A pipe whose reader is already gone: every write to it fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(binary())
+        .arg("--data-dir")
+        .arg(&cli.data_dir)
+        .args(["status", "--json"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "nothing on stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -71,19 +71,20 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
     store.create_collection(COLLECTION, Some(spec)).await?;
     let profiles = store.collection::<VoiceProfile>(COLLECTION)?;
 
-    println!(
+    say!(
         "hybridsync demo: voice unlock, {} speakers, {}-D voiceprints",
-        args.speakers, args.dim
-    );
-    println!("data dir: {}", dir.display());
-    println!(
+        args.speakers,
+        args.dim
+    )?;
+    say!("data dir: {}", dir.display())?;
+    say!(
         "cloud:    {}",
         if store.cloud_configured() {
             "configured (changes queue in the outbox)"
         } else {
             "none (local-only; changes wait in the outbox)"
         }
-    );
+    )?;
 
     let mut voices = Voices::new(0x5eed, args.speakers, args.dim, 0.3);
     let mut enrol = Vec::with_capacity(args.speakers);
@@ -142,11 +143,14 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
     }
 
     let status = store.status().await?;
-    println!();
-    println!(
+    say!()?;
+    say!(
         "{:<28} {:>10} {:>10} {:>8}",
-        "operation", "p50", "p99", "count"
-    );
+        "operation",
+        "p50",
+        "p99",
+        "count"
+    )?;
     for (label, samples) in [
         ("enrol (durable write)", &mut enrol),
         ("authenticate (search k=1)", &mut by_search),
@@ -154,19 +158,19 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
     ] {
         let count = samples.len();
         let (p50, p99) = percentiles(samples);
-        println!(
+        say!(
             "{label:<28} {:>10} {:>10} {count:>8}",
             fmt_duration(p50),
             fmt_duration(p99)
-        );
+        )?;
     }
-    println!();
-    println!(
+    say!()?;
+    say!(
         "authenticated {accepted}/{} attempts as the right speaker",
         args.attempts
-    );
+    )?;
     let depth: u64 = status.outbox.by_priority.values().sum();
-    println!(
+    say!(
         "outbox: {depth} changes queued ({}), {} failed",
         status
             .outbox
@@ -176,25 +180,26 @@ pub(crate) async fn run(args: &DemoArgs, mut config: Config) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         status.outbox.failed
-    );
-    println!(
+    )?;
+    say!(
         "hot cache: {} hits, {} misses",
-        status.cache.hits, status.cache.misses
-    );
+        status.cache.hits,
+        status.cache.misses
+    )?;
     if store.cloud_configured() {
         let started = Instant::now();
         let left = store.flush(std::time::Duration::from_secs(60)).await?;
         let elapsed = started.elapsed();
         if left == 0 {
-            println!(
+            say!(
                 "cloud: the backlog of {depth} changes reached the cloud in {}",
                 fmt_duration(elapsed)
-            );
+            )?;
         } else {
-            println!(
+            say!(
                 "cloud: {left} of {depth} changes still queued after {} (cloud unreachable?)",
                 fmt_duration(elapsed)
-            );
+            )?;
         }
         store.shutdown(std::time::Duration::from_secs(5)).await?;
     }

@@ -3,6 +3,15 @@
 //! commit is done; none waits on the cloud.
 #![forbid(unsafe_code)]
 
+/// `println!` that reports a closed stdout (`hybridsync status --json | head`) as an
+/// error, which `main` turns into a quiet exit, instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod demo;
 mod replicate;
 mod serve;
@@ -221,26 +230,26 @@ async fn cloud_admin(command: &CloudCommand, url: &hybridsync::CloudUrl) -> Resu
             for tenant in tenants {
                 cloud::grant_tenant(url, grant.as_deref(), tenant).await?;
             }
-            println!("cloud schema {} ready at {url}", cloud::SCHEMA_VERSION);
+            say!("cloud schema {} ready at {url}", cloud::SCHEMA_VERSION)?;
         }
         CloudCommand::Grant { role, tenant } => {
             cloud::grant_tenant(url, Some(role), tenant).await?;
-            println!("{role} may act for tenant {tenant}");
+            say!("{role} may act for tenant {tenant}")?;
         }
         CloudCommand::Revoke { role, tenant } => {
             let revoked = cloud::revoke_tenant(url, role, tenant).await?;
-            println!(
+            say!(
                 "{role} {} tenant {tenant}",
                 if revoked {
                     "no longer acts for"
                 } else {
                     "was not a member of"
                 }
-            );
+            )?;
         }
         CloudCommand::Members => {
             for member in cloud::tenant_members(url).await? {
-                println!("{:<24} {}", member.tenant, member.role);
+                say!("{:<24} {}", member.tenant, member.role)?;
             }
         }
     }
@@ -263,15 +272,41 @@ fn parse_embedding(csv: &str) -> Result<Vec<f32>> {
         .collect()
 }
 
+/// The exit status of a process whose reader went away (128 + SIGPIPE), as `ls | head`.
+const CLOSED_PIPE: u8 = 141;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match real_main().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if closed_pipe(&e) => std::process::ExitCode::from(CLOSED_PIPE),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is stdout closing under us (the reader of a pipe exited).
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Every cause of `e` once, outermost first. Layers that wrap an error often repeat
+/// their source's message in their own; a cause already said is not said again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !said.iter().any(|outer| outer.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
 }
 
 async fn real_main() -> Result<()> {
@@ -316,16 +351,19 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 .map(|dim| VectorSpec::new(dim, *metric, *precision))
                 .transpose()?;
             store.create_collection(name, vector).await?;
-            println!("collection {name} ready");
+            say!("collection {name} ready")?;
         }
         Command::Collections(CollectionsCommand::List) => {
             for spec in store.collections().await? {
                 match spec.vector {
-                    Some(v) => println!(
+                    Some(v) => say!(
                         "{}\tdim={} metric={} precision={}",
-                        spec.name, v.dim, v.metric, v.precision
-                    ),
-                    None => println!("{}", spec.name),
+                        spec.name,
+                        v.dim,
+                        v.metric,
+                        v.precision
+                    )?,
+                    None => say!("{}", spec.name)?,
                 }
             }
         }
@@ -346,11 +384,11 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 .raw(collection)?
                 .put(key, serde_json::to_vec(&value)?, options)
                 .await?;
-            println!("stored {collection}/{key} at version {version}");
+            say!("stored {collection}/{key} at version {version}")?;
         }
         Command::Get { collection, key } => match store.raw(collection)?.get(key).await? {
             Some(bytes) => match std::str::from_utf8(&bytes) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => say!("{text}")?,
                 Err(_) => bail!(
                     "{collection}/{key} holds {} bytes of binary (typed) payload, not JSON",
                     bytes.len()
@@ -364,7 +402,7 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             priority,
         } => {
             let version = store.raw(collection)?.delete(key, *priority).await?;
-            println!("deleted {collection}/{key} at version {version}");
+            say!("deleted {collection}/{key} at version {version}")?;
         }
         Command::Search {
             collection,
@@ -376,7 +414,7 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 .search(&parse_embedding(embedding)?, *k)
                 .await?
             {
-                println!("{}\t{:.6}", hit.key, hit.distance);
+                say!("{}\t{:.6}", hit.key, hit.distance)?;
             }
         }
         Command::Status { json } => {
@@ -387,38 +425,39 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 .await;
             let sync = store.sync_status();
             if *json {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&stats::status_json(
                         &status,
                         reachable,
                         sync.as_ref()
                     ))?
-                );
+                )?;
             } else {
                 print!("{}", stats::status_text(&status, reachable, sync.as_ref()));
             }
         }
         Command::Queue(QueueCommand::Stats) => {
             let outbox = store.status().await?.outbox;
-            println!(
+            say!(
                 "pending {}  in_flight {}  failed {}  done {}",
-                outbox.pending, outbox.in_flight, outbox.failed, outbox.done
-            );
+                outbox.pending,
+                outbox.in_flight,
+                outbox.failed,
+                outbox.done
+            )?;
             for (priority, n) in &outbox.by_priority {
-                println!("  {priority:<9} {n}");
+                say!("  {priority:<9} {n}")?;
             }
         }
-        Command::Queue(QueueCommand::RetryFailed) => println!(
+        Command::Queue(QueueCommand::RetryFailed) => say!(
             "{} failed entries back to pending",
             store.retry_failed().await?
-        ),
-        Command::Queue(QueueCommand::ClearFailed) => {
-            println!(
-                "cleared {} failed entries; their changes will not reach the cloud",
-                store.clear_failed().await?
-            )
-        }
+        )?,
+        Command::Queue(QueueCommand::ClearFailed) => say!(
+            "cleared {} failed entries; their changes will not reach the cloud",
+            store.clear_failed().await?
+        )?,
         Command::Seed(selection) => {
             replicate::run(store, replicate::Operation::Seed, selection).await?
         }
@@ -432,10 +471,10 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
         Command::Queue(QueueCommand::ClearDone { older_than_hours }) => {
             let age = std::time::Duration::try_from_secs_f64(older_than_hours * 3600.0)
                 .context("--older-than-hours")?;
-            println!(
+            say!(
                 "cleared {} shipped entries older than {older_than_hours} h",
                 store.clear_completed(age).await?
-            );
+            )?;
         }
         Command::Flush { timeout } => {
             store
@@ -447,7 +486,7 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             if left > 0 {
                 bail!("{left} outbox entries still pending or in flight after {timeout:?}");
             }
-            println!("outbox flushed: nothing pending");
+            say!("outbox flushed: nothing pending")?;
         }
         Command::Devices(DevicesCommand::List) => {
             let this = store.device_id();
@@ -457,22 +496,24 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 } else {
                     ""
                 };
-                println!(
+                say!(
                     "{}\t{}\tlast seen {} ms{marker}",
-                    device.id, device.name, device.last_seen_ms
-                );
+                    device.id,
+                    device.name,
+                    device.last_seen_ms
+                )?;
             }
         }
         Command::Devices(DevicesCommand::Register { name }) => {
             store.register_device(name).await?;
-            println!("registered {} as {name:?}", store.device_id());
+            say!("registered {} as {name:?}", store.device_id())?;
         }
         Command::Devices(DevicesCommand::Deregister { id }) => {
             let id = hybridsync::DeviceId::parse_hex(id)?;
             if !store.deregister_device(id).await? {
                 bail!("no device {id} is registered");
             }
-            println!("deregistered {id}");
+            say!("deregistered {id}")?;
         }
         Command::Serve {
             metrics_addr,
@@ -486,4 +527,24 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
         Command::Demo(_) | Command::Cloud(_) => unreachable!("handled before opening the store"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let e = anyhow::Error::new(std::io::Error::other("database or disk is full"))
+            .context("sqlite write: database or disk is full")
+            .context("local store: sqlite write: database or disk is full")
+            .context("writing notes/k");
+        assert_eq!(
+            causes(&e),
+            "writing notes/k: local store: sqlite write: database or disk is full"
+        );
+        let pipe = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("printing");
+        assert!(closed_pipe(&pipe) && !closed_pipe(&e));
+    }
 }

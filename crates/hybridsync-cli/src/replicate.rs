@@ -66,7 +66,7 @@ pub(crate) async fn run(
         Operation::Hydrate => store.hydrate(&names, &progress).await?,
         Operation::Sync(strategy) => store.sync(&names, strategy, &progress).await?,
     };
-    println!("{}", summary(&report));
+    say!("{}", summary(&report))?;
     Ok(())
 }
 

@@ -24,6 +24,10 @@ pub enum Error {
     },
     #[error("embedding for collection {collection} has a non-finite component at index {index}")]
     NonFiniteEmbedding { collection: String, index: usize },
+    #[error(
+        "collection {collection} compares by cosine, and a zero vector has no direction (an all-zero embedding or query is refused)"
+    )]
+    ZeroVector { collection: String },
     #[error("collection {collection} has no vector spec, so it takes no embeddings")]
     EmbeddingNotAllowed { collection: String },
     #[error("invalid vector spec: {reason}")]

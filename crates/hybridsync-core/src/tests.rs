@@ -96,6 +96,15 @@ fn vector_spec_refuses_bad_embeddings() {
         Err(Error::NonFiniteEmbedding { index: 2, .. })
     ));
     assert!(spec.validate("v", &[1.0, 0.0, 0.5]).is_ok());
+    // A zero vector has no direction: refused under cosine, defined under L2² and IP.
+    assert!(spec.validate("v", &[0.0; 3]).is_ok());
+    let ip = VectorSpec::new(3, Metric::Ip, Precision::F32).unwrap();
+    assert!(ip.validate("v", &[0.0; 3]).is_ok());
+    let cosine = VectorSpec::new(3, Metric::Cosine, Precision::F16).unwrap();
+    assert!(matches!(
+        cosine.validate("v", &[0.0, -0.0, 0.0]),
+        Err(Error::ZeroVector { .. })
+    ));
     assert!(VectorSpec::new(0, Metric::L2, Precision::F32).is_err());
     assert!(
         VectorSpec::new(8, Metric::L2, Precision::I8).is_err(),

@@ -72,6 +72,14 @@ impl VectorSpec {
                 index,
             });
         }
+        // Cosine distance divides by the norm: a zero vector has no direction, would
+        // score 1 against every query and 0 against a zero query. L2² and inner
+        // product are defined for it (its distance is the query's squared norm, and 1).
+        if self.metric == Metric::Cosine && embedding.iter().all(|v| *v == 0.0) {
+            return Err(Error::ZeroVector {
+                collection: collection.to_owned(),
+            });
+        }
         Ok(())
     }
 }

@@ -262,6 +262,9 @@ async fn bad_input_is_refused_with_a_typed_error_and_writes_nothing() {
             put("voices", "a", b"x", Some(vec![f32::NEG_INFINITY, 0.0, 0.0])),
             |e| matches!(e, E::NonFiniteEmbedding { .. }),
         ),
+        (put("voices", "a", b"x", Some(vec![0.0, -0.0, 0.0])), |e| {
+            matches!(e, E::ZeroVector { .. })
+        }),
         (put("notes", "a", &[0; 17], None), |e| {
             matches!(
                 e,
