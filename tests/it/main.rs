@@ -4,6 +4,7 @@
 
 mod cli;
 mod cloud_sync;
+mod disk_full;
 mod metrics_endpoint;
 mod pool_pressure;
 mod testkit;

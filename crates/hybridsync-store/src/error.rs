@@ -32,6 +32,13 @@ pub enum Error {
     /// A write transaction failed (see the `writer` module); it was rolled back.
     #[error("sqlite write: {0}")]
     Write(#[source] rusqlite::Error),
+    /// The disk (or quota) holding the store is full. The write was rolled back:
+    /// nothing of it is stored, everything acknowledged before it is intact, and writes
+    /// work again once there is room.
+    #[error(
+        "the disk holding the local store is full; nothing was written (free some space and retry)"
+    )]
+    StorageFull,
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
@@ -45,15 +52,28 @@ pub enum Error {
     BadRow { table: &'static str, detail: String },
 }
 
+/// SQLite's primary result code for a full disk.
+const SQLITE_FULL: i32 = 13;
+
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Sqlite(e)
+        let full = matches!(&e, sqlx::Error::Database(db)
+            if db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == SQLITE_FULL));
+        if full {
+            Error::StorageFull
+        } else {
+            Error::Sqlite(e)
+        }
     }
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Write(e)
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            Error::StorageFull
+        } else {
+            Error::Write(e)
+        }
     }
 }
 

@@ -138,6 +138,16 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the disk holding the local store is full: the write was rolled back,
+    /// everything acknowledged before it is intact, and writing works again once there
+    /// is room.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(
+            self.as_store_error(),
+            Some(hybridsync_store::Error::StorageFull)
+        )
+    }
 }
 
 /// `Result` with the facade's [`Error`].
