@@ -465,39 +465,18 @@ async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
     }
     // Changing the tenant mid-transaction, or resetting it, reaches nothing more.
     let mut tx = conn.begin().await.unwrap();
-    sqlx::query("SELECT set_config('hybridsync.tenant', 'alice', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(
-        count("SELECT count(*) FROM hs_records")
+    for (step, visible) in [
+        ("SELECT set_config('hybridsync.tenant', 'alice', true)", 1),
+        ("SELECT set_config('hybridsync.tenant', 'bob', true)", 0),
+        ("RESET hybridsync.tenant", 0),
+    ] {
+        sqlx::query(step).execute(&mut *tx).await.unwrap();
+        let rows = count("SELECT count(*) FROM hs_records")
             .fetch_one(&mut *tx)
             .await
-            .unwrap(),
-        1
-    );
-    sqlx::query("SELECT set_config('hybridsync.tenant', 'bob', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(
-        count("SELECT count(*) FROM hs_records")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap(),
-        0
-    );
-    sqlx::query("RESET hybridsync.tenant")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(
-        count("SELECT count(*) FROM hs_records")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap(),
-        0
-    );
+            .unwrap();
+        assert_eq!(rows, visible, "after {step}");
+    }
     tx.rollback().await.unwrap();
     // The mapping shows alice's role its own membership only, and it bypasses nothing.
     assert_eq!(

@@ -481,6 +481,41 @@ async fn a_poisonous_record_is_parked_and_the_rest_ship() {
     assert_eq!(syncer.drain_until_idle().await.unwrap().shipped, 1);
 }
 
+/// A device whose login role was not granted the tenant it claims: the cloud refuses
+/// every batch for good, so the drain parks the entries as failed at once instead of
+/// retrying them forever, and nothing reaches the tenant.
+#[tokio::test]
+async fn writes_for_a_tenant_the_role_was_not_granted_are_parked_not_retried() {
+    let cloud = pg_cloud().await;
+    let mut options = cloud.options.clone();
+    options.tenant = "not-granted".into();
+    let stranger = Arc::new(hybridsync_cloud::PostgresSink::new(options).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = local(tmp.path()).await;
+    for i in 0..3 {
+        engine
+            .put(write(&format!("k{i}"), "v", Priority::Normal))
+            .await
+            .unwrap();
+    }
+    let syncer = syncer_for(&engine, stranger, fast_config());
+    let report = syncer.drain_until_idle().await.unwrap();
+    assert_eq!(
+        (report.shipped, report.retried, report.failed),
+        (0, 0, 3),
+        "{report:?}"
+    );
+    let stats = engine.store().outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.failed), (0, 3));
+    assert_eq!(
+        cloud
+            .server
+            .psql("postgres", "SELECT count(*) FROM hs_records")
+            .unwrap(),
+        "0"
+    );
+}
+
 #[tokio::test]
 async fn retries_back_off_and_give_up_after_max_attempts() {
     let (_tmp, engine, sink) = local_with_memory_cloud().await;
