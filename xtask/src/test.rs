@@ -1,6 +1,6 @@
-//! `cargo xtask test`: formatting, lints, tidy, every test of the workspace, the chaos
-//! schedules in short mode, the benchmarks' quick mode as a smoke check, and the
-//! release dry run.
+//! `cargo xtask test`: formatting, lints (also of the facade with each feature alone),
+//! tidy, every test of the workspace, the chaos schedules in short mode, the
+//! benchmarks' quick mode as a smoke check, and the release dry run.
 //!
 //! The tests start what they need themselves (throwaway PostgreSQL and Redis from the
 //! installed binaries, via `hybridsync-testkit`); this only checks those binaries exist
@@ -64,6 +64,22 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // Features gate what they say: the facade builds, warning-free, with each one alone
+    // and with none (the workspace build above turns them all on).
+    for features in ["", "vector", "cloud-postgres", "prometheus"] {
+        let mut args = vec![
+            "clippy",
+            "--locked",
+            "-p",
+            "hybridsync",
+            "--no-default-features",
+        ];
+        if !features.is_empty() {
+            args.extend(["--features", features]);
+        }
+        args.extend(["--", "-D", "warnings"]);
+        cargo(&args)?;
+    }
     // The end-to-end tests run the `hybridsync` binary; `cargo test` builds a package's
     // binaries only for that package's own integration tests, so build it explicitly.
     cargo(&[
