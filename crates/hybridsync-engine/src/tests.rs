@@ -478,3 +478,21 @@ async fn the_runtime_shuts_down_once_in_order() {
     assert_eq!(sink.calls(), calls, "a second shutdown does nothing");
     assert!(runtime.start_sync().await.is_ok());
 }
+
+/// Callers decide "try again later" from the engine's error type, never from strings.
+#[test]
+fn engine_errors_say_whether_a_retry_can_help() {
+    let cloud = |retryable| {
+        crate::Error::Core(hybridsync_core::Error::Cloud {
+            retryable,
+            source: "cloud".into(),
+        })
+    };
+    assert!(cloud(true).is_retryable());
+    assert!(!cloud(false).is_retryable());
+    assert!(crate::Error::NotPushed { left: 3 }.is_retryable());
+    assert!(!crate::Error::NoCloud.is_retryable());
+    assert!(
+        !crate::Error::Core(hybridsync_core::Error::UnknownCollection("x".into())).is_retryable()
+    );
+}
