@@ -1,15 +1,15 @@
-//! The collection catalogue in the cloud: publishing definitions (a name known with
+//! The collection catalogue in the cloud (names, vector specs, encryption): publishing definitions (a name known with
 //! another spec is refused, all or nothing) and reading them back.
 
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{CollectionName, CollectionSpec, VectorSpec};
 use sqlx::{Postgres, Row, Transaction};
 
-const PUBLISH: &str = "INSERT INTO hs_collections (tenant, name, dim, metric, precision)
-             SELECT current_setting('hybridsync.tenant'), * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[])
+const PUBLISH: &str = "INSERT INTO hs_collections (tenant, name, dim, metric, precision, encrypted)
+             SELECT current_setting('hybridsync.tenant'), * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::bool[])
              ON CONFLICT (tenant, name) DO NOTHING";
 
-const SPECS: &str = "SELECT name, dim, metric, precision FROM hs_collections
+const SPECS: &str = "SELECT name, dim, metric, precision, encrypted FROM hs_collections
          WHERE tenant = current_setting('hybridsync.tenant') ORDER BY name";
 
 impl PostgresSink {
@@ -31,6 +31,7 @@ impl PostgresSink {
             .bind(dims)
             .bind(metrics)
             .bind(precisions)
+            .bind(specs.iter().map(|s| s.encrypted).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         let known = read_specs(&mut tx).await?;
@@ -76,9 +77,14 @@ fn spec_columns(specs: &[CollectionSpec]) -> SpecColumns {
 }
 
 fn describe(spec: &CollectionSpec) -> String {
-    match &spec.vector {
+    let vectors = match &spec.vector {
         None => "no vectors".into(),
         Some(v) => format!("{}-D {} {}", v.dim, v.metric, v.precision),
+    };
+    if spec.encrypted {
+        format!("{vectors}, encrypted")
+    } else {
+        vectors
     }
 }
 
@@ -107,7 +113,11 @@ async fn read_specs(tx: &mut Transaction<'static, Postgres>) -> Result<Vec<Colle
                     )));
                 }
             };
-            Ok(CollectionSpec { name, vector })
+            Ok(CollectionSpec {
+                name,
+                vector,
+                encrypted: row.try_get(4)?,
+            })
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
@@ -40,6 +40,11 @@ pub(crate) fn migrator_until(last: i64) -> Migrator {
             3,
             "tenant members",
             include_str!("../migrations/0003_tenant_members.sql"),
+        ),
+        migration(
+            4,
+            "encryption",
+            include_str!("../migrations/0004_encryption.sql"),
         ),
     ]);
     migrator.migrations = std::borrow::Cow::Owned(

@@ -40,6 +40,10 @@ impl CloudSink for PostgresSink {
         Ok(PostgresSink::health_check(self).await?)
     }
 
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     async fn verify_schema(&self) -> hybridsync_core::Result<()> {
         Ok(PostgresSink::verify_schema(self).await?)
     }

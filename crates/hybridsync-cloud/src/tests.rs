@@ -377,6 +377,7 @@ async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
     bob.publish_collections(&[hybridsync_core::CollectionSpec {
         name: name("notes"),
         vector: None,
+        encrypted: false,
     }])
     .await
     .unwrap();

@@ -1,19 +1,22 @@
 //! Batch upserts: one statement per batch, the batch's columns bound by reference as
 //! arrays and unnested in the select list (which PostgreSQL streams rather than
-//! materialising), monotone in `(hlc, origin)`.
+//! materialising), monotone in `(hlc, origin)`. A sealed row (client-side encryption)
+//! is stored as it came, with the id of the key that sealed it beside it.
 
 use crate::pool::CHANGES_CHANNEL;
 use crate::{Error, PostgresSink, Result};
-use hybridsync_core::{CollectionName, Key, Record};
+use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
 
 /// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
 /// move a row backwards.
-const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash)
+const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id)
      SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
-            unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[])
+            unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[]),
+            unnest($9::text[])
      ON CONFLICT (tenant, collection, key) DO UPDATE SET
          payload = excluded.payload, embedding = excluded.embedding, hlc = excluded.hlc,
          origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
+         key_id = excluded.key_id,
          txid = pg_current_xact_id(), seq = nextval('hs_change_seq'), updated_at = now()
      WHERE (excluded.hlc, excluded.origin) > (r.hlc, r.origin)";
 
@@ -83,6 +86,12 @@ impl PostgresSink {
                 records
                     .iter()
                     .map(|r| r.hash.0.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| sealed_key_id(&r.payload).map(|id| id.to_string()))
                     .collect::<Vec<_>>(),
             )
             .execute(&mut *tx)

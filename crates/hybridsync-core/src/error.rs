@@ -53,6 +53,26 @@ pub enum Error {
         ahead_ms: u64,
         max_drift_ms: u64,
     },
+    #[error(
+        "collection {collection} is encrypted and this device has no encryption key ([encryption] key_file, HYBRIDSYNC_ENCRYPTION_KEY_FILE or the builder's encryption_key); its changes stay local until one is set"
+    )]
+    NoEncryptionKey { collection: String },
+    #[error(
+        "{collection}/{key} is sealed with key {key_id}, which this device does not hold (add it as a previous key)"
+    )]
+    UnknownEncryptionKey {
+        collection: String,
+        key: String,
+        key_id: String,
+    },
+    #[error("sealed record {collection}/{key} refused: {reason}")]
+    SealBroken {
+        collection: String,
+        key: String,
+        reason: &'static str,
+    },
+    #[error("invalid encryption key: {reason}")]
+    InvalidEncryptionKey { reason: &'static str },
     #[error("local store: {0}")]
     Store(#[source] BoxError),
     #[error("vector cache: {0}")]

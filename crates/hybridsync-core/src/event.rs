@@ -10,9 +10,11 @@ pub enum SyncOperation {
     Seed,
     Hydrate,
     Sync,
+    /// Rewriting encrypted collections under the current key (a key rotation).
+    Reencrypt,
 }
 
-crate::text::text_enum!(SyncOperation, "sync operation", Drain => "drain", Seed => "seed", Hydrate => "hydrate", Sync => "sync");
+crate::text::text_enum!(SyncOperation, "sync operation", Drain => "drain", Seed => "seed", Hydrate => "hydrate", Sync => "sync", Reencrypt => "reencrypt");
 
 /// The circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

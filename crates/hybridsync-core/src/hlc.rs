@@ -19,14 +19,8 @@ impl DeviceId {
             what: "device id",
             value: s.to_owned(),
         };
-        if s.len() != 32 || !s.is_ascii() {
-            return Err(bad());
-        }
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(Self(out))
+        let bytes = crate::text::decode_hex(s).ok_or_else(bad)?;
+        Ok(Self(bytes.try_into().map_err(|_| bad())?))
     }
 }
 

@@ -5,7 +5,8 @@
 //! This crate does no I/O and knows nothing of SQLite, usearch, PostgreSQL or any
 //! runtime. Everything here is pure data and pure functions, so every other crate can
 //! depend on it and it can be tested exhaustively (see the property tests).
-//! The exception is test-only: built with `--cfg hybridsync_crash_points` (which only
+//! Two exceptions: sealing ([`Keyring`]) draws its nonces from the thread's CSPRNG,
+//! and, test-only, built with `--cfg hybridsync_crash_points` (which only
 //! `cargo xtask` passes), [`crash_point`] reads `HYBRIDSYNC_CRASH_POINT` to abort at a
 //! named point in crash drills.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ mod name;
 mod priority;
 mod record;
 mod replication;
+mod seal;
 mod secret;
 mod sync;
 mod text;
@@ -40,6 +42,7 @@ pub use name::{CollectionName, Key};
 pub use priority::Priority;
 pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
 pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
+pub use seal::{EncryptionKey, KeyId, Keyring, sealed_key_id};
 pub use secret::CloudUrl;
 pub use sync::{MutexExt, RwLockExt};
 pub use traits::{

@@ -2,11 +2,38 @@
 
 use crate::{CollectionName, ContentHash, Hlc, Key, Priority, VectorSpec};
 
-/// A collection's definition: its name and, for vector collections, its vector spec.
+/// A collection's definition: its name, for vector collections its vector spec, and
+/// whether what it sends to the cloud is encrypted on the device first.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CollectionSpec {
     pub name: CollectionName,
     pub vector: Option<VectorSpec>,
+    /// Payloads and embeddings leave the device only sealed (see [`crate::Keyring`]).
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+impl CollectionSpec {
+    /// A plaintext collection without vectors.
+    pub fn new(name: CollectionName) -> Self {
+        Self {
+            name,
+            vector: None,
+            encrypted: false,
+        }
+    }
+
+    /// With a vector spec.
+    pub fn with_vector(mut self, vector: VectorSpec) -> Self {
+        self.vector = Some(vector);
+        self
+    }
+
+    /// Encrypted before it leaves the device.
+    pub fn encrypted(mut self) -> Self {
+        self.encrypted = true;
+        self
+    }
 }
 
 /// One record's current state: payload bytes (bincode for typed collections), an

@@ -118,6 +118,7 @@ fn write_request_validation_checks_payload_and_embedding_presence() {
     let plain = CollectionSpec {
         name: CollectionName::new("notes").unwrap(),
         vector: None,
+        encrypted: false,
     };
     let limits = Limits {
         max_payload_bytes: 4,

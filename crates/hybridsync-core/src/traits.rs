@@ -328,6 +328,11 @@ pub trait CloudSink: Send + Sync + 'static {
     async fn remote_collections(&self) -> Result<Vec<CollectionSpec>>;
     /// A cheap round trip that proves the cloud is reachable.
     async fn health_check(&self) -> Result<()>;
+    /// The tenant this sink reads and writes; sealed records are bound to it. A sink
+    /// without tenants has the empty one.
+    fn tenant(&self) -> &str {
+        ""
+    }
     /// Checks that the cloud holds the schema this build expects (a sink without a
     /// schema has nothing to check).
     async fn verify_schema(&self) -> Result<()> {

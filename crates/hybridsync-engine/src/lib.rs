@@ -20,6 +20,7 @@ mod local;
 mod replicate;
 mod retry;
 mod runtime;
+mod sealing;
 mod snapshot;
 mod sync;
 

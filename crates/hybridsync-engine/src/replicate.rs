@@ -7,7 +7,7 @@ use crate::{Engine, Error, Result, SyncHandle, Syncer};
 use hybridsync_core::RwLockExt;
 use hybridsync_core::{
     CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, LocalStore,
-    Strategy, SyncEvent, SyncOperation, VectorCache,
+    Priority, Strategy, SyncEvent, SyncOperation, VectorCache, WriteRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -131,16 +131,17 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
                         .await?;
                     let Some(last) = page.last() else { break };
                     after = Some(last.key.clone());
-                    self.syncer.sink().upsert_batch(&page).await?;
-                    done += page.len() as u64;
-                    report.pushed += page.len() as u64;
+                    let rows = page.len();
+                    self.syncer.upload(page).await?;
+                    done += rows as u64;
+                    report.pushed += rows as u64;
                     self.progress(
                         SyncOperation::Seed,
                         progress,
                         overall(i, specs.len(), done, total),
                         &format!("{}: pushed {done} of {total}", spec.name),
                     );
-                    if page.len() < PAGE {
+                    if rows < PAGE {
                         break;
                     }
                 }
@@ -205,17 +206,71 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
                 )
                 .await?;
             }
-            let before = self.syncer.status();
-            let left = self.syncer.flush(PUSH_TIMEOUT).await?;
-            let after = self.syncer.status();
-            report.pushed = after.shipped_total - before.shipped_total;
-            report.failed = after.failed_total - before.failed_total;
-            report.processed += report.pushed;
-            if left > 0 {
-                return Err(Error::NotPushed { left });
-            }
+            self.push(report).await?;
             self.progress(SyncOperation::Sync, progress, 100.0, "pushed local changes");
             Ok(())
+        })
+        .await
+    }
+
+    /// Re-encrypts every encrypted collection under the keyring's current key (a key
+    /// rotation): pulls each first, settling conflicts with its resolver or newest-wins,
+    /// so no newer change elsewhere is overwritten; then rewrites every live record
+    /// unchanged as a new version at deferred priority, which the drain seals with the
+    /// current key behind the application's own writes; then waits for the push. The
+    /// rows already in the cloud stay readable with the previous keys until then.
+    pub async fn reencrypt(&self, progress: Progress<'_>) -> Result<SyncReport> {
+        self.run(SyncOperation::Reencrypt, progress, async |report| {
+            let specs: Vec<CollectionSpec> = self
+                .learn_catalogue(&[])
+                .await?
+                .into_iter()
+                .filter(|s| s.encrypted)
+                .collect();
+            if let Some(spec) = specs.first() {
+                if self.syncer.sealing().keyring().is_none() {
+                    return Err(hybridsync_core::Error::NoEncryptionKey {
+                        collection: spec.name.to_string(),
+                    }
+                    .into());
+                }
+            }
+            report.collections = specs.len();
+            let mut queued = 0u64;
+            for (i, spec) in specs.iter().enumerate() {
+                let custom = self.resolver_for(&spec.name);
+                let resolver = custom.as_deref().unwrap_or(&Strategy::NewestWins);
+                let of = (i, specs.len());
+                self.pull(SyncOperation::Reencrypt, spec, resolver, of, progress, report)
+                    .await?;
+                let store = self.engine.store();
+                let mut after = None;
+                loop {
+                    let page = store.list(&spec.name, after.as_ref(), PAGE).await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.key.clone());
+                    let rows = page.len();
+                    let rewrites = page
+                        .into_iter()
+                        .map(|r| {
+                            WriteRequest::put(r.collection, r.key, r.payload, r.embedding)
+                                .with_priority(Priority::Deferred)
+                        })
+                        .collect();
+                    self.engine.write(rewrites).await?;
+                    queued += rows as u64;
+                    self.progress(
+                        SyncOperation::Reencrypt,
+                        progress,
+                        overall(i, specs.len(), 0, 1),
+                        &format!("{}: re-encrypting, {queued} rows queued", spec.name),
+                    );
+                    if rows < PAGE {
+                        break;
+                    }
+                }
+            }
+            self.push(report).await
         })
         .await
     }
@@ -241,6 +296,22 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
             }
         });
         SyncHandle::new(stop, vec![task])
+    }
+
+    /// Waits for the drain to push every pending local change, counting what it
+    /// shipped and parked in `report`; changes still queued at the timeout are an error
+    /// (they ship later).
+    async fn push(&self, report: &mut SyncReport) -> Result<()> {
+        let before = self.syncer.status();
+        let left = self.syncer.flush(PUSH_TIMEOUT).await?;
+        let after = self.syncer.status();
+        report.pushed = after.shipped_total - before.shipped_total;
+        report.failed = after.failed_total - before.failed_total;
+        report.processed += report.pushed;
+        if left > 0 {
+            return Err(Error::NotPushed { left });
+        }
+        Ok(())
     }
 
     /// Wraps an operation with its events, timing and history entry.
@@ -349,11 +420,16 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
                 let (sink, name, after) = (sink.clone(), spec.name.clone(), batch.next.clone());
                 tokio::spawn(async move { sink.pull(&name, &after, PAGE).await })
             });
+            // Opened (encrypted collections) before anything is applied: a page that
+            // does not open applies nothing and leaves the cursor where it was.
+            let records = self
+                .syncer
+                .sealing()
+                .open(sink.tenant(), spec, batch.records)?;
             let outcome = self
                 .engine
-                .apply_remote(&spec.name, batch.records, &batch.next, resolver)
-                .await;
-            let outcome = outcome?;
+                .apply_remote(&spec.name, records, &batch.next, resolver)
+                .await?;
             seen += rows as u64;
             report.processed += rows as u64;
             report.pulled += outcome.applied as u64;

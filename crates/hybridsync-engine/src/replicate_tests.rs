@@ -62,6 +62,7 @@ fn notes_spec() -> Option<CollectionSpec> {
     Some(CollectionSpec {
         name: notes(),
         vector: None,
+        encrypted: false,
     })
 }
 
@@ -289,6 +290,7 @@ async fn hydrate_restores_a_new_device_and_resumes<T: TestCloud>(cloud: T) {
     let spec = CollectionSpec {
         name: notes(),
         vector: Some(VectorSpec::new(16, Metric::Cosine, Precision::F32).unwrap()),
+        encrypted: false,
     };
     let origin = device(cloud.sink(), Arc::new(SystemClock), Some(spec.clone())).await;
     let mut data = hybridsync_testkit::workload::Clustered::new(3, 40, 16, 0.05);

@@ -5,7 +5,8 @@
 
 use crate::{Engine, Error, Replicator, Result, SyncConfig, SyncHandle, SyncStatus, Syncer};
 use hybridsync_core::{
-    Clock, CloudSink, DeviceId, DeviceInfo, LocalStore, Strategy, SystemClock, VectorCache,
+    Clock, CloudSink, DeviceId, DeviceInfo, Keyring, LocalStore, Strategy, SystemClock,
+    VectorCache,
 };
 use hybridsync_telemetry::{DrainGauges, SyncMetrics};
 use std::sync::{Arc, Weak};
@@ -21,6 +22,10 @@ pub struct RuntimeConfig {
     /// How often the gauges (queue depth, cache size, circuit, pool, uptime) are set
     /// from a fresh [`SyncMetrics`], so a scrape sees current values.
     pub gauge_interval: Duration,
+    /// The keys that seal encrypted collections on their way to the cloud and open
+    /// them on the way back (none: such collections stay local, and pulls of them are
+    /// refused with a typed error).
+    pub keyring: Option<Keyring>,
 }
 
 impl Default for RuntimeConfig {
@@ -29,6 +34,7 @@ impl Default for RuntimeConfig {
             sync: SyncConfig::default(),
             clock: Arc::new(SystemClock),
             gauge_interval: Duration::from_secs(1),
+            keyring: None,
         }
     }
 }
@@ -85,7 +91,8 @@ where
                     config.sync.clone(),
                     engine.write_nudge(),
                 )
-                .with_clock(config.clock.clone()),
+                .with_clock(config.clock.clone())
+                .with_keyring(config.keyring.clone()),
             );
             let replicator = Arc::new(Replicator::new(engine.clone(), syncer.clone()));
             Cloud {

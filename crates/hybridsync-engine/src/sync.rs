@@ -3,10 +3,11 @@
 
 use crate::breaker::{BreakerConfig, CircuitBreaker, Transition};
 use crate::retry::retry_delay;
+use crate::sealing::Sealing;
 use hybridsync_core::MutexExt;
 use hybridsync_core::{
-    CircuitState, Clock, CloudSink, Error, LocalStore, OutboxEntry, OutboxOutcome, Priority,
-    Record, SyncEvent, SyncOperation, SystemClock,
+    CircuitState, Clock, CloudSink, Error, Keyring, LocalStore, OutboxEntry, OutboxOutcome,
+    Priority, Record, SyncEvent, SyncOperation, SystemClock,
 };
 use hybridsync_telemetry::catalogue;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -115,6 +116,8 @@ pub struct Syncer<S: ?Sized, C: ?Sized> {
     /// The earliest retry scheduled since the last pass began (ms since the epoch;
     /// `u64::MAX`: none), so the background drain wakes for it before its interval.
     next_retry_ms: AtomicU64,
+    /// Seals what encrypted collections ship, opens what they pull.
+    sealing: Sealing,
 }
 
 /// A claimed entry's identity while its record is on the way to the cloud.
@@ -168,7 +171,33 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
             draining: tokio::sync::Mutex::new(()),
             last_touch: Mutex::new(None),
             next_retry_ms: AtomicU64::new(u64::MAX),
+            sealing: Sealing::default(),
         }
+    }
+
+    /// Seals encrypted collections' records with `keyring` before they ship, and
+    /// opens them when they are pulled. Without a keyring, an encrypted collection's
+    /// changes are parked (typed [`Error::NoEncryptionKey`]) and its pulls refused.
+    pub fn with_keyring(mut self, keyring: Option<Keyring>) -> Self {
+        self.sealing = Sealing::new(keyring);
+        self
+    }
+
+    pub(crate) fn sealing(&self) -> &Sealing {
+        &self.sealing
+    }
+
+    /// Ships `records` as one batch, sealing those of encrypted collections first;
+    /// the first that cannot be sealed fails it all, before anything is sent.
+    pub(crate) async fn upload(&self, records: Vec<Record>) -> Result<(), Error> {
+        let sealed = self
+            .sealing
+            .seal(&*self.store, self.sink.tenant(), records)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(_, e)| e)?;
+        self.sink.upsert_batch(&sealed).await
     }
 
     /// Reads time from `clock` instead of the system clock: retry schedules, the
@@ -354,8 +383,9 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
         outcomes: &mut Vec<(i64, OutboxOutcome)>,
         report: &mut DrainReport,
     ) {
-        // The records travel to the sink as they are (no copies); each keeps its
-        // entry's id and attempts at the same index.
+        // The records travel to the sink as they are (no copies; sealed if their
+        // collection is encrypted); each keeps its entry's id and attempts at the same
+        // index. One that cannot be sealed is parked at once.
         let (claims, records): (Vec<Claim>, Vec<Record>) = entries
             .into_iter()
             .map(|e| {
@@ -368,6 +398,25 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
                 )
             })
             .unzip();
+        let sealed = self
+            .sealing
+            .seal(&*self.store, self.sink.tenant(), records)
+            .await;
+        let (claims, records): (Vec<Claim>, Vec<Record>) = claims
+            .into_iter()
+            .zip(sealed)
+            .filter_map(|(claim, sealed)| match sealed {
+                Ok(record) => Some((claim, record)),
+                Err((record, e)) => {
+                    tracing::error!(collection = %record.collection, key = %record.key, error = %e, "a change could not be sealed; parked as failed");
+                    self.park(claim, &record, &e, outcomes, report);
+                    None
+                }
+            })
+            .unzip();
+        if records.is_empty() {
+            return;
+        }
         let mut stack = vec![(claims, records)];
         while let Some((claims, records)) = stack.pop() {
             let started = Instant::now();
@@ -422,21 +471,33 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
                     metrics::counter!(catalogue::SYNCS, "status" => "rejected").increment(1);
                     let (claim, record) = (claims[0], &records[0]);
                     tracing::error!(collection = %record.collection, key = %record.key, error = %e, "cloud refused a record; parked as failed");
-                    report.failed += 1;
-                    self.emit(SyncEvent::RecordFailed {
-                        collection: record.collection.clone(),
-                        key: record.key.clone(),
-                        error: e.to_string(),
-                    });
-                    outcomes.push((
-                        claim.id,
-                        OutboxOutcome::Failed {
-                            error: e.to_string(),
-                        },
-                    ));
+                    self.park(claim, record, &e, outcomes, report);
                 }
             }
         }
+    }
+
+    /// Parks a claimed entry as failed for good: `error` will not go away by retrying.
+    fn park(
+        &self,
+        claim: Claim,
+        record: &Record,
+        error: &Error,
+        outcomes: &mut Vec<(i64, OutboxOutcome)>,
+        report: &mut DrainReport,
+    ) {
+        self.emit(SyncEvent::RecordFailed {
+            collection: record.collection.clone(),
+            key: record.key.clone(),
+            error: error.to_string(),
+        });
+        report.failed += 1;
+        outcomes.push((
+            claim.id,
+            OutboxOutcome::Failed {
+                error: error.to_string(),
+            },
+        ));
     }
 
     fn retry_or_park(

@@ -126,6 +126,7 @@ async fn local(dir: &std::path::Path) -> LocalEngine {
         CollectionSpec {
             name: notes(),
             vector: None,
+            encrypted: false,
         },
     )
     .await

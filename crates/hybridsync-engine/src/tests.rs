@@ -26,6 +26,7 @@ fn voices() -> CollectionSpec {
     CollectionSpec {
         name: name("voices"),
         vector: Some(VectorSpec::new(DIM, Metric::Cosine, Precision::F16).unwrap()),
+        encrypted: false,
     }
 }
 
@@ -241,6 +242,7 @@ async fn an_i8_collection_re_ranks_by_default() {
     let spec = CollectionSpec {
         name: name("voices"),
         vector: Some(VectorSpec::new(DIM, Metric::Cosine, Precision::I8).unwrap()),
+        encrypted: false,
     };
     let engine = open_engine(tmp.path(), spec).await;
     let mut data = Clustered::new(7, 40, DIM, 0.15);
@@ -353,6 +355,7 @@ async fn a_collection_created_by_another_handle_is_picked_up() {
     let faces = CollectionSpec {
         name: name("faces"),
         vector: Some(VectorSpec::new(4, Metric::L2, Precision::F32).unwrap()),
+        encrypted: false,
     };
     other.create_collection(&faces).await.unwrap();
     other

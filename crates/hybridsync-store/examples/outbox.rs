@@ -12,6 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .create_collection(&CollectionSpec {
             name: notes.clone(),
             vector: None,
+            encrypted: false,
         })
         .await?;
     let write = WriteRequest::put(notes.clone(), Key::new("hello")?, b"world".to_vec(), None);

@@ -1,5 +1,6 @@
-//! The collection catalogue: declared collections and their vector specs, cached in
-//! memory and reread when a name is not known (another process may have created it).
+//! The collection catalogue: declared collections, their vector specs and whether
+//! they are encrypted, cached in memory and reread when a name is not known (another
+//! process may have created it).
 
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::RwLockExt;
@@ -7,10 +8,10 @@ use hybridsync_core::{CollectionName, CollectionSpec, Metric, Precision, VectorS
 use sqlx::Row;
 use std::collections::HashMap;
 
-const SPECS: &str = "SELECT name, dim, metric, precision FROM collections";
+const SPECS: &str = "SELECT name, dim, metric, precision, encrypted FROM collections";
 
-const CREATE: &str = "INSERT INTO collections (name, dim, metric, precision, created_ms) \
-     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING";
+const CREATE: &str = "INSERT INTO collections (name, dim, metric, precision, encrypted, created_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO NOTHING";
 
 impl SqliteStore {
     pub(crate) async fn reload_catalogue(&self) -> Result<()> {
@@ -63,6 +64,7 @@ impl SqliteStore {
                     dim,
                     metric,
                     precision,
+                    spec.encrypted,
                     created_ms
                 ])?;
                 Ok(())
@@ -100,7 +102,11 @@ fn spec_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CollectionSpec> {
             Some(VectorSpec::new(dim as usize, metric, precision).map_err(|e| bad(e.to_string()))?)
         }
     };
-    Ok(CollectionSpec { name, vector })
+    Ok(CollectionSpec {
+        name,
+        vector,
+        encrypted: row.try_get("encrypted")?,
+    })
 }
 
 fn collection_of(

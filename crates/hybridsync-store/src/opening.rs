@@ -103,6 +103,11 @@ fn migrator() -> Migrator {
             "drain order",
             include_str!("../migrations/0004_drain_order.sql"),
         ),
+        migration(
+            5,
+            "encrypted collections",
+            include_str!("../migrations/0005_encrypted_collections.sql"),
+        ),
     ]);
     migrator.set_locking(false);
     migrator

@@ -20,6 +20,7 @@ fn voices() -> CollectionSpec {
     CollectionSpec {
         name: name("voices"),
         vector: Some(VectorSpec::new(3, Metric::Cosine, Precision::F32).unwrap()),
+        encrypted: false,
     }
 }
 
@@ -27,6 +28,7 @@ fn notes() -> CollectionSpec {
     CollectionSpec {
         name: name("notes"),
         vector: None,
+        encrypted: false,
     }
 }
 
@@ -302,6 +304,7 @@ async fn collection_specs_are_persisted_and_a_different_spec_is_refused() {
     let other = CollectionSpec {
         name: name("voices"),
         vector: Some(VectorSpec::new(4, Metric::L2, Precision::F16).unwrap()),
+        encrypted: false,
     };
     assert!(matches!(
         store.create_collection(&other).await,
@@ -467,7 +470,7 @@ async fn a_newer_schema_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 4,
+                supported: 5,
                 ..
             }
         ),
@@ -483,6 +486,7 @@ async fn a_write_that_fails_inside_sqlite_rolls_back_the_whole_batch() {
     let gone = CollectionSpec {
         name: name("gone"),
         vector: None,
+        encrypted: false,
     };
     store.create_collection(&gone).await.unwrap();
     // Another process drops the collection after we cached the catalogue: the insert

@@ -315,7 +315,7 @@ impl HybridStore {
         let name = CollectionName::new(name)?;
         Ok(self
             .engine()
-            .create_collection(CollectionSpec { name, vector })
+            .create_collection(CollectionSpec { name, vector, encrypted: false })
             .await?)
     }
 
