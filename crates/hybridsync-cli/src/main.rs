@@ -122,6 +122,20 @@ enum Command {
     /// Devices of this tenant in the cloud
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Client-side encryption keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new random key (64 hex digits, mode 0600) to a file that does not exist yet
+    Generate { path: PathBuf },
+    /// The ids of the keys this device holds (the one that seals first)
+    List,
+    /// Re-encrypt every encrypted collection under the current key: pull, rewrite each
+    /// record as a new version, push. Keep the old key as a previous key until done
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +201,10 @@ enum CollectionsCommand {
         metric: Metric,
         #[arg(long, default_value = "f32", requires = "dim")]
         precision: Precision,
+        /// Encrypt payloads and embeddings on this device before they leave it
+        /// (needs an encryption key to sync: [encryption] key_file)
+        #[arg(long)]
+        encrypted: bool,
     },
     /// List collections
     List,
@@ -256,6 +274,26 @@ async fn cloud_admin(command: &CloudCommand, url: &hybridsync::CloudUrl) -> Resu
     Ok(())
 }
 
+/// `hybridsync keys generate PATH`: a new key, readable by its owner only, never
+/// replacing a file that exists.
+fn generate_key(path: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let (key, hex) = hybridsync::EncryptionKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(hex.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    say!("key {} written to {}", key.id(), path.display())?;
+    Ok(())
+}
+
 /// `--strategy newest|local|remote` (the names are `Strategy`'s own).
 fn parse_strategy(s: &str) -> Result<hybridsync::Strategy, String> {
     s.parse()
@@ -320,6 +358,7 @@ async fn real_main() -> Result<()> {
     let mut config = load_config(&cli)?;
     match &cli.command {
         Command::Demo(args) => return demo::run(args, config).await,
+        Command::Keys(KeysCommand::Generate { path }) => return generate_key(path),
         Command::Cloud(command) => {
             let url = config
                 .cloud_url
@@ -346,26 +385,51 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             dim,
             metric,
             precision,
+            encrypted,
         }) => {
             let vector = dim
                 .map(|dim| VectorSpec::new(dim, *metric, *precision))
                 .transpose()?;
-            store.create_collection(name, vector).await?;
-            say!("collection {name} ready")?;
+            if *encrypted {
+                store.create_encrypted_collection(name, vector).await?;
+                say!("collection {name} ready (encrypted before sync)")?;
+            } else {
+                store.create_collection(name, vector).await?;
+                say!("collection {name} ready")?;
+            }
         }
         Command::Collections(CollectionsCommand::List) => {
             for spec in store.collections().await? {
+                let encrypted = if spec.encrypted { "\tencrypted" } else { "" };
                 match spec.vector {
                     Some(v) => say!(
-                        "{}\tdim={} metric={} precision={}",
+                        "{}\tdim={} metric={} precision={}{encrypted}",
                         spec.name,
                         v.dim,
                         v.metric,
                         v.precision
                     )?,
-                    None => say!("{}", spec.name)?,
+                    None => say!("{}{encrypted}", spec.name)?,
                 }
             }
+        }
+        Command::Keys(KeysCommand::List) => {
+            let status = store.status().await?;
+            match status.key_ids.split_first() {
+                None => bail!(
+                    "no encryption key is configured ([encryption] key_file or HYBRIDSYNC_ENCRYPTION_KEY_FILE)"
+                ),
+                Some((current, previous)) => {
+                    say!("{current}\tcurrent")?;
+                    for id in previous {
+                        say!("{id}\tprevious")?;
+                    }
+                }
+            }
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            replicate::run(store, replicate::Operation::Reencrypt, &replicate::Selection::default())
+                .await?;
         }
         Command::Put {
             collection,
@@ -524,7 +588,9 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 std::time::Duration::try_from_secs_f64(*auto_sync).context("--auto-sync")?;
             serve::run(store.clone(), *metrics_addr, auto_sync).await?
         }
-        Command::Demo(_) | Command::Cloud(_) => unreachable!("handled before opening the store"),
+        Command::Demo(_) | Command::Cloud(_) | Command::Keys(KeysCommand::Generate { .. }) => {
+            unreachable!("handled before opening the store")
+        }
     }
     Ok(())
 }

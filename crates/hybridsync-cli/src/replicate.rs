@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 /// Which collections an operation covers.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub(crate) struct Selection {
     /// Only this collection (repeatable); every collection when omitted
     #[arg(long = "collection", value_name = "NAME")]
@@ -20,6 +20,8 @@ pub(crate) enum Operation {
     Seed,
     Hydrate,
     Sync(Strategy),
+    /// Rewrite encrypted collections under the current key.
+    Reencrypt,
 }
 
 /// A progress callback: percentage and message.
@@ -65,6 +67,7 @@ pub(crate) async fn run(
         Operation::Seed => store.seed(&names, &progress).await?,
         Operation::Hydrate => store.hydrate(&names, &progress).await?,
         Operation::Sync(strategy) => store.sync(&names, strategy, &progress).await?,
+        Operation::Reencrypt => store.reencrypt(&progress).await?,
     };
     say!("{}", summary(&report))?;
     Ok(())

@@ -22,7 +22,7 @@ pub(crate) fn status_json(
         .iter()
         .map(|c| {
             let vector = c.vector.map(|v| json!({"dim": v.dim, "metric": v.metric.as_str(), "precision": v.precision.as_str()}));
-            (c.name.to_string(), json!({"records": c.records, "indexed": c.indexed, "index_restored": c.index_restored, "vector": vector}))
+            (c.name.to_string(), json!({"records": c.records, "indexed": c.indexed, "index_restored": c.index_restored, "vector": vector, "encrypted": c.encrypted}))
         })
         .collect();
     json!({
@@ -36,6 +36,7 @@ pub(crate) fn status_json(
             "by_priority": by_priority,
         },
         "collections": collections,
+        "encryption": {"key_ids": status.key_ids.iter().map(ToString::to_string).collect::<Vec<_>>()},
         "cache": {"entries": status.cache.entries, "bytes": status.cache.bytes, "hits": status.cache.hits, "misses": status.cache.misses},
         "cloud": {
             "configured": status.cloud.is_some(),
@@ -89,6 +90,19 @@ pub(crate) fn status_text(
             format!("{:.1} s ago", now_ms().saturating_sub(ms) as f64 / 1000.0)
         });
     let _ = writeln!(out, "last sync  {last}");
+    let keys = match status.key_ids.split_first() {
+        None => "no key (encrypted collections stay local)".to_owned(),
+        Some((current, [])) => format!("key {current}"),
+        Some((current, previous)) => format!(
+            "key {current}; also opens {}",
+            previous
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let _ = writeln!(out, "encryption {keys}");
     let _ = writeln!(
         out,
         "outbox     {} pending, {} in flight, {} failed, {} done",
@@ -131,9 +145,10 @@ pub(crate) fn status_text(
         });
         let _ = writeln!(
             out,
-            "  {:<24} {:>8} records{vector}",
+            "  {:<24} {:>8} records{vector}{}",
             c.name.as_str(),
-            c.records
+            c.records,
+            if c.encrypted { "  encrypted" } else { "" }
         );
     }
     out

@@ -16,6 +16,9 @@ use std::path::PathBuf;
 /// [cache]
 /// entries = 10000
 /// bytes = 67108864
+/// [encryption]                                   # for collections created --encrypted
+/// key_file = "/etc/myapp/hybridsync.key"         # 32 raw bytes or 64 hex digits, 0600
+/// previous_key_files = []                        # rotated-out keys, still readable
 /// ```
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +34,20 @@ pub struct Config {
     pub cloud: CloudConfig,
     #[serde(default)]
     pub sync: SyncSettings,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+}
+
+/// `[encryption]`: the key files of client-side encryption (each 32 raw bytes or 64
+/// hex digits, mode 0600). Only collections declared encrypted use them.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The key that seals (and opens).
+    pub key_file: Option<PathBuf>,
+    /// Keys rotated out, which still open rows they sealed.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
 }
 
 /// `[cloud]`.
@@ -73,7 +90,8 @@ pub struct CacheConfig {
 
 impl Config {
     /// Overrides fields from `HYBRIDSYNC_DATA_DIR`, `HYBRIDSYNC_CLOUD_URL`,
-    /// `HYBRIDSYNC_DURABILITY` and `HYBRIDSYNC_TENANT` where they are set.
+    /// `HYBRIDSYNC_DURABILITY`, `HYBRIDSYNC_TENANT` and
+    /// `HYBRIDSYNC_ENCRYPTION_KEY_FILE` where they are set.
     pub fn with_env(mut self) -> Self {
         if let Some(dir) = std::env::var_os("HYBRIDSYNC_DATA_DIR") {
             self.data_dir = Some(dir.into());
@@ -86,6 +104,9 @@ impl Config {
         }
         if let Ok(tenant) = std::env::var("HYBRIDSYNC_TENANT") {
             self.cloud.tenant = Some(tenant);
+        }
+        if let Some(path) = std::env::var_os("HYBRIDSYNC_ENCRYPTION_KEY_FILE") {
+            self.encryption.key_file = Some(path.into());
         }
         self
     }

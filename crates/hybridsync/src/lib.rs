@@ -47,7 +47,7 @@
 mod config;
 mod store;
 
-pub use config::Config;
+pub use config::{Config, EncryptionConfig};
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
     WriteOptions,
@@ -62,8 +62,9 @@ pub use hybridsync_core::{
 };
 #[doc(inline)]
 pub use hybridsync_core::{
-    CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, Hlc, Key, Limits, Metric,
-    OutboxStats, Precision, Priority, Record, VectorHit as SearchHit, VectorSpec,
+    CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, EncryptionKey, Hlc, Key, KeyId,
+    Keyring, Limits, Metric, OutboxStats, Precision, Priority, Record, VectorHit as SearchHit,
+    VectorSpec,
 };
 #[doc(inline)]
 pub use hybridsync_engine::{BreakerConfig, SyncConfig, SyncReport, SyncStatus};
@@ -110,6 +111,10 @@ pub enum Error {
     /// The operation needs a cloud and none is configured.
     #[error("no cloud is configured (set cloud_url, HYBRIDSYNC_CLOUD_URL or --cloud-url)")]
     NoCloud,
+    /// An encryption key file could not be read or holds no key (the message never
+    /// quotes its content).
+    #[error("encryption key file {}: {reason}", path.display())]
+    KeyFile { path: std::path::PathBuf, reason: String },
     /// A cloud URL, in a build without the `cloud-postgres` feature.
     #[error(
         "a cloud ({url}) is configured, and this build has no cloud sink (hybridsync's `cloud-postgres` feature)"

@@ -4,8 +4,8 @@
 
 use crate::{Config, Result};
 use hybridsync_core::{
-    Clock, CloudSink, CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, HistoryEntry,
-    Hlc, HotCacheStats, Key, Limits, LocalStore, OutboxStats, Priority, Record, Strategy,
+    Clock, CloudSink, CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
+    EncryptionKey, HistoryEntry, Hlc, HotCacheStats, Key, KeyId, Keyring, Limits, LocalStore, OutboxStats, Priority, Record, Strategy,
     SyncEvent, VectorCache, VectorHit, VectorSpec, WriteRequest, decode_payload, encode_payload,
 };
 use hybridsync_engine::{
@@ -35,6 +35,8 @@ pub struct HybridStoreBuilder {
     application_name: String,
     sync: SyncConfig,
     clock: Option<Arc<dyn Clock>>,
+    encryption_key: Option<EncryptionKey>,
+    previous_keys: Vec<EncryptionKey>,
 }
 
 impl HybridStoreBuilder {
@@ -82,7 +84,49 @@ impl HybridStoreBuilder {
         if let Some(n) = config.sync.max_attempts {
             self.sync.max_attempts = n;
         }
+        if let Some(path) = &config.encryption.key_file {
+            self.encryption_key = Some(read_key_file(path)?);
+        }
+        for path in &config.encryption.previous_key_files {
+            self.previous_keys.push(read_key_file(path)?);
+        }
         Ok(self)
+    }
+
+    /// The key that seals encrypted collections on their way to the cloud (and opens
+    /// what it sealed). Without one, an encrypted collection works locally and its
+    /// changes wait in the outbox, parked with a typed error, until a key is set.
+    pub fn encryption_key(mut self, key: EncryptionKey) -> Self {
+        self.encryption_key = Some(key);
+        self
+    }
+
+    /// A key rotated out: it no longer seals, and still opens rows it sealed until
+    /// [`HybridStore::reencrypt`] has rewritten them under the current key.
+    pub fn previous_encryption_key(mut self, key: EncryptionKey) -> Self {
+        self.previous_keys.push(key);
+        self
+    }
+
+    /// [`Self::encryption_key`] from a key file: 32 raw bytes, or 64 hex digits.
+    pub fn encryption_key_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(self.encryption_key(read_key_file(path.as_ref())?))
+    }
+
+    fn keyring(&mut self) -> Result<Option<Keyring>> {
+        let previous = std::mem::take(&mut self.previous_keys);
+        match self.encryption_key.take() {
+            Some(current) => Ok(Some(
+                previous
+                    .into_iter()
+                    .fold(Keyring::new(current), Keyring::with_previous),
+            )),
+            None if previous.is_empty() => Ok(None),
+            None => Err(crate::Error::KeyFile {
+                path: PathBuf::new(),
+                reason: "previous encryption keys are set without a current one".into(),
+            }),
+        }
     }
 
     /// The data directory (created 0700 if missing).
@@ -147,7 +191,8 @@ impl HybridStoreBuilder {
     }
 
     /// Opens the store, checks the file, and builds the vector indexes.
-    pub async fn open(self) -> Result<HybridStore> {
+    pub async fn open(mut self) -> Result<HybridStore> {
+        let keyring = self.keyring()?;
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
         let engine = Engine::open(store, vector_index(), hot, self.engine).await;
@@ -166,6 +211,7 @@ impl HybridStoreBuilder {
         };
         let mut config = RuntimeConfig {
             sync: self.sync,
+            keyring,
             ..RuntimeConfig::default()
         };
         if let Some(clock) = self.clock {
@@ -173,11 +219,35 @@ impl HybridStoreBuilder {
         }
         Ok(HybridStore {
             inner: Arc::new(Inner {
+                key_ids: config.keyring.as_ref().map(Keyring::ids).unwrap_or_default(),
                 runtime: Runtime::new(engine, sink, config),
                 cloud_url: self.cloud_url,
             }),
         })
     }
+}
+
+/// Reads a key file (32 raw bytes, or 64 hex digits). A file others may read is
+/// accepted with a warning: the key is the one thing standing between the cloud and
+/// the plaintext.
+fn read_key_file(path: &std::path::Path) -> Result<EncryptionKey> {
+    let fail = |reason: String| crate::Error::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let contents = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| fail(e.to_string()))?);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| fail(e.to_string()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the encryption key file is readable by others; chmod 600 it");
+        }
+    }
+    EncryptionKey::parse(&contents).map_err(|e| fail(e.to_string()))
 }
 
 /// The usearch indexes, with the `vector` feature.
@@ -222,6 +292,7 @@ fn cloud_sink(url: &CloudUrl, _: &str, _: u32, _: &str) -> Result<Arc<dyn CloudS
 struct Inner {
     runtime: HybridRuntime,
     cloud_url: Option<CloudUrl>,
+    key_ids: Vec<KeyId>,
 }
 
 /// A local-first store: SQLite for durability, usearch for similarity search, an
@@ -262,6 +333,9 @@ pub struct Status {
     pub cache: HotCacheStats,
     /// The configured cloud, redacted.
     pub cloud: Option<String>,
+    /// The encryption keys this device holds, the one that seals first (empty
+    /// without a key).
+    pub key_ids: Vec<KeyId>,
     /// The newest seed, hydrate and sync runs, newest first.
     pub history: Vec<HistoryEntry>,
 }
@@ -271,6 +345,8 @@ pub struct Status {
 pub struct CollectionStatus {
     pub name: CollectionName,
     pub vector: Option<VectorSpec>,
+    /// Whether what it sends to the cloud is encrypted first.
+    pub encrypted: bool,
     pub records: u64,
     pub indexed: usize,
     /// Whether the index was restored from its snapshot at open (else built).
@@ -294,6 +370,8 @@ impl HybridStore {
             application_name: "hybridsync".into(),
             sync: SyncConfig::default(),
             clock: None,
+            encryption_key: None,
+            previous_keys: Vec::new(),
         }
     }
 
@@ -312,11 +390,27 @@ impl HybridStore {
     /// Declares a collection, with a vector spec for similarity search. Idempotent for
     /// the same spec; a different spec for an existing name is an error.
     pub async fn create_collection(&self, name: &str, vector: Option<VectorSpec>) -> Result<()> {
-        let name = CollectionName::new(name)?;
-        Ok(self
-            .engine()
-            .create_collection(CollectionSpec { name, vector, encrypted: false })
-            .await?)
+        self.declare(name, vector, false).await
+    }
+
+    /// Declares a collection whose payloads and embeddings leave this device only
+    /// encrypted (see [`HybridStoreBuilder::encryption_key`]). Locally it is like any
+    /// other: plaintext rows, the same reads and searches.
+    pub async fn create_encrypted_collection(
+        &self,
+        name: &str,
+        vector: Option<VectorSpec>,
+    ) -> Result<()> {
+        self.declare(name, vector, true).await
+    }
+
+    async fn declare(&self, name: &str, vector: Option<VectorSpec>, encrypted: bool) -> Result<()> {
+        let spec = CollectionSpec {
+            name: CollectionName::new(name)?,
+            vector,
+            encrypted,
+        };
+        Ok(self.engine().create_collection(spec).await?)
     }
 
     /// Every collection.
@@ -359,6 +453,7 @@ impl HybridStore {
             .map(|spec| CollectionStatus {
                 name: spec.name.clone(),
                 vector: spec.vector,
+                encrypted: spec.encrypted,
                 records: local.records.get(&spec.name).copied().unwrap_or(0),
                 indexed: local.indexed.get(&spec.name).copied().unwrap_or(0),
                 index_restored: local.restored.contains(&spec.name),
@@ -376,6 +471,7 @@ impl HybridStore {
             outbox: local.outbox,
             cache: local.cache,
             cloud: self.inner.cloud_url.as_ref().map(CloudUrl::redacted),
+            key_ids: self.inner.key_ids.clone(),
             history: self.history(5).await?,
         })
     }
@@ -481,6 +577,18 @@ impl HybridStore {
             .replicator()?
             .sync(&names, &strategy, &progress)
             .await?)
+    }
+
+    /// Rotates encrypted collections to the current key: pulls them, rewrites every
+    /// live record as a new version at deferred priority (the drain seals each with
+    /// the current key, behind the application's own writes) and waits for the push.
+    /// Afterwards the previous keys are needed only by devices that have not pulled
+    /// since. Needs a cloud and an encryption key.
+    pub async fn reencrypt(
+        &self,
+        progress: impl Fn(f32, &str) + Send + Sync,
+    ) -> Result<SyncReport> {
+        Ok(self.runtime().replicator()?.reencrypt(&progress).await?)
     }
 
     /// Settles `collection`'s conflicts with a custom resolver (which may merge).
