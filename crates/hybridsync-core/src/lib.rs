@@ -58,4 +58,6 @@ pub use vector::{Metric, Precision, VectorSpec};
 pub struct ReadmeDoctests;
 
 #[cfg(test)]
+mod seal_tests;
+#[cfg(test)]
 mod tests;
