@@ -40,6 +40,8 @@ pub struct ReadmeDoctests;
 #[cfg(test)]
 mod replicate_tests;
 #[cfg(test)]
+mod seal_tests;
+#[cfg(test)]
 mod sync_tests;
 #[cfg(test)]
 mod tests;

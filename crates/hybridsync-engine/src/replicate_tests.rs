@@ -16,16 +16,26 @@ use std::sync::Arc;
 type DeviceEngine = Engine<SqliteStore, UsearchCache>;
 
 /// One device: its own data dir, engine, drain and replicator over a shared cloud.
-struct Device<C: CloudSink> {
+pub(crate) struct Device<C: CloudSink> {
     _dir: tempfile::TempDir,
-    engine: Arc<DeviceEngine>,
-    repl: Arc<Replicator<SqliteStore, UsearchCache, C>>,
+    pub(crate) engine: Arc<DeviceEngine>,
+    pub(crate) repl: Arc<Replicator<SqliteStore, UsearchCache, C>>,
 }
 
 async fn device<C: CloudSink>(
     sink: Arc<C>,
     clock: Arc<dyn Clock>,
     spec: Option<CollectionSpec>,
+) -> Device<C> {
+    keyed_device(sink, clock, spec, None).await
+}
+
+/// A device holding `keyring` for encrypted collections.
+pub(crate) async fn keyed_device<C: CloudSink>(
+    sink: Arc<C>,
+    clock: Arc<dyn Clock>,
+    spec: Option<CollectionSpec>,
+    keyring: Option<hybridsync_core::Keyring>,
 ) -> Device<C> {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StoreOptions::new(dir.path());
@@ -44,12 +54,9 @@ async fn device<C: CloudSink>(
     if let Some(spec) = spec {
         engine.create_collection(spec).await.unwrap();
     }
-    let syncer = Arc::new(Syncer::new(
-        store,
-        sink,
-        fast_config(),
-        engine.write_nudge(),
-    ));
+    let syncer = Arc::new(
+        Syncer::new(store, sink, fast_config(), engine.write_nudge()).with_keyring(keyring),
+    );
     let repl = Arc::new(Replicator::new(engine.clone(), syncer));
     Device {
         _dir: dir,

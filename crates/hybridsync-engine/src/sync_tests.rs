@@ -19,6 +19,9 @@ pub(crate) trait TestCloud: Send + Sync {
     fn own_sink(&self) -> Arc<Self::Sink>;
     fn down(&self);
     fn up(&self);
+    /// Replaces a stored row behind the sink's back, as someone with write access to
+    /// the cloud could: the new row is what every device pulls next.
+    fn overwrite(&self, record: &Record);
 }
 
 pub(crate) struct MemoryCloud(Arc<MemorySink>);
@@ -36,6 +39,9 @@ impl TestCloud for MemoryCloud {
     }
     fn up(&self) {
         self.0.set_down(false);
+    }
+    fn overwrite(&self, record: &Record) {
+        self.0.overwrite(record.clone());
     }
 }
 
@@ -64,6 +70,37 @@ impl TestCloud for PgCloud {
     }
     fn up(&self) {
         self.server.start_again().unwrap();
+    }
+    fn overwrite(&self, r: &Record) {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let embedding = r.embedding.as_ref().map_or("NULL".to_owned(), |e| {
+            let bytes: Vec<u8> = e.iter().flat_map(|v| v.to_le_bytes()).collect();
+            format!("'\\x{}'::bytea", hex(&bytes))
+        });
+        self.server
+            .psql(
+                "postgres",
+                &format!(
+                    "UPDATE hs_records SET payload = '\\x{}'::bytea, embedding = {embedding}, hash = '\\x{}'::bytea, \
+                     hlc = {}, origin = '\\x{}'::bytea, tombstone = {}, txid = pg_current_xact_id(), seq = nextval('hs_change_seq') \
+                     WHERE collection = '{}' AND key = '{}'",
+                    hex(&r.payload),
+                    hex(&r.hash.0),
+                    r.version.packed(),
+                    hex(&r.version.origin.0),
+                    r.tombstone,
+                    r.collection,
+                    r.key
+                ),
+            )
+            .unwrap();
+    }
+}
+
+impl PgCloud {
+    /// The server, for raw SQL and its files.
+    pub(crate) fn server(&self) -> &hybridsync_testkit::TempPostgres {
+        &self.server
     }
 }
 
@@ -154,9 +191,17 @@ fn write(key: &str, value: &str, priority: Priority) -> WriteRequest {
 }
 
 pub(crate) async fn cloud_rows<C: CloudSink>(sink: &C) -> BTreeMap<String, Record> {
+    cloud_rows_of(sink, &notes()).await
+}
+
+/// Every row the cloud holds for `collection`, as the cloud holds it, by key.
+pub(crate) async fn cloud_rows_of<C: CloudSink>(
+    sink: &C,
+    collection: &CollectionName,
+) -> BTreeMap<String, Record> {
     let (mut cursor, mut rows) = (ChangeCursor::default(), BTreeMap::new());
     loop {
-        let batch = sink.pull(&notes(), &cursor, 500).await.unwrap();
+        let batch = sink.pull(collection, &cursor, 500).await.unwrap();
         if batch.records.is_empty() {
             return rows;
         }

@@ -118,6 +118,17 @@ impl MemorySink {
             .map(|(_, r)| r.clone())
     }
 
+    /// Replaces a row as an attacker with write access to the cloud would: stored as
+    /// given, whatever its version, and fed to every device as the newest change.
+    pub fn overwrite(&self, record: Record) {
+        let mut state = self.state.lock_or_recover();
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        state
+            .rows
+            .insert((record.collection.clone(), record.key.clone()), (seq, record));
+    }
+
     /// Every stored record.
     pub fn all(&self) -> Vec<Record> {
         let state = self.state.lock_or_recover();
