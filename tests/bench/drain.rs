@@ -3,7 +3,9 @@
 
 use crate::report::{Row, median};
 use anyhow::{Context, Result};
-use hybridsync::{CloudUrl, DeviceId, Hlc, HybridStore, Record, SyncConfig, WriteOptions};
+use hybridsync::{
+    CloudUrl, DeviceId, EncryptionKey, Hlc, HybridStore, Record, SyncConfig, WriteOptions,
+};
 use hybridsync_testkit::workload::Clustered;
 use hybridsync_testkit::{TempPostgres, TempPostgresOptions};
 use sqlx::Connection;
@@ -13,7 +15,7 @@ const DIM: usize = 192;
 const PAYLOAD: usize = 256;
 const PER_ROW_SAMPLE: usize = 10_000;
 
-fn rows(n: usize) -> Vec<(String, Vec<u8>, Vec<f32>)> {
+pub(crate) fn rows(n: usize) -> Vec<(String, Vec<u8>, Vec<f32>)> {
     let mut voices = Clustered::new(11, 1_000, DIM, 0.1);
     (0..n)
         .map(|i| {
@@ -138,14 +140,15 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
 
 /// Trials of each side of the drain bench; the rows report their medians (one
 /// trial can meet a slow disk flush or a server-side hiccup).
-const TRIALS: usize = 3;
+pub(crate) const TRIALS: usize = 3;
 
 /// Writes `data` into a new store for `tenant` and times the engine's drain of it to
-/// `pg` (collection `bench`); records/s.
-async fn drain_trial(
+/// `pg` (collection `bench`, encrypted when there is a `key`); records/s.
+pub(crate) async fn drain_trial(
     pg: &TempPostgres,
     data: &[(String, Vec<u8>, Vec<f32>)],
     tenant: &str,
+    key: Option<&EncryptionKey>,
 ) -> Result<f64> {
     let tmp = tempfile::tempdir()?;
     let sync = SyncConfig {
@@ -154,15 +157,23 @@ async fn drain_trial(
         interval: Duration::from_secs(3600),
         ..SyncConfig::default()
     };
-    let store = HybridStore::builder(tmp.path())
+    let mut builder = HybridStore::builder(tmp.path())
         .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
         .tenant(tenant)
-        .sync_config(sync)
-        .open()
-        .await?;
+        .sync_config(sync);
+    if let Some(key) = key {
+        builder = builder.encryption_key(key.clone());
+    }
+    let store = builder.open().await?;
     let spec =
         hybridsync::VectorSpec::new(DIM, hybridsync::Metric::Cosine, hybridsync::Precision::F16)?;
-    store.create_collection("bench", Some(spec)).await?;
+    if key.is_some() {
+        store
+            .create_encrypted_collection("bench", Some(spec))
+            .await?;
+    } else {
+        store.create_collection("bench", Some(spec)).await?;
+    }
     let raw = store.raw("bench")?;
     write_locally(&raw, data).await?;
     let started = Instant::now();
@@ -194,7 +205,7 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
         let mut admin = sqlx::PgConnection::connect(&server.url("postgres")).await?;
         // Ours: local writes, then the engine's drain through the capped pool.
         settle(&mut admin).await?;
-        ours.push(drain_trial(server, &data, "default").await?);
+        ours.push(drain_trial(server, &data, "default", None).await?);
         // Baseline: one autocommitted INSERT per row with the same version guard.
         settle(&mut admin).await?;
         per_row.push(insert_per_row(&mut admin, sample, "per_row").await?);
@@ -240,7 +251,7 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
 
 /// Flushes the server's dirty buffers (a checkpoint) between measurements, so no
 /// side pays for the one before.
-async fn settle(admin: &mut sqlx::PgConnection) -> Result<()> {
+pub(crate) async fn settle(admin: &mut sqlx::PgConnection) -> Result<()> {
     sqlx::query("CHECKPOINT").execute(&mut *admin).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! `docs/benchmarks.md`. Ratios are what we quote: the machines are noisy.
 
 mod drain;
+mod encryption;
 mod local;
 mod reads;
 mod replicate;
@@ -12,7 +13,7 @@ mod search;
 use anyhow::Result;
 
 /// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `local`, `search` and
-/// `sync` (drain, hydrate, propagation); all by default. A partial run leaves
+/// `sync` (drain, hydrate, propagation, encryption); all by default. A partial run leaves
 /// docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -68,6 +69,8 @@ async fn main() -> Result<()> {
         rows.push(drain::recovery(&cloud, records, drain_secs).await?);
         rows.extend(replicate::hydrate(&cloud, records).await?);
         rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
+        drop(cloud);
+        rows.extend(encryption::run(records).await?);
     }
     report::write(&rows, quick || !groups.is_empty())?;
     Ok(())

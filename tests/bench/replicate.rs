@@ -6,7 +6,7 @@
 use crate::reads::{nanos, percentile};
 use crate::report::Row;
 use anyhow::{Context, Result, ensure};
-use hybridsync::{HybridStore, Strategy, WriteOptions};
+use hybridsync::{EncryptionKey, HybridStore, Strategy, WriteOptions};
 use hybridsync_testkit::TempPostgres;
 use sqlx::{Connection, Row as _};
 use std::time::{Duration, Instant};
@@ -25,25 +25,8 @@ async fn select_bench_rows(admin: &mut sqlx::PgConnection) -> Result<Vec<sqlx::p
 /// `bench`, tenant `default`) into a fresh device.
 pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row>> {
     println!("hydrate: {records} records with 192-D embeddings into a new device");
-    let tmp = tempfile::tempdir()?;
-    let store = HybridStore::builder(tmp.path())
-        .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
-        .open()
-        .await?;
-    // The app defines its collections at start-up, as the drain bench's device did.
-    let spec =
-        hybridsync::VectorSpec::new(192, hybridsync::Metric::Cosine, hybridsync::Precision::F16)?;
-    store.create_collection("bench", Some(spec)).await?;
-    let started = Instant::now();
-    let report = store.hydrate(&["bench"], |_, _| {}).await?;
-    let secs = started.elapsed().as_secs_f64();
-    ensure!(
-        report.pulled as usize == records,
-        "hydrate pulled {} of {records}",
-        report.pulled
-    );
-    store.shutdown(Duration::from_secs(5)).await?;
-    let ours = records as f64 / secs;
+    let ours = hydrate_trial(pg, "default", None, records).await?;
+    let secs = records as f64 / ours;
     println!("  ours (hydrate):      {ours:>10.0} records/s ({secs:.2} s, index built)");
 
     // Baseline: the same rows and columns in one SELECT, decoded into memory.
@@ -103,6 +86,44 @@ pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row
             "report",
         ),
     ])
+}
+
+/// Times a new device's hydrate of collection `bench` of `tenant` (`records` rows,
+/// encrypted when there is a `key`), index built; records/s.
+pub(crate) async fn hydrate_trial(
+    pg: &TempPostgres,
+    tenant: &str,
+    key: Option<&EncryptionKey>,
+    records: usize,
+) -> Result<f64> {
+    let tmp = tempfile::tempdir()?;
+    let mut builder = HybridStore::builder(tmp.path())
+        .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
+        .tenant(tenant);
+    if let Some(key) = key {
+        builder = builder.encryption_key(key.clone());
+    }
+    let store = builder.open().await?;
+    // The app defines its collections at start-up, as the drain bench's device did.
+    let spec =
+        hybridsync::VectorSpec::new(192, hybridsync::Metric::Cosine, hybridsync::Precision::F16)?;
+    if key.is_some() {
+        store
+            .create_encrypted_collection("bench", Some(spec))
+            .await?;
+    } else {
+        store.create_collection("bench", Some(spec)).await?;
+    }
+    let started = Instant::now();
+    let report = store.hydrate(&["bench"], |_, _| {}).await?;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        report.pulled as usize == records,
+        "hydrate pulled {} of {records}",
+        report.pulled
+    );
+    store.shutdown(Duration::from_secs(5)).await?;
+    Ok(records as f64 / secs)
 }
 
 /// Write on device A, poll device B until it reads the new value. B runs auto-sync on

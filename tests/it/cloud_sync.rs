@@ -555,3 +555,185 @@ fn a_new_device_hydrates_100k_voiceprints_and_finds_the_same_neighbours() {
         b.close().await;
     });
 }
+
+/// Encryption from the command line: a generated key file, an encrypted collection, a
+/// cloud holding only ciphertext, a device without the key refused with a clear error,
+/// one with it restoring and searching, and a rotation through the config file.
+#[test]
+fn encrypted_collections_key_files_and_rotation_from_the_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let (k1, k2) = (keys.path().join("k1.key"), keys.path().join("k2.key"));
+    let a = Cloud::new();
+    let generated = a.ok(&["keys", "generate", k1.to_str().unwrap()]);
+    assert!(generated.contains("written to"), "{generated}");
+    let meta = std::fs::metadata(&k1).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 65, "64 hex digits and a newline");
+    let again = a.run(&["keys", "generate", k1.to_str().unwrap()]);
+    assert!(
+        !again.status.success(),
+        "an existing key file is never replaced"
+    );
+    a.ok(&["keys", "generate", k2.to_str().unwrap()]);
+
+    let with_key = |cloud: &Cloud, key: &std::path::Path, args: &[&str]| {
+        let out = cloud
+            .command(&cloud.app_url(), args)
+            .env("HYBRIDSYNC_ENCRYPTION_KEY_FILE", key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let k1_id = with_key(&a, &k1, &["keys", "list"]);
+    let k1_id = k1_id.split('\t').next().unwrap().to_owned();
+    assert_eq!(k1_id.len(), 16, "{k1_id}");
+    with_key(
+        &a,
+        &k1,
+        &[
+            "collections",
+            "create",
+            "voices",
+            "--dim",
+            "4",
+            "--encrypted",
+        ],
+    );
+    assert!(
+        a.ok(&["collections", "list"])
+            .contains("voices\tdim=4 metric=cosine precision=f32\tencrypted")
+    );
+    with_key(
+        &a,
+        &k1,
+        &[
+            "put",
+            "voices",
+            "alice",
+            "--json",
+            r#"{"pin":"PIN-SECRET"}"#,
+            "--embedding",
+            "0.1,0.2,0.3,0.4",
+        ],
+    );
+    with_key(
+        &a,
+        &k1,
+        &[
+            "put",
+            "voices",
+            "bob",
+            "--json",
+            r#"{"pin":"PIN-OTHER"}"#,
+            "--embedding",
+            "0.4,0.3,0.2,0.1",
+        ],
+    );
+    with_key(&a, &k1, &["sync"]);
+    let raw = a.pg.psql("postgres", "SELECT encode(payload, 'escape') || coalesce(encode(embedding, 'hex'), '') FROM hs_records WHERE collection = 'voices'").unwrap();
+    assert!(!raw.contains("PIN-"), "{raw}");
+    let ids =
+        a.pg.psql(
+            "postgres",
+            "SELECT DISTINCT key_id FROM hs_records WHERE collection = 'voices'",
+        )
+        .unwrap();
+    assert_eq!(ids, k1_id);
+
+    // A device without the key: a clear error, nothing applied.
+    let b = Cloud {
+        pg: a.pg.clone(),
+        data: tempfile::tempdir().unwrap(),
+    };
+    let refused = b.run(&["hydrate"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("encrypted and this device has no encryption key"),
+        "{stderr}"
+    );
+    assert_eq!(
+        b.status()["collections"]["voices"]["records"].as_u64(),
+        Some(0)
+    );
+    // With the key: everything, searchable.
+    with_key(&b, &k1, &["hydrate"]);
+    assert_eq!(
+        b.ok(&["get", "voices", "alice"]).trim(),
+        r#"{"pin":"PIN-SECRET"}"#
+    );
+    let hits = b.ok(&[
+        "search",
+        "voices",
+        "--embedding",
+        "0.1,0.2,0.3,0.4",
+        "-k",
+        "1",
+    ]);
+    assert!(hits.starts_with("alice\t"), "{hits}");
+
+    // Rotation: k2 seals, k1 still opens; afterwards every row is under k2.
+    let config = keys.path().join("rotated.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[encryption]\nkey_file = {:?}\nprevious_key_files = [{:?}]\n",
+            k2.to_str().unwrap(),
+            k1.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let listed = b.ok(&["--config", config, "keys", "list"]);
+    assert!(
+        listed.ends_with(&format!("{k1_id}\tprevious\n")),
+        "{listed}"
+    );
+    let rotated = b.ok(&["--config", config, "keys", "rotate"]);
+    assert!(
+        rotated.contains("reencrypt: 1 collections, 2 pushed"),
+        "{rotated}"
+    );
+    let k2_id = listed.split('\t').next().unwrap();
+    let ids =
+        a.pg.psql(
+            "postgres",
+            "SELECT DISTINCT key_id FROM hs_records WHERE collection = 'voices'",
+        )
+        .unwrap();
+    assert_eq!(ids, k2_id);
+    // Device A, still on k1 alone, now meets rows it cannot open.
+    let out = a
+        .command(&a.app_url(), &["sync"])
+        .env("HYBRIDSYNC_ENCRYPTION_KEY_FILE", &k1)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("sealed with key {k2_id}")),
+        "{stderr}"
+    );
+
+    // A key file that is not a key: a typed error that never quotes the file.
+    let bad = keys.path().join("bad.key");
+    std::fs::write(&bad, "not-a-key-SECRETISH").unwrap();
+    let out = a
+        .command(&a.app_url(), &["status"])
+        .env("HYBRIDSYNC_ENCRYPTION_KEY_FILE", &bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("encryption key file") && stderr.contains("64 hex digits"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SECRETISH"), "{stderr}");
+}

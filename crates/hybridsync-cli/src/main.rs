@@ -428,8 +428,12 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             }
         }
         Command::Keys(KeysCommand::Rotate) => {
-            replicate::run(store, replicate::Operation::Reencrypt, &replicate::Selection::default())
-                .await?;
+            replicate::run(
+                store,
+                replicate::Operation::Reencrypt,
+                &replicate::Selection::default(),
+            )
+            .await?;
         }
         Command::Put {
             collection,

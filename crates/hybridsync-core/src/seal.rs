@@ -209,9 +209,8 @@ impl Keyring {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce);
         sealed.extend_from_slice(&nonce);
-        let payload_len = u32::try_from(record.payload.len()).map_err(|_| Error::Encode(
-            "a payload over 4 GiB cannot be sealed".into(),
-        ))?;
+        let payload_len = u32::try_from(record.payload.len())
+            .map_err(|_| Error::Encode("a payload over 4 GiB cannot be sealed".into()))?;
         sealed.extend_from_slice(&payload_len.to_le_bytes());
         sealed.extend_from_slice(&record.payload);
         match &record.embedding {
@@ -225,7 +224,11 @@ impl Keyring {
         let aad = associated_data(tenant, &record.collection, &record.key, key.id, record);
         let tag = key
             .cipher
-            .encrypt_inout_detached(&XNonce::from(nonce), &aad, (&mut sealed[HEADER_LEN..]).into())
+            .encrypt_inout_detached(
+                &XNonce::from(nonce),
+                &aad,
+                (&mut sealed[HEADER_LEN..]).into(),
+            )
             .map_err(|_| Error::Encode("the record is too large to seal".into()))?;
         sealed.extend_from_slice(&tag);
         Ok(Record::new(
@@ -319,7 +322,8 @@ fn associated_data(
     key_id: KeyId,
     record: &Record,
 ) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(96 + tenant.len() + collection.as_str().len() + key.as_str().len());
+    let mut aad =
+        Vec::with_capacity(96 + tenant.len() + collection.as_str().len() + key.as_str().len());
     aad.extend_from_slice(b"hybridsync/seal/v1");
     for part in [tenant, collection.as_str(), key.as_str()] {
         aad.extend_from_slice(&(part.len() as u64).to_le_bytes());

@@ -2,8 +2,7 @@
 //! sealed, and refuses every tampering with a typed error.
 
 use crate::{
-    CollectionName, DeviceId, EncryptionKey, Error, Hlc, Key, KeyId, Keyring, Record,
-    sealed_key_id,
+    CollectionName, DeviceId, EncryptionKey, Error, Hlc, Key, KeyId, Keyring, Record, sealed_key_id,
 };
 
 fn key(n: u8) -> EncryptionKey {
@@ -47,7 +46,10 @@ fn a_sealed_record_holds_no_plaintext_and_opens_to_the_original() {
     assert_eq!(sealed.version, plain.version);
     assert_eq!(keyring.open("acme", sealed.clone()).unwrap(), plain);
     // Random nonces: the same record never seals to the same bytes twice.
-    assert_ne!(keyring.seal("acme", &plain).unwrap().payload, sealed.payload);
+    assert_ne!(
+        keyring.seal("acme", &plain).unwrap().payload,
+        sealed.payload
+    );
 }
 
 #[test]
@@ -84,7 +86,9 @@ fn the_wrong_key_a_plaintext_row_or_a_truncated_one_is_a_typed_error() {
     let sealed = Keyring::new(key(1))
         .seal("acme", &voice("alice", 1_000))
         .unwrap();
-    let err = Keyring::new(key(2)).open("acme", sealed.clone()).unwrap_err();
+    let err = Keyring::new(key(2))
+        .open("acme", sealed.clone())
+        .unwrap_err();
     assert!(
         matches!(&err, Error::UnknownEncryptionKey { key_id, .. } if *key_id == key(1).id().to_string()),
         "{err}"
@@ -124,7 +128,9 @@ fn the_wrong_key_a_plaintext_row_or_a_truncated_one_is_a_typed_error() {
 fn rows_sealed_with_a_previous_key_still_open_and_new_ones_use_the_current_key() {
     let old = Keyring::new(key(1));
     let sealed_before = old.seal("acme", &voice("alice", 1_000)).unwrap();
-    let rotated = Keyring::new(key(2)).with_previous(key(1)).with_previous(key(2));
+    let rotated = Keyring::new(key(2))
+        .with_previous(key(1))
+        .with_previous(key(2));
     assert_eq!(rotated.ids(), vec![key(2).id(), key(1).id()]);
     assert_eq!(
         rotated.open("acme", sealed_before).unwrap(),
@@ -153,7 +159,10 @@ fn a_key_file_is_32_raw_bytes_or_64_hex_digits_and_errors_never_quote_it() {
     let raw = [0xabu8; 32];
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let from_raw = EncryptionKey::parse(&raw).unwrap();
-    assert_eq!(EncryptionKey::parse(hex.as_bytes()).unwrap().id(), from_raw.id());
+    assert_eq!(
+        EncryptionKey::parse(hex.as_bytes()).unwrap().id(),
+        from_raw.id()
+    );
     assert_eq!(
         EncryptionKey::parse(format!("{}\n", hex.to_uppercase()).as_bytes())
             .unwrap()
@@ -175,7 +184,10 @@ fn a_key_file_is_32_raw_bytes_or_64_hex_digits_and_errors_never_quote_it() {
     }
     // R30: the key prints as its id only.
     let debug = format!("{from_raw:?} {:?}", Keyring::new(from_raw.clone()));
-    assert!(!debug.contains(&hex[..16]) && !debug.contains("171, 171"), "{debug}");
+    assert!(
+        !debug.contains(&hex[..16]) && !debug.contains("171, 171"),
+        "{debug}"
+    );
     assert!(debug.contains(&from_raw.id().to_string()), "{debug}");
     let (generated, generated_hex) = EncryptionKey::generate();
     assert_eq!(generated_hex.len(), 64);

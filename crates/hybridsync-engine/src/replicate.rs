@@ -241,8 +241,15 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
                 let custom = self.resolver_for(&spec.name);
                 let resolver = custom.as_deref().unwrap_or(&Strategy::NewestWins);
                 let of = (i, specs.len());
-                self.pull(SyncOperation::Reencrypt, spec, resolver, of, progress, report)
-                    .await?;
+                self.pull(
+                    SyncOperation::Reencrypt,
+                    spec,
+                    resolver,
+                    of,
+                    progress,
+                    report,
+                )
+                .await?;
                 let store = self.engine.store();
                 let mut after = None;
                 loop {

@@ -5,8 +5,7 @@
 
 use crate::{Engine, Error, Replicator, Result, SyncConfig, SyncHandle, SyncStatus, Syncer};
 use hybridsync_core::{
-    Clock, CloudSink, DeviceId, DeviceInfo, Keyring, LocalStore, Strategy, SystemClock,
-    VectorCache,
+    Clock, CloudSink, DeviceId, DeviceInfo, Keyring, LocalStore, Strategy, SystemClock, VectorCache,
 };
 use hybridsync_telemetry::{DrainGauges, SyncMetrics};
 use std::sync::{Arc, Weak};

@@ -2,9 +2,9 @@
 //! PostgreSQL sink by one shared suite (`seal_suite!`): what the cloud holds, what a
 //! device with the key, without it or with another key gets, tampering and rotation.
 
+use crate::no_progress;
 use crate::replicate_tests::{Device, keyed_device};
 use crate::sync_tests::{TestCloud, cloud_rows_of, memory_cloud, pg_cloud};
-use crate::no_progress;
 use hybridsync_core::{
     ChangeCursor, CloudSink, CollectionName, CollectionSpec, EncryptionKey, Error, Key, KeyId,
     Keyring, LocalStore, Metric, Precision, Record, Strategy, SystemClock, VectorSpec,
@@ -80,8 +80,15 @@ fn assert_only_ciphertext(cloud: &BTreeMap<String, Record>, n: usize, key: KeyId
         assert!(row.embedding.is_none(), "{}: plaintext embedding", row.key);
         assert!(!contains(&row.payload, b"SECRET"), "{}: plaintext", row.key);
         for i in 0..n {
-            let bytes: Vec<u8> = embedding(i)[..4].iter().flat_map(|v| v.to_le_bytes()).collect();
-            assert!(!contains(&row.payload, &bytes), "{}: embedding bytes", row.key);
+            let bytes: Vec<u8> = embedding(i)[..4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            assert!(
+                !contains(&row.payload, &bytes),
+                "{}: embedding bytes",
+                row.key
+            );
         }
         assert_eq!(sealed_key_id(&row.payload), Some(key), "{}", row.key);
     }
@@ -92,8 +99,15 @@ fn assert_only_ciphertext(cloud: &BTreeMap<String, Record>, n: usize, key: KeyId
 async fn devices_with_the_same_key_converge_through_ciphertext<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink(), keyring(1)).await;
     enrol(&a, 20).await;
-    a.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
-    assert_only_ciphertext(&cloud_rows_of(&*cloud.sink(), &voices()).await, 20, key(1).id());
+    a.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
+    assert_only_ciphertext(
+        &cloud_rows_of(&*cloud.sink(), &voices()).await,
+        20,
+        key(1).id(),
+    );
 
     let b = device(cloud.own_sink(), keyring(1)).await;
     let report = b.repl.hydrate(&[], &no_progress).await.unwrap();
@@ -120,8 +134,14 @@ async fn devices_with_the_same_key_converge_through_ciphertext<T: TestCloud>(clo
         .delete(voices(), Key::new("speaker-4").unwrap(), Default::default())
         .await
         .unwrap();
-    b.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
-    a.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
+    b.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
+    a.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
     assert_eq!(local_rows(&a).await, local_rows(&b).await);
     let three = a.engine.get(&voices(), "speaker-3").await.unwrap().unwrap();
     assert_eq!(three.payload, pin(99).into_bytes());
@@ -132,12 +152,13 @@ async fn devices_with_the_same_key_converge_through_ciphertext<T: TestCloud>(clo
 
 /// A device without the key, or with another one, gets a typed error from hydrate:
 /// nothing is applied and its cursor stays where it was.
-async fn a_device_without_the_key_gets_a_clear_error_and_applies_nothing<T: TestCloud>(
-    cloud: T,
-) {
+async fn a_device_without_the_key_gets_a_clear_error_and_applies_nothing<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink(), keyring(1)).await;
     enrol(&a, 5).await;
-    a.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
+    a.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
 
     for (keyring, expect) in [(None, "no encryption key"), (keyring(2), "does not hold")] {
         let other = keyed_device(cloud.own_sink(), Arc::new(SystemClock), None, keyring).await;
@@ -179,7 +200,10 @@ async fn changes_without_a_key_are_parked_and_nothing_leaves<T: TestCloud>(cloud
         }
     }
     assert_eq!(errors.len(), 3, "{errors:?}");
-    assert!(errors.iter().all(|e| e.contains("no encryption key")), "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("no encryption key")),
+        "{errors:?}"
+    );
     let stats = a.engine.store().outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.failed), (0, 3), "{stats:?}");
     assert!(cloud_rows_of(&*cloud.sink(), &voices()).await.is_empty());
@@ -191,7 +215,10 @@ async fn changes_without_a_key_are_parked_and_nothing_leaves<T: TestCloud>(cloud
 async fn a_tampered_or_moved_ciphertext_is_refused_on_pull<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink(), keyring(1)).await;
     enrol(&a, 3).await;
-    a.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
+    a.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
     let rows = cloud_rows_of(&*cloud.sink(), &voices()).await;
     let (zero, one) = (&rows["speaker-0"], &rows["speaker-1"]);
     // Moved: speaker-1's ciphertext (and its version) under speaker-0's key, with the
@@ -208,7 +235,14 @@ async fn a_tampered_or_moved_ciphertext_is_refused_on_pull<T: TestCloud>(cloud: 
     let mut payload = rows["speaker-2"].payload.clone();
     payload[70] ^= 1;
     let r2 = &rows["speaker-2"];
-    let flipped = Record::new(r2.collection.clone(), r2.key.clone(), payload, None, r2.version, false);
+    let flipped = Record::new(
+        r2.collection.clone(),
+        r2.key.clone(),
+        payload,
+        None,
+        r2.version,
+        false,
+    );
     for forged in [moved, flipped] {
         cloud.overwrite(&forged);
         let b = device(cloud.own_sink(), keyring(1)).await;
@@ -237,7 +271,10 @@ async fn rotation_ends_with_every_row_under_the_new_key<T: TestCloud>(cloud: T) 
         .delete(voices(), Key::new("speaker-0").unwrap(), Default::default())
         .await
         .unwrap();
-    a.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
+    a.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
 
     let rotated = Some(Keyring::new(key(2)).with_previous(key(1)));
     let b = device(cloud.own_sink(), rotated).await;
@@ -281,7 +318,10 @@ async fn the_raw_table_files_hold_no_plaintext_and_each_row_names_its_key() {
         ))
         .await
         .unwrap();
-    a.repl.sync(&[], &Strategy::NewestWins, &no_progress).await.unwrap();
+    a.repl
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
 
     let server = cloud.server();
     let sql = |q: &str| server.psql("postgres", q).unwrap();
@@ -294,11 +334,23 @@ async fn the_raw_table_files_hold_no_plaintext_and_each_row_names_its_key() {
     for file in files.lines() {
         bytes.extend(std::fs::read(server.dir().join("data").join(file)).unwrap());
     }
-    assert!(contains(&bytes, b"CONTROL-PLAINTEXT-MARKER"), "the check cannot see rows");
-    assert!(!contains(&bytes, b"SECRET"), "a PIN is on disk in the cloud");
+    assert!(
+        contains(&bytes, b"CONTROL-PLAINTEXT-MARKER"),
+        "the check cannot see rows"
+    );
+    assert!(
+        !contains(&bytes, b"SECRET"),
+        "a PIN is on disk in the cloud"
+    );
     for i in 0..200 {
-        let run: Vec<u8> = embedding(i)[..4].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert!(!contains(&bytes, &run), "speaker-{i}'s embedding is on disk in the cloud");
+        let run: Vec<u8> = embedding(i)[..4]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert!(
+            !contains(&bytes, &run),
+            "speaker-{i}'s embedding is on disk in the cloud"
+        );
     }
     let count = |q: String| sql(&q).parse::<u64>().unwrap();
     let under = |id: KeyId| {
@@ -310,7 +362,9 @@ async fn the_raw_table_files_hold_no_plaintext_and_each_row_names_its_key() {
         0
     );
     assert_eq!(
-        count("SELECT count(*) FROM hs_records WHERE collection = 'notes' AND key_id IS NULL".into()),
+        count(
+            "SELECT count(*) FROM hs_records WHERE collection = 'notes' AND key_id IS NULL".into()
+        ),
         1
     );
 

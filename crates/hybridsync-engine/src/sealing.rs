@@ -85,9 +85,12 @@ impl Sealing {
         if !spec.encrypted {
             return Ok(records);
         }
-        let keyring = self.keyring.as_ref().ok_or_else(|| Error::NoEncryptionKey {
-            collection: spec.name.to_string(),
-        })?;
+        let keyring = self
+            .keyring
+            .as_ref()
+            .ok_or_else(|| Error::NoEncryptionKey {
+                collection: spec.name.to_string(),
+            })?;
         records
             .into_iter()
             .map(|record| keyring.open(tenant, record))

@@ -124,9 +124,10 @@ impl MemorySink {
         let mut state = self.state.lock_or_recover();
         state.next_seq += 1;
         let seq = state.next_seq;
-        state
-            .rows
-            .insert((record.collection.clone(), record.key.clone()), (seq, record));
+        state.rows.insert(
+            (record.collection.clone(), record.key.clone()),
+            (seq, record),
+        );
     }
 
     /// Every stored record.

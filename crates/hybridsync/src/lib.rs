@@ -114,7 +114,10 @@ pub enum Error {
     /// An encryption key file could not be read or holds no key (the message never
     /// quotes its content).
     #[error("encryption key file {}: {reason}", path.display())]
-    KeyFile { path: std::path::PathBuf, reason: String },
+    KeyFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// A cloud URL, in a build without the `cloud-postgres` feature.
     #[error(
         "a cloud ({url}) is configured, and this build has no cloud sink (hybridsync's `cloud-postgres` feature)"

@@ -5,8 +5,9 @@
 use crate::{Config, Result};
 use hybridsync_core::{
     Clock, CloudSink, CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
-    EncryptionKey, HistoryEntry, Hlc, HotCacheStats, Key, KeyId, Keyring, Limits, LocalStore, OutboxStats, Priority, Record, Strategy,
-    SyncEvent, VectorCache, VectorHit, VectorSpec, WriteRequest, decode_payload, encode_payload,
+    EncryptionKey, HistoryEntry, Hlc, HotCacheStats, Key, KeyId, Keyring, Limits, LocalStore,
+    OutboxStats, Priority, Record, Strategy, SyncEvent, VectorCache, VectorHit, VectorSpec,
+    WriteRequest, decode_payload, encode_payload,
 };
 use hybridsync_engine::{
     Engine, EngineConfig, Runtime, RuntimeConfig, SearchOptions, SyncConfig, SyncReport, SyncStatus,
@@ -219,7 +220,11 @@ impl HybridStoreBuilder {
         }
         Ok(HybridStore {
             inner: Arc::new(Inner {
-                key_ids: config.keyring.as_ref().map(Keyring::ids).unwrap_or_default(),
+                key_ids: config
+                    .keyring
+                    .as_ref()
+                    .map(Keyring::ids)
+                    .unwrap_or_default(),
                 runtime: Runtime::new(engine, sink, config),
                 cloud_url: self.cloud_url,
             }),
