@@ -174,7 +174,7 @@ fn a_key_file_is_32_raw_bytes_or_64_hex_digits_and_errors_never_quote_it() {
         &b""[..],
         &[1u8; 31][..],
         &[1u8; 33][..],
-        hex[..63].as_bytes(),
+        &hex.as_bytes()[..63],
         secret.as_bytes(),
         "zz".repeat(32).as_bytes(),
     ] {
