@@ -42,6 +42,12 @@ pub(crate) struct ScheduleResult {
     pub rogue_leaked: u64,
     /// Invariant 4: live rows that differ between a device and the cloud.
     pub device_cloud_mismatches: u64,
+    /// Invariant 4 again, by the consistency checker (`verify`): rows it found
+    /// differing after healing, collections whose Merkle roots did not match, and the
+    /// rows it exchanged to tell.
+    pub verify_differences: u64,
+    pub verify_roots_unmatched: u64,
+    pub verify_rows_exchanged: u64,
     /// Invariant 5.
     pub convergence_ms: u64,
     pub sync_rounds: u64,
@@ -76,6 +82,8 @@ impl ScheduleResult {
             + self.unknown_values
             + self.rogue_leaked
             + self.device_cloud_mismatches
+            + self.verify_differences
+            + self.verify_roots_unmatched
             + self.not_converged
             + self.outbox_left
             + u64::from(self.max_pool > POOL_CAP)
@@ -277,6 +285,21 @@ pub(crate) async fn heal_and_check(
     result.convergence_ms = healing.elapsed().as_millis() as u64;
     result.not_converged = u64::from(!converged);
     for store in &stores {
+        // The row-by-row check below and the checker's roots can each catch the other's
+        // bugs: both must agree the sides are identical.
+        let report = store.verify(hybridsync::VerifyOptions::default()).await?;
+        result.verify_differences += report.differences();
+        for check in &report.collections {
+            result.verify_roots_unmatched += u64::from(!check.roots_matched);
+            result.verify_rows_exchanged += check.rows_exchanged;
+            if !check.roots_matched {
+                let _ = writeln!(
+                    history,
+                    "verify: {} roots differ: {check:?}",
+                    check.collection
+                );
+            }
+        }
         let outbox = store.status().await?.outbox;
         result.outbox_left += outbox.pending + outbox.in_flight;
         result.parked_failed += outbox.failed;

@@ -103,6 +103,15 @@ impl Report {
             sum(|s| s.device_cloud_mismatches).to_string(),
         );
         row(
+            "verify after healing: differences / unmatched roots (rows exchanged)",
+            format!(
+                "{} / {} ({})",
+                sum(|s| s.verify_differences),
+                sum(|s| s.verify_roots_unmatched),
+                sum(|s| s.verify_rows_exchanged)
+            ),
+        );
+        row(
             "convergence after healing p50 / p99 / max",
             format!(
                 "{} / {} / {} ms (bound {} s; {} sync rounds)",

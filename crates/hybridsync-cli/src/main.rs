@@ -125,6 +125,34 @@ enum Command {
     /// Client-side encryption keys
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Prove this device and the cloud hold the same data (a Merkle tree compared
+    /// top-down); exits non-zero when differences remain
+    Verify {
+        #[command(flatten)]
+        selection: replicate::Selection,
+        /// Mend what differs (push device-newer rows, pull cloud-newer ones, settle damage)
+        #[arg(long)]
+        repair: bool,
+        /// Also recompute every content hash from the stored bytes on both sides
+        #[arg(long)]
+        deep: bool,
+        /// Check only this fraction (0-1] of the buckets, and estimate the rest
+        #[arg(long, value_parser = parse_fraction)]
+        sample: Option<f64>,
+        /// Who wins when both sides hold intact, different content at one version
+        #[arg(long, default_value = "newest", value_parser = parse_strategy)]
+        strategy: hybridsync::Strategy,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A fraction in (0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction in (0, 1]")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -427,6 +455,14 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 }
             }
         }
+        Command::Verify {
+            selection,
+            repair,
+            deep,
+            sample,
+            strategy,
+            json,
+        } => replicate::verify(store, selection, *repair, *deep, *sample, *strategy, *json).await?,
         Command::Keys(KeysCommand::Rotate) => {
             replicate::run(
                 store,

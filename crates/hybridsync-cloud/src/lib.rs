@@ -13,6 +13,8 @@
 //!   [`grant_tenant`] and [`revoke_tenant`]). The tenant is set with a
 //!   transaction-local setting so it never leaks to the next user of a pooled
 //!   connection.
+//! - The consistency checker's side, in SQL (`verify.rs`): tree nodes by `GROUP BY` a
+//!   bucket prefix, rows of a few buckets, and a deep recomputation of content hashes.
 //! - `sqlx::Error` is mapped here, by SQLSTATE, into [`Error`], which says whether a
 //!   failure is worth retrying.
 //!
@@ -27,6 +29,7 @@ mod pool;
 mod schema;
 mod sink;
 mod upsert;
+mod verify;
 
 pub use error::{Error, Result};
 pub use pool::{CloudOptions, PostgresSink};

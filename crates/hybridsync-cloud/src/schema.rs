@@ -8,7 +8,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
@@ -46,6 +46,7 @@ pub(crate) fn migrator_until(last: i64) -> Migrator {
             "encryption",
             include_str!("../migrations/0004_encryption.sql"),
         ),
+        migration(5, "verify", include_str!("../migrations/0005_verify.sql")),
     ]);
     migrator.migrations = std::borrow::Cow::Owned(
         migrator

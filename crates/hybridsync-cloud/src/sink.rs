@@ -1,12 +1,13 @@
 //! The [`CloudSink`] implementation: each operation under one name, implemented in
-//! the module of its concern (pool, upsert, feed, catalogue, devices) with this crate's
+//! the module of its concern (pool, upsert, feed, catalogue, devices, verify) with this crate's
 //! [`Error`](crate::Error), converted to the core error here.
 
 use crate::PostgresSink;
 use hybridsync_core::{
     ChangeBatch, ChangeCursor, CloudSink, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
-    Record,
+    Key, NodeDigest, Record, RowDigest,
 };
+use std::collections::BTreeMap;
 
 #[async_trait::async_trait]
 impl CloudSink for PostgresSink {
@@ -42,6 +43,37 @@ impl CloudSink for PostgresSink {
 
     fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    async fn tree_nodes(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        parents: &[u32],
+        with_hash: bool,
+    ) -> hybridsync_core::Result<BTreeMap<u32, NodeDigest>> {
+        Ok(PostgresSink::tree_nodes(self, collection, level, parents, with_hash).await?)
+    }
+
+    async fn bucket_digests(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        buckets: &[u32],
+    ) -> hybridsync_core::Result<Vec<RowDigest>> {
+        Ok(PostgresSink::bucket_digests(self, collection, level, buckets).await?)
+    }
+
+    async fn fetch_rows(
+        &self,
+        collection: &CollectionName,
+        keys: &[Key],
+    ) -> hybridsync_core::Result<Vec<Record>> {
+        Ok(PostgresSink::fetch_rows(self, collection, keys).await?)
+    }
+
+    async fn damaged_keys(&self, collection: &CollectionName) -> hybridsync_core::Result<Vec<Key>> {
+        Ok(PostgresSink::damaged_keys(self, collection).await?)
     }
 
     async fn verify_schema(&self) -> hybridsync_core::Result<()> {

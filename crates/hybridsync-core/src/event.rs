@@ -77,4 +77,17 @@ pub enum SyncEvent {
         from: CircuitState,
         to: CircuitState,
     },
+    /// The consistency checker found a row that differs between the device and the
+    /// cloud.
+    InconsistencyFound {
+        collection: CollectionName,
+        key: Key,
+        kind: crate::Difference,
+    },
+    /// The consistency checker mended a row.
+    Repaired {
+        collection: CollectionName,
+        key: Key,
+        kind: crate::Difference,
+    },
 }

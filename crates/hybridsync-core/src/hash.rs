@@ -45,6 +45,19 @@ impl ContentHash {
         Self(hasher.finalize().into())
     }
 
+    /// Whether `record`'s stored hash is the hash of its content (false: its bytes
+    /// changed without a new version).
+    pub fn matches(record: &crate::Record) -> bool {
+        record.hash
+            == Self::compute(
+                record.collection.as_str(),
+                record.key.as_str(),
+                record.tombstone,
+                &record.payload,
+                record.embedding.as_deref(),
+            )
+    }
+
     /// Reads a hash from 32 bytes, if the slice has exactly that length.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         bytes.try_into().ok().map(Self)

@@ -29,6 +29,7 @@ mod sync;
 mod text;
 mod traits;
 mod vector;
+mod verify;
 
 pub use codec::{decode_payload, encode_payload};
 pub use conflict::{Conflict, ConflictResolver, Resolution, ResolutionKind, Strategy, resolve};
@@ -51,6 +52,10 @@ pub use traits::{
     validate_device_name,
 };
 pub use vector::{Metric, Precision, VectorSpec};
+pub use verify::{
+    Difference, LEVEL_BITS, LocalTree, MAX_DEPTH, NodeDigest, ROWS_PER_LEAF, RowDigest, bucket_of,
+    depth_for, differing, leaf_of, prefix_at,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

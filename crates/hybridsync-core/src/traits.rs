@@ -172,6 +172,14 @@ pub trait LocalStore: Send + Sync + 'static {
         next: &ChangeCursor,
         resolver: &dyn ConflictResolver,
     ) -> Result<ApplyOutcome>;
+    /// Every record of a collection (tombstones included), or only those with `keys`,
+    /// as the consistency checker sees it, each with whether the device has a change of
+    /// it not yet in the cloud (pending, in flight or failed).
+    async fn digests(
+        &self,
+        collection: &CollectionName,
+        keys: Option<&[Key]>,
+    ) -> Result<Vec<(crate::RowDigest, bool)>>;
     /// Appends to the sync history (the newest 1,000 entries are kept).
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()>;
     /// The newest `limit` history entries, newest first.
@@ -338,6 +346,30 @@ pub trait CloudSink: Send + Sync + 'static {
     async fn verify_schema(&self) -> Result<()> {
         Ok(())
     }
+    /// The consistency checker's nodes at `level` (the root is level 0) under the
+    /// prefixes `parents` of the level above (every node when empty), by prefix: row
+    /// counts and wrapping sums of leaf digests as [`crate::LocalTree`] defines them,
+    /// computed where the rows are (`with_hash` false for encrypted collections).
+    async fn tree_nodes(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        parents: &[u32],
+        with_hash: bool,
+    ) -> Result<BTreeMap<u32, crate::NodeDigest>>;
+    /// The rows of the leaf buckets `buckets` (prefixes at `level`), as digests.
+    async fn bucket_digests(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        buckets: &[u32],
+    ) -> Result<Vec<crate::RowDigest>>;
+    /// The rows with `keys`, as stored: their hashes unchecked, so the checker can tell
+    /// a damaged row from a different one.
+    async fn fetch_rows(&self, collection: &CollectionName, keys: &[Key]) -> Result<Vec<Record>>;
+    /// Keys of the rows whose content no longer matches their stored hash, recomputed
+    /// where the rows are (the checker's deep mode).
+    async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>>;
     /// Closes the sink's connections; the engine's runtime calls it once, at shutdown.
     async fn close(&self) {}
     /// Registers (or renames) a device of this tenant; marks it seen now.

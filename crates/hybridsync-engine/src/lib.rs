@@ -23,6 +23,7 @@ mod runtime;
 mod sealing;
 mod snapshot;
 mod sync;
+mod verify;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Transition};
 pub use error::{Error, Result};
@@ -31,6 +32,7 @@ pub use replicate::{Progress, Replicator, SyncReport, no_progress};
 pub use retry::retry_delay;
 pub use runtime::{Runtime, RuntimeConfig};
 pub use sync::{DrainReport, SyncConfig, SyncHandle, SyncStatus, Syncer};
+pub use verify::{CollectionCheck, Found, VerifyOptions, VerifyReport};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
@@ -45,3 +47,5 @@ mod seal_tests;
 mod sync_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verify_tests;

@@ -282,6 +282,15 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
         .await
     }
 
+    /// Checks that this device and the cloud hold the same rows of `options`'
+    /// collections (all known on either side when none are named), and mends what
+    /// differs with `options.repair`. Runs alone, like the other operations.
+    pub async fn verify(&self, options: &crate::VerifyOptions) -> Result<crate::VerifyReport> {
+        let _one_at_a_time = self.running.lock().await;
+        let specs = self.learn_catalogue(&options.collections).await?;
+        crate::verify::verify(&self.engine, &self.syncer, &specs, options).await
+    }
+
     /// Starts auto-sync: a [`Self::sync`] of every collection with `strategy` every
     /// `interval`, and at once when the cloud signals that another device changed
     /// something ([`CloudSink::next_change`]), until the handle is shut down. Failures

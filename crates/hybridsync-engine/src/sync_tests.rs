@@ -22,6 +22,8 @@ pub(crate) trait TestCloud: Send + Sync {
     /// Replaces a stored row behind the sink's back, as someone with write access to
     /// the cloud could: the new row is what every device pulls next.
     fn overwrite(&self, record: &Record);
+    /// Deletes a stored row behind the sink's back (no tombstone).
+    fn delete_row(&self, collection: &CollectionName, key: &Key);
 }
 
 pub(crate) struct MemoryCloud(Arc<MemorySink>);
@@ -42,6 +44,9 @@ impl TestCloud for MemoryCloud {
     }
     fn overwrite(&self, record: &Record) {
         self.0.overwrite(record.clone());
+    }
+    fn delete_row(&self, collection: &CollectionName, key: &Key) {
+        self.0.delete_row(collection, key);
     }
 }
 
@@ -91,6 +96,16 @@ impl TestCloud for PgCloud {
                     r.tombstone,
                     r.collection,
                     r.key
+                ),
+            )
+            .unwrap();
+    }
+    fn delete_row(&self, collection: &CollectionName, key: &Key) {
+        self.server
+            .psql(
+                "postgres",
+                &format!(
+                    "DELETE FROM hs_records WHERE collection = '{collection}' AND key = '{key}'"
                 ),
             )
             .unwrap();

@@ -4,10 +4,12 @@
 
 use crate::error::sql;
 use crate::outbox::enqueue;
-use crate::rows::{RecordColumns, blob_to_embedding, embedding_to_blob, record_from_columns};
+use crate::rows::{
+    RecordColumns, blob_to_embedding, device_from_blob, embedding_to_blob, record_from_columns,
+};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
-    CollectionName, ContentHash, Hlc, Key, Priority, Record, StoredVector, WriteReceipt,
+    CollectionName, ContentHash, Hlc, Key, Priority, Record, RowDigest, StoredVector, WriteReceipt,
     WriteRequest,
 };
 use sqlx::Row;
@@ -202,6 +204,61 @@ impl SqliteStore {
         .await?;
         rows.into_iter()
             .map(|columns| record_from_columns(collection, columns))
+            .collect()
+    }
+
+    /// Every record of a collection (or those with `keys`) as the consistency checker
+    /// sees it, with whether it has a change not yet in the cloud.
+    pub(crate) async fn digests(
+        &self,
+        collection: &CollectionName,
+        keys: Option<&[Key]>,
+    ) -> Result<Vec<(RowDigest, bool)>> {
+        self.require_spec(collection).await?;
+        let select = format!(
+            "SELECT r.key, r.hlc, r.origin, r.tombstone, r.hash, \
+             EXISTS (SELECT 1 FROM outbox o WHERE o.record_id = r.id AND {}) \
+             FROM records r WHERE r.collection = ?",
+            crate::outbox::with_states(crate::outbox::UNSHIPPED)
+        );
+        let mut rows = Vec::new();
+        let all = [None];
+        let chunks: Vec<Option<&[Key]>> = match keys {
+            None => all.to_vec(),
+            Some(keys) => keys.chunks(500).map(Some).collect(),
+        };
+        for chunk in chunks {
+            let sql = match chunk {
+                None => select.clone(),
+                Some(keys) => format!(
+                    "{select} AND r.key IN ({})",
+                    vec!["?"; keys.len()].join(", ")
+                ),
+            };
+            let mut query = sqlx::query_as::<_, (String, i64, Vec<u8>, bool, Vec<u8>, bool)>(
+                sqlx::AssertSqlSafe(sql),
+            )
+            .bind(collection.as_str());
+            for key in chunk.unwrap_or_default() {
+                query = query.bind(key.as_str());
+            }
+            rows.extend(query.fetch_all(&self.readers).await?);
+        }
+        rows.into_iter()
+            .map(|(key, hlc, origin, tombstone, hash, unshipped)| {
+                let bad = |detail: String| Error::BadRow {
+                    table: "records",
+                    detail,
+                };
+                let digest = RowDigest {
+                    key: Key::new(key).map_err(|e| bad(e.to_string()))?,
+                    version: Hlc::from_packed(hlc, device_from_blob(&origin)?),
+                    tombstone,
+                    hash: ContentHash::from_slice(&hash)
+                        .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?,
+                };
+                Ok((digest, unshipped))
+            })
             .collect()
     }
 

@@ -9,7 +9,7 @@ use crate::connections::{PointReaders, Writer};
 use hybridsync_core::{
     ApplyOutcome, ChangeCursor, Clock, CollectionName, CollectionSpec, ConflictResolver, DeviceId,
     HistoryEntry, HlcClock, Key, Limits, LocalStore, OutboxEntry, OutboxOutcome, OutboxStats,
-    Priority, Record, Result, StoredVector, WriteReceipt, WriteRequest,
+    Priority, Record, Result, RowDigest, StoredVector, WriteReceipt, WriteRequest,
 };
 use sqlx::SqlitePool;
 use std::collections::{BTreeMap, HashMap};
@@ -171,6 +171,14 @@ impl LocalStore for SqliteStore {
         resolver: &dyn ConflictResolver,
     ) -> Result<ApplyOutcome> {
         SqliteStore::apply_remote(self, collection, records, next, resolver).await
+    }
+
+    async fn digests(
+        &self,
+        collection: &CollectionName,
+        keys: Option<&[Key]>,
+    ) -> Result<Vec<(RowDigest, bool)>> {
+        Ok(SqliteStore::digests(self, collection, keys).await?)
     }
 
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()> {

@@ -57,6 +57,12 @@ catalogue! {
     POOL_SIZE = "hybridsync_connection_pool_size", Gauge, [], "Open cloud connections (never above the cap).";
     /// Mean share of the pool cap in use over the last 100 operations.
     POOL_LOAD = "hybridsync_connection_pool_load", Gauge, [], "Mean share of the cloud pool cap in use over the last 100 operations.";
+    /// Consistency checks run.
+    VERIFY_RUNS = "hybridsync_verify_runs_total", Counter, [], "Consistency checks (verify) run.";
+    /// Rows the consistency checker found different, by kind.
+    VERIFY_DIFFERENCES = "hybridsync_verify_differences_total", Counter, ["kind"], "Rows a consistency check found different between device and cloud, by kind (missing_remote, missing_local, stale_local, stale_remote, damaged).";
+    /// Rows the consistency checker mended.
+    VERIFY_REPAIRED = "hybridsync_verify_repaired_total", Counter, [], "Rows a consistency check with repair mended.";
     /// Seconds since the store was opened.
     UPTIME = "hybridsync_uptime_seconds", Gauge, [], "Seconds since the store was opened.";
 }

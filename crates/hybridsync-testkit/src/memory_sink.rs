@@ -4,8 +4,9 @@
 
 use hybridsync_core::MutexExt;
 use hybridsync_core::{
-    ChangeBatch, ChangeCursor, Clock, CloudSink, CollectionName, CollectionSpec, DeviceId,
-    DeviceInfo, Error, Key, Record, Result, SystemClock,
+    ChangeBatch, ChangeCursor, Clock, CloudSink, CollectionName, CollectionSpec, ContentHash,
+    DeviceId, DeviceInfo, Error, Key, LocalTree, NodeDigest, Record, Result, RowDigest,
+    SystemClock,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -130,6 +131,24 @@ impl MemorySink {
         );
     }
 
+    /// Deletes a stored row behind the devices' backs (no tombstone, no feed entry).
+    pub fn delete_row(&self, collection: &CollectionName, key: &Key) {
+        let mut state = self.state.lock_or_recover();
+        state.rows.remove(&(collection.clone(), key.clone()));
+    }
+
+    /// The checker's tree over a collection's rows (computed from them each time).
+    fn tree(&self, collection: &CollectionName, with_hash: bool) -> LocalTree {
+        let state = self.state.lock_or_recover();
+        let rows = state
+            .rows
+            .values()
+            .filter(|(_, r)| r.collection == *collection)
+            .map(|(_, r)| RowDigest::of(r))
+            .collect();
+        LocalTree::new(collection, rows, with_hash)
+    }
+
     /// Every stored record.
     pub fn all(&self) -> Vec<Record> {
         let state = self.state.lock_or_recover();
@@ -153,6 +172,47 @@ impl MemorySink {
 
 #[async_trait::async_trait]
 impl CloudSink for MemorySink {
+    async fn tree_nodes(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        parents: &[u32],
+        with_hash: bool,
+    ) -> Result<BTreeMap<u32, NodeDigest>> {
+        self.gate()?;
+        Ok(self.tree(collection, with_hash).nodes(level, parents))
+    }
+
+    async fn bucket_digests(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        buckets: &[u32],
+    ) -> Result<Vec<RowDigest>> {
+        self.gate()?;
+        let tree = self.tree(collection, true);
+        Ok(tree.rows_in(level, buckets).into_iter().cloned().collect())
+    }
+
+    async fn fetch_rows(&self, collection: &CollectionName, keys: &[Key]) -> Result<Vec<Record>> {
+        self.gate()?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| self.get(collection, key))
+            .collect())
+    }
+
+    async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {
+        self.gate()?;
+        let state = self.state.lock_or_recover();
+        Ok(state
+            .rows
+            .values()
+            .filter(|(_, r)| r.collection == *collection && !ContentHash::matches(r))
+            .map(|(_, r)| r.key.clone())
+            .collect())
+    }
+
     async fn upsert_batch(&self, records: &[Record]) -> Result<()> {
         self.gate()?;
         let latency = *self.latency.lock_or_recover();

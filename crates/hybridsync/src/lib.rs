@@ -57,8 +57,8 @@ pub use store::{
 pub use hybridsync_core::{CRASH_POINTS, Clock, HotCacheStats, ManualClock, SystemClock};
 #[doc(inline)]
 pub use hybridsync_core::{
-    CircuitState, Conflict, ConflictResolver, HistoryEntry, Resolution, Strategy, SyncEvent,
-    SyncOperation,
+    CircuitState, Conflict, ConflictResolver, Difference, HistoryEntry, Resolution, Strategy,
+    SyncEvent, SyncOperation,
 };
 #[doc(inline)]
 pub use hybridsync_core::{
@@ -67,7 +67,10 @@ pub use hybridsync_core::{
     VectorSpec,
 };
 #[doc(inline)]
-pub use hybridsync_engine::{BreakerConfig, SyncConfig, SyncReport, SyncStatus};
+pub use hybridsync_engine::{
+    BreakerConfig, CollectionCheck, Found, SyncConfig, SyncReport, SyncStatus, VerifyOptions,
+    VerifyReport,
+};
 #[doc(inline)]
 pub use hybridsync_store::Durability;
 #[doc(inline)]

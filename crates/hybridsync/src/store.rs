@@ -10,7 +10,8 @@ use hybridsync_core::{
     WriteRequest, decode_payload, encode_payload,
 };
 use hybridsync_engine::{
-    Engine, EngineConfig, Runtime, RuntimeConfig, SearchOptions, SyncConfig, SyncReport, SyncStatus,
+    Engine, EngineConfig, Runtime, RuntimeConfig, SearchOptions, SyncConfig, SyncReport,
+    SyncStatus, VerifyOptions, VerifyReport,
 };
 use hybridsync_store::{Durability, SqliteStore, StoreOptions};
 use hybridsync_telemetry::SyncMetrics;
@@ -594,6 +595,13 @@ impl HybridStore {
         progress: impl Fn(f32, &str) + Send + Sync,
     ) -> Result<SyncReport> {
         Ok(self.runtime().replicator()?.reencrypt(&progress).await?)
+    }
+
+    /// Checks that this device and the cloud hold the same data (R23), comparing a
+    /// Merkle tree of each collection top-down so the work follows the differences;
+    /// with `options.repair` it mends what differs and ships the result.
+    pub async fn verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
+        Ok(self.runtime().replicator()?.verify(&options).await?)
     }
 
     /// Settles `collection`'s conflicts with a custom resolver (which may merge).

@@ -1,0 +1,506 @@
+//! The consistency checker (R23): proves a device and the cloud hold the same rows, or
+//! finds which rows differ and how, and mends them.
+//!
+//! Both sides compute the tree of `hybridsync_core::LocalTree` over one collection: the
+//! device from its store, the cloud in SQL. The check descends only into nodes that
+//! differ, and at the differing leaf buckets exchanges `(key, version, tombstone,
+//! hash)` of those buckets only. Each differing key is then read again on both sides
+//! and reported only if it still differs, so a write landing during a check is not
+//! reported (it is a difference of the moment, or pending). Rows with a change still in
+//! the outbox are reported apart, never as inconsistent.
+
+use crate::{Engine, Result, Syncer};
+use hybridsync_core::{
+    CloudSink, CollectionName, CollectionSpec, ContentHash, Difference, Key, LocalStore, LocalTree,
+    Record, RowDigest, Strategy, SyncEvent, VectorCache, WriteRequest, depth_for, differing,
+};
+use hybridsync_telemetry::catalogue;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+/// What to check and whether to mend it.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Collections to check; every collection known on either side when empty.
+    pub collections: Vec<CollectionName>,
+    /// Mend what differs: push device-newer rows, pull cloud-newer ones, settle damage.
+    pub repair: bool,
+    /// Also recompute every content hash from the stored bytes on both sides, to find
+    /// rows whose bytes changed without a new version.
+    pub deep: bool,
+    /// Check only this fraction (0–1] of the leaf buckets, chosen at random.
+    pub sample: Option<f64>,
+    /// Who wins when both sides hold intact but different content at one version
+    /// (newest-wins cannot tell them apart and keeps the device's).
+    pub strategy: Strategy,
+    /// Keys listed per kind of difference (the counts are always complete).
+    pub max_keys: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            collections: Vec::new(),
+            repair: false,
+            deep: false,
+            sample: None,
+            strategy: Strategy::NewestWins,
+            max_keys: 20,
+        }
+    }
+}
+
+/// The rows of one kind of difference: how many, and the first keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Found {
+    pub count: u64,
+    pub keys: Vec<String>,
+}
+
+/// One collection's check.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CollectionCheck {
+    pub collection: String,
+    /// Rows (tombstones included) on each side.
+    pub local_rows: u64,
+    pub remote_rows: u64,
+    /// The leaf level of the tree compared.
+    pub depth: u32,
+    /// Whether the roots matched at once (nothing to descend into).
+    pub roots_matched: bool,
+    /// Differences found, by kind (`pending` is not one: see [`Difference::Pending`]).
+    pub found: BTreeMap<Difference, Found>,
+    /// Tree nodes fetched from the cloud, rows exchanged and their bytes.
+    pub nodes_exchanged: u64,
+    pub rows_exchanged: u64,
+    pub bytes_exchanged: u64,
+    /// With `sample`: the fraction of leaf buckets checked, and the differences
+    /// extrapolated to all of them with a 95 % interval.
+    pub sampled: Option<f64>,
+    pub estimated_differences: Option<(f64, f64, f64)>,
+    /// Rows mended (with `repair`).
+    pub repaired: u64,
+}
+
+impl CollectionCheck {
+    /// Rows that differ (pending changes excluded).
+    pub fn differences(&self) -> u64 {
+        self.found
+            .iter()
+            .filter(|(kind, _)| **kind != Difference::Pending)
+            .map(|(_, found)| found.count)
+            .sum()
+    }
+}
+
+/// What a check found, per collection.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub collections: Vec<CollectionCheck>,
+    pub repaired: u64,
+    pub duration_ms: u64,
+}
+
+impl VerifyReport {
+    /// Rows that differ (pending changes excluded), over every collection.
+    pub fn differences(&self) -> u64 {
+        self.collections
+            .iter()
+            .map(CollectionCheck::differences)
+            .sum()
+    }
+
+    /// Whether both sides hold the same data (pending changes aside).
+    pub fn consistent(&self) -> bool {
+        self.differences() == 0
+    }
+}
+
+/// A key's two sides.
+type Pair = (Option<RowDigest>, Option<RowDigest>);
+
+/// How `local` and `remote` differ, if they do; `unshipped` says the device has a
+/// change of this row not yet in the cloud.
+fn classify(
+    local: Option<&RowDigest>,
+    remote: Option<&RowDigest>,
+    unshipped: bool,
+    with_hash: bool,
+) -> Option<Difference> {
+    let same = |l: &RowDigest, r: &RowDigest| {
+        l.version == r.version && l.tombstone == r.tombstone && (!with_hash || l.hash == r.hash)
+    };
+    match (local, remote) {
+        (None, None) => None,
+        (Some(l), Some(r)) if same(l, r) => None,
+        _ if unshipped => Some(Difference::Pending),
+        (Some(_), None) => Some(Difference::MissingRemote),
+        (None, Some(_)) => Some(Difference::MissingLocal),
+        (Some(l), Some(r)) if l.version < r.version => Some(Difference::StaleLocal),
+        (Some(l), Some(r)) if l.version > r.version => Some(Difference::StaleRemote),
+        (Some(_), Some(_)) => Some(Difference::Damaged),
+    }
+}
+
+fn intact(record: &Record) -> bool {
+    ContentHash::matches(record)
+}
+
+/// Runs consistency checks between one device and the cloud.
+pub(crate) struct Verifier<'a, S: ?Sized, V: ?Sized, C: ?Sized> {
+    pub(crate) engine: &'a Engine<S, V>,
+    pub(crate) syncer: &'a Syncer<S, C>,
+}
+
+impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Verifier<'_, S, V, C> {
+    /// Checks `spec`'s collection (and mends it with `repair`).
+    pub(crate) async fn check(
+        &self,
+        spec: &CollectionSpec,
+        options: &VerifyOptions,
+    ) -> Result<CollectionCheck> {
+        let name = &spec.name;
+        let with_hash = !spec.encrypted;
+        let store = self.engine.store();
+        let sink = self.syncer.sink();
+        let mut check = CollectionCheck {
+            collection: name.to_string(),
+            ..CollectionCheck::default()
+        };
+        let rows = store.digests(name, None).await?;
+        let unshipped: HashSet<Key> = rows
+            .iter()
+            .filter(|(_, unshipped)| *unshipped)
+            .map(|(row, _)| row.key.clone())
+            .collect();
+        let tree = LocalTree::new(
+            name,
+            rows.into_iter().map(|(row, _)| row).collect(),
+            with_hash,
+        );
+        let remote_root = sink.tree_nodes(name, 0, &[], with_hash).await?;
+        check.nodes_exchanged += remote_root.len() as u64;
+        let local_root = tree.root();
+        let remote_count = remote_root.get(&0).map_or(0, |n| n.count);
+        check.local_rows = tree.len() as u64;
+        check.remote_rows = remote_count;
+        check.depth = depth_for(check.local_rows.max(remote_count));
+        check.roots_matched = remote_root.get(&0).copied().unwrap_or_default() == local_root;
+
+        // Descend into the nodes that differ. A sample starts one level above the
+        // leaves with a random share of that level's nodes.
+        let mut suspects: Vec<u32> = if check.roots_matched {
+            Vec::new()
+        } else {
+            vec![0]
+        };
+        let mut first_level = 1;
+        if let Some(fraction) = options.sample {
+            let fraction = fraction.clamp(f64::MIN_POSITIVE, 1.0);
+            let level = check.depth - 1;
+            let width = 1u64 << (hybridsync_core::LEVEL_BITS * level);
+            let take = ((width as f64 * fraction).ceil() as u64).clamp(1, width);
+            let mut all: Vec<u32> = (0..width as u32).collect();
+            use rand::seq::SliceRandom;
+            all.shuffle(&mut rand::rng());
+            all.truncate(take as usize);
+            all.sort_unstable();
+            suspects = all;
+            first_level = check.depth;
+            check.sampled = Some(take as f64 / width as f64);
+        }
+        for level in first_level..=check.depth {
+            if suspects.is_empty() {
+                break;
+            }
+            let remote = sink.tree_nodes(name, level, &suspects, with_hash).await?;
+            let local = tree.nodes(level, &suspects);
+            check.nodes_exchanged += remote.len() as u64;
+            suspects = differing(&local, &remote);
+        }
+        check.bytes_exchanged += check.nodes_exchanged * 20;
+
+        // The differing leaf buckets, row by row.
+        let mut pairs: BTreeMap<Key, Pair> = BTreeMap::new();
+        if !suspects.is_empty() {
+            let remote = sink.bucket_digests(name, check.depth, &suspects).await?;
+            check.rows_exchanged += remote.len() as u64;
+            check.bytes_exchanged += remote.iter().map(RowDigest::wire_size).sum::<usize>() as u64;
+            for row in tree.rows_in(check.depth, &suspects) {
+                pairs.entry(row.key.clone()).or_default().0 = Some(row.clone());
+            }
+            for row in remote {
+                let key = row.key.clone();
+                pairs.entry(key).or_default().1 = Some(row);
+            }
+        }
+        let mut candidates: Vec<Key> = pairs
+            .iter()
+            .filter(|(key, (l, r))| {
+                classify(l.as_ref(), r.as_ref(), unshipped.contains(*key), with_hash).is_some()
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut damaged_local = HashSet::new();
+        let mut damaged_remote = HashSet::new();
+        if options.deep {
+            for record in self.scan_all(name).await? {
+                if !intact(&record) {
+                    damaged_local.insert(record.key.clone());
+                }
+            }
+            damaged_remote.extend(sink.damaged_keys(name).await?);
+            candidates.extend(damaged_local.iter().chain(&damaged_remote).cloned());
+            candidates.sort();
+            candidates.dedup();
+        }
+
+        // Read every candidate again on both sides: only what still differs counts. The
+        // device's side is read before and after the cloud's; a key whose local state
+        // moved in between was written during the check and is left for the next one.
+        let before = self.local_digests(name, &candidates).await?;
+        let remotes = self.remote_rows(name, &candidates).await?;
+        let after = self.local_digests(name, &candidates).await?;
+        check.rows_exchanged += remotes.len() as u64;
+        check.bytes_exchanged += remotes
+            .values()
+            .map(|r| {
+                r.key.as_str().len()
+                    + r.payload.len()
+                    + r.embedding.as_ref().map_or(0, |e| e.len() * 4)
+                    + 57
+            })
+            .sum::<usize>() as u64;
+        let mut locals = BTreeMap::new();
+        for key in &candidates {
+            if let Some(record) = store.get(name, key).await? {
+                locals.insert(key.clone(), record);
+            }
+        }
+        let mut differences: Vec<(Key, Difference)> = Vec::new();
+        for key in &candidates {
+            let seen = before.get(key);
+            if seen != after.get(key)
+                || seen.map(|(d, _)| d.version) != locals.get(key).map(|r| r.version)
+            {
+                continue;
+            }
+            let (local, remote) = (locals.get(key), remotes.get(key));
+            let unshipped = seen.is_some_and(|(_, unshipped)| *unshipped);
+            let bad_local = local.is_some_and(|r| !intact(r)) || damaged_local.contains(key);
+            let bad_remote = remote.is_some_and(|r| !intact(r)) || damaged_remote.contains(key);
+            let kind = if (bad_local || bad_remote) && !unshipped {
+                Some(Difference::Damaged)
+            } else {
+                classify(
+                    local.map(RowDigest::of).as_ref(),
+                    remote.map(RowDigest::of).as_ref(),
+                    unshipped,
+                    with_hash,
+                )
+            };
+            if let Some(kind) = kind {
+                differences.push((key.clone(), kind));
+            }
+        }
+        for (key, kind) in &differences {
+            let found = check.found.entry(*kind).or_default();
+            found.count += 1;
+            if found.keys.len() < options.max_keys {
+                found.keys.push(key.to_string());
+            }
+            if *kind != Difference::Pending {
+                metrics::counter!(catalogue::VERIFY_DIFFERENCES, "kind" => kind.as_str())
+                    .increment(1);
+                self.syncer.emit(SyncEvent::InconsistencyFound {
+                    collection: name.clone(),
+                    key: key.clone(),
+                    kind: *kind,
+                });
+            }
+        }
+        if let Some(share) = check.sampled {
+            let seen = check.differences() as f64;
+            let estimate = seen / share;
+            // A Poisson interval on the count seen, scaled like the estimate.
+            let spread = 1.96 * seen.max(1.0).sqrt() / share;
+            check.estimated_differences =
+                Some((estimate, (estimate - spread).max(seen), estimate + spread));
+        }
+        if options.repair {
+            check.repaired = self
+                .repair(
+                    spec,
+                    &differences,
+                    &locals,
+                    &remotes,
+                    (&damaged_local, &damaged_remote),
+                    options.strategy,
+                )
+                .await?;
+        }
+        Ok(check)
+    }
+
+    async fn scan_all(&self, name: &CollectionName) -> Result<Vec<Record>> {
+        let store = self.engine.store();
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.scan(name, after.as_ref(), 1_000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            let full = page.len() == 1_000;
+            out.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The device's digests of `keys`, with whether each has a change not yet shipped.
+    async fn local_digests(
+        &self,
+        name: &CollectionName,
+        keys: &[Key],
+    ) -> Result<BTreeMap<Key, (RowDigest, bool)>> {
+        let rows = self.engine.store().digests(name, Some(keys)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, u)| (d.key.clone(), (d, u)))
+            .collect())
+    }
+
+    /// The cloud's rows of `keys`, as stored.
+    async fn remote_rows(
+        &self,
+        name: &CollectionName,
+        keys: &[Key],
+    ) -> Result<BTreeMap<Key, Record>> {
+        let mut remotes = BTreeMap::new();
+        for chunk in keys.chunks(1_000) {
+            for record in self.syncer.sink().fetch_rows(name, chunk).await? {
+                remotes.insert(record.key.clone(), record);
+            }
+        }
+        Ok(remotes)
+    }
+
+    /// Mends `differences`: device-newer rows are pushed, cloud-newer rows applied like
+    /// a pull (through the conflict rules, cursor unmoved), damage settled by the side
+    /// that is intact, else by `strategy`, as a new version that reaches every device.
+    #[allow(clippy::too_many_arguments)]
+    async fn repair(
+        &self,
+        spec: &CollectionSpec,
+        differences: &[(Key, Difference)],
+        locals: &BTreeMap<Key, Record>,
+        remotes: &BTreeMap<Key, Record>,
+        (damaged_local, damaged_remote): (&HashSet<Key>, &HashSet<Key>),
+        strategy: Strategy,
+    ) -> Result<u64> {
+        let name = &spec.name;
+        let mut push = Vec::new();
+        let mut pull = Vec::new();
+        let mut rewrite = Vec::new();
+        for (key, kind) in differences {
+            let (local, remote) = (locals.get(key), remotes.get(key));
+            match kind {
+                Difference::Pending => {}
+                Difference::MissingRemote | Difference::StaleRemote => push.extend(local.cloned()),
+                Difference::MissingLocal | Difference::StaleLocal => pull.extend(remote.cloned()),
+                Difference::Damaged => {
+                    let local_ok = local.is_some_and(intact) && !damaged_local.contains(key);
+                    let remote_ok = remote.is_some_and(intact) && !damaged_remote.contains(key);
+                    let keep_local = match (local_ok, remote_ok) {
+                        (true, false) => true,
+                        (false, true) => false,
+                        _ => !matches!(strategy, Strategy::RemoteWins),
+                    };
+                    let source = if keep_local { local } else { remote };
+                    match source {
+                        // A sealed cloud row is opened first; its plaintext is written.
+                        Some(record) if !keep_local => {
+                            let opened = self.syncer.sealing().open(
+                                self.syncer.sink().tenant(),
+                                spec,
+                                vec![record.clone()],
+                            )?;
+                            rewrite.extend(opened);
+                        }
+                        Some(record) => rewrite.push(record.clone()),
+                        None => {}
+                    }
+                }
+            }
+        }
+        let repaired = (push.len() + pull.len() + rewrite.len()) as u64;
+        if !push.is_empty() {
+            self.syncer.upload(push.clone()).await?;
+        }
+        if !pull.is_empty() {
+            let opened = self
+                .syncer
+                .sealing()
+                .open(self.syncer.sink().tenant(), spec, pull)?;
+            let cursor = self.engine.store().cursor(name).await?;
+            self.engine
+                .apply_remote(name, opened, &cursor, &strategy)
+                .await?;
+        }
+        if !rewrite.is_empty() {
+            // As new versions: the mended content reaches every device.
+            let writes = rewrite
+                .into_iter()
+                .map(|r| {
+                    if r.tombstone {
+                        WriteRequest::delete(r.collection, r.key)
+                    } else {
+                        WriteRequest::put(r.collection, r.key, r.payload, r.embedding)
+                    }
+                })
+                .collect();
+            self.engine.write(writes).await?;
+        }
+        for (key, kind) in differences {
+            if *kind != Difference::Pending {
+                self.syncer.emit(SyncEvent::Repaired {
+                    collection: name.clone(),
+                    key: key.clone(),
+                    kind: *kind,
+                });
+            }
+        }
+        metrics::counter!(catalogue::VERIFY_REPAIRED).increment(repaired);
+        Ok(repaired)
+    }
+}
+
+/// Runs [`Verifier::check`] over the chosen collections.
+pub(crate) async fn verify<S, V, C>(
+    engine: &Engine<S, V>,
+    syncer: &Syncer<S, C>,
+    specs: &[CollectionSpec],
+    options: &VerifyOptions,
+) -> Result<VerifyReport>
+where
+    S: LocalStore + ?Sized,
+    V: VectorCache + ?Sized,
+    C: CloudSink + ?Sized,
+{
+    let started = Instant::now();
+    let verifier = Verifier { engine, syncer };
+    let mut report = VerifyReport::default();
+    for spec in specs {
+        let check = verifier.check(spec, options).await?;
+        report.repaired += check.repaired;
+        report.collections.push(check);
+    }
+    if report.repaired > 0 {
+        syncer.flush(std::time::Duration::from_secs(60)).await?;
+    }
+    metrics::counter!(catalogue::VERIFY_RUNS).increment(1);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
