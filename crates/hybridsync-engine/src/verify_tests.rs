@@ -145,9 +145,10 @@ async fn each_kind_of_difference_is_found_exactly_and_repaired<T: TestCloud>(clo
         vec![key(40).to_string(), key(50).to_string()],
     );
     assert_eq!(found(&report), expect, "{report:?}");
-    // The work followed the differences: a few buckets' rows, not the collection.
+    // The work followed the differences: the rows of the six buckets that differ
+    // (of sixteen at this size), not the collection.
     let check = &report.collections[0];
-    assert!(check.rows_exchanged < 120, "{check:?}");
+    assert!(check.rows_exchanged < 200, "{check:?}");
 
     let repair = VerifyOptions {
         repair: true,
@@ -210,7 +211,9 @@ async fn random_divergence_is_found_exactly<T: TestCloud>(cloud: T) {
             2 => {
                 let older = remote(&*cloud.sink(), i).await;
                 write(&a, [i].into_iter(), "a").await;
-                sync(&a).await;
+                // Pushed only: a pull would also bring A the other rows B changed.
+                let timeout = std::time::Duration::from_secs(30);
+                assert_eq!(a.repl.syncer().flush(timeout).await.unwrap(), 0);
                 cloud.overwrite(&older);
                 Difference::StaleRemote
             }
