@@ -9,12 +9,13 @@ mod reads;
 mod replicate;
 mod report;
 mod search;
+mod verify;
 
 use anyhow::Result;
 
-/// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `local`, `search` and
-/// `sync` (drain, hydrate, propagation, encryption); all by default. A partial run leaves
-/// docs/benchmarks.md unchanged.
+/// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `local`, `search`,
+/// `sync` (drain, hydrate, propagation, encryption) and `verify`; all by default. A
+/// partial run leaves docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,9 +27,9 @@ async fn main() -> Result<()> {
         .collect();
     if let Some(unknown) = groups
         .iter()
-        .find(|g| !["reads", "local", "search", "sync"].contains(g))
+        .find(|g| !["reads", "local", "search", "sync", "verify"].contains(g))
     {
-        anyhow::bail!("unknown benchmark group {unknown:?} (reads, local, search, sync)");
+        anyhow::bail!("unknown benchmark group {unknown:?} (reads, local, search, sync, verify)");
     }
     let wanted = |group: &str| groups.is_empty() || groups.contains(&group);
     let mut rows = Vec::new();
@@ -71,6 +72,9 @@ async fn main() -> Result<()> {
         rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
         drop(cloud);
         rows.extend(encryption::run(records).await?);
+    }
+    if wanted("verify") {
+        rows.extend(verify::run(quick).await?);
     }
     report::write(&rows, quick || !groups.is_empty())?;
     Ok(())

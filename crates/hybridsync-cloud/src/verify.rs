@@ -32,18 +32,18 @@ const LEAVES: &str = "WITH r AS (
     WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1)";
 
 /// The nodes at one level: `$3` shifts a bucket to its prefix at that level, `$4`
-/// lists the parents' prefixes (NULL: every node) and `$5` shifts a bucket to its
+/// lists the parents' prefixes (NULL: every node; a hashed semi-join, so thousands of
+/// differing parents cost one lookup per row) and `$5` shifts a bucket to its
 /// parent's prefix. The sum of leaves wraps at 64 bits and returns as a signed integer.
 const NODES: &str = "SELECT prefix, n,
            (CASE WHEN s >= 9223372036854775808 THEN s - 18446744073709551616 ELSE s END)::int8
     FROM (SELECT bucket >> $3 AS prefix, count(*) AS n,
                  ((sum(leaf) % 18446744073709551616) + 18446744073709551616) % 18446744073709551616 AS s
-          FROM r WHERE $4::int8[] IS NULL OR (bucket >> $5) = ANY($4)
+          FROM r WHERE $4::int8[] IS NULL OR (bucket >> $5) IN (SELECT unnest($4::int8[]))
           GROUP BY 1) AS nodes";
 
 /// The rows of the leaf buckets `$4` (prefixes at the level `$3` shifts to).
-const BUCKET_ROWS: &str =
-    "SELECT key, hlc, origin, tombstone, hash FROM r WHERE (bucket >> $3) = ANY($4)";
+const BUCKET_ROWS: &str = "SELECT key, hlc, origin, tombstone, hash FROM r WHERE (bucket >> $3) IN (SELECT unnest($4::int8[]))";
 
 /// Rows by key, as stored.
 const ROWS_BY_KEY: &str =

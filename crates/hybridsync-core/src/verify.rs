@@ -23,11 +23,13 @@ use std::collections::BTreeMap;
 /// Bits of the bucket hash one tree level consumes (a fan-out of 16).
 pub const LEVEL_BITS: u32 = 4;
 
-/// The deepest level: 16⁶ ≈ 16.7 M leaf buckets.
+/// The deepest level: 16⁶ ≈ 16.7 M leaf buckets (enough for 67 M rows at
+/// [`ROWS_PER_LEAF`]).
 pub const MAX_DEPTH: u32 = 6;
 
-/// Rows a leaf bucket holds on average at the depth [`depth_for`] picks.
-pub const ROWS_PER_LEAF: u64 = 32;
+/// Rows a leaf bucket holds at most on average at the depth [`depth_for`] picks: few,
+/// so a difference costs about one row on the wire (and a few more tree nodes).
+pub const ROWS_PER_LEAF: u64 = 4;
 
 /// How a row differs between a device and the cloud.
 #[derive(
