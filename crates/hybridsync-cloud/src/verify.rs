@@ -57,6 +57,10 @@ const DAMAGED: &str = "SELECT key FROM hs_records
       AND hash <> hs_content_hash(collection, key, tombstone, payload, embedding)
     ORDER BY key";
 
+/// A check reads whole collections: its statements may run past the sink's usual
+/// statement timeout (transaction-local, like the tenant setting).
+const LONG_STATEMENTS: &str = "SELECT set_config('statement_timeout', '600000', true)";
+
 fn shift(level: u32) -> i32 {
     32 - (hybridsync_core::LEVEL_BITS * level.min(hybridsync_core::MAX_DEPTH)) as i32
 }
@@ -73,6 +77,7 @@ impl PostgresSink {
         let parents: Option<Vec<i64>> = (level > 0 && !parents.is_empty())
             .then(|| parents.iter().map(|p| i64::from(*p)).collect());
         let mut tx = self.begin().await?;
+        sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{LEAVES} {NODES}")))
             .bind(collection.as_str())
             .bind(with_hash)
@@ -109,6 +114,7 @@ impl PostgresSink {
     ) -> Result<Vec<RowDigest>> {
         let buckets: Vec<i64> = buckets.iter().map(|p| i64::from(*p)).collect();
         let mut tx = self.begin().await?;
+        sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{LEAVES} {BUCKET_ROWS}")))
             .bind(collection.as_str())
             .bind(true)
@@ -145,6 +151,7 @@ impl PostgresSink {
     /// Keys of rows whose content does not match their stored hash.
     pub(crate) async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {
         let mut tx = self.begin().await?;
+        sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
         let keys: Vec<String> = sqlx::query_scalar(DAMAGED)
             .bind(collection.as_str())
             .fetch_all(&mut *tx)

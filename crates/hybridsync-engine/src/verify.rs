@@ -167,18 +167,20 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             collection: name.to_string(),
             ..CollectionCheck::default()
         };
-        let rows = store.digests(name, None).await?;
-        let unshipped: HashSet<Key> = rows
-            .iter()
-            .filter(|(_, unshipped)| *unshipped)
-            .map(|(row, _)| row.key.clone())
-            .collect();
-        let tree = LocalTree::new(
-            name,
-            rows.into_iter().map(|(row, _)| row).collect(),
-            with_hash,
-        );
-        let remote_root = sink.tree_nodes(name, 0, &[], with_hash).await?;
+        // The two sides build their roots at once: the device from its file, the cloud
+        // in SQL.
+        let local = async {
+            let rows = store.digests(name, None).await?;
+            let unshipped: HashSet<Key> = rows
+                .iter()
+                .filter(|(_, unshipped)| *unshipped)
+                .map(|(row, _)| row.key.clone())
+                .collect();
+            let rows = rows.into_iter().map(|(row, _)| row).collect();
+            Ok::<_, hybridsync_core::Error>((LocalTree::new(name, rows, with_hash), unshipped))
+        };
+        let (local, remote_root) = tokio::join!(local, sink.tree_nodes(name, 0, &[], with_hash));
+        let ((tree, unshipped), remote_root) = (local?, remote_root?);
         check.nodes_exchanged += remote_root.len() as u64;
         let local_root = tree.root();
         let remote_count = remote_root.get(&0).map_or(0, |n| n.count);
@@ -244,12 +246,9 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         let mut damaged_local = HashSet::new();
         let mut damaged_remote = HashSet::new();
         if options.deep {
-            for record in self.scan_all(name).await? {
-                if !intact(&record) {
-                    damaged_local.insert(record.key.clone());
-                }
-            }
-            damaged_remote.extend(sink.damaged_keys(name).await?);
+            let (local, remote) = tokio::join!(self.damaged_local(name), sink.damaged_keys(name));
+            damaged_local.extend(local?);
+            damaged_remote.extend(remote?);
             candidates.extend(damaged_local.iter().chain(&damaged_remote).cloned());
             candidates.sort();
             candidates.dedup();
@@ -342,21 +341,22 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         Ok(check)
     }
 
-    async fn scan_all(&self, name: &CollectionName) -> Result<Vec<Record>> {
+    /// Keys of the device's rows whose content no longer matches their stored hash.
+    async fn damaged_local(&self, name: &CollectionName) -> Result<Vec<Key>> {
         let store = self.engine.store();
-        let mut out = Vec::new();
+        let mut damaged = Vec::new();
         let mut after = None;
         loop {
             let page = store.scan(name, after.as_ref(), 1_000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.key.clone());
             let full = page.len() == 1_000;
-            out.extend(page);
+            damaged.extend(page.into_iter().filter(|r| !intact(r)).map(|r| r.key));
             if !full {
                 break;
             }
         }
-        Ok(out)
+        Ok(damaged)
     }
 
     /// The device's digests of `keys`, with whether each has a change not yet shipped.
