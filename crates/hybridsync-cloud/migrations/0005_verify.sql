@@ -1,23 +1,23 @@
--- hybridsync cloud schema, version 5: the consistency checker's deep mode. A row's
--- content hash, recomputed in SQL exactly as hybridsync-core's hash.rs computes it
--- (SHA-256 over "hybridsync/v1", then collection, key and payload each prefixed with
--- its length as 8 little-endian bytes, the tombstone flag, and the embedding with a
--- presence byte and its length in floats), so `verify --deep` finds rows whose bytes
--- changed without a new version. Caller's rights; it reads nothing but its arguments.
-CREATE FUNCTION hs_le64(n bigint) RETURNS bytea
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN substring(int8send(n) FROM 8 FOR 1) || substring(int8send(n) FROM 7 FOR 1)
-        || substring(int8send(n) FROM 6 FOR 1) || substring(int8send(n) FROM 5 FOR 1)
-        || substring(int8send(n) FROM 4 FOR 1) || substring(int8send(n) FROM 3 FOR 1)
-        || substring(int8send(n) FROM 2 FOR 1) || substring(int8send(n) FROM 1 FOR 1);
-
-CREATE FUNCTION hs_content_hash(collection text, key text, tombstone boolean, payload bytea, embedding bytea)
-    RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN sha256(
-        'hybridsync/v1'::bytea
-        || hs_le64(octet_length(convert_to(collection, 'UTF8'))) || convert_to(collection, 'UTF8')
-        || hs_le64(octet_length(convert_to(key, 'UTF8'))) || convert_to(key, 'UTF8')
-        || hs_le64(octet_length(payload)) || payload
-        || CASE WHEN tombstone THEN '\x01'::bytea ELSE '\x00'::bytea END
-        || CASE WHEN embedding IS NULL THEN '\x00'::bytea
-                ELSE '\x01'::bytea || hs_le64(octet_length(embedding) / 4) || embedding END);
+-- hybridsync cloud schema, version 5: the consistency checker's tree, kept on every row.
+-- `bucket` and `leaf` are hybridsync-core's verify.rs digests: the bucket of (collection,
+-- key) and the row's leaf (over collection, key, version, origin, tombstone and, unless
+-- the row is a sealed live row, its content hash). The sink computes both on the way in,
+-- so a tree node is an index-only aggregate rather than two SHA-256 per row at check
+-- time; a deep check recomputes them from the row to catch a writer that lied. Existing
+-- rows are backfilled here with the same definitions in SQL. A row written around the
+-- sink (without them) makes the roots differ, and a deep check names it.
+ALTER TABLE hs_records ADD COLUMN bucket bigint, ADD COLUMN leaf bigint;
+UPDATE hs_records SET
+    bucket = ('x' || lpad(encode(substring(sha256(
+                int4send(octet_length(convert_to(collection, 'UTF8'))) || convert_to(collection, 'UTF8')
+                || int4send(octet_length(convert_to(key, 'UTF8'))) || convert_to(key, 'UTF8')
+             ) FROM 1 FOR 4), 'hex'), 16, '0'))::bit(64)::int8,
+    leaf = ('x' || encode(substring(sha256(
+                'hybridsync/leaf/v1'::bytea
+                || int4send(octet_length(convert_to(collection, 'UTF8'))) || convert_to(collection, 'UTF8')
+                || int4send(octet_length(convert_to(key, 'UTF8'))) || convert_to(key, 'UTF8')
+                || int8send(hlc) || origin
+                || CASE WHEN tombstone THEN '\x01'::bytea ELSE '\x00'::bytea END
+                || CASE WHEN tombstone OR key_id IS NULL THEN hash ELSE decode(repeat('00', 32), 'hex') END
+             ) FROM 1 FOR 8), 'hex'))::bit(64)::int8;
+CREATE INDEX hs_records_tree ON hs_records (tenant, collection, bucket) INCLUDE (leaf);

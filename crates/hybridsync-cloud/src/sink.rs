@@ -50,9 +50,8 @@ impl CloudSink for PostgresSink {
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
-        with_hash: bool,
     ) -> hybridsync_core::Result<BTreeMap<u32, NodeDigest>> {
-        Ok(PostgresSink::tree_nodes(self, collection, level, parents, with_hash).await?)
+        Ok(PostgresSink::tree_nodes(self, collection, level, parents).await?)
     }
 
     async fn bucket_digests(

@@ -1,22 +1,23 @@
 //! Batch upserts: one statement per batch, the batch's columns bound by reference as
 //! arrays and unnested in the select list (which PostgreSQL streams rather than
 //! materialising), monotone in `(hlc, origin)`. A sealed row (client-side encryption)
-//! is stored as it came, with the id of the key that sealed it beside it.
+//! is stored as it came, with the id of the key that sealed it beside it. Each row also
+//! carries its bucket and leaf in the consistency checker's tree.
 
 use crate::pool::CHANGES_CHANNEL;
 use crate::{Error, PostgresSink, Result};
-use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
+use hybridsync_core::{CollectionName, Key, Record, RowDigest, bucket_of, leaf_of, sealed_key_id};
 
 /// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
 /// move a row backwards.
-const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id)
+const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id, bucket, leaf)
      SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
             unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[]),
-            unnest($9::text[])
+            unnest($9::text[]), unnest($10::int8[]), unnest($11::int8[])
      ON CONFLICT (tenant, collection, key) DO UPDATE SET
          payload = excluded.payload, embedding = excluded.embedding, hlc = excluded.hlc,
          origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
-         key_id = excluded.key_id,
+         key_id = excluded.key_id, bucket = excluded.bucket, leaf = excluded.leaf,
          txid = pg_current_xact_id(), seq = nextval('hs_change_seq'), updated_at = now()
      WHERE (excluded.hlc, excluded.origin) > (r.hlc, r.origin)";
 
@@ -94,6 +95,13 @@ impl PostgresSink {
                     .map(|r| sealed_key_id(&r.payload).map(|id| id.to_string()))
                     .collect::<Vec<_>>(),
             )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| i64::from(bucket_of(&r.collection, &r.key)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(leaf).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -109,6 +117,13 @@ impl PostgresSink {
         tx.commit().await?;
         Ok(applied)
     }
+}
+
+/// A row's leaf in the checker's tree, as the cloud stores it: a sealed live row's leaf
+/// leaves its hash out (the device hashes the plaintext).
+fn leaf(record: &Record) -> i64 {
+    let sealed = !record.tombstone && sealed_key_id(&record.payload).is_some();
+    leaf_of(&record.collection, &RowDigest::of(record), sealed) as i64
 }
 
 fn has_duplicate_keys(records: &[Record]) -> bool {

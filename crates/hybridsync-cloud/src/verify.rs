@@ -1,8 +1,9 @@
 //! The consistency checker's side in the cloud (R23), computed in SQL as the sink's
 //! own role under row-level security: node digests of the tree `hybridsync_core`
-//! defines (`GROUP BY` a bucket prefix), the rows of a few leaf buckets, rows by key,
-//! and, for a deep check, the keys of rows whose content no longer matches their hash.
-//! No row is downloaded to compute a digest.
+//! defines (`GROUP BY` a bucket prefix over the bucket and leaf every row carries), the
+//! rows of a few leaf buckets, rows by key, and, for a deep check, the keys of rows
+//! whose content no longer matches their hash (or whose digests no longer match the
+//! row), recomputed in SQL. No row is downloaded to compute a digest.
 
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{
@@ -11,51 +12,73 @@ use hybridsync_core::{
 use sqlx::Row;
 use std::collections::BTreeMap;
 
-/// Each row of collection `$1` with its bucket and leaf as core's `verify.rs` defines
-/// them; `$2` says whether leaves carry the content hash (not for encrypted
-/// collections, whose two sides hash different bytes).
-const LEAVES: &str = "WITH r AS (
-    SELECT ('x' || lpad(encode(substring(sha256(
-                int4send(octet_length(convert_to(collection, 'UTF8'))) || convert_to(collection, 'UTF8')
-                || int4send(octet_length(convert_to(key, 'UTF8'))) || convert_to(key, 'UTF8')
-           ) FROM 1 FOR 4), 'hex'), 16, '0'))::bit(64)::int8 AS bucket,
-           ('x' || encode(substring(sha256(
-                'hybridsync/leaf/v1'::bytea
-                || int4send(octet_length(convert_to(collection, 'UTF8'))) || convert_to(collection, 'UTF8')
-                || int4send(octet_length(convert_to(key, 'UTF8'))) || convert_to(key, 'UTF8')
-                || int8send(hlc) || origin
-                || CASE WHEN tombstone THEN '\\x01'::bytea ELSE '\\x00'::bytea END
-                || CASE WHEN $2 THEN hash ELSE decode(repeat('00', 32), 'hex') END
-           ) FROM 1 FOR 8), 'hex'))::bit(64)::int8 AS leaf,
-           key, hlc, origin, tombstone, hash
-    FROM hs_records
+/// The rows of collection `$1` with their stored bucket and leaf (kept by the upsert).
+const ROWS: &str = "WITH r AS (
+    SELECT bucket, leaf, key, hlc, origin, tombstone, hash FROM hs_records
     WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1)";
 
-/// The nodes at one level: `$3` shifts a bucket to its prefix at that level, `$4`
+/// The nodes at one level: `$2` shifts a bucket to its prefix at that level, `$3`
 /// lists the parents' prefixes (NULL: every node; a hashed semi-join, so thousands of
-/// differing parents cost one lookup per row) and `$5` shifts a bucket to its
+/// differing parents cost one lookup per row) and `$4` shifts a bucket to its
 /// parent's prefix. The sum of leaves wraps at 64 bits and returns as a signed integer.
+/// An index-only scan of `hs_records_tree`.
 const NODES: &str = "SELECT prefix, n,
            (CASE WHEN s >= 9223372036854775808 THEN s - 18446744073709551616 ELSE s END)::int8
-    FROM (SELECT bucket >> $3 AS prefix, count(*) AS n,
+    FROM (SELECT bucket >> $2 AS prefix, count(*) AS n,
                  ((sum(leaf) % 18446744073709551616) + 18446744073709551616) % 18446744073709551616 AS s
-          FROM r WHERE $4::int8[] IS NULL OR (bucket >> $5) IN (SELECT unnest($4::int8[]))
+          FROM r WHERE $3::int8[] IS NULL OR (bucket >> $4) IN (SELECT unnest($3::int8[]))
           GROUP BY 1) AS nodes";
 
-/// The rows of the leaf buckets `$4` (prefixes at the level `$3` shifts to).
-const BUCKET_ROWS: &str = "SELECT key, hlc, origin, tombstone, hash FROM r WHERE (bucket >> $3) IN (SELECT unnest($4::int8[]))";
+/// The rows of the leaf buckets `$3` (prefixes at the level `$2` shifts to).
+const BUCKET_ROWS: &str = "SELECT key, hlc, origin, tombstone, hash FROM r
+    WHERE (bucket >> $2) IN (SELECT unnest($3::int8[]))";
 
 /// Rows by key, as stored.
 const ROWS_BY_KEY: &str =
     "SELECT key, payload, embedding, hlc, origin, tombstone, hash FROM hs_records
     WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1 AND key = ANY($2)";
 
-/// Rows whose stored hash is not the hash of their content (`hs_content_hash`, the
-/// canonical encoding of core's `hash.rs`, in SQL).
-const DAMAGED: &str = "SELECT key FROM hs_records
-    WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1
-      AND hash <> hs_content_hash(collection, key, tombstone, payload, embedding)
-    ORDER BY key";
+/// An 8-byte little-endian length, as core's `hash.rs` frames each part.
+fn le64(expr: &str) -> String {
+    (1..=8)
+        .rev()
+        .map(|i| format!("substring(int8send(({expr})::int8) FROM {i} FOR 1)"))
+        .collect::<Vec<_>>()
+        .join(" || ")
+}
+
+/// Rows whose stored hash is not the hash of their content, recomputed in SQL with the
+/// canonical encoding of core's `hash.rs` ("hybridsync/v1", then collection, key and
+/// payload each after its length as 8 little-endian bytes, the tombstone flag, and the
+/// embedding after a presence byte and its length in floats), or whose stored bucket
+/// or leaf is not the one their row defines (a writer that lied or a bug).
+static DAMAGED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let c = "convert_to(collection, 'UTF8')";
+    let k = "convert_to(key, 'UTF8')";
+    format!(
+        "SELECT key FROM hs_records
+         WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1
+           AND (hash <> sha256('hybridsync/v1'::bytea
+                    || {lc} || {c} || {lk} || {k} || {lp} || payload
+                    || CASE WHEN tombstone THEN '\\x01'::bytea ELSE '\\x00'::bytea END
+                    || CASE WHEN embedding IS NULL THEN '\\x00'::bytea
+                            ELSE '\\x01'::bytea || {le} || embedding END)
+             OR bucket IS DISTINCT FROM ('x' || lpad(encode(substring(sha256(
+                    int4send(octet_length({c})) || {c} || int4send(octet_length({k})) || {k}
+                ) FROM 1 FOR 4), 'hex'), 16, '0'))::bit(64)::int8
+             OR leaf IS DISTINCT FROM ('x' || encode(substring(sha256('hybridsync/leaf/v1'::bytea
+                    || int4send(octet_length({c})) || {c} || int4send(octet_length({k})) || {k}
+                    || int8send(hlc) || origin
+                    || CASE WHEN tombstone THEN '\\x01'::bytea ELSE '\\x00'::bytea END
+                    || CASE WHEN tombstone OR key_id IS NULL THEN hash ELSE decode(repeat('00', 32), 'hex') END
+                ) FROM 1 FOR 8), 'hex'))::bit(64)::int8)
+         ORDER BY key",
+        lc = le64(&format!("octet_length({c})")),
+        lk = le64(&format!("octet_length({k})")),
+        lp = le64("octet_length(payload)"),
+        le = le64("octet_length(embedding) / 4"),
+    )
+});
 
 /// A check reads whole collections: its statements may run past the sink's usual
 /// statement timeout (transaction-local, like the tenant setting).
@@ -72,15 +95,13 @@ impl PostgresSink {
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
-        with_hash: bool,
     ) -> Result<BTreeMap<u32, NodeDigest>> {
         let parents: Option<Vec<i64>> = (level > 0 && !parents.is_empty())
             .then(|| parents.iter().map(|p| i64::from(*p)).collect());
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{LEAVES} {NODES}")))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{ROWS} {NODES}")))
             .bind(collection.as_str())
-            .bind(with_hash)
             .bind(shift(level))
             .bind(parents)
             .bind(shift(level.saturating_sub(1)))
@@ -115,9 +136,8 @@ impl PostgresSink {
         let buckets: Vec<i64> = buckets.iter().map(|p| i64::from(*p)).collect();
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{LEAVES} {BUCKET_ROWS}")))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{ROWS} {BUCKET_ROWS}")))
             .bind(collection.as_str())
-            .bind(true)
             .bind(shift(level))
             .bind(buckets)
             .fetch_all(&mut *tx)
@@ -152,7 +172,7 @@ impl PostgresSink {
     pub(crate) async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
-        let keys: Vec<String> = sqlx::query_scalar(DAMAGED)
+        let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(DAMAGED.as_str()))
             .bind(collection.as_str())
             .fetch_all(&mut *tx)
             .await?;

@@ -440,7 +440,7 @@ proptest! {
             }
         }
         let depth = depth_for(n as u64 + 40);
-        let (ta, tb) = (LocalTree::new(&collection, a, true), LocalTree::new(&collection, b, true));
+        let (ta, tb) = (LocalTree::new(&collection, a, false), LocalTree::new(&collection, b, false));
         prop_assert_eq!(differing_keys(&ta, &tb, depth), changed.clone());
         prop_assert_eq!(changed.is_empty(), ta.root() == tb.root());
     }
@@ -459,9 +459,9 @@ fn two_equal_rows_do_not_cancel_in_a_node() {
         tombstone: false,
         hash: ContentHash([3; 32]),
     };
-    let one = LocalTree::new(&collection, vec![row("a")], true);
-    let twice = LocalTree::new(&collection, vec![row("a"), row("a")], true);
-    let none = LocalTree::new(&collection, vec![], true);
+    let one = LocalTree::new(&collection, vec![row("a")], false);
+    let twice = LocalTree::new(&collection, vec![row("a"), row("a")], false);
+    let none = LocalTree::new(&collection, vec![], false);
     assert_ne!(twice.root(), none.root());
     assert_ne!(twice.root().sum, 0);
     assert_eq!(twice.root().sum, one.root().sum.wrapping_mul(2));

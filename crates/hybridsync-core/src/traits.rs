@@ -348,14 +348,13 @@ pub trait CloudSink: Send + Sync + 'static {
     }
     /// The consistency checker's nodes at `level` (the root is level 0) under the
     /// prefixes `parents` of the level above (every node when empty), by prefix: row
-    /// counts and wrapping sums of leaf digests as [`crate::LocalTree`] defines them,
-    /// computed where the rows are (`with_hash` false for encrypted collections).
+    /// counts and wrapping sums of leaf digests as [`crate::LocalTree`] defines them
+    /// (a sealed live row's leaf without its hash), computed where the rows are.
     async fn tree_nodes(
         &self,
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
-        with_hash: bool,
     ) -> Result<BTreeMap<u32, crate::NodeDigest>>;
     /// The rows of the leaf buckets `buckets` (prefixes at `level`), as digests.
     async fn bucket_digests(

@@ -9,9 +9,10 @@
 //!   collection | len(key) | key` (lengths as 4-byte big-endian);
 //! - **leaf** = the first 8 bytes, big-endian and signed, of SHA-256 over
 //!   `"hybridsync/leaf/v1" | len(collection) | collection | len(key) | key | hlc (8,
-//!   big-endian) | origin (16) | tombstone (1) | content hash (32)`. For an encrypted
-//!   collection the two sides hash different bytes (plaintext on the device, the
-//!   sealed row in the cloud), so its leaves carry 32 zero bytes instead of the hash;
+//!   big-endian) | origin (16) | tombstone (1) | content hash (32)`. A live row of an
+//!   encrypted collection is hashed over different bytes on each side (plaintext on
+//!   the device, the sealed row in the cloud), so its leaf carries 32 zero bytes
+//!   instead of the hash; the cloud tells such rows by their sealed payload;
 //! - a **node** at level `l` (the root is level 0) covers the buckets sharing their top
 //!   `4·l` bits (fan-out 16) and carries its row count and the wrapping 64-bit sum of
 //!   its leaves: unlike XOR, two equal rows do not cancel.
@@ -102,8 +103,9 @@ pub fn bucket_of(collection: &CollectionName, key: &Key) -> u32 {
     u32::from_be_bytes(digest[..4].try_into().expect("4 bytes"))
 }
 
-/// The leaf digest of a row (`with_hash` false for encrypted collections).
-pub fn leaf_of(collection: &CollectionName, row: &RowDigest, with_hash: bool) -> u64 {
+/// The leaf digest of a row; `sealed` for a live row of an encrypted collection (its
+/// hash is left out: the two sides hash different bytes).
+pub fn leaf_of(collection: &CollectionName, row: &RowDigest, sealed: bool) -> u64 {
     let mut hasher = Sha256::new();
     hasher.update(b"hybridsync/leaf/v1");
     length_prefixed(&mut hasher, collection.as_str().as_bytes());
@@ -111,7 +113,7 @@ pub fn leaf_of(collection: &CollectionName, row: &RowDigest, with_hash: bool) ->
     hasher.update(row.version.packed().to_be_bytes());
     hasher.update(row.version.origin.0);
     hasher.update([u8::from(row.tombstone)]);
-    hasher.update(if with_hash { row.hash.0 } else { [0; 32] });
+    hasher.update(if sealed { [0; 32] } else { row.hash.0 });
     let digest = hasher.finalize();
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
@@ -143,14 +145,29 @@ pub struct LocalTree {
 }
 
 impl LocalTree {
-    /// The tree over `rows` of `collection`.
-    pub fn new(collection: &CollectionName, rows: Vec<RowDigest>, with_hash: bool) -> Self {
+    /// The tree over a device's `rows` of `collection` (`encrypted`: its live rows'
+    /// leaves leave the hash out).
+    pub fn new(collection: &CollectionName, rows: Vec<RowDigest>, encrypted: bool) -> Self {
+        Self::with_sealing(
+            collection,
+            rows.into_iter()
+                .map(|row| {
+                    let sealed = encrypted && !row.tombstone;
+                    (row, sealed)
+                })
+                .collect(),
+        )
+    }
+
+    /// The tree over rows each marked whether it is a sealed live row (what a cloud
+    /// knows of its rows: a sealed payload, not the collection's spec).
+    pub fn with_sealing(collection: &CollectionName, rows: Vec<(RowDigest, bool)>) -> Self {
         let mut rows: Vec<(u32, u64, RowDigest)> = rows
             .into_iter()
-            .map(|row| {
+            .map(|(row, sealed)| {
                 (
                     bucket_of(collection, &row.key),
-                    leaf_of(collection, &row, with_hash),
+                    leaf_of(collection, &row, sealed),
                     row,
                 )
             })

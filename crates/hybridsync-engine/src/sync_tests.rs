@@ -87,13 +87,21 @@ impl TestCloud for PgCloud {
                 "postgres",
                 &format!(
                     "UPDATE hs_records SET payload = '\\x{}'::bytea, embedding = {embedding}, hash = '\\x{}'::bytea, \
-                     hlc = {}, origin = '\\x{}'::bytea, tombstone = {}, txid = pg_current_xact_id(), seq = nextval('hs_change_seq') \
-                     WHERE collection = '{}' AND key = '{}'",
+                     hlc = {}, origin = '\\x{}'::bytea, tombstone = {}, txid = pg_current_xact_id(), seq = nextval('hs_change_seq'), \
+                     leaf = {} WHERE collection = '{}' AND key = '{}'",
                     hex(&r.payload),
                     hex(&r.hash.0),
                     r.version.packed(),
                     hex(&r.version.origin.0),
                     r.tombstone,
+                    // The row's leaf as the sink would store it: a forger with SQL
+                    // access can keep it right (a careless UPDATE of the bytes alone
+                    // leaves it as it was, which only a deep check sees).
+                    hybridsync_core::leaf_of(
+                        &r.collection,
+                        &hybridsync_core::RowDigest::of(r),
+                        !r.tombstone && hybridsync_core::sealed_key_id(&r.payload).is_some()
+                    ) as i64,
                     r.collection,
                     r.key
                 ),

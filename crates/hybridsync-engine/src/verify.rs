@@ -177,9 +177,9 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
                 .map(|(row, _)| row.key.clone())
                 .collect();
             let rows = rows.into_iter().map(|(row, _)| row).collect();
-            Ok::<_, hybridsync_core::Error>((LocalTree::new(name, rows, with_hash), unshipped))
+            Ok::<_, hybridsync_core::Error>((LocalTree::new(name, rows, spec.encrypted), unshipped))
         };
-        let (local, remote_root) = tokio::join!(local, sink.tree_nodes(name, 0, &[], with_hash));
+        let (local, remote_root) = tokio::join!(local, sink.tree_nodes(name, 0, &[]));
         let ((tree, unshipped), remote_root) = (local?, remote_root?);
         check.nodes_exchanged += remote_root.len() as u64;
         let local_root = tree.root();
@@ -215,7 +215,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             if suspects.is_empty() {
                 break;
             }
-            let remote = sink.tree_nodes(name, level, &suspects, with_hash).await?;
+            let remote = sink.tree_nodes(name, level, &suspects).await?;
             let local = tree.nodes(level, &suspects);
             check.nodes_exchanged += remote.len() as u64;
             suspects = differing(&local, &remote);

@@ -6,7 +6,7 @@ use hybridsync_core::MutexExt;
 use hybridsync_core::{
     ChangeBatch, ChangeCursor, Clock, CloudSink, CollectionName, CollectionSpec, ContentHash,
     DeviceId, DeviceInfo, Error, Key, LocalTree, NodeDigest, Record, Result, RowDigest,
-    SystemClock,
+    SystemClock, sealed_key_id,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -137,16 +137,22 @@ impl MemorySink {
         state.rows.remove(&(collection.clone(), key.clone()));
     }
 
-    /// The checker's tree over a collection's rows (computed from them each time).
-    fn tree(&self, collection: &CollectionName, with_hash: bool) -> LocalTree {
+    /// The checker's tree over a collection's rows (computed from them each time; a
+    /// sealed live row is told by its payload, as the real sink tells it).
+    fn tree(&self, collection: &CollectionName) -> LocalTree {
         let state = self.state.lock_or_recover();
         let rows = state
             .rows
             .values()
             .filter(|(_, r)| r.collection == *collection)
-            .map(|(_, r)| RowDigest::of(r))
+            .map(|(_, r)| {
+                (
+                    RowDigest::of(r),
+                    !r.tombstone && sealed_key_id(&r.payload).is_some(),
+                )
+            })
             .collect();
-        LocalTree::new(collection, rows, with_hash)
+        LocalTree::with_sealing(collection, rows)
     }
 
     /// Every stored record.
@@ -177,10 +183,9 @@ impl CloudSink for MemorySink {
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
-        with_hash: bool,
     ) -> Result<BTreeMap<u32, NodeDigest>> {
         self.gate()?;
-        Ok(self.tree(collection, with_hash).nodes(level, parents))
+        Ok(self.tree(collection).nodes(level, parents))
     }
 
     async fn bucket_digests(
@@ -190,7 +195,7 @@ impl CloudSink for MemorySink {
         buckets: &[u32],
     ) -> Result<Vec<RowDigest>> {
         self.gate()?;
-        let tree = self.tree(collection, true);
+        let tree = self.tree(collection);
         Ok(tree.rows_in(level, buckets).into_iter().cloned().collect())
     }
 
