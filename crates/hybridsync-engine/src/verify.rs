@@ -168,7 +168,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             ..CollectionCheck::default()
         };
         // The two sides build their roots at once: the device from its file, the cloud
-        // in SQL.
+        // in SQL (an index-only aggregate over the digests its rows carry).
         let local = async {
             let rows = store.digests(name, None).await?;
             let unshipped: HashSet<Key> = rows
@@ -179,8 +179,14 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             let rows = rows.into_iter().map(|(row, _)| row).collect();
             Ok::<_, hybridsync_core::Error>((LocalTree::new(name, rows, spec.encrypted), unshipped))
         };
-        let (local, remote_root) = tokio::join!(local, sink.tree_nodes(name, 0, &[]));
-        let ((tree, unshipped), remote_root) = (local?, remote_root?);
+        // The cloud's root runs on a task of its own while this one reads and hashes
+        // the local rows (CPU-bound, on this thread).
+        let remote_root = {
+            let (sink, name) = (sink.clone(), name.clone());
+            tokio::spawn(async move { sink.tree_nodes(&name, 0, &[]).await })
+        };
+        let (tree, unshipped) = local.await?;
+        let remote_root = remote_root.await??;
         check.nodes_exchanged += remote_root.len() as u64;
         let local_root = tree.root();
         let remote_count = remote_root.get(&0).map_or(0, |n| n.count);
