@@ -737,3 +737,52 @@ fn encrypted_collections_key_files_and_rotation_from_the_cli() {
     );
     assert!(!stderr.contains("SECRETISH"), "{stderr}");
 }
+
+/// `hybridsync verify` from the command line: consistent after a sync (status 0), a row
+/// deleted from the cloud behind the device's back reported by kind and key (status 1,
+/// the JSON saying the same), then mended by `--repair` and confirmed.
+#[test]
+fn verify_reports_a_difference_and_repair_mends_it() {
+    let a = Cloud::new();
+    for i in 0..50 {
+        a.ok(&[
+            "put",
+            "notes",
+            &format!("n{i:02}"),
+            "--json",
+            &format!("\"note {i}\""),
+        ]);
+    }
+    a.ok(&["flush"]);
+    let clean = a.ok(&["verify"]);
+    assert!(
+        clean.contains("notes: consistent (50 rows here, 50 in the cloud"),
+        "{clean}"
+    );
+    a.pg.psql("postgres", "DELETE FROM hs_records WHERE key = 'n07'")
+        .unwrap();
+    let out = a.run(&["verify"]);
+    assert!(!out.status.success(), "a difference is a failure");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("missing_remote") && stdout.contains("n07"),
+        "{stdout}"
+    );
+    let json = a.run(&["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["consistent"], false);
+    assert_eq!(
+        report["report"]["collections"][0]["found"]["missing_remote"]["keys"][0],
+        "n07"
+    );
+    let repaired = a.ok(&["verify", "--repair"]);
+    assert!(
+        repaired.contains("repaired 1") && repaired.contains("after repair: consistent"),
+        "{repaired}"
+    );
+    assert_eq!(a.cloud_rows()["n07"], "\"note 7\"");
+    assert!(a.ok(&["verify", "--deep"]).contains("notes: consistent"));
+    let bad = a.run(&["verify", "--sample", "1.5"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a fraction"));
+}
