@@ -157,7 +157,27 @@ pub(crate) async fn drain_trial(
         interval: Duration::from_secs(3600),
         ..SyncConfig::default()
     };
-    let mut builder = HybridStore::builder(tmp.path())
+    let store = bench_device(pg, tmp.path(), tenant, sync, key).await?;
+    let raw = store.raw("bench")?;
+    write_locally(&raw, data).await?;
+    let started = Instant::now();
+    let left = store.flush(Duration::from_secs(600)).await?;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(left == 0, "{left} entries did not drain");
+    store.shutdown(Duration::from_secs(5)).await?;
+    Ok(data.len() as f64 / secs)
+}
+
+/// A device of `tenant` on `pg` in `dir` with the bench collection `bench` (192-D f16
+/// cosine, encrypted when there is a `key`), defined at start-up as an app would.
+pub(crate) async fn bench_device(
+    pg: &TempPostgres,
+    dir: &std::path::Path,
+    tenant: &str,
+    sync: SyncConfig,
+    key: Option<&EncryptionKey>,
+) -> Result<HybridStore> {
+    let mut builder = HybridStore::builder(dir)
         .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
         .tenant(tenant)
         .sync_config(sync);
@@ -174,14 +194,7 @@ pub(crate) async fn drain_trial(
     } else {
         store.create_collection("bench", Some(spec)).await?;
     }
-    let raw = store.raw("bench")?;
-    write_locally(&raw, data).await?;
-    let started = Instant::now();
-    let left = store.flush(Duration::from_secs(600)).await?;
-    let secs = started.elapsed().as_secs_f64();
-    anyhow::ensure!(left == 0, "{left} entries did not drain");
-    store.shutdown(Duration::from_secs(5)).await?;
-    Ok(data.len() as f64 / secs)
+    Ok(store)
 }
 
 /// Drains `n` records into `pg` as tenant `default` (left there for the hydrate bench),

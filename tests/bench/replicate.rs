@@ -97,23 +97,8 @@ pub(crate) async fn hydrate_trial(
     records: usize,
 ) -> Result<f64> {
     let tmp = tempfile::tempdir()?;
-    let mut builder = HybridStore::builder(tmp.path())
-        .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
-        .tenant(tenant);
-    if let Some(key) = key {
-        builder = builder.encryption_key(key.clone());
-    }
-    let store = builder.open().await?;
-    // The app defines its collections at start-up, as the drain bench's device did.
-    let spec =
-        hybridsync::VectorSpec::new(192, hybridsync::Metric::Cosine, hybridsync::Precision::F16)?;
-    if key.is_some() {
-        store
-            .create_encrypted_collection("bench", Some(spec))
-            .await?;
-    } else {
-        store.create_collection("bench", Some(spec)).await?;
-    }
+    let sync = hybridsync::SyncConfig::default();
+    let store = crate::drain::bench_device(pg, tmp.path(), tenant, sync, key).await?;
     let started = Instant::now();
     let report = store.hydrate(&["bench"], |_, _| {}).await?;
     let secs = started.elapsed().as_secs_f64();

@@ -92,7 +92,7 @@ impl<C: CloudSink> Device<C> {
             .record
     }
 
-    async fn sync(&self, resolver: &dyn ConflictResolver) -> crate::SyncReport {
+    pub(crate) async fn sync(&self, resolver: &dyn ConflictResolver) -> crate::SyncReport {
         self.repl.sync(&[], resolver, &no_progress).await.unwrap()
     }
 

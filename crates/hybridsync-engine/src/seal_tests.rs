@@ -99,10 +99,7 @@ fn assert_only_ciphertext(cloud: &BTreeMap<String, Record>, n: usize, key: KeyId
 async fn devices_with_the_same_key_converge_through_ciphertext<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink(), keyring(1)).await;
     enrol(&a, 20).await;
-    a.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    a.sync(&Strategy::NewestWins).await;
     assert_only_ciphertext(
         &cloud_rows_of(&*cloud.sink(), &voices()).await,
         20,
@@ -134,14 +131,8 @@ async fn devices_with_the_same_key_converge_through_ciphertext<T: TestCloud>(clo
         .delete(voices(), Key::new("speaker-4").unwrap(), Default::default())
         .await
         .unwrap();
-    b.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
-    a.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    b.sync(&Strategy::NewestWins).await;
+    a.sync(&Strategy::NewestWins).await;
     assert_eq!(local_rows(&a).await, local_rows(&b).await);
     let three = a.engine.get(&voices(), "speaker-3").await.unwrap().unwrap();
     assert_eq!(three.payload, pin(99).into_bytes());
@@ -168,10 +159,7 @@ async fn devices_with_the_same_key_converge_through_ciphertext<T: TestCloud>(clo
 async fn a_device_without_the_key_gets_a_clear_error_and_applies_nothing<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink(), keyring(1)).await;
     enrol(&a, 5).await;
-    a.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    a.sync(&Strategy::NewestWins).await;
 
     for (keyring, expect) in [(None, "no encryption key"), (keyring(2), "does not hold")] {
         let other = keyed_device(cloud.own_sink(), Arc::new(SystemClock), None, keyring).await;
@@ -200,11 +188,7 @@ async fn changes_without_a_key_are_parked_and_nothing_leaves<T: TestCloud>(cloud
     let a = device(cloud.sink(), None).await;
     enrol(&a, 3).await;
     let mut events = a.repl.syncer().subscribe();
-    let report = a
-        .repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    let report = a.sync(&Strategy::NewestWins).await;
     assert_eq!((report.pushed, report.failed), (0, 3), "{report:?}");
     let mut errors = Vec::new();
     while let Ok(event) = events.try_recv() {
@@ -228,10 +212,7 @@ async fn changes_without_a_key_are_parked_and_nothing_leaves<T: TestCloud>(cloud
 async fn a_tampered_or_moved_ciphertext_is_refused_on_pull<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink(), keyring(1)).await;
     enrol(&a, 3).await;
-    a.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    a.sync(&Strategy::NewestWins).await;
     let rows = cloud_rows_of(&*cloud.sink(), &voices()).await;
     let (zero, one) = (&rows["speaker-0"], &rows["speaker-1"]);
     // Moved: speaker-1's ciphertext (and its version) under speaker-0's key, with the
@@ -284,10 +265,7 @@ async fn rotation_ends_with_every_row_under_the_new_key<T: TestCloud>(cloud: T) 
         .delete(voices(), Key::new("speaker-0").unwrap(), Default::default())
         .await
         .unwrap();
-    a.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    a.sync(&Strategy::NewestWins).await;
 
     let rotated = Some(Keyring::new(key(2)).with_previous(key(1)));
     let b = device(cloud.own_sink(), rotated).await;
@@ -331,10 +309,7 @@ async fn the_raw_table_files_hold_no_plaintext_and_each_row_names_its_key() {
         ))
         .await
         .unwrap();
-    a.repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
+    a.sync(&Strategy::NewestWins).await;
 
     let server = cloud.server();
     let sql = |q: &str| server.psql("postgres", q).unwrap();

@@ -5,7 +5,7 @@
 
 use crate::replicate_tests::{Device, keyed_device};
 use crate::sync_tests::{TestCloud, memory_cloud, pg_cloud};
-use crate::{VerifyOptions, VerifyReport, no_progress};
+use crate::{VerifyOptions, VerifyReport};
 use hybridsync_core::{
     CloudSink, CollectionName, CollectionSpec, ContentHash, Difference, Key, LocalStore, Record,
     Strategy, SystemClock, WriteRequest,
@@ -32,14 +32,6 @@ async fn write<C: CloudSink>(device: &Device<C>, keys: impl Iterator<Item = usiz
         .map(|i| WriteRequest::put(docs(), key(i), format!("{tag}-{i}").into_bytes(), None))
         .collect();
     device.engine.write(writes).await.unwrap();
-}
-
-async fn sync<C: CloudSink>(device: &Device<C>) {
-    device
-        .repl
-        .sync(&[], &Strategy::NewestWins, &no_progress)
-        .await
-        .unwrap();
 }
 
 async fn verify<C: CloudSink>(device: &Device<C>, repair: bool) -> VerifyReport {
@@ -73,7 +65,7 @@ async fn remote<C: CloudSink>(sink: &C, i: usize) -> Record {
 async fn identical_sides_match_at_the_root<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink()).await;
     write(&a, 0..500, "v").await;
-    sync(&a).await;
+    a.sync(&Strategy::NewestWins).await;
     let report = verify(&a, false).await;
     let check = &report.collections[0];
     assert!(report.consistent() && check.roots_matched, "{report:?}");
@@ -88,18 +80,18 @@ async fn each_kind_of_difference_is_found_exactly_and_repaired<T: TestCloud>(clo
     let a = device(cloud.sink()).await;
     let b = device(cloud.own_sink()).await;
     write(&a, 0..400, "v1").await;
-    sync(&a).await;
+    a.sync(&Strategy::NewestWins).await;
     // Stale remote: the cloud's row replaced by an older version of it.
     let older = remote(&*cloud.sink(), 10).await;
     write(&a, [10].into_iter(), "v2").await;
-    sync(&a).await;
+    a.sync(&Strategy::NewestWins).await;
     cloud.overwrite(&older);
     // Missing remote: a shipped row deleted from the cloud behind our back.
     cloud.delete_row(&docs(), &key(20));
     // Missing local and stale local: another device adds one row and updates another.
-    sync(&b).await;
+    b.sync(&Strategy::NewestWins).await;
     write(&b, [30, 400].into_iter(), "from-b").await;
-    sync(&b).await;
+    b.sync(&Strategy::NewestWins).await;
     // Damaged: the cloud's row at the same version with other content (hash recomputed,
     // as a careless manual UPDATE with a trigger would), and one whose bytes changed
     // under its old hash.
@@ -177,7 +169,7 @@ async fn each_kind_of_difference_is_found_exactly_and_repaired<T: TestCloud>(clo
     // device's), written as a new version that reaches every device.
     assert_eq!(remote(&*cloud.sink(), 40).await.payload, b"v1-40");
     assert_eq!(remote(&*cloud.sink(), 50).await.payload, b"v1-50");
-    sync(&b).await;
+    b.sync(&Strategy::NewestWins).await;
     assert_eq!(verify(&b, false).await.differences(), 0);
 }
 
@@ -188,8 +180,8 @@ async fn random_divergence_is_found_exactly<T: TestCloud>(cloud: T) {
     let b = device(cloud.own_sink()).await;
     let n = 2_000;
     write(&a, 0..n, "v1").await;
-    sync(&a).await;
-    sync(&b).await;
+    a.sync(&Strategy::NewestWins).await;
+    b.sync(&Strategy::NewestWins).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
     let mut expect: BTreeMap<Difference, Vec<String>> = BTreeMap::new();
     let mut used = std::collections::BTreeSet::new();
@@ -205,7 +197,7 @@ async fn random_divergence_is_found_exactly<T: TestCloud>(cloud: T) {
             }
             1 => {
                 write(&b, [i].into_iter(), "b").await;
-                sync(&b).await;
+                b.sync(&Strategy::NewestWins).await;
                 Difference::StaleLocal
             }
             2 => {
@@ -222,7 +214,7 @@ async fn random_divergence_is_found_exactly<T: TestCloud>(cloud: T) {
                     .delete(docs(), key(i), Default::default())
                     .await
                     .unwrap();
-                sync(&b).await;
+                b.sync(&Strategy::NewestWins).await;
                 Difference::StaleLocal
             }
             _ => {
@@ -259,7 +251,7 @@ async fn random_divergence_is_found_exactly<T: TestCloud>(cloud: T) {
 async fn concurrent_writes_are_not_reported<T: TestCloud>(cloud: T) {
     let a = device(cloud.sink()).await;
     write(&a, 0..1_000, "v1").await;
-    sync(&a).await;
+    a.sync(&Strategy::NewestWins).await;
     let drain = a.repl.syncer().start();
     let writer = async {
         for round in 0..40 {
@@ -328,7 +320,7 @@ async fn one_difference_moves_a_few_buckets_of_rows() {
     let cloud = pg_cloud().await;
     let a = device(cloud.sink()).await;
     write(&a, 0..20_000, "v").await;
-    sync(&a).await;
+    a.sync(&Strategy::NewestWins).await;
     cloud.delete_row(&docs(), &key(12_345));
     let report = verify(&a, false).await;
     let check = &report.collections[0];
