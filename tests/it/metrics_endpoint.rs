@@ -42,9 +42,18 @@ async fn metrics_endpoint_exposes_reads_writes_and_queue_depth() {
     voices.search(&[1.0, 0.0], 1).await.unwrap();
     store.status().await.unwrap();
 
-    let body = tokio::task::spawn_blocking(move || scrape(addr))
-        .await
-        .unwrap();
+    // The queue gauges come from the runtime's gauge loop (every second, and once at
+    // open on its own task): scrape until it has published, as Prometheus would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let body = tokio::task::spawn_blocking(move || scrape(addr))
+            .await
+            .unwrap();
+        if body.contains("hybridsync_queue_size{") || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     // The recorder is global to this test process, and other tests in it write too:
     // counts are at least what this test did, and the queue gauge holds whatever
     // store reported last.
