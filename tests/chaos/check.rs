@@ -276,6 +276,14 @@ pub(crate) async fn heal_and_check(
             let outbox = store.status().await?.outbox;
             agree &= outbox.pending + outbox.in_flight == 0;
             agree &= live_via_api(store).await? == cloud;
+            // Equal live values are not yet equal sides: a newer tombstone another
+            // device pushed this round is not pulled yet. The checker compares
+            // versions, tombstones included.
+            agree = agree
+                && store
+                    .verify(hybridsync::VerifyOptions::default())
+                    .await?
+                    .consistent();
         }
         if agree {
             converged = true;
