@@ -50,8 +50,9 @@ impl CloudSink for PostgresSink {
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
+        parents_level: u32,
     ) -> hybridsync_core::Result<BTreeMap<u32, NodeDigest>> {
-        Ok(PostgresSink::tree_nodes(self, collection, level, parents).await?)
+        Ok(PostgresSink::tree_nodes(self, collection, level, parents, parents_level).await?)
     }
 
     async fn bucket_digests(

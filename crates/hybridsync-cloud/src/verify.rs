@@ -13,25 +13,30 @@ use sqlx::Row;
 use std::collections::BTreeMap;
 
 /// The rows of collection `$1` with their stored bucket and leaf (kept by the upsert).
-const ROWS: &str = "WITH r AS (
-    SELECT bucket, leaf, key, hlc, origin, tombstone, hash FROM hs_records
-    WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1)";
+const ROWS: &str = "SELECT bucket, leaf, key, hlc, origin, tombstone, hash FROM hs_records
+    WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1";
 
-/// The nodes at one level: `$2` shifts a bucket to its prefix at that level, `$3`
-/// lists the parents' prefixes (NULL: every node; a hashed semi-join, so thousands of
-/// differing parents cost one lookup per row) and `$4` shifts a bucket to its
-/// parent's prefix. The sum of leaves wraps at 64 bits and returns as a signed integer.
-/// An index-only scan of `hs_records_tree`.
-const NODES: &str = "SELECT prefix, n,
-           (CASE WHEN s >= 9223372036854775808 THEN s - 18446744073709551616 ELSE s END)::int8
-    FROM (SELECT bucket >> $2 AS prefix, count(*) AS n,
-                 ((sum(leaf) % 18446744073709551616) + 18446744073709551616) % 18446744073709551616 AS s
-          FROM r WHERE $3::int8[] IS NULL OR (bucket >> $4) IN (SELECT unnest($3::int8[]))
-          GROUP BY 1) AS nodes";
+/// The rows of collection `$1` in the bucket ranges under the prefixes `$2` (each
+/// prefix's buckets share their top bits: `$3` is how many low bits they leave free):
+/// one index range scan of `hs_records_tree` per prefix, so a few differing nodes
+/// cost the rows under them and nothing more.
+const ROWS_UNDER: &str = "SELECT r.bucket, r.leaf, r.key, r.hlc, r.origin, r.tombstone, r.hash
+    FROM unnest($2::int8[]) AS p(prefix)
+    JOIN hs_records r ON r.tenant = current_setting('hybridsync.tenant') AND r.collection = $1
+     AND r.bucket BETWEEN p.prefix << $3 AND ((p.prefix + 1) << $3) - 1";
 
-/// The rows of the leaf buckets `$3` (prefixes at the level `$2` shifts to).
-const BUCKET_ROWS: &str = "SELECT key, hlc, origin, tombstone, hash FROM r
-    WHERE (bucket >> $2) IN (SELECT unnest($3::int8[]))";
+/// The root: every row's count and leaf sum, without grouping (the planner's estimate
+/// of the groups would make it hash-aggregate one group).
+const ROOT: &str = "SELECT 0::int8, count(*), sum(leaf) FROM r";
+
+/// The nodes at one level: the bucket shifted right by `$4` is the node's prefix.
+const NODES: &str = "SELECT bucket >> $4, count(*), sum(leaf) FROM r GROUP BY 1";
+
+/// Wraps a `sum(leaf)` (a numeric) to the signed 64-bit value of its low 64 bits.
+const WRAP: &str = "SELECT prefix, n, (CASE WHEN w >= 9223372036854775808
+        THEN w - 18446744073709551616 ELSE w END)::int8
+    FROM (SELECT prefix, n, ((s % 18446744073709551616) + 18446744073709551616)
+        % 18446744073709551616 AS w FROM nodes) AS wrapped";
 
 /// Rows by key, as stored.
 const ROWS_BY_KEY: &str =
@@ -88,27 +93,41 @@ fn shift(level: u32) -> i32 {
     32 - (hybridsync_core::LEVEL_BITS * level.min(hybridsync_core::MAX_DEPTH)) as i32
 }
 
+/// The rows a tree query reads: every row, or those under `parents` at `parents_level`.
+fn rows_cte(parents: &[u32], parents_level: u32) -> (&'static str, Option<Vec<i64>>, i32) {
+    if parents.is_empty() || parents_level == 0 {
+        (ROWS, None, 0)
+    } else {
+        let parents = parents.iter().map(|p| i64::from(*p)).collect();
+        (ROWS_UNDER, Some(parents), shift(parents_level))
+    }
+}
+
 impl PostgresSink {
-    /// The nodes at `level` under `parents` (every node when empty), by prefix.
+    /// The nodes at `level` under `parents` at `parents_level` (every node when empty),
+    /// by prefix.
     pub(crate) async fn tree_nodes(
         &self,
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
+        parents_level: u32,
     ) -> Result<BTreeMap<u32, NodeDigest>> {
-        let parents: Option<Vec<i64>> = (level > 0 && !parents.is_empty())
-            .then(|| parents.iter().map(|p| i64::from(*p)).collect());
+        let (rows, parents, free_bits) = rows_cte(parents, parents_level);
+        let nodes = if level == 0 { ROOT } else { NODES };
+        let sql = format!("WITH r AS ({rows}), nodes (prefix, n, s) AS ({nodes}) {WRAP}");
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{ROWS} {NODES}")))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection.as_str())
-            .bind(shift(level))
             .bind(parents)
-            .bind(shift(level.saturating_sub(1)))
+            .bind(free_bits)
+            .bind(shift(level))
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
         rows.iter()
+            .filter(|row| row.try_get::<i64, _>(1).is_ok_and(|n| n > 0))
             .map(|row| {
                 let prefix: i64 = row.try_get(0)?;
                 let count: i64 = row.try_get(1)?;
@@ -133,13 +152,17 @@ impl PostgresSink {
         level: u32,
         buckets: &[u32],
     ) -> Result<Vec<RowDigest>> {
-        let buckets: Vec<i64> = buckets.iter().map(|p| i64::from(*p)).collect();
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (rows, buckets, free_bits) = rows_cte(buckets, level.max(1));
+        let sql = format!("SELECT key, hlc, origin, tombstone, hash FROM ({rows}) AS r");
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{ROWS} {BUCKET_ROWS}")))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection.as_str())
-            .bind(shift(level))
             .bind(buckets)
+            .bind(free_bits)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -385,7 +385,10 @@ fn differing_keys(a: &LocalTree, b: &LocalTree, depth: u32) -> std::collections:
         if suspects.is_empty() {
             break;
         }
-        suspects = differing(&a.nodes(level, &suspects), &b.nodes(level, &suspects));
+        suspects = differing(
+            &a.nodes(level, &suspects, level - 1),
+            &b.nodes(level, &suspects, level - 1),
+        );
     }
     let rows = |t: &LocalTree| -> std::collections::BTreeMap<String, RowDigest> {
         t.rows_in(depth, &suspects)

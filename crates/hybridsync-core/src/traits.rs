@@ -172,14 +172,34 @@ pub trait LocalStore: Send + Sync + 'static {
         next: &ChangeCursor,
         resolver: &dyn ConflictResolver,
     ) -> Result<ApplyOutcome>;
-    /// Every record of a collection (tombstones included), or only those with `keys`,
-    /// as the consistency checker sees it, each with whether the device has a change of
-    /// it not yet in the cloud (pending, in flight or failed).
+    /// The records with `keys` (tombstones included) as the consistency checker sees
+    /// them, each with whether the device has a change of it not yet in the cloud
+    /// (pending, in flight or failed).
     async fn digests(
         &self,
         collection: &CollectionName,
-        keys: Option<&[Key]>,
+        keys: &[Key],
     ) -> Result<Vec<(crate::RowDigest, bool)>>;
+    /// The device's side of the checker's tree, as [`CloudSink::tree_nodes`] (kept up
+    /// to date by every write, so nothing is hashed at check time).
+    async fn tree_nodes(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        parents: &[u32],
+        parents_level: u32,
+    ) -> Result<BTreeMap<u32, crate::NodeDigest>>;
+    /// The rows of the leaf buckets `buckets` (prefixes at `level`), as digests, each
+    /// with whether it has a change not yet in the cloud.
+    async fn bucket_digests(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        buckets: &[u32],
+    ) -> Result<Vec<(crate::RowDigest, bool)>>;
+    /// Keys of the rows whose content no longer matches their stored hash, or whose
+    /// stored tree digests no longer match the row (the checker's deep mode).
+    async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>>;
     /// Appends to the sync history (the newest 1,000 entries are kept).
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()>;
     /// The newest `limit` history entries, newest first.
@@ -347,14 +367,16 @@ pub trait CloudSink: Send + Sync + 'static {
         Ok(())
     }
     /// The consistency checker's nodes at `level` (the root is level 0) under the
-    /// prefixes `parents` of the level above (every node when empty), by prefix: row
-    /// counts and wrapping sums of leaf digests as [`crate::LocalTree`] defines them
-    /// (a sealed live row's leaf without its hash), computed where the rows are.
+    /// prefixes `parents` at `parents_level`, above `level` (every node when empty), by
+    /// prefix: row counts and wrapping sums of leaf digests as [`crate::LocalTree`]
+    /// defines them (a sealed live row's leaf without its hash), computed where the
+    /// rows are.
     async fn tree_nodes(
         &self,
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
+        parents_level: u32,
     ) -> Result<BTreeMap<u32, crate::NodeDigest>>;
     /// The rows of the leaf buckets `buckets` (prefixes at `level`), as digests.
     async fn bucket_digests(

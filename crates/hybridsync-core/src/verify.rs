@@ -186,15 +186,20 @@ impl LocalTree {
         self.rows.is_empty()
     }
 
-    /// The nodes at `level` under any of `parents` (prefixes at `level - 1`; every node
-    /// when `parents` is empty), by prefix. Empty nodes are absent.
-    pub fn nodes(&self, level: u32, parents: &[u32]) -> BTreeMap<u32, NodeDigest> {
+    /// The nodes at `level` under any of `parents` (prefixes at `parents_level`, above
+    /// `level`; every node when `parents` is empty), by prefix. Empty nodes are absent.
+    pub fn nodes(
+        &self,
+        level: u32,
+        parents: &[u32],
+        parents_level: u32,
+    ) -> BTreeMap<u32, NodeDigest> {
         let mut nodes = BTreeMap::new();
         for (bucket, leaf, _) in &self.rows {
             if !parents.is_empty()
                 && level > 0
                 && parents
-                    .binary_search(&prefix_at(*bucket, level - 1))
+                    .binary_search(&prefix_at(*bucket, parents_level))
                     .is_err()
             {
                 continue;
@@ -212,7 +217,7 @@ impl LocalTree {
 
     /// The root: every row.
     pub fn root(&self) -> NodeDigest {
-        self.nodes(0, &[]).remove(&0).unwrap_or_default()
+        self.nodes(0, &[], 0).remove(&0).unwrap_or_default()
     }
 
     /// The rows in the leaf buckets `prefixes` at `level` (sorted).

@@ -11,8 +11,9 @@
 
 use crate::{Engine, Result, Syncer};
 use hybridsync_core::{
-    CloudSink, CollectionName, CollectionSpec, ContentHash, Difference, Key, LocalStore, LocalTree,
-    Record, RowDigest, Strategy, SyncEvent, VectorCache, WriteRequest, depth_for, differing,
+    CloudSink, CollectionName, CollectionSpec, ContentHash, Difference, Key, LocalStore,
+    NodeDigest, Record, RowDigest, Strategy, SyncEvent, VectorCache, WriteRequest, depth_for,
+    differing,
 };
 use hybridsync_telemetry::catalogue;
 use std::collections::{BTreeMap, HashSet};
@@ -167,45 +168,30 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             collection: name.to_string(),
             ..CollectionCheck::default()
         };
-        // The two sides build their roots at once: the device from its file, the cloud
-        // in SQL (an index-only aggregate over the digests its rows carry).
-        let local = async {
-            let rows = store.digests(name, None).await?;
-            let unshipped: HashSet<Key> = rows
-                .iter()
-                .filter(|(_, unshipped)| *unshipped)
-                .map(|(row, _)| row.key.clone())
-                .collect();
-            let rows = rows.into_iter().map(|(row, _)| row).collect();
-            Ok::<_, hybridsync_core::Error>((LocalTree::new(name, rows, spec.encrypted), unshipped))
-        };
-        // The cloud's root runs on a task of its own while this one reads and hashes
-        // the local rows (CPU-bound, on this thread).
-        let remote_root = {
-            let (sink, name) = (sink.clone(), name.clone());
-            tokio::spawn(async move { sink.tree_nodes(&name, 0, &[]).await })
-        };
-        let (tree, unshipped) = local.await?;
-        let remote_root = remote_root.await??;
+        // Both sides answer the same questions: the device from the tree its writes
+        // keep, the cloud in SQL. The cloud's answer runs on a task of its own while
+        // the device reads its own.
+        let (local_root, remote_root) = self.nodes_of_both(name, 0, &[], 0).await?;
         check.nodes_exchanged += remote_root.len() as u64;
-        let local_root = tree.root();
-        let remote_count = remote_root.get(&0).map_or(0, |n| n.count);
-        check.local_rows = tree.len() as u64;
-        check.remote_rows = remote_count;
-        check.depth = depth_for(check.local_rows.max(remote_count));
-        check.roots_matched = remote_root.get(&0).copied().unwrap_or_default() == local_root;
+        let local_root = local_root.get(&0).copied().unwrap_or_default();
+        let remote_root = remote_root.get(&0).copied().unwrap_or_default();
+        check.local_rows = local_root.count;
+        check.remote_rows = remote_root.count;
+        check.depth = depth_for(check.local_rows.max(check.remote_rows));
+        check.roots_matched = remote_root == local_root;
 
-        // Descend into the nodes that differ. A sample starts one level above the
-        // leaves with a random share of that level's nodes.
+        // Descend into the nodes that differ. A sample starts at the leaves, in a
+        // random share of the nodes one level above them.
         let mut suspects: Vec<u32> = if check.roots_matched {
             Vec::new()
         } else {
             vec![0]
         };
-        let mut first_level = 1;
+        let mut level = 0;
+        let mut estimate = local_root.count.abs_diff(remote_root.count);
         if let Some(fraction) = options.sample {
             let fraction = fraction.clamp(f64::MIN_POSITIVE, 1.0);
-            let level = check.depth - 1;
+            level = check.depth - 1;
             let width = 1u64 << (hybridsync_core::LEVEL_BITS * level);
             let take = ((width as f64 * fraction).ceil() as u64).clamp(1, width);
             let mut all: Vec<u32> = (0..width as u32).collect();
@@ -214,28 +200,53 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             all.truncate(take as usize);
             all.sort_unstable();
             suspects = all;
-            first_level = check.depth;
             check.sampled = Some(take as f64 / width as f64);
         }
-        for level in first_level..=check.depth {
-            if suspects.is_empty() {
-                break;
-            }
-            let remote = sink.tree_nodes(name, level, &suspects).await?;
-            let local = tree.nodes(level, &suspects);
+        while level < check.depth && !suspects.is_empty() {
+            // Where the differences are dense (more expected than the next level has
+            // nodes), that level would differ everywhere: skip it.
+            let next = if level + 2 <= check.depth
+                && estimate.max(suspects.len() as u64) * 4
+                    >= 3 << (hybridsync_core::LEVEL_BITS * (level + 1))
+            {
+                level + 2
+            } else {
+                level + 1
+            };
+            let (local, remote) = self.nodes_of_both(name, next, &suspects, level).await?;
             check.nodes_exchanged += remote.len() as u64;
             suspects = differing(&local, &remote);
+            estimate = suspects
+                .iter()
+                .map(|p| {
+                    let count =
+                        |side: &BTreeMap<u32, NodeDigest>| side.get(p).map_or(0, |n| n.count);
+                    count(&local).abs_diff(count(&remote))
+                })
+                .sum();
+            level = next;
         }
         check.bytes_exchanged += check.nodes_exchanged * 20;
 
         // The differing leaf buckets, row by row.
         let mut pairs: BTreeMap<Key, Pair> = BTreeMap::new();
+        let mut unshipped = HashSet::new();
         if !suspects.is_empty() {
-            let remote = sink.bucket_digests(name, check.depth, &suspects).await?;
+            let remote = {
+                let (sink, name, suspects) = (sink.clone(), name.clone(), suspects.clone());
+                let depth = check.depth;
+                tokio::spawn(async move { sink.bucket_digests(&name, depth, &suspects).await })
+            };
+            let local = store.bucket_digests(name, check.depth, &suspects).await?;
+            let remote = remote.await??;
             check.rows_exchanged += remote.len() as u64;
             check.bytes_exchanged += remote.iter().map(RowDigest::wire_size).sum::<usize>() as u64;
-            for row in tree.rows_in(check.depth, &suspects) {
-                pairs.entry(row.key.clone()).or_default().0 = Some(row.clone());
+            for (row, queued) in local {
+                if queued {
+                    unshipped.insert(row.key.clone());
+                }
+                let key = row.key.clone();
+                pairs.entry(key).or_default().0 = Some(row);
             }
             for row in remote {
                 let key = row.key.clone();
@@ -252,7 +263,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         let mut damaged_local = HashSet::new();
         let mut damaged_remote = HashSet::new();
         if options.deep {
-            let (local, remote) = tokio::join!(self.damaged_local(name), sink.damaged_keys(name));
+            let (local, remote) = tokio::join!(store.damaged_keys(name), sink.damaged_keys(name));
             damaged_local.extend(local?);
             damaged_remote.extend(remote?);
             candidates.extend(damaged_local.iter().chain(&damaged_remote).cloned());
@@ -347,22 +358,28 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         Ok(check)
     }
 
-    /// Keys of the device's rows whose content no longer matches their stored hash.
-    async fn damaged_local(&self, name: &CollectionName) -> Result<Vec<Key>> {
-        let store = self.engine.store();
-        let mut damaged = Vec::new();
-        let mut after = None;
-        loop {
-            let page = store.scan(name, after.as_ref(), 1_000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key.clone());
-            let full = page.len() == 1_000;
-            damaged.extend(page.into_iter().filter(|r| !intact(r)).map(|r| r.key));
-            if !full {
-                break;
-            }
-        }
-        Ok(damaged)
+    /// Both sides' nodes at `level` under `parents` at `parents_level`: the cloud's on a
+    /// task of its own while the device reads its own.
+    async fn nodes_of_both(
+        &self,
+        name: &CollectionName,
+        level: u32,
+        parents: &[u32],
+        parents_level: u32,
+    ) -> Result<(BTreeMap<u32, NodeDigest>, BTreeMap<u32, NodeDigest>)> {
+        let remote = {
+            let (sink, name, parents) =
+                (self.syncer.sink().clone(), name.clone(), parents.to_vec());
+            tokio::spawn(
+                async move { sink.tree_nodes(&name, level, &parents, parents_level).await },
+            )
+        };
+        let local = self
+            .engine
+            .store()
+            .tree_nodes(name, level, parents, parents_level)
+            .await?;
+        Ok((local, remote.await??))
     }
 
     /// The device's digests of `keys`, with whether each has a change not yet shipped.
@@ -371,7 +388,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         name: &CollectionName,
         keys: &[Key],
     ) -> Result<BTreeMap<Key, (RowDigest, bool)>> {
-        let rows = self.engine.store().digests(name, Some(keys)).await?;
+        let rows = self.engine.store().digests(name, keys).await?;
         Ok(rows
             .into_iter()
             .map(|(d, u)| (d.key.clone(), (d, u)))

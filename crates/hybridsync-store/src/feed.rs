@@ -6,6 +6,7 @@ use crate::error::sql;
 use crate::outbox::{SUPERSEDE, UNSHIPPED, enqueue, with_states};
 use crate::records::{high_water, raise_high_water, save_record};
 use crate::rows::{columns_at, record_from_columns};
+use crate::tree::TreeDelta;
 use crate::{Result, SqliteStore};
 use hybridsync_core::{
     ApplyOutcome, ChangeCursor, CollectionName, Conflict, ConflictResolver, Hlc, Key, Priority,
@@ -154,6 +155,7 @@ impl SqliteStore {
             .transaction(rows, |tx| {
                 let local = Self::local_state(tx, collection, &keys)?;
                 let mut floor = high_water(tx)?;
+                let mut tree = TreeDelta::default();
                 for remote in &accepted {
                     floor = floor.max(remote.version.packed());
                 }
@@ -171,7 +173,7 @@ impl SqliteStore {
                     match action {
                         Action::Keep => outcome.skipped += 1,
                         Action::Apply { supersede } => {
-                            let label = save_record(tx, remote)?;
+                            let label = save_record(tx, remote, spec.encrypted, &mut tree)?;
                             if supersede {
                                 tx.prepare_cached(&SUPERSEDE)?
                                     .execute(rusqlite::params![now, label as i64])?;
@@ -201,12 +203,13 @@ impl SqliteStore {
                                 ..merged
                             };
                             floor = record.version.packed();
-                            let label = save_record(tx, &record)?;
+                            let label = save_record(tx, &record, spec.encrypted, &mut tree)?;
                             enqueue(tx, label, record.version, Priority::High, now)?;
                             outcome.changed.push(WriteReceipt { record, label });
                         }
                     }
                 }
+                tree.save(tx)?;
                 raise_high_water(tx, floor)?;
                 tx.prepare_cached(SAVE_CURSOR)?.execute(rusqlite::params![
                     collection.as_str(),

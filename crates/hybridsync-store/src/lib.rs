@@ -24,6 +24,7 @@ mod outbox;
 mod records;
 mod rows;
 mod store;
+mod tree;
 
 pub use error::{Error, Result};
 pub use opening::{DB_FILE, Durability, StoreOptions};

@@ -108,6 +108,11 @@ fn migrator() -> Migrator {
             "encrypted collections",
             include_str!("../migrations/0005_encrypted_collections.sql"),
         ),
+        migration(
+            6,
+            "verify tree",
+            include_str!("../migrations/0006_verify_tree.sql"),
+        ),
     ]);
     migrator.set_locking(false);
     migrator
@@ -263,6 +268,7 @@ impl SqliteStore {
             catalogue: RwLock::new(HashMap::new()),
         };
         store.reload_catalogue().await?;
+        store.backfill_tree().await?;
         let recovered = store.requeue_in_flight().await.map_err(Error::from_core)?;
         if recovered > 0 {
             tracing::info!(

@@ -4,9 +4,8 @@
 
 use crate::error::sql;
 use crate::outbox::enqueue;
-use crate::rows::{
-    RecordColumns, blob_to_embedding, device_from_blob, embedding_to_blob, record_from_columns,
-};
+use crate::rows::{RecordColumns, blob_to_embedding, embedding_to_blob, record_from_columns};
+use crate::tree::{TreeDelta, digests_of};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
     CollectionName, ContentHash, Hlc, Key, Priority, Record, RowDigest, StoredVector, WriteReceipt,
@@ -19,18 +18,26 @@ use std::collections::{BTreeMap, HashMap};
 /// bind-variable limit.
 const LABELS_PER_READ: usize = 500;
 
-/// Inserts or replaces a record's row (keeping its id) and returns the id, which is
-/// also its vector label. Looked up first rather than with `RETURNING`, which costs
-/// SQLite an ephemeral table per statement and halves the write rate.
-pub(crate) fn save_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> Result<u64> {
+/// Inserts or replaces a record's row (keeping its id) with its bucket and leaf digest
+/// (`encrypted`: its collection is), records the change to the tree in `tree`, and
+/// returns the id, which is also its vector label. Looked up first rather than with
+/// `RETURNING`, which costs SQLite an ephemeral table per statement and halves the
+/// write rate.
+pub(crate) fn save_record(
+    tx: &rusqlite::Transaction<'_>,
+    record: &Record,
+    encrypted: bool,
+    tree: &mut TreeDelta,
+) -> Result<u64> {
     use rusqlite::OptionalExtension;
-    let existing: Option<i64> = tx
-        .prepare_cached("SELECT id FROM records WHERE collection = ?1 AND key = ?2")?
+    let existing: Option<(i64, Option<i64>, Option<i64>)> = tx
+        .prepare_cached("SELECT id, bucket, leaf FROM records WHERE collection = ?1 AND key = ?2")?
         .query_row([record.collection.as_str(), record.key.as_str()], |row| {
-            row.get(0)
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
     let embedding = record.embedding.as_deref().map(embedding_to_blob);
+    let (bucket, leaf) = digests_of(record, encrypted);
     let params = rusqlite::params![
         record.collection.as_str(),
         record.key.as_str(),
@@ -40,26 +47,47 @@ pub(crate) fn save_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> Re
         record.version.origin.0,
         record.tombstone,
         record.hash.0,
+        bucket,
+        leaf as i64,
     ];
     let id = match existing {
-        Some(id) => {
+        Some((id, old_bucket, old_leaf)) => {
             tx.prepare_cached(
                 "UPDATE records SET payload = ?3, embedding = ?4, hlc = ?5, origin = ?6, tombstone = ?7, \
-                 hash = ?8 WHERE collection = ?1 AND key = ?2",
+                 hash = ?8, bucket = ?9, leaf = ?10 WHERE collection = ?1 AND key = ?2",
             )?
             .execute(params)?;
+            if let (Some(old_bucket), Some(old_leaf)) = (old_bucket, old_leaf) {
+                tree.add(&record.collection, old_bucket as u32, old_leaf as u64, -1);
+            }
             id
         }
         None => {
             tx.prepare_cached(
-                "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash, \
+                 bucket, leaf) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params)?;
             tx.last_insert_rowid()
         }
     };
+    tree.add(&record.collection, bucket, leaf, 1);
     Ok(id as u64)
+}
+
+/// Ids of records with a change not yet in the cloud (pending, in flight or failed).
+pub(crate) fn unshipped_ids(
+    conn: &rusqlite::Connection,
+) -> rusqlite::Result<std::collections::HashSet<i64>> {
+    static UNSHIPPED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT DISTINCT o.record_id FROM outbox o WHERE {}",
+            crate::outbox::with_states(crate::outbox::UNSHIPPED)
+        )
+    });
+    conn.prepare_cached(&UNSHIPPED)?
+        .query_map([], |row| row.get(0))?
+        .collect()
 }
 
 /// The HLC high-water mark as stored: at or above every version in the file, whichever
@@ -86,9 +114,11 @@ impl SqliteStore {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        let mut encrypted = HashMap::new();
         for request in &requests {
             let spec = self.require_spec(&request.collection).await?;
             request.validate(&spec, &self.limits)?;
+            encrypted.insert(request.collection.clone(), spec.encrypted);
         }
         let requests = coalesce(requests);
         let priorities: Vec<Priority> = requests.iter().map(|r| r.priority).collect();
@@ -112,13 +142,15 @@ impl SqliteStore {
             .transaction(records.len(), |tx| {
                 let mut floor = high_water(tx)?;
                 let mut labels = Vec::with_capacity(records.len());
+                let mut tree = TreeDelta::default();
                 for (record, priority) in records.iter_mut().zip(&priorities) {
                     record.version = self.stamp_above(floor);
                     floor = record.version.packed();
-                    let label = save_record(tx, record)?;
+                    let label = save_record(tx, record, encrypted[&record.collection], &mut tree)?;
                     enqueue(tx, label, record.version, *priority, now)?;
                     labels.push(label);
                 }
+                tree.save(tx)?;
                 raise_high_water(tx, floor)?;
                 Ok(labels)
             })
@@ -207,85 +239,50 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Every record of a collection (or those with `keys`) as the consistency checker
-    /// sees it, with whether it has a change not yet in the cloud. The whole-collection
-    /// read runs on the caller's thread through a point reader (as point reads do):
-    /// through the pooled readers every row would cross a channel, which cost a check
-    /// of 500,000 rows several seconds. The unshipped entries are read first, on their
-    /// own (few, through the outbox's state index), rather than probed per row.
+    /// The records with `keys` as the consistency checker sees them, each with whether
+    /// it has a change not yet in the cloud, read through a point reader. The
+    /// unshipped entries are read first, on their own (few, through the outbox's state
+    /// index), rather than probed per row.
     pub(crate) async fn digests(
         &self,
         collection: &CollectionName,
-        keys: Option<&[Key]>,
+        keys: &[Key],
     ) -> Result<Vec<(RowDigest, bool)>> {
         self.require_spec(collection).await?;
-        let unshipped_sql = format!(
-            "SELECT DISTINCT o.record_id FROM outbox o WHERE {}",
-            crate::outbox::with_states(crate::outbox::UNSHIPPED)
-        );
         type Columns = (i64, String, i64, Vec<u8>, bool, Vec<u8>);
-        let read = |conn: &rusqlite::Connection, sql: &str, params: &[&str]| {
-            let unshipped: std::collections::HashSet<i64> = conn
-                .prepare_cached(&unshipped_sql)?
-                .query_map([], |row| row.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let rows: Vec<Columns> = conn
-                .prepare_cached(sql)?
-                .query_map(rusqlite::params_from_iter(params), |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                        row.get(5)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok((unshipped, rows))
-        };
-        const SELECT: &str =
-            "SELECT id, key, hlc, origin, tombstone, hash FROM records WHERE collection = ?";
-        let mut unshipped = std::collections::HashSet::new();
-        let mut rows = Vec::new();
-        match keys {
-            None => {
-                let (u, r) = self
-                    .point
-                    .with(|conn| read(conn, SELECT, &[collection.as_str()]))?;
-                (unshipped, rows) = (u, r);
-            }
-            Some(keys) => {
-                for chunk in keys.chunks(500) {
-                    let sql = format!(
-                        "{SELECT} AND key IN ({})",
-                        vec!["?"; chunk.len()].join(", ")
-                    );
-                    let params: Vec<&str> = std::iter::once(collection.as_str())
-                        .chain(chunk.iter().map(Key::as_str))
-                        .collect();
-                    let (u, r) = self.point.with(|conn| read(conn, &sql, &params))?;
-                    unshipped = u;
-                    rows.extend(r);
-                }
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT id, key, hlc, origin, tombstone, hash FROM records \
+                 WHERE collection = ? AND key IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let params: Vec<&str> = std::iter::once(collection.as_str())
+                .chain(chunk.iter().map(Key::as_str))
+                .collect();
+            let (unshipped, rows) = self.point.with(|conn| {
+                let unshipped = unshipped_ids(conn)?;
+                let rows: Vec<Columns> = conn
+                    .prepare_cached(&sql)?
+                    .query_map(rusqlite::params_from_iter(&params), |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((unshipped, rows))
+            })?;
+            for (id, key, hlc, origin, tombstone, hash) in rows {
+                let digest = crate::rows::row_digest(key, hlc, &origin, tombstone, &hash)?;
+                out.push((digest, unshipped.contains(&id)));
             }
         }
-        rows.into_iter()
-            .map(|(id, key, hlc, origin, tombstone, hash)| {
-                let bad = |detail: String| Error::BadRow {
-                    table: "records",
-                    detail,
-                };
-                let digest = RowDigest {
-                    key: Key::new(key).map_err(|e| bad(e.to_string()))?,
-                    version: Hlc::from_packed(hlc, device_from_blob(&origin)?),
-                    tombstone,
-                    hash: ContentHash::from_slice(&hash)
-                        .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?,
-                };
-                Ok((digest, unshipped.contains(&id)))
-            })
-            .collect()
+        Ok(out)
     }
 
     /// Records in a collection, tombstones included.

@@ -1,7 +1,7 @@
 //! Conversions between SQLite rows and core types.
 
 use crate::{Error, Result};
-use hybridsync_core::{CollectionName, ContentHash, DeviceId, Hlc, Key, Record};
+use hybridsync_core::{CollectionName, ContentHash, DeviceId, Hlc, Key, Record, RowDigest};
 
 /// Embeddings are stored as little-endian f32 bytes.
 pub(crate) fn embedding_to_blob(embedding: &[f32]) -> Vec<u8> {
@@ -51,6 +51,27 @@ pub(crate) fn columns_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Res
         row.get(first + 5)?,
         row.get(first + 6)?,
     ))
+}
+
+/// A checker's digest of a row from its `key, hlc, origin, tombstone, hash` columns.
+pub(crate) fn row_digest(
+    key: String,
+    hlc: i64,
+    origin: &[u8],
+    tombstone: bool,
+    hash: &[u8],
+) -> Result<RowDigest> {
+    let bad = |detail: String| Error::BadRow {
+        table: "records",
+        detail,
+    };
+    Ok(RowDigest {
+        key: Key::new(key).map_err(|e| bad(e.to_string()))?,
+        version: Hlc::from_packed(hlc, device_from_blob(origin)?),
+        tombstone,
+        hash: ContentHash::from_slice(hash)
+            .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?,
+    })
 }
 
 /// Builds a record from its columns, checking each.

@@ -8,8 +8,8 @@
 use crate::connections::{PointReaders, Writer};
 use hybridsync_core::{
     ApplyOutcome, ChangeCursor, Clock, CollectionName, CollectionSpec, ConflictResolver, DeviceId,
-    HistoryEntry, HlcClock, Key, Limits, LocalStore, OutboxEntry, OutboxOutcome, OutboxStats,
-    Priority, Record, Result, RowDigest, StoredVector, WriteReceipt, WriteRequest,
+    HistoryEntry, HlcClock, Key, Limits, LocalStore, NodeDigest, OutboxEntry, OutboxOutcome,
+    OutboxStats, Priority, Record, Result, RowDigest, StoredVector, WriteReceipt, WriteRequest,
 };
 use sqlx::SqlitePool;
 use std::collections::{BTreeMap, HashMap};
@@ -176,9 +176,32 @@ impl LocalStore for SqliteStore {
     async fn digests(
         &self,
         collection: &CollectionName,
-        keys: Option<&[Key]>,
+        keys: &[Key],
     ) -> Result<Vec<(RowDigest, bool)>> {
         Ok(SqliteStore::digests(self, collection, keys).await?)
+    }
+
+    async fn tree_nodes(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        parents: &[u32],
+        parents_level: u32,
+    ) -> Result<BTreeMap<u32, NodeDigest>> {
+        SqliteStore::tree_nodes(self, collection, level, parents, parents_level).await
+    }
+
+    async fn bucket_digests(
+        &self,
+        collection: &CollectionName,
+        level: u32,
+        buckets: &[u32],
+    ) -> Result<Vec<(RowDigest, bool)>> {
+        SqliteStore::bucket_digests(self, collection, level, buckets).await
+    }
+
+    async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {
+        SqliteStore::damaged_keys(self, collection).await
     }
 
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()> {

@@ -3,7 +3,7 @@
 use super::*;
 use hybridsync_core::{
     CollectionName, CollectionSpec, Key, LocalStore, ManualClock, Metric, Precision, Priority,
-    VectorSpec, WriteRequest,
+    RowDigest, VectorSpec, WriteRequest,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -470,7 +470,7 @@ async fn a_newer_schema_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 5,
+                supported: 6,
                 ..
             }
         ),
@@ -1043,4 +1043,141 @@ fn outbox_states_come_from_one_enum() {
         assert_eq!(state.as_str().parse::<OutboxState>().unwrap(), state);
     }
     assert!(OutboxState::from_code(9).is_err());
+}
+
+/// Every node of the tree the store keeps, at every level (whole levels and under
+/// chosen parents), and every leaf bucket's rows, against a tree computed from scratch
+/// over the same rows.
+async fn assert_kept_tree(store: &SqliteStore, spec: &CollectionSpec, keys: &[Key]) {
+    let rows: Vec<RowDigest> = store
+        .digests(&spec.name, keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect();
+    assert!(!rows.is_empty());
+    let tree = hybridsync_core::LocalTree::new(&spec.name, rows, spec.encrypted);
+    for level in 0..=3 {
+        let kept = store.tree_nodes(&spec.name, level, &[], 0).await.unwrap();
+        assert_eq!(
+            kept,
+            tree.nodes(level, &[], 0),
+            "{} level {level}",
+            spec.name
+        );
+    }
+    for (level, parents, at) in [
+        (1, vec![0], 0),
+        (2, vec![3, 9], 1),
+        (3, vec![1, 15], 1),
+        (4, vec![40, 41, 200], 2),
+    ] {
+        let kept = store
+            .tree_nodes(&spec.name, level, &parents, at)
+            .await
+            .unwrap();
+        assert_eq!(
+            kept,
+            tree.nodes(level, &parents, at),
+            "{} level {level} under {parents:?}",
+            spec.name
+        );
+    }
+    let buckets: Vec<u32> = (0..256).step_by(5).collect();
+    let mut kept: Vec<RowDigest> = store
+        .bucket_digests(&spec.name, 2, &buckets)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect();
+    let mut expected: Vec<RowDigest> = tree.rows_in(2, &buckets).into_iter().cloned().collect();
+    kept.sort_by(|a, b| a.key.cmp(&b.key));
+    expected.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(kept, expected);
+}
+
+/// The checker's tree is kept in every write transaction (inserts, overwrites,
+/// deletes, applied remote rows; plain and encrypted collections), and rows written
+/// before it existed get their digests when the store next opens.
+#[tokio::test]
+async fn the_kept_tree_is_the_tree_of_the_rows() {
+    use hybridsync_core::{ChangeCursor, DeviceId, Hlc, Record, Strategy};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let secret = CollectionSpec {
+        name: name("secret"),
+        vector: None,
+        encrypted: true,
+    };
+    store.create_collection(&secret).await.unwrap();
+    let mut keys: Vec<Key> = (0..300).map(|i| key(&format!("k{i}"))).collect();
+    for round in 0..3u8 {
+        let mut writes = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            for c in ["notes", "secret"] {
+                writes.push(if (i + round as usize) % 7 == 0 {
+                    WriteRequest::delete(name(c), k.clone())
+                } else {
+                    put(c, k.as_str(), &[round, i as u8], None)
+                });
+            }
+        }
+        store.write(writes).await.unwrap();
+    }
+    // Remote rows: new keys, and versions older and newer than the device's.
+    let remote = |k: &Key, packed: i64| {
+        Record::new(
+            name("notes"),
+            k.clone(),
+            b"remote".to_vec(),
+            None,
+            Hlc::from_packed(packed, DeviceId([9; 16])),
+            false,
+        )
+    };
+    let mut pulled: Vec<Record> = (0..50).map(|i| remote(&key(&format!("r{i}")), 5)).collect();
+    pulled.extend(keys[..20].iter().map(|k| remote(k, 1)));
+    pulled.extend(keys[20..40].iter().map(|k| remote(k, i64::MAX / 2)));
+    store
+        .apply_remote(
+            &name("notes"),
+            pulled,
+            &ChangeCursor::default(),
+            &Strategy::NewestWins,
+        )
+        .await
+        .unwrap();
+    keys.extend((0..50).map(|i| key(&format!("r{i}"))));
+    assert_kept_tree(&store, &notes(), &keys).await;
+    assert_kept_tree(&store, &secret, &keys[..300]).await;
+    assert!(store.damaged_keys(&name("notes")).await.unwrap().is_empty());
+
+    // A file from before the tree: no digests, no kept nodes.
+    store
+        .execute_for_tests(
+            "UPDATE records SET bucket = NULL, leaf = NULL; DELETE FROM tree_nodes; \
+             INSERT INTO meta (key, value) VALUES ('tree_backfill', 1);",
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let store = SqliteStore::open(StoreOptions::new(tmp.path()))
+        .await
+        .unwrap();
+    assert_kept_tree(&store, &notes(), &keys).await;
+    assert_kept_tree(&store, &secret, &keys[..300]).await;
+
+    // A stored leaf changed behind the store's back is damage a deep check finds.
+    store
+        .execute_for_tests(
+            "UPDATE records SET leaf = leaf + 1 WHERE collection = 'notes' AND key = 'k5'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.damaged_keys(&name("notes")).await.unwrap(),
+        vec![key("k5")]
+    );
 }

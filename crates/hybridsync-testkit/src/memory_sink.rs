@@ -183,9 +183,10 @@ impl CloudSink for MemorySink {
         collection: &CollectionName,
         level: u32,
         parents: &[u32],
+        parents_level: u32,
     ) -> Result<BTreeMap<u32, NodeDigest>> {
         self.gate()?;
-        Ok(self.tree(collection).nodes(level, parents))
+        Ok(self.tree(collection).nodes(level, parents, parents_level))
     }
 
     async fn bucket_digests(
