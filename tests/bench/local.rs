@@ -62,13 +62,20 @@ fn raw_sqlite(dir: &std::path::Path, synchronous: &str) -> Result<rusqlite::Conn
 /// Batched writes (1,000 rows per transaction) done by hand with rusqlite on our own
 /// schema: the record upsert and its outbox entry with every index we keep, no
 /// hashing, stamping or bookkeeping. The floor for a transactional outbox; rows/s.
+///
+/// With `tree`, each row also gets the consistency checker's bucket and leaf digest
+/// (two SHA-256s) and the transaction adds them to the kept level-1 nodes (one upsert
+/// per node touched), as the store does; without, those columns stay empty. The two
+/// floors' ratio is what keeping the tree costs a batched write.
 async fn same_schema_floor(
     dir: &std::path::Path,
     durability: Durability,
     synchronous: &str,
     keys: &[String],
     payload: &[u8],
+    tree: bool,
 ) -> Result<f64> {
+    use hybridsync_core::{CollectionName, ContentHash, DeviceId, Hlc, Key, RowDigest};
     let store = HybridStore::builder(dir)
         .durability(durability)
         .open()
@@ -79,15 +86,17 @@ async fn same_schema_floor(
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     let (origin, hash) = ([1u8; 16], [2u8; 32]);
+    let notes = CollectionName::new("notes")?;
     let started = Instant::now();
     for (c, chunk) in keys.chunks(1_000).enumerate() {
         let tx = conn.unchecked_transaction()?;
         {
             let mut record = tx.prepare_cached(
-                "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash) \
-                 VALUES ('notes', ?1, ?2, NULL, ?3, ?4, 0, ?5) \
+                "INSERT INTO records (collection, key, payload, embedding, hlc, origin, tombstone, hash, bucket, leaf) \
+                 VALUES ('notes', ?1, ?2, NULL, ?3, ?4, 0, ?5, ?6, ?7) \
                  ON CONFLICT (collection, key) DO UPDATE SET payload = excluded.payload, \
-                 hlc = excluded.hlc, origin = excluded.origin, tombstone = 0, hash = excluded.hash \
+                 hlc = excluded.hlc, origin = excluded.origin, tombstone = 0, hash = excluded.hash, \
+                 bucket = excluded.bucket, leaf = excluded.leaf \
                  RETURNING id",
             )?;
             let mut outbox = tx.prepare_cached(
@@ -95,13 +104,44 @@ async fn same_schema_floor(
                  VALUES (?1, ?2, ?3, 2, 0, 0, 0, ?4, ?4) \
                  ON CONFLICT (record_id) WHERE state IN (0, 3) DO UPDATE SET hlc = excluded.hlc, updated_ms = excluded.updated_ms",
             )?;
+            let mut nodes = [(0i64, 0i64, 0i64); 16];
             for (i, k) in chunk.iter().enumerate() {
                 let hlc = (c * 1_000 + i) as i64;
-                let id: i64 = record
-                    .query_row(rusqlite::params![k, payload, hlc, origin, hash], |r| {
-                        r.get(0)
-                    })?;
+                let (bucket, leaf) = if tree {
+                    let key = Key::new(k.as_str())?;
+                    let digest = RowDigest {
+                        key: key.clone(),
+                        version: Hlc::from_packed(hlc, DeviceId(origin)),
+                        tombstone: false,
+                        hash: ContentHash(hash),
+                    };
+                    let bucket = hybridsync_core::bucket_of(&notes, &key);
+                    let leaf = hybridsync_core::leaf_of(&notes, &digest, false);
+                    let node = &mut nodes[(bucket >> 28) as usize];
+                    *node = (
+                        node.0 + 1,
+                        node.1 + (leaf >> 32) as i64,
+                        node.2 + (leaf & 0xffff_ffff) as i64,
+                    );
+                    (Some(i64::from(bucket)), Some(leaf as i64))
+                } else {
+                    (None, None)
+                };
+                let id: i64 = record.query_row(
+                    rusqlite::params![k, payload, hlc, origin, hash, bucket, leaf],
+                    |r| r.get(0),
+                )?;
                 outbox.execute(rusqlite::params![id, hlc, origin, hlc])?;
+            }
+            if tree {
+                let mut save = tx.prepare_cached(
+                    "INSERT INTO tree_nodes (collection, prefix, rows, sum_high, sum_low) VALUES ('notes', ?1, ?2, ?3, ?4) \
+                     ON CONFLICT (collection, prefix) DO UPDATE SET rows = rows + excluded.rows, \
+                     sum_high = sum_high + excluded.sum_high, sum_low = sum_low + excluded.sum_low",
+                )?;
+                for (prefix, (rows, high, low)) in nodes.iter().enumerate() {
+                    save.execute(rusqlite::params![prefix as i64, rows, high, low])?;
+                }
             }
         }
         tx.commit()?;
@@ -130,6 +170,7 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
         // Batched writes: 1,000 rows per transaction, the sides taking turns, fresh
         // keys each trial (the first trial's are the ones read back below).
         let (mut ours_batch, mut raw_batch, mut floor) = (vec![], vec![], vec![]);
+        let mut untreed = vec![];
         for trial in 0..BATCH_TRIALS {
             let fresh: Vec<String>;
             let keys = if trial == 0 {
@@ -141,10 +182,17 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
             ours_batch.push(batched_ours(&raw, keys, &payload).await?);
             raw_batch.push(batched_raw(&conn, keys, &payload)?);
             let dir = tmp.path().join(format!("floor{trial}"));
-            floor.push(same_schema_floor(&dir, durability, synchronous, keys, &payload).await?);
+            floor.push(
+                same_schema_floor(&dir, durability, synchronous, keys, &payload, true).await?,
+            );
+            let dir = tmp.path().join(format!("untreed{trial}"));
+            untreed.push(
+                same_schema_floor(&dir, durability, synchronous, keys, &payload, false).await?,
+            );
         }
         let (ours_batch, raw_batch) = (median(&mut ours_batch), median(&mut raw_batch));
         let floor = median(&mut floor);
+        let untreed = median(&mut untreed);
 
         // Single durable writes.
         let (mut ours, mut base) = (Vec::new(), Vec::new());
@@ -163,7 +211,7 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
         let (o99, b99) = (percentile(&mut ours, 0.99), percentile(&mut base, 0.99));
         let mode = synchronous.to_ascii_lowercase();
         println!(
-            "  {mode}: batched {ours_batch:.0} vs {raw_batch:.0} rows/s ({floor:.0} by hand on our schema); single p50 {:.1} vs {:.1} µs",
+            "  {mode}: batched {ours_batch:.0} vs {raw_batch:.0} rows/s ({floor:.0} by hand on our schema, {untreed:.0} without the checker's tree); single p50 {:.1} vs {:.1} µs",
             nanos(o50) / 1e3,
             nanos(b50) / 1e3
         );
@@ -180,6 +228,13 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
             "rusqlite_record_and_outbox",
             floor,
             "report",
+        ));
+        rows.push(Row::throughput(
+            &format!("tree_kept_on_write_{mode}"),
+            floor,
+            "same_schema_without_tree",
+            untreed,
+            ">= 0.9x",
         ));
         rows.push(Row::latency(
             &format!("durable_write_single_p50_{mode}"),

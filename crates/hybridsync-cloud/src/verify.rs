@@ -16,14 +16,15 @@ use std::collections::BTreeMap;
 const ROWS: &str = "SELECT bucket, leaf, key, hlc, origin, tombstone, hash FROM hs_records
     WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1";
 
-/// The rows of collection `$1` in the bucket ranges under the prefixes `$2` (each
-/// prefix's buckets share their top bits: `$3` is how many low bits they leave free):
-/// one index range scan of `hs_records_tree` per prefix, so a few differing nodes
-/// cost the rows under them and nothing more.
+/// The rows of collection `$1` in the bucket ranges `[$2[i], $3[i]]`: one index range
+/// scan of `hs_records_tree` per range, so a few differing nodes cost the rows under
+/// them and nothing more. The bounds come computed: under row-level security a
+/// condition with a function that is not leakproof (a shift) cannot be an index
+/// condition, and each range would scan the whole collection.
 const ROWS_UNDER: &str = "SELECT r.bucket, r.leaf, r.key, r.hlc, r.origin, r.tombstone, r.hash
-    FROM unnest($2::int8[]) AS p(prefix)
+    FROM unnest($2::int8[], $3::int8[]) AS p(low, high)
     JOIN hs_records r ON r.tenant = current_setting('hybridsync.tenant') AND r.collection = $1
-     AND r.bucket BETWEEN p.prefix << $3 AND ((p.prefix + 1) << $3) - 1";
+     AND r.bucket BETWEEN p.low AND p.high";
 
 /// The root: every row's count and leaf sum, without grouping (the planner's estimate
 /// of the groups would make it hash-aggregate one group).
@@ -86,21 +87,29 @@ static DAMAGED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// A check reads whole collections: its statements may run past the sink's usual
-/// statement timeout (transaction-local, like the tenant setting).
-const LONG_STATEMENTS: &str = "SELECT set_config('statement_timeout', '600000', true)";
+/// statement timeout, and without JIT compilation (the planner's estimates for a whole
+/// collection would compile each query for longer than a check of few rows takes).
+/// Transaction-local, like the tenant setting.
+const LONG_STATEMENTS: &str =
+    "SELECT set_config('statement_timeout', '600000', true), set_config('jit', 'off', true)";
 
 fn shift(level: u32) -> i32 {
     32 - (hybridsync_core::LEVEL_BITS * level.min(hybridsync_core::MAX_DEPTH)) as i32
 }
 
-/// The rows a tree query reads: every row, or those under `parents` at `parents_level`.
-fn rows_cte(parents: &[u32], parents_level: u32) -> (&'static str, Option<Vec<i64>>, i32) {
+/// The rows a tree query reads: every row, or those under `parents` at `parents_level`
+/// (as bucket ranges: lows and highs).
+fn rows_cte(
+    parents: &[u32],
+    parents_level: u32,
+) -> (&'static str, Option<Vec<i64>>, Option<Vec<i64>>) {
     if parents.is_empty() || parents_level == 0 {
-        (ROWS, None, 0)
-    } else {
-        let parents = parents.iter().map(|p| i64::from(*p)).collect();
-        (ROWS_UNDER, Some(parents), shift(parents_level))
+        return (ROWS, None, None);
     }
+    let free = shift(parents_level);
+    let lows: Vec<i64> = parents.iter().map(|p| i64::from(*p) << free).collect();
+    let highs = lows.iter().map(|low| low + (1i64 << free) - 1).collect();
+    (ROWS_UNDER, Some(lows), Some(highs))
 }
 
 impl PostgresSink {
@@ -113,15 +122,15 @@ impl PostgresSink {
         parents: &[u32],
         parents_level: u32,
     ) -> Result<BTreeMap<u32, NodeDigest>> {
-        let (rows, parents, free_bits) = rows_cte(parents, parents_level);
+        let (rows, lows, highs) = rows_cte(parents, parents_level);
         let nodes = if level == 0 { ROOT } else { NODES };
         let sql = format!("WITH r AS ({rows}), nodes (prefix, n, s) AS ({nodes}) {WRAP}");
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection.as_str())
-            .bind(parents)
-            .bind(free_bits)
+            .bind(lows)
+            .bind(highs)
             .bind(shift(level))
             .fetch_all(&mut *tx)
             .await?;
@@ -155,14 +164,14 @@ impl PostgresSink {
         if buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let (rows, buckets, free_bits) = rows_cte(buckets, level.max(1));
+        let (rows, lows, highs) = rows_cte(buckets, level.max(1));
         let sql = format!("SELECT key, hlc, origin, tombstone, hash FROM ({rows}) AS r");
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection.as_str())
-            .bind(buckets)
-            .bind(free_bits)
+            .bind(lows)
+            .bind(highs)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -180,23 +180,20 @@ pub trait LocalStore: Send + Sync + 'static {
         collection: &CollectionName,
         keys: &[Key],
     ) -> Result<Vec<(crate::RowDigest, bool)>>;
-    /// The device's side of the checker's tree, as [`CloudSink::tree_nodes`] (kept up
-    /// to date by every write, so nothing is hashed at check time).
-    async fn tree_nodes(
+    /// The device's level-1 nodes of the checker's tree (kept up to date by every
+    /// write, so nothing is hashed at check time), by prefix; the root is their sum.
+    async fn tree_top(
         &self,
         collection: &CollectionName,
-        level: u32,
-        parents: &[u32],
-        parents_level: u32,
     ) -> Result<BTreeMap<u32, crate::NodeDigest>>;
-    /// The rows of the leaf buckets `buckets` (prefixes at `level`), as digests, each
-    /// with whether it has a change not yet in the cloud.
-    async fn bucket_digests(
+    /// The device's rows under the level-1 nodes `prefixes`, with the buckets and
+    /// leaves stored when they were written, and the keys among them with a change not
+    /// yet in the cloud: the deeper levels of the tree, read in one pass.
+    async fn tree_under(
         &self,
         collection: &CollectionName,
-        level: u32,
-        buckets: &[u32],
-    ) -> Result<Vec<(crate::RowDigest, bool)>>;
+        prefixes: &[u32],
+    ) -> Result<(crate::LocalTree, std::collections::HashSet<Key>)>;
     /// Keys of the rows whose content no longer matches their stored hash, or whose
     /// stored tree digests no longer match the row (the checker's deep mode).
     async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>>;

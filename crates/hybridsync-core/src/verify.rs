@@ -176,6 +176,13 @@ impl LocalTree {
         Self { rows }
     }
 
+    /// The tree over rows whose buckets and leaves were computed when they were
+    /// written (`(bucket, leaf, row)`).
+    pub fn from_stored(mut rows: Vec<(u32, u64, RowDigest)>) -> Self {
+        rows.sort_unstable_by_key(|(bucket, ..)| *bucket);
+        Self { rows }
+    }
+
     /// Rows in the tree.
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -11,7 +11,7 @@
 
 use crate::{Engine, Result, Syncer};
 use hybridsync_core::{
-    CloudSink, CollectionName, CollectionSpec, ContentHash, Difference, Key, LocalStore,
+    CloudSink, CollectionName, CollectionSpec, ContentHash, Difference, Key, LocalStore, LocalTree,
     NodeDigest, Record, RowDigest, Strategy, SyncEvent, VectorCache, WriteRequest, depth_for,
     differing,
 };
@@ -147,6 +147,59 @@ fn intact(record: &Record) -> bool {
     ContentHash::matches(record)
 }
 
+/// The device's side of one check: the kept level-1 nodes, and once the check goes
+/// deeper, the rows under the level-1 nodes that differ (read once).
+struct LocalSide {
+    top: BTreeMap<u32, NodeDigest>,
+    under: Option<(LocalTree, HashSet<Key>)>,
+}
+
+impl LocalSide {
+    /// Reads the rows under the level-1 ancestors of `prefixes` at `level`, unless
+    /// already read.
+    async fn load_under<S: LocalStore + ?Sized>(
+        &mut self,
+        store: &S,
+        name: &CollectionName,
+        prefixes: &[u32],
+        level: u32,
+    ) -> Result<()> {
+        if self.under.is_none() {
+            let mut top: Vec<u32> = match level {
+                0 => (0..1 << hybridsync_core::LEVEL_BITS).collect(),
+                l => prefixes
+                    .iter()
+                    .map(|p| p >> (hybridsync_core::LEVEL_BITS * (l - 1)))
+                    .collect(),
+            };
+            top.dedup();
+            self.under = Some(store.tree_under(name, &top).await?);
+        }
+        Ok(())
+    }
+
+    /// The nodes at `level` under `parents` at `parents_level`.
+    fn nodes(&self, level: u32, parents: &[u32], parents_level: u32) -> BTreeMap<u32, NodeDigest> {
+        if let (Some((tree, _)), true) = (&self.under, level > 1) {
+            return tree.nodes(level, parents, parents_level);
+        }
+        let mut nodes = BTreeMap::new();
+        for (prefix, node) in &self.top {
+            if level == 1 && parents_level == 0 && !parents.is_empty() && !parents.contains(&0) {
+                continue;
+            }
+            let at = if level == 0 { 0 } else { *prefix };
+            let entry: &mut NodeDigest = nodes.entry(at).or_insert(NodeDigest {
+                prefix: at,
+                ..NodeDigest::default()
+            });
+            entry.count += node.count;
+            entry.sum = entry.sum.wrapping_add(node.sum);
+        }
+        nodes
+    }
+}
+
 /// Runs consistency checks between one device and the cloud.
 pub(crate) struct Verifier<'a, S: ?Sized, V: ?Sized, C: ?Sized> {
     pub(crate) engine: &'a Engine<S, V>,
@@ -168,12 +221,16 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             collection: name.to_string(),
             ..CollectionCheck::default()
         };
-        // Both sides answer the same questions: the device from the tree its writes
-        // keep, the cloud in SQL. The cloud's answer runs on a task of its own while
-        // the device reads its own.
-        let (local_root, remote_root) = self.nodes_of_both(name, 0, &[], 0).await?;
+        // The device's root and level 1 come from the tree its writes keep; the cloud's
+        // are computed in SQL, on a task of their own meanwhile.
+        let remote_root = self.remote_nodes(name, 0, &[], 0);
+        let mut local = LocalSide {
+            top: store.tree_top(name).await?,
+            under: None,
+        };
+        let remote_root = remote_root.await??;
         check.nodes_exchanged += remote_root.len() as u64;
-        let local_root = local_root.get(&0).copied().unwrap_or_default();
+        let local_root = local.nodes(0, &[], 0).remove(&0).unwrap_or_default();
         let remote_root = remote_root.get(&0).copied().unwrap_or_default();
         check.local_rows = local_root.count;
         check.remote_rows = remote_root.count;
@@ -213,15 +270,22 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             } else {
                 level + 1
             };
-            let (local, remote) = self.nodes_of_both(name, next, &suspects, level).await?;
+            let remote = self.remote_nodes(name, next, &suspects, level);
+            if next > 1 {
+                local
+                    .load_under(store.as_ref(), name, &suspects, level)
+                    .await?;
+            }
+            let local_nodes = local.nodes(next, &suspects, level);
+            let remote = remote.await??;
             check.nodes_exchanged += remote.len() as u64;
-            suspects = differing(&local, &remote);
+            suspects = differing(&local_nodes, &remote);
             estimate = suspects
                 .iter()
                 .map(|p| {
                     let count =
                         |side: &BTreeMap<u32, NodeDigest>| side.get(p).map_or(0, |n| n.count);
-                    count(&local).abs_diff(count(&remote))
+                    count(&local_nodes).abs_diff(count(&remote))
                 })
                 .sum();
             level = next;
@@ -237,17 +301,19 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
                 let depth = check.depth;
                 tokio::spawn(async move { sink.bucket_digests(&name, depth, &suspects).await })
             };
-            let local = store.bucket_digests(name, check.depth, &suspects).await?;
+            local
+                .load_under(store.as_ref(), name, &suspects, check.depth)
+                .await?;
+            let (tree, queued) = local.under.as_ref().expect("loaded");
+            for row in tree.rows_in(check.depth, &suspects) {
+                if queued.contains(&row.key) {
+                    unshipped.insert(row.key.clone());
+                }
+                pairs.entry(row.key.clone()).or_default().0 = Some(row.clone());
+            }
             let remote = remote.await??;
             check.rows_exchanged += remote.len() as u64;
             check.bytes_exchanged += remote.iter().map(RowDigest::wire_size).sum::<usize>() as u64;
-            for (row, queued) in local {
-                if queued {
-                    unshipped.insert(row.key.clone());
-                }
-                let key = row.key.clone();
-                pairs.entry(key).or_default().0 = Some(row);
-            }
             for row in remote {
                 let key = row.key.clone();
                 pairs.entry(key).or_default().1 = Some(row);
@@ -358,28 +424,17 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         Ok(check)
     }
 
-    /// Both sides' nodes at `level` under `parents` at `parents_level`: the cloud's on a
-    /// task of its own while the device reads its own.
-    async fn nodes_of_both(
+    /// The cloud's nodes at `level` under `parents` at `parents_level`, on a task of
+    /// their own.
+    fn remote_nodes(
         &self,
         name: &CollectionName,
         level: u32,
         parents: &[u32],
         parents_level: u32,
-    ) -> Result<(BTreeMap<u32, NodeDigest>, BTreeMap<u32, NodeDigest>)> {
-        let remote = {
-            let (sink, name, parents) =
-                (self.syncer.sink().clone(), name.clone(), parents.to_vec());
-            tokio::spawn(
-                async move { sink.tree_nodes(&name, level, &parents, parents_level).await },
-            )
-        };
-        let local = self
-            .engine
-            .store()
-            .tree_nodes(name, level, parents, parents_level)
-            .await?;
-        Ok((local, remote.await??))
+    ) -> tokio::task::JoinHandle<hybridsync_core::Result<BTreeMap<u32, NodeDigest>>> {
+        let (sink, name, parents) = (self.syncer.sink().clone(), name.clone(), parents.to_vec());
+        tokio::spawn(async move { sink.tree_nodes(&name, level, &parents, parents_level).await })
     }
 
     /// The device's digests of `keys`, with whether each has a change not yet shipped.

@@ -8,11 +8,12 @@
 use crate::connections::{PointReaders, Writer};
 use hybridsync_core::{
     ApplyOutcome, ChangeCursor, Clock, CollectionName, CollectionSpec, ConflictResolver, DeviceId,
-    HistoryEntry, HlcClock, Key, Limits, LocalStore, NodeDigest, OutboxEntry, OutboxOutcome,
-    OutboxStats, Priority, Record, Result, RowDigest, StoredVector, WriteReceipt, WriteRequest,
+    HistoryEntry, HlcClock, Key, Limits, LocalStore, LocalTree, NodeDigest, OutboxEntry,
+    OutboxOutcome, OutboxStats, Priority, Record, Result, RowDigest, StoredVector, WriteReceipt,
+    WriteRequest,
 };
 use sqlx::SqlitePool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -181,23 +182,16 @@ impl LocalStore for SqliteStore {
         Ok(SqliteStore::digests(self, collection, keys).await?)
     }
 
-    async fn tree_nodes(
-        &self,
-        collection: &CollectionName,
-        level: u32,
-        parents: &[u32],
-        parents_level: u32,
-    ) -> Result<BTreeMap<u32, NodeDigest>> {
-        SqliteStore::tree_nodes(self, collection, level, parents, parents_level).await
+    async fn tree_top(&self, collection: &CollectionName) -> Result<BTreeMap<u32, NodeDigest>> {
+        SqliteStore::tree_top(self, collection).await
     }
 
-    async fn bucket_digests(
+    async fn tree_under(
         &self,
         collection: &CollectionName,
-        level: u32,
-        buckets: &[u32],
-    ) -> Result<Vec<(RowDigest, bool)>> {
-        SqliteStore::bucket_digests(self, collection, level, buckets).await
+        prefixes: &[u32],
+    ) -> Result<(LocalTree, HashSet<Key>)> {
+        SqliteStore::tree_under(self, collection, prefixes).await
     }
 
     async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {

@@ -1058,44 +1058,26 @@ async fn assert_kept_tree(store: &SqliteStore, spec: &CollectionSpec, keys: &[Ke
         .collect();
     assert!(!rows.is_empty());
     let tree = hybridsync_core::LocalTree::new(&spec.name, rows, spec.encrypted);
-    for level in 0..=3 {
-        let kept = store.tree_nodes(&spec.name, level, &[], 0).await.unwrap();
+    let top = store.tree_top(&spec.name).await.unwrap();
+    assert_eq!(top, tree.nodes(1, &[], 0), "{} level 1", spec.name);
+    let (all, _) = store
+        .tree_under(&spec.name, &(0..16).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(all.root(), tree.root(), "{} root", spec.name);
+    for level in 2..=4 {
         assert_eq!(
-            kept,
+            all.nodes(level, &[], 0),
             tree.nodes(level, &[], 0),
             "{} level {level}",
             spec.name
         );
     }
-    for (level, parents, at) in [
-        (1, vec![0], 0),
-        (2, vec![3, 9], 1),
-        (3, vec![1, 15], 1),
-        (4, vec![40, 41, 200], 2),
-    ] {
-        let kept = store
-            .tree_nodes(&spec.name, level, &parents, at)
-            .await
-            .unwrap();
-        assert_eq!(
-            kept,
-            tree.nodes(level, &parents, at),
-            "{} level {level} under {parents:?}",
-            spec.name
-        );
-    }
+    let (some, _) = store.tree_under(&spec.name, &[3, 9]).await.unwrap();
+    assert_eq!(some.nodes(3, &[3, 9], 1), tree.nodes(3, &[3, 9], 1));
+    assert_eq!(some.len() as u64, top[&3].count + top[&9].count);
     let buckets: Vec<u32> = (0..256).step_by(5).collect();
-    let mut kept: Vec<RowDigest> = store
-        .bucket_digests(&spec.name, 2, &buckets)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(row, _)| row)
-        .collect();
-    let mut expected: Vec<RowDigest> = tree.rows_in(2, &buckets).into_iter().cloned().collect();
-    kept.sort_by(|a, b| a.key.cmp(&b.key));
-    expected.sort_by(|a, b| a.key.cmp(&b.key));
-    assert_eq!(kept, expected);
+    assert_eq!(all.rows_in(2, &buckets), tree.rows_in(2, &buckets));
 }
 
 /// The checker's tree is kept in every write transaction (inserts, overwrites,

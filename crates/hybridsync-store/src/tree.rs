@@ -1,8 +1,8 @@
 //! The device's side of the consistency checker's tree (`hybridsync_core::verify`),
-//! kept up to date in every write transaction, so a check reads what it needs and no
-//! more: the root and level 1 from `tree_nodes` (16 rows per collection), a deeper node
-//! from a range scan of the `records_tree` index under its parent, and a leaf bucket's
-//! rows from the same index.
+//! kept up to date in every write transaction: the root and level 1 come from
+//! `tree_nodes` (16 rows per collection), so a check of identical sides reads nothing
+//! else; the deeper levels, wanted only under level-1 nodes that differ, come from one
+//! pass over the rows with the buckets and leaves they stored, without hashing.
 //!
 //! Each row stores its bucket and leaf digest; [`TreeDelta`] gathers what a
 //! transaction adds to and takes from each level-1 node and saves it with one upsert
@@ -11,10 +11,15 @@
 use crate::rows::{RecordColumns, columns_at, record_from_columns};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
-    CollectionName, ContentHash, Key, LEVEL_BITS, NodeDigest, Record, RowDigest, bucket_of,
-    leaf_of, prefix_at,
+    CollectionName, ContentHash, Key, LEVEL_BITS, LocalTree, NodeDigest, Record, RowDigest,
+    bucket_of, leaf_of, prefix_at,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+const _: () = assert!(
+    KEPT_LEVEL == 1,
+    "TreeDelta keeps one array of level-1 nodes"
+);
 
 /// The level whose nodes `tree_nodes` keeps.
 const KEPT_LEVEL: u32 = 1;
@@ -36,10 +41,11 @@ struct NodeChange {
     low: i64,
 }
 
-/// What one transaction changes in the kept nodes.
+/// What one transaction changes in the kept nodes, per collection (a batch rarely
+/// spans more than one or two, so a short list beats a map).
 #[derive(Debug, Default)]
 pub(crate) struct TreeDelta {
-    nodes: HashMap<(CollectionName, u32), NodeChange>,
+    collections: Vec<(CollectionName, [NodeChange; 1 << LEVEL_BITS])>,
 }
 
 const SAVE: &str = "INSERT INTO tree_nodes (collection, prefix, rows, sum_high, sum_low) \
@@ -50,10 +56,15 @@ const SAVE: &str = "INSERT INTO tree_nodes (collection, prefix, rows, sum_high, 
 impl TreeDelta {
     /// Adds (`sign` 1) or takes away (`sign` -1) one row's leaf.
     pub(crate) fn add(&mut self, collection: &CollectionName, bucket: u32, leaf: u64, sign: i64) {
-        let change = self
-            .nodes
-            .entry((collection.clone(), prefix_at(bucket, KEPT_LEVEL)))
-            .or_default();
+        let at = match self.collections.iter().position(|(c, _)| c == collection) {
+            Some(at) => at,
+            None => {
+                self.collections
+                    .push((collection.clone(), Default::default()));
+                self.collections.len() - 1
+            }
+        };
+        let change = &mut self.collections[at].1[prefix_at(bucket, KEPT_LEVEL) as usize];
         change.rows += sign;
         change.high += sign * (leaf >> 32) as i64;
         change.low += sign * (leaf & 0xffff_ffff) as i64;
@@ -62,14 +73,19 @@ impl TreeDelta {
     /// Saves the changes in `tx`.
     pub(crate) fn save(self, tx: &rusqlite::Transaction<'_>) -> Result<()> {
         let mut save = tx.prepare_cached(SAVE)?;
-        for ((collection, prefix), change) in self.nodes {
-            save.execute(rusqlite::params![
-                collection.as_str(),
-                prefix,
-                change.rows,
-                change.high,
-                change.low
-            ])?;
+        for (collection, changes) in self.collections {
+            for (prefix, change) in changes.iter().enumerate() {
+                if change.rows == 0 && change.high == 0 && change.low == 0 {
+                    continue;
+                }
+                save.execute(rusqlite::params![
+                    collection.as_str(),
+                    prefix as i64,
+                    change.rows,
+                    change.high,
+                    change.low
+                ])?;
+            }
         }
         Ok(())
     }
@@ -82,16 +98,6 @@ fn node(prefix: u32, rows: i64, high: i64, low: i64) -> NodeDigest {
         count: rows as u64,
         sum: ((high as u64) << 32).wrapping_add(low as u64),
     }
-}
-
-/// The bucket range under `prefix` at `level`.
-fn range(prefix: u32, level: u32) -> (i64, i64) {
-    if level == 0 {
-        return (0, i64::from(u32::MAX));
-    }
-    let shift = 32 - LEVEL_BITS * level;
-    let low = i64::from(prefix) << shift;
-    (low, low + (1i64 << shift) - 1)
 }
 
 /// Gives rows written before the tree existed their digests, and rebuilds the kept
@@ -131,135 +137,94 @@ pub(crate) fn backfill(tx: &rusqlite::Transaction<'_>) -> Result<()> {
 
 const KEPT: &str = "SELECT prefix, rows, sum_high, sum_low FROM tree_nodes \
      WHERE collection = ?1 AND rows > 0";
-const LEAVES: &str = "SELECT bucket, leaf FROM records INDEXED BY records_tree \
-     WHERE collection = ?1 AND bucket BETWEEN ?2 AND ?3";
-const BUCKET_ROWS: &str = "SELECT id, key, hlc, origin, tombstone, hash FROM records \
-     INDEXED BY records_tree WHERE collection = ?1 AND bucket BETWEEN ?2 AND ?3";
+const UNDER: &str = "SELECT id, key, hlc, origin, tombstone, hash, bucket, leaf FROM records \
+     WHERE collection = ?1";
 
 impl SqliteStore {
-    /// Whether rows still wait for their digests (see [`backfill`]).
-    pub(crate) fn backfill_tree(&self) -> impl Future<Output = Result<()>> + '_ {
-        self.writer.transaction(usize::MAX, |tx| {
-            let pending: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'tree_backfill')",
-                [],
-                |row| row.get(0),
-            )?;
-            if pending {
-                backfill(tx)?;
-            }
-            Ok(())
-        })
+    /// Gives rows written before the tree their digests, if any wait (see [`backfill`]).
+    pub(crate) async fn backfill_tree(&self) -> Result<()> {
+        self.writer
+            .transaction(usize::MAX, |tx| {
+                let pending: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'tree_backfill')",
+                    [],
+                    |row| row.get(0),
+                )?;
+                if pending {
+                    backfill(tx)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
-    /// The nodes at `level` under `parents` (prefixes at `parents_level`; every node
-    /// when empty), by prefix.
-    pub(crate) async fn tree_nodes(
+    /// The kept level-1 nodes of `collection`, by prefix.
+    pub(crate) async fn tree_top(
         &self,
         collection: &CollectionName,
-        level: u32,
-        parents: &[u32],
-        parents_level: u32,
     ) -> hybridsync_core::Result<BTreeMap<u32, NodeDigest>> {
         self.require_spec(collection).await?;
-        let under = |bucket_prefix: u32, at: u32| {
-            parents.is_empty()
-                || parents
-                    .binary_search(&(bucket_prefix >> (LEVEL_BITS * (at - parents_level))))
-                    .is_ok()
-        };
-        let mut nodes = BTreeMap::new();
-        if level <= KEPT_LEVEL {
-            let kept: Vec<(u32, i64, i64, i64)> = self.point.with(|conn| {
-                conn.prepare_cached(KEPT)?
-                    .query_map([collection.as_str()], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                    })?
-                    .collect()
-            })?;
-            for (prefix, rows, high, low) in kept {
-                if level == KEPT_LEVEL && !under(prefix, KEPT_LEVEL) {
-                    continue;
-                }
-                let at = prefix >> (LEVEL_BITS * (KEPT_LEVEL - level));
-                let entry: &mut NodeDigest = nodes.entry(at).or_insert(NodeDigest {
-                    prefix: at,
-                    ..NodeDigest::default()
-                });
-                let part = node(prefix, rows, high, low);
-                entry.count += part.count;
-                entry.sum = entry.sum.wrapping_add(part.sum);
-            }
-            return Ok(nodes);
-        }
-        let ranges: Vec<(i64, i64)> = if parents.is_empty() {
-            vec![range(0, 0)]
-        } else {
-            parents.iter().map(|p| range(*p, parents_level)).collect()
-        };
-        self.point.with(|conn| {
-            let mut leaves = conn.prepare_cached(LEAVES)?;
-            for (low, high) in ranges {
-                let mut rows = leaves.query(rusqlite::params![collection.as_str(), low, high])?;
-                while let Some(row) = rows.next()? {
-                    let bucket: i64 = row.get(0)?;
-                    let leaf: i64 = row.get(1)?;
-                    let prefix = prefix_at(bucket as u32, level);
-                    let entry: &mut NodeDigest = nodes.entry(prefix).or_insert(NodeDigest {
-                        prefix,
-                        ..NodeDigest::default()
-                    });
-                    entry.count += 1;
-                    entry.sum = entry.sum.wrapping_add(leaf as u64);
-                }
-            }
-            Ok(())
+        let kept: Vec<(u32, i64, i64, i64)> = self.point.with(|conn| {
+            conn.prepare_cached(KEPT)?
+                .query_map([collection.as_str()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect()
         })?;
-        Ok(nodes)
+        Ok(kept
+            .into_iter()
+            .map(|(prefix, rows, high, low)| (prefix, node(prefix, rows, high, low)))
+            .collect())
     }
 
-    /// The rows in the leaf buckets `buckets` at `level`, each with whether the device
-    /// has a change of it not yet in the cloud.
-    pub(crate) async fn bucket_digests(
+    /// The rows under the level-1 nodes `prefixes` with their stored buckets and
+    /// leaves, and which of them have a change not yet in the cloud: one pass over the
+    /// collection through a point reader (no index orders rows by bucket).
+    pub(crate) async fn tree_under(
         &self,
         collection: &CollectionName,
-        level: u32,
-        buckets: &[u32],
-    ) -> hybridsync_core::Result<Vec<(RowDigest, bool)>> {
+        prefixes: &[u32],
+    ) -> hybridsync_core::Result<(LocalTree, HashSet<Key>)> {
         self.require_spec(collection).await?;
-        type Columns = (i64, String, i64, Vec<u8>, bool, Vec<u8>);
+        let mut wanted = [false; 1 << LEVEL_BITS];
+        for prefix in prefixes {
+            wanted[*prefix as usize & ((1 << LEVEL_BITS) - 1)] = true;
+        }
+        type Columns = (i64, String, i64, Vec<u8>, bool, Vec<u8>, u32, i64);
         let (unshipped, rows): (HashSet<i64>, Vec<Columns>) = self.point.with(|conn| {
             let unshipped = crate::records::unshipped_ids(conn)?;
-            let mut select = conn.prepare_cached(BUCKET_ROWS)?;
+            let mut select = conn.prepare_cached(UNDER)?;
+            let mut read = select.query([collection.as_str()])?;
             let mut out = Vec::new();
-            for bucket in buckets {
-                let (low, high) = range(*bucket, level);
-                let rows =
-                    select.query_map(rusqlite::params![collection.as_str(), low, high], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                        ))
-                    })?;
-                for row in rows {
-                    out.push(row?);
+            while let Some(row) = read.next()? {
+                let bucket: Option<i64> = row.get(6)?;
+                let bucket = bucket.unwrap_or_default() as u32;
+                if !wanted[prefix_at(bucket, 1) as usize] {
+                    continue;
                 }
+                out.push((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    bucket,
+                    row.get::<_, Option<i64>>(7)?.unwrap_or_default(),
+                ));
             }
             Ok((unshipped, out))
         })?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, key, hlc, origin, tombstone, hash)| {
-                Ok((
-                    crate::rows::row_digest(key, hlc, &origin, tombstone, &hash)?,
-                    unshipped.contains(&id),
-                ))
-            })
-            .collect::<Result<_>>()?)
+        let mut queued = HashSet::new();
+        let mut stored = Vec::with_capacity(rows.len());
+        for (id, key, hlc, origin, tombstone, hash, bucket, leaf) in rows {
+            let digest = crate::rows::row_digest(key, hlc, &origin, tombstone, &hash)?;
+            if unshipped.contains(&id) {
+                queued.insert(digest.key.clone());
+            }
+            stored.push((bucket, leaf as u64, digest));
+        }
+        Ok((LocalTree::from_stored(stored), queued))
     }
 
     /// Keys of rows whose content no longer matches their stored hash, or whose stored
