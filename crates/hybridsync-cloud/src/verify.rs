@@ -103,7 +103,10 @@ fn rows_cte(
     parents: &[u32],
     parents_level: u32,
 ) -> (&'static str, Option<Vec<i64>>, Option<Vec<i64>>) {
-    if parents.is_empty() || parents_level == 0 {
+    // Every node of the level (or the root): one plain scan beats as many ranges.
+    let width =
+        1usize << (hybridsync_core::LEVEL_BITS * parents_level.min(hybridsync_core::MAX_DEPTH));
+    if parents.is_empty() || parents_level == 0 || parents.len() >= width {
         return (ROWS, None, None);
     }
     let free = shift(parents_level);

@@ -81,6 +81,10 @@ pub struct CollectionCheck {
     pub estimated_differences: Option<(f64, f64, f64)>,
     /// Rows mended (with `repair`).
     pub repaired: u64,
+    /// Whether mending wrote through the device's outbox (pulls that met pending
+    /// changes, damage rewritten as new versions), so the outbox needs a drain.
+    #[serde(skip)]
+    queued: bool,
 }
 
 impl CollectionCheck {
@@ -410,7 +414,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
                 Some((estimate, (estimate - spread).max(seen), estimate + spread));
         }
         if options.repair {
-            check.repaired = self
+            (check.repaired, check.queued) = self
                 .repair(
                     spec,
                     &differences,
@@ -477,7 +481,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
         remotes: &BTreeMap<Key, Record>,
         (damaged_local, damaged_remote): (&HashSet<Key>, &HashSet<Key>),
         strategy: Strategy,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
         let name = &spec.name;
         let mut push = Vec::new();
         let mut pull = Vec::new();
@@ -514,6 +518,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             }
         }
         let repaired = (push.len() + pull.len() + rewrite.len()) as u64;
+        let queued = !pull.is_empty() || !rewrite.is_empty();
         if !push.is_empty() {
             self.syncer.upload(push.clone()).await?;
         }
@@ -551,7 +556,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             }
         }
         metrics::counter!(catalogue::VERIFY_REPAIRED).increment(repaired);
-        Ok(repaired)
+        Ok((repaired, queued))
     }
 }
 
@@ -575,7 +580,8 @@ where
         report.repaired += check.repaired;
         report.collections.push(check);
     }
-    if report.repaired > 0 {
+    // Pushed rows went straight to the cloud; what mending queued is drained now.
+    if report.collections.iter().any(|check| check.queued) {
         syncer.flush(std::time::Duration::from_secs(60)).await?;
     }
     metrics::counter!(catalogue::VERIFY_RUNS).increment(1);

@@ -11,8 +11,8 @@
 use crate::rows::{RecordColumns, columns_at, record_from_columns};
 use crate::{Error, Result, SqliteStore};
 use hybridsync_core::{
-    CollectionName, ContentHash, Key, LEVEL_BITS, LocalTree, NodeDigest, Record, RowDigest,
-    bucket_of, leaf_of, prefix_at,
+    CollectionName, ContentHash, DeviceId, Key, LEVEL_BITS, LocalTree, NodeDigest, Record,
+    RowDigest, bucket_of, leaf_of, prefix_at,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -190,40 +190,43 @@ impl SqliteStore {
         for prefix in prefixes {
             wanted[*prefix as usize & ((1 << LEVEL_BITS) - 1)] = true;
         }
-        type Columns = (i64, String, i64, Vec<u8>, bool, Vec<u8>, u32, i64);
-        let (unshipped, rows): (HashSet<i64>, Vec<Columns>) = self.point.with(|conn| {
+        // Blobs are read in place (no copy per row), and a row outside `prefixes` is
+        // dropped after reading its bucket only.
+        let bad = |detail: String| Error::BadRow {
+            table: "records",
+            detail,
+        };
+        let (stored, queued) = self.point.with(|conn| {
             let unshipped = crate::records::unshipped_ids(conn)?;
             let mut select = conn.prepare_cached(UNDER)?;
             let mut read = select.query([collection.as_str()])?;
-            let mut out = Vec::new();
+            let mut stored = Vec::new();
+            let mut queued = HashSet::new();
             while let Some(row) = read.next()? {
-                let bucket: Option<i64> = row.get(6)?;
-                let bucket = bucket.unwrap_or_default() as u32;
+                let bucket = row.get::<_, Option<i64>>(6)?.unwrap_or_default() as u32;
                 if !wanted[prefix_at(bucket, 1) as usize] {
                     continue;
                 }
-                out.push((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    bucket,
-                    row.get::<_, Option<i64>>(7)?.unwrap_or_default(),
-                ));
+                let leaf = row.get::<_, Option<i64>>(7)?.unwrap_or_default() as u64;
+                let origin: [u8; 16] = row.get(3)?;
+                let hash: [u8; 32] = row.get(5)?;
+                let key: String = row.get(1)?;
+                let Ok(key) = Key::new(key) else {
+                    return Ok(Err(bad("a key that is not valid".into())));
+                };
+                if unshipped.contains(&row.get::<_, i64>(0)?) {
+                    queued.insert(key.clone());
+                }
+                let digest = RowDigest {
+                    key,
+                    version: hybridsync_core::Hlc::from_packed(row.get(2)?, DeviceId(origin)),
+                    tombstone: row.get(4)?,
+                    hash: ContentHash(hash),
+                };
+                stored.push((bucket, leaf, digest));
             }
-            Ok((unshipped, out))
-        })?;
-        let mut queued = HashSet::new();
-        let mut stored = Vec::with_capacity(rows.len());
-        for (id, key, hlc, origin, tombstone, hash, bucket, leaf) in rows {
-            let digest = crate::rows::row_digest(key, hlc, &origin, tombstone, &hash)?;
-            if unshipped.contains(&id) {
-                queued.insert(digest.key.clone());
-            }
-            stored.push((bucket, leaf as u64, digest));
-        }
+            Ok(Ok((stored, queued)))
+        })??;
         Ok((LocalTree::from_stored(stored), queued))
     }
 
