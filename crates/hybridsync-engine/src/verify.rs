@@ -1,10 +1,13 @@
 //! The consistency checker (R23): proves a device and the cloud hold the same rows, or
 //! finds which rows differ and how, and mends them.
 //!
-//! Both sides compute the tree of `hybridsync_core::LocalTree` over one collection: the
-//! device from its store, the cloud in SQL. The check descends only into nodes that
-//! differ, and at the differing leaf buckets exchanges `(key, version, tombstone,
-//! hash)` of those buckets only. Each differing key is then read again on both sides
+//! Both sides answer for the tree of `hybridsync_core::LocalTree` over one collection:
+//! the device from the digests and level-1 nodes its writes keep (the rows under a
+//! differing level-1 node read once, when the check first goes below it), the cloud in
+//! SQL. The check descends only into nodes that differ, two levels at a time where the
+//! differences are dense enough that the level between would differ everywhere, and at
+//! the differing leaf buckets exchanges `(key, version, tombstone, hash)` of those
+//! buckets only. Each differing key is then read again on both sides
 //! and reported only if it still differs, so a write landing during a check is not
 //! reported (it is a difference of the moment, or pending). Rows with a change still in
 //! the outbox are reported apart, never as inconsistent.
@@ -264,16 +267,17 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             check.sampled = Some(take as f64 / width as f64);
         }
         while level < check.depth && !suspects.is_empty() {
-            // Where the differences are dense (more expected than the next level has
-            // nodes), that level would differ everywhere: skip it.
-            let next = if level + 2 <= check.depth
-                && estimate.max(suspects.len() as u64) * 4
-                    >= 3 << (hybridsync_core::LEVEL_BITS * (level + 1))
+            // Skip every level below whose nodes (under the suspects) would nearly all
+            // differ, as the differences expected outnumber them: its answer would
+            // only name all of them again.
+            let expected = estimate.max(suspects.len() as u64);
+            let mut next = level + 1;
+            while next < check.depth
+                && expected * 4
+                    >= 3 * (suspects.len() as u64) << (hybridsync_core::LEVEL_BITS * (next - level))
             {
-                level + 2
-            } else {
-                level + 1
-            };
+                next += 1;
+            }
             let remote = self.remote_nodes(name, next, &suspects, level);
             if next > 1 {
                 local

@@ -3,7 +3,8 @@
 //!
 //! Modules follow its concerns: `store` (the struct and its `LocalStore`
 //! implementation), `opening`, `connections`, `catalogue`, `records`, `outbox`, `feed`
-//! (pulled pages and cursors) and `history`.
+//! (pulled pages and cursors), `tree` (the consistency checker's tree, kept in every
+//! write transaction) and `history`.
 //!
 //! It owns the database file (records, the collection catalogue, the transactional
 //! outbox, device identity and the HLC high-water mark) and implements
