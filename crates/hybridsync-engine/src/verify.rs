@@ -274,7 +274,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Ver
             let mut next = level + 1;
             while next < check.depth
                 && expected * 4
-                    >= 3 * (suspects.len() as u64) << (hybridsync_core::LEVEL_BITS * (next - level))
+                    >= (3 * suspects.len() as u64) << (hybridsync_core::LEVEL_BITS * (next - level))
             {
                 next += 1;
             }
