@@ -6,7 +6,7 @@
 
 use crate::pool::CHANGES_CHANNEL;
 use crate::{Error, PostgresSink, Result};
-use hybridsync_core::{CollectionName, Key, Record, RowDigest, bucket_of, leaf_of, sealed_key_id};
+use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
 
 /// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
 /// move a row backwards.
@@ -55,6 +55,7 @@ impl PostgresSink {
         // One statement per batch; the WHERE clause makes the upsert monotone. Bound
         // by reference: each value is copied once, into the statement's buffer.
         let embeddings = EmbeddingBytes::of(records);
+        let (buckets, leaves): (Vec<i64>, Vec<i64>) = records.iter().map(tree_digests).unzip();
         let applied = sqlx::query(UPSERT)
             .bind(
                 records
@@ -95,13 +96,8 @@ impl PostgresSink {
                     .map(|r| sealed_key_id(&r.payload).map(|id| id.to_string()))
                     .collect::<Vec<_>>(),
             )
-            .bind(
-                records
-                    .iter()
-                    .map(|r| i64::from(bucket_of(&r.collection, &r.key)))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(records.iter().map(leaf).collect::<Vec<_>>())
+            .bind(buckets)
+            .bind(leaves)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -119,11 +115,12 @@ impl PostgresSink {
     }
 }
 
-/// A row's leaf in the checker's tree, as the cloud stores it: a sealed live row's leaf
-/// leaves its hash out (the device hashes the plaintext).
-fn leaf(record: &Record) -> i64 {
+/// A row's bucket and leaf in the checker's tree, as the cloud stores them: a sealed
+/// live row's leaf leaves its hash out (the device hashes the plaintext).
+fn tree_digests(record: &Record) -> (i64, i64) {
     let sealed = !record.tombstone && sealed_key_id(&record.payload).is_some();
-    leaf_of(&record.collection, &RowDigest::of(record), sealed) as i64
+    let (bucket, leaf) = hybridsync_core::tree_digests(record, sealed);
+    (i64::from(bucket), leaf as i64)
 }
 
 fn has_duplicate_keys(records: &[Record]) -> bool {

@@ -54,7 +54,7 @@ pub use traits::{
 pub use vector::{Metric, Precision, VectorSpec};
 pub use verify::{
     Difference, LEVEL_BITS, LocalTree, MAX_DEPTH, NodeDigest, ROWS_PER_LEAF, RowDigest, bucket_of,
-    depth_for, differing, leaf_of, prefix_at,
+    depth_for, differing, leaf_of, prefix_at, tree_digests,
 };
 
 /// The README's examples, compiled and run as doc tests.

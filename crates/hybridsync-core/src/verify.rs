@@ -118,6 +118,15 @@ pub fn leaf_of(collection: &CollectionName, row: &RowDigest, sealed: bool) -> u6
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// Where a record sits in the tree: its bucket and leaf, as both sides store them with
+/// the row (`sealed`: a live row of an encrypted collection).
+pub fn tree_digests(record: &Record, sealed: bool) -> (u32, u64) {
+    (
+        bucket_of(&record.collection, &record.key),
+        leaf_of(&record.collection, &RowDigest::of(record), sealed),
+    )
+}
+
 /// The prefix of `bucket` at `level`.
 pub fn prefix_at(bucket: u32, level: u32) -> u32 {
     match level {

@@ -185,25 +185,25 @@ impl LocalSide {
         Ok(())
     }
 
-    /// The nodes at `level` under `parents` at `parents_level`.
+    /// The nodes at `level` under `parents` at `parents_level`: the root and level 1
+    /// from the kept nodes (the descent asks for level 1 only under the root), deeper
+    /// levels from the rows read.
     fn nodes(&self, level: u32, parents: &[u32], parents_level: u32) -> BTreeMap<u32, NodeDigest> {
-        if let (Some((tree, _)), true) = (&self.under, level > 1) {
-            return tree.nodes(level, parents, parents_level);
-        }
-        let mut nodes = BTreeMap::new();
-        for (prefix, node) in &self.top {
-            if level == 1 && parents_level == 0 && !parents.is_empty() && !parents.contains(&0) {
-                continue;
+        match (&self.under, level) {
+            (Some((tree, _)), 2..) => tree.nodes(level, parents, parents_level),
+            (_, 0) => {
+                let root = self
+                    .top
+                    .values()
+                    .fold(NodeDigest::default(), |root, node| NodeDigest {
+                        prefix: 0,
+                        count: root.count + node.count,
+                        sum: root.sum.wrapping_add(node.sum),
+                    });
+                (root.count > 0).then_some((0, root)).into_iter().collect()
             }
-            let at = if level == 0 { 0 } else { *prefix };
-            let entry: &mut NodeDigest = nodes.entry(at).or_insert(NodeDigest {
-                prefix: at,
-                ..NodeDigest::default()
-            });
-            entry.count += node.count;
-            entry.sum = entry.sum.wrapping_add(node.sum);
+            _ => self.top.clone(),
         }
-        nodes
     }
 }
 

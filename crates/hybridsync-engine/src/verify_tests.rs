@@ -244,6 +244,47 @@ async fn random_divergence_is_found_exactly<T: TestCloud>(cloud: T) {
     assert!(after.collections[0].roots_matched, "{after:?}");
 }
 
+/// Differences so dense that the check skips levels of the tree (600 rows missing in
+/// the cloud and 50 damaged there, of 3,000) are still found exactly, and mended.
+async fn dense_differences_are_found_exactly<T: TestCloud>(cloud: T) {
+    let a = device(cloud.sink()).await;
+    let n = 3_000;
+    write(&a, 0..n, "v1").await;
+    a.sync(&Strategy::NewestWins).await;
+    let mut expect: BTreeMap<Difference, Vec<String>> = BTreeMap::new();
+    for i in (0..n).step_by(5) {
+        cloud.delete_row(&docs(), &key(i));
+        expect
+            .entry(Difference::MissingRemote)
+            .or_default()
+            .push(key(i).to_string());
+    }
+    for i in (1..n).step_by(60) {
+        let r = remote(&*cloud.sink(), i).await;
+        let payload = [r.payload.as_slice(), b"!"].concat();
+        cloud.overwrite(&Record::new(
+            r.collection,
+            r.key,
+            payload,
+            None,
+            r.version,
+            false,
+        ));
+        expect
+            .entry(Difference::Damaged)
+            .or_default()
+            .push(key(i).to_string());
+    }
+    for keys in expect.values_mut() {
+        keys.sort();
+    }
+    let report = verify(&a, false).await;
+    assert_eq!(found(&report), expect, "{report:?}");
+    assert_eq!(verify(&a, true).await.repaired, 650);
+    let after = verify(&a, false).await;
+    assert!(after.collections[0].roots_matched, "{after:?}");
+}
+
 /// Writes landing while a check runs are not reported: the device writes and its
 /// background drain ships while checks run beside them, and no check reports anything
 /// but changes still in the outbox. Each differing key is read again on both sides, and
@@ -304,6 +345,11 @@ macro_rules! verify_suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dense_differences_are_found_exactly() {
+                super::dense_differences_are_found_exactly($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_writes_are_not_reported() {
                 super::concurrent_writes_are_not_reported($cloud).await;
             }
@@ -328,7 +374,7 @@ async fn one_difference_moves_a_few_buckets_of_rows() {
         found(&report),
         BTreeMap::from([(Difference::MissingRemote, vec![key(12_345).to_string()])])
     );
-    // One leaf bucket holds ~32 rows at the depth chosen for this size.
+    // One leaf bucket holds about ROWS_PER_LEAF rows at the depth chosen for this size.
     assert!(
         check.rows_exchanged <= 4 * hybridsync_core::ROWS_PER_LEAF,
         "{check:?}"

@@ -240,9 +240,9 @@ impl SqliteStore {
     }
 
     /// The records with `keys` as the consistency checker sees them, each with whether
-    /// it has a change not yet in the cloud, read through a point reader. The
-    /// unshipped entries are read first, on their own (few, through the outbox's state
-    /// index), rather than probed per row.
+    /// it has a change not yet in the cloud, read through one point reader. The
+    /// unshipped entries are read first, once, on their own (few, through the outbox's
+    /// state index), rather than probed per row.
     pub(crate) async fn digests(
         &self,
         collection: &CollectionName,
@@ -250,37 +250,38 @@ impl SqliteStore {
     ) -> Result<Vec<(RowDigest, bool)>> {
         self.require_spec(collection).await?;
         type Columns = (i64, String, i64, Vec<u8>, bool, Vec<u8>);
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(500) {
-            let sql = format!(
-                "SELECT id, key, hlc, origin, tombstone, hash FROM records \
-                 WHERE collection = ? AND key IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let params: Vec<&str> = std::iter::once(collection.as_str())
-                .chain(chunk.iter().map(Key::as_str))
-                .collect();
-            let (unshipped, rows) = self.point.with(|conn| {
-                let unshipped = unshipped_ids(conn)?;
-                let rows: Vec<Columns> = conn
-                    .prepare_cached(&sql)?
-                    .query_map(rusqlite::params_from_iter(&params), |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                        ))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                Ok((unshipped, rows))
-            })?;
-            for (id, key, hlc, origin, tombstone, hash) in rows {
-                let digest = crate::rows::row_digest(key, hlc, &origin, tombstone, &hash)?;
-                out.push((digest, unshipped.contains(&id)));
+        let (unshipped, rows) = self.point.with(|conn| {
+            let unshipped = unshipped_ids(conn)?;
+            let mut rows: Vec<Columns> = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(500) {
+                let sql = format!(
+                    "SELECT id, key, hlc, origin, tombstone, hash FROM records \
+                     WHERE collection = ? AND key IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let params =
+                    std::iter::once(collection.as_str()).chain(chunk.iter().map(Key::as_str));
+                let mut statement = conn.prepare_cached(&sql)?;
+                let read = statement.query_map(rusqlite::params_from_iter(params), |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ))
+                })?;
+                for row in read {
+                    rows.push(row?);
+                }
             }
+            Ok((unshipped, rows))
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, key, hlc, origin, tombstone, hash) in rows {
+            let digest = crate::rows::row_digest(key, hlc, &origin, tombstone, &hash)?;
+            out.push((digest, unshipped.contains(&id)));
         }
         Ok(out)
     }

@@ -26,11 +26,7 @@ const KEPT_LEVEL: u32 = 1;
 
 /// The bucket and leaf digest stored with `record` (`encrypted`: its collection is).
 pub(crate) fn digests_of(record: &Record, encrypted: bool) -> (u32, u64) {
-    let sealed = encrypted && !record.tombstone;
-    (
-        bucket_of(&record.collection, &record.key),
-        leaf_of(&record.collection, &RowDigest::of(record), sealed),
-    )
+    hybridsync_core::tree_digests(record, encrypted && !record.tombstone)
 }
 
 /// One level-1 node's change: rows, and the leaves' high and low 32-bit halves.
