@@ -13,6 +13,7 @@ macro_rules! say {
 }
 
 mod demo;
+mod migrate;
 mod replicate;
 mod serve;
 mod stats;
@@ -45,6 +46,10 @@ enum Command {
     /// Create or list collections
     #[command(subcommand)]
     Collections(CollectionsCommand),
+    /// Bulk-import JSON Lines, SQLite or PostgreSQL rows (resumable after a crash,
+    /// checked against the source, reversible with `migrate rollback`)
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Write a JSON record (durable locally at once, queued for the cloud)
     Put {
         collection: String,
@@ -223,19 +228,43 @@ enum CollectionsCommand {
     /// Declare a collection (with --dim for a vector collection)
     Create {
         name: String,
-        #[arg(long)]
-        dim: Option<usize>,
-        #[arg(long, default_value = "cosine", requires = "dim")]
-        metric: Metric,
-        #[arg(long, default_value = "f32", requires = "dim")]
-        precision: Precision,
-        /// Encrypt payloads and embeddings on this device before they leave it
-        /// (needs an encryption key to sync: [encryption] key_file)
-        #[arg(long)]
-        encrypted: bool,
+        #[command(flatten)]
+        spec: CollectionFlags,
     },
     /// List collections
     List,
+}
+
+/// A collection's spec, as `collections create` and `migrate --create` take it.
+#[derive(Debug, clap::Args)]
+struct CollectionFlags {
+    /// Embedding dimension (a vector collection)
+    #[arg(long)]
+    dim: Option<usize>,
+    #[arg(long, default_value = "cosine", requires = "dim")]
+    metric: Metric,
+    #[arg(long, default_value = "f32", requires = "dim")]
+    precision: Precision,
+    /// Encrypt payloads and embeddings on this device before they leave it
+    /// (needs an encryption key to sync: [encryption] key_file)
+    #[arg(long)]
+    encrypted: bool,
+}
+
+impl CollectionFlags {
+    /// Declares collection `name` with this spec (idempotent for the same spec).
+    async fn create(&self, store: &HybridStore, name: &str) -> Result<()> {
+        let vector = self
+            .dim
+            .map(|dim| VectorSpec::new(dim, self.metric, self.precision))
+            .transpose()?;
+        if self.encrypted {
+            store.create_encrypted_collection(name, vector).await?;
+        } else {
+            store.create_collection(name, vector).await?;
+        }
+        Ok(())
+    }
 }
 
 /// File, then environment, then flags.
@@ -408,24 +437,15 @@ async fn real_main() -> Result<()> {
 
 async fn run(command: &Command, store: &HybridStore) -> Result<()> {
     match command {
-        Command::Collections(CollectionsCommand::Create {
-            name,
-            dim,
-            metric,
-            precision,
-            encrypted,
-        }) => {
-            let vector = dim
-                .map(|dim| VectorSpec::new(dim, *metric, *precision))
-                .transpose()?;
-            if *encrypted {
-                store.create_encrypted_collection(name, vector).await?;
+        Command::Collections(CollectionsCommand::Create { name, spec }) => {
+            spec.create(store, name).await?;
+            if spec.encrypted {
                 say!("collection {name} ready (encrypted before sync)")?;
             } else {
-                store.create_collection(name, vector).await?;
                 say!("collection {name} ready")?;
             }
         }
+        Command::Migrate(command) => migrate::run(store, command).await?,
         Command::Collections(CollectionsCommand::List) => {
             for spec in store.collections().await? {
                 let encrypted = if spec.encrypted { "\tencrypted" } else { "" };

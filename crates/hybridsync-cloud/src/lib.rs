@@ -28,6 +28,7 @@ mod feed;
 mod pool;
 mod schema;
 mod sink;
+mod source;
 mod upsert;
 mod verify;
 
@@ -36,6 +37,7 @@ pub use pool::{CloudOptions, PostgresSink};
 pub use schema::{
     SCHEMA_VERSION, TenantMember, grant_tenant, migrate, revoke_tenant, tenant_members,
 };
+pub use source::{PostgresSelection, PostgresSource};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

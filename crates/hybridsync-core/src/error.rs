@@ -83,6 +83,12 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A migration's source could not be read (`retryable`: a dropped connection, not a
+    /// missing table or a bad query).
+    #[error("migration source: {reason}")]
+    Source { retryable: bool, reason: String },
+    #[error("unknown migration {0}")]
+    UnknownMigration(String),
 }
 
 /// `Result` with this crate's [`Error`] as the default error.

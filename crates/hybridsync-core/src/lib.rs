@@ -19,6 +19,7 @@ mod event;
 mod hash;
 mod hlc;
 mod limits;
+mod migration;
 mod name;
 mod priority;
 mod record;
@@ -39,6 +40,10 @@ pub use event::{CircuitState, SyncEvent, SyncOperation};
 pub use hash::ContentHash;
 pub use hlc::{Clock, DeviceId, Hlc, HlcClock, ManualClock, SystemClock};
 pub use limits::Limits;
+pub use migration::{
+    ImportOutcome, ImportStep, MigrationCounts, MigrationInfo, MigrationSource, MigrationState,
+    RawRow, RollbackOutcome, SourceRow, SourceValue,
+};
 pub use name::{CollectionName, Key};
 pub use priority::Priority;
 pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
@@ -46,6 +51,7 @@ pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
 pub use seal::{EncryptionKey, KeyId, Keyring, sealed_key_id};
 pub use secret::CloudUrl;
 pub use sync::{MutexExt, RwLockExt};
+pub use text::decode_hex;
 pub use traits::{
     ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, HotCacheStats, LocalStore, OutboxEntry,
     OutboxOutcome, OutboxState, OutboxStats, RecordCache, StoredVector, VectorCache, VectorHit,

@@ -35,7 +35,7 @@ pub(crate) use text_enum;
 
 /// Bytes from an even number of hex digits (either case); `None` for anything else,
 /// signs and spaces included.
-pub(crate) fn decode_hex(s: &str) -> Option<Vec<u8>> {
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     if bytes.len() % 2 != 0 {

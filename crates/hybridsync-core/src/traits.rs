@@ -201,6 +201,43 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()>;
     /// The newest `limit` history entries, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
+    /// Records a new migration, or starts an existing one again under the same id
+    /// (state running, this process as its owner).
+    async fn begin_migration(&self, info: &crate::MigrationInfo) -> Result<()>;
+    /// A migration by id.
+    async fn migration(&self, id: &str) -> Result<Option<crate::MigrationInfo>>;
+    /// Every migration, oldest first.
+    async fn migrations(&self) -> Result<Vec<crate::MigrationInfo>>;
+    /// Marks a migration done or failed (`error`: why).
+    async fn end_migration(
+        &self,
+        id: &str,
+        state: crate::MigrationState,
+        error: Option<&str>,
+    ) -> Result<()>;
+    /// Writes a batch of a migration in one transaction with its checkpoint: each
+    /// record whose key already holds the same live content is skipped; every other is
+    /// written as [`LocalStore::write`] does (a new version, an outbox entry at
+    /// `priority`, the tree) and noted with what it replaced, so
+    /// [`LocalStore::rollback_batch`] can undo it. The records come from
+    /// [`Record::new`] (their hashes are trusted; their versions are assigned here) and
+    /// are validated against their collection again.
+    async fn import_batch(
+        &self,
+        records: Vec<Record>,
+        priority: Priority,
+        step: &crate::ImportStep,
+    ) -> Result<crate::ImportOutcome>;
+    /// Undoes up to `limit` more of a migration's writes in one transaction: a key it
+    /// created becomes a tombstone, a key it overwrote gets its previous content back,
+    /// each as a new version at `priority`; a key changed since is kept and listed.
+    /// The migration is marked rolled back with the last step.
+    async fn rollback_batch(
+        &self,
+        id: &str,
+        limit: usize,
+        priority: Priority,
+    ) -> Result<crate::RollbackOutcome>;
 }
 
 /// Counters of a [`RecordCache`].

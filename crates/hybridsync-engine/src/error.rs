@@ -34,6 +34,42 @@ pub enum Error {
     /// The operation needs a cloud and the runtime has none.
     #[error("no cloud is configured")]
     NoCloud,
+    /// A migration's process is still importing it.
+    #[error("migration {id} is running in another process; wait for it or stop that process")]
+    MigrationRunning { id: String },
+    /// A migration that already ended cannot be resumed (or rolled back twice).
+    #[error("migration {id} is {state}; nothing to continue")]
+    MigrationFinished {
+        id: String,
+        state: hybridsync_core::MigrationState,
+    },
+    /// The source of an unfinished migration is not what it was when it started.
+    #[error(
+        "the source of migration {id} changed since it started (was {was:?}, now {now:?}); rerun with --restart to import it from the beginning (rows already present are skipped)"
+    )]
+    SourceChanged {
+        id: String,
+        was: String,
+        now: String,
+    },
+    /// More rows were rejected than `max_errors` allows; the run stopped at a checkpoint.
+    #[error(
+        "migration {id} stopped: {rejected} rows rejected, more than the limit of {limit} (see {}); fix the source and run `hybridsync migrate resume {id}`",
+        rejects.display()
+    )]
+    TooManyRejects {
+        id: String,
+        rejected: u64,
+        limit: u64,
+        rejects: PathBuf,
+    },
+    /// The rejects file could not be written.
+    #[error("rejects file {}: {source}", path.display())]
+    Rejects {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

@@ -16,7 +16,9 @@
 
 mod breaker;
 mod error;
+mod jsonl;
 mod local;
+mod migrate;
 mod replicate;
 mod retry;
 mod runtime;
@@ -27,7 +29,12 @@ mod verify;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Transition};
 pub use error::{Error, Result};
+pub use jsonl::JsonLinesSource;
 pub use local::{Engine, EngineConfig, I8_RERANK_FACTOR, LocalStatus, SearchOptions};
+pub use migrate::{
+    Mapping, MigrateOptions, MigrateProgress, MigrationJob, MigrationReport, RollbackReport,
+    SourceCheck, TARGET_COMMIT, rejects_path,
+};
 pub use replicate::{Progress, Replicator, SyncReport, no_progress};
 pub use retry::retry_delay;
 pub use runtime::{Runtime, RuntimeConfig};

@@ -127,6 +127,30 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         self.nudge.clone()
     }
 
+    /// The priority `rows` writes at `priority` get under the soft caps (see
+    /// [`Self::apply_soft_caps`]); a whole batch moves down together.
+    pub(crate) async fn soft_capped(&self, priority: Priority, rows: usize) -> Result<Priority> {
+        let mut probe = [WriteRequest {
+            collection: CollectionName::new("probe").expect("a valid name"),
+            key: Key::new("probe").expect("a valid key"),
+            payload: Vec::new(),
+            embedding: None,
+            tombstone: false,
+            priority,
+        }];
+        self.apply_soft_caps(&mut probe).await?;
+        if let Some(depth) = self.queued.lock_or_recover().1.get_mut(&probe[0].priority) {
+            *depth += rows.saturating_sub(1) as u64;
+        }
+        Ok(probe[0].priority)
+    }
+
+    /// Reflects writes the store committed by another path (a migration's batches and
+    /// its rollback) in the index and the hot cache.
+    pub(crate) fn reflect_receipts(&self, receipts: &[WriteReceipt]) -> Result<()> {
+        self.reflect(receipts)
+    }
+
     /// Applies the per-class soft caps: a class at its cap hands new entries to the
     /// next class down (never critical; nothing is dropped).
     async fn apply_soft_caps(&self, requests: &mut [WriteRequest]) -> Result<()> {

@@ -209,6 +209,27 @@ where
         }
     }
 
+    /// Runs a migration ([`Engine::migrate`]); with a cloud and `options.cloud_check`,
+    /// then ships the outbox (within that timeout) and compares the collection with
+    /// the cloud through the consistency checker.
+    pub async fn migrate(
+        &self,
+        job: crate::MigrationJob,
+        options: &crate::MigrateOptions,
+        progress: &(dyn Fn(&crate::MigrateProgress) + Send + Sync),
+    ) -> Result<crate::MigrationReport> {
+        let mut report = self.engine.migrate(job, options, progress).await?;
+        if let (Some(timeout), true) = (options.cloud_check, self.has_cloud()) {
+            report.unshipped = Some(self.flush(timeout).await?);
+            let check = crate::VerifyOptions {
+                collections: vec![report.collection.clone()],
+                ..crate::VerifyOptions::default()
+            };
+            report.cloud = Some(self.replicator()?.verify(&check).await?);
+        }
+        Ok(report)
+    }
+
     /// Ships everything pending now; returns how many entries are still pending or in
     /// flight when `timeout` passes (0 when all reached the cloud).
     pub async fn flush(&self, timeout: Duration) -> Result<u64> {

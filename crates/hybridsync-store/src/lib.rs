@@ -20,15 +20,18 @@ mod connections;
 mod error;
 mod feed;
 mod history;
+mod migrations;
 mod opening;
 mod outbox;
 mod records;
 mod rows;
+mod source;
 mod store;
 mod tree;
 
 pub use error::{Error, Result};
 pub use opening::{DB_FILE, Durability, StoreOptions};
+pub use source::{SqliteSelection, SqliteSource};
 pub use store::SqliteStore;
 
 /// The README's examples, compiled and run as doc tests.

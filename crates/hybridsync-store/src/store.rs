@@ -8,9 +8,9 @@
 use crate::connections::{PointReaders, Writer};
 use hybridsync_core::{
     ApplyOutcome, ChangeCursor, Clock, CollectionName, CollectionSpec, ConflictResolver, DeviceId,
-    HistoryEntry, HlcClock, Key, Limits, LocalStore, LocalTree, NodeDigest, OutboxEntry,
-    OutboxOutcome, OutboxStats, Priority, Record, Result, RowDigest, StoredVector, WriteReceipt,
-    WriteRequest,
+    HistoryEntry, HlcClock, ImportOutcome, ImportStep, Key, Limits, LocalStore, LocalTree,
+    MigrationInfo, MigrationState, NodeDigest, OutboxEntry, OutboxOutcome, OutboxStats, Priority,
+    Record, Result, RollbackOutcome, RowDigest, StoredVector, WriteReceipt, WriteRequest,
 };
 use sqlx::SqlitePool;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -204,5 +204,44 @@ impl LocalStore for SqliteStore {
 
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         SqliteStore::history(self, limit).await
+    }
+
+    async fn begin_migration(&self, info: &MigrationInfo) -> Result<()> {
+        SqliteStore::begin_migration(self, info).await
+    }
+
+    async fn migration(&self, id: &str) -> Result<Option<MigrationInfo>> {
+        SqliteStore::migration(self, id).await
+    }
+
+    async fn migrations(&self) -> Result<Vec<MigrationInfo>> {
+        SqliteStore::migrations(self).await
+    }
+
+    async fn end_migration(
+        &self,
+        id: &str,
+        state: MigrationState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        SqliteStore::end_migration(self, id, state, error).await
+    }
+
+    async fn import_batch(
+        &self,
+        records: Vec<Record>,
+        priority: Priority,
+        step: &ImportStep,
+    ) -> Result<ImportOutcome> {
+        SqliteStore::import_batch(self, records, priority, step).await
+    }
+
+    async fn rollback_batch(
+        &self,
+        id: &str,
+        limit: usize,
+        priority: Priority,
+    ) -> Result<RollbackOutcome> {
+        SqliteStore::rollback_batch(self, id, limit, priority).await
     }
 }

@@ -45,6 +45,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+pub mod migrate;
 mod store;
 
 pub use config::{Config, EncryptionConfig};
@@ -68,8 +69,8 @@ pub use hybridsync_core::{
 };
 #[doc(inline)]
 pub use hybridsync_engine::{
-    BreakerConfig, CollectionCheck, Found, SyncConfig, SyncReport, SyncStatus, VerifyOptions,
-    VerifyReport,
+    BreakerConfig, CollectionCheck, Found, MigrationReport, RollbackReport, SyncConfig, SyncReport,
+    SyncStatus, VerifyOptions, VerifyReport,
 };
 #[doc(inline)]
 pub use hybridsync_store::Durability;

@@ -195,6 +195,7 @@ impl HybridStoreBuilder {
     /// Opens the store, checks the file, and builds the vector indexes.
     pub async fn open(mut self) -> Result<HybridStore> {
         let keyring = self.keyring()?;
+        let data_dir = self.store.data_dir.clone();
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
         let engine = Engine::open(store, vector_index(), hot, self.engine).await;
@@ -228,6 +229,7 @@ impl HybridStoreBuilder {
                     .unwrap_or_default(),
                 runtime: Runtime::new(engine, sink, config),
                 cloud_url: self.cloud_url,
+                data_dir,
             }),
         })
     }
@@ -298,6 +300,7 @@ fn cloud_sink(url: &CloudUrl, _: &str, _: u32, _: &str) -> Result<Arc<dyn CloudS
 struct Inner {
     runtime: HybridRuntime,
     cloud_url: Option<CloudUrl>,
+    data_dir: PathBuf,
     key_ids: Vec<KeyId>,
 }
 
@@ -381,7 +384,12 @@ impl HybridStore {
         }
     }
 
-    fn runtime(&self) -> &HybridRuntime {
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.inner.data_dir
+    }
+
+    pub(crate) fn runtime(&self) -> &HybridRuntime {
         &self.inner.runtime
     }
 

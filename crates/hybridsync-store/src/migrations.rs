@@ -1,0 +1,402 @@
+//! Migrations (bulk imports): the catalogue of migrations with their checkpoints, the
+//! batch write that commits rows and checkpoint together, and the rollback that undoes
+//! a migration's writes as new versions.
+
+use crate::outbox::enqueue;
+use crate::records::{high_water, raise_high_water, save_record};
+use crate::rows::blob_to_embedding;
+use crate::tree::TreeDelta;
+use crate::{Error, Result, SqliteStore};
+use hybridsync_core::{
+    CollectionName, ImportOutcome, ImportStep, Key, MigrationCounts, MigrationInfo, MigrationState,
+    Priority, Record, RollbackOutcome, WriteReceipt,
+};
+use rusqlite::OptionalExtension;
+
+const COLUMNS: &str = "id, collection, source, plan, fingerprint, position, rejects_bytes, state, \
+                       pid, read, imported, rejected, skipped, error, started_ms, updated_ms";
+
+/// This process, as a migration's owner.
+fn our_pid() -> i64 {
+    i64::from(std::process::id())
+}
+
+/// Whether process `pid` still exists (a running migration whose owner is gone was
+/// interrupted).
+fn alive(pid: i64) -> bool {
+    if pid == our_pid() {
+        return true;
+    }
+    match u32::try_from(pid).ok().and_then(|p| i32::try_from(p).ok()) {
+        Some(pid) => rustix::process::Pid::from_raw(pid)
+            .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok()),
+        None => false,
+    }
+}
+
+fn info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(MigrationInfo, i64, String)> {
+    let collection: String = row.get(1)?;
+    let state: String = row.get(7)?;
+    let counts = MigrationCounts {
+        read: row.get::<_, i64>(9)? as u64,
+        imported: row.get::<_, i64>(10)? as u64,
+        rejected: row.get::<_, i64>(11)? as u64,
+        skipped: row.get::<_, i64>(12)? as u64,
+    };
+    Ok((
+        MigrationInfo {
+            id: row.get(0)?,
+            // Checked below, with the state; a placeholder until then.
+            collection: CollectionName::new("m").expect("a valid name"),
+            source: row.get(2)?,
+            plan: row.get(3)?,
+            fingerprint: row.get(4)?,
+            position: row.get(5)?,
+            rejects_bytes: row.get::<_, i64>(6)? as u64,
+            state: MigrationState::Running,
+            counts,
+            error: row.get(13)?,
+            started_ms: row.get::<_, i64>(14)? as u64,
+            updated_ms: row.get::<_, i64>(15)? as u64,
+        },
+        row.get(8)?,
+        format!("{collection}\u{0}{state}"),
+    ))
+}
+
+/// Finishes [`info_from_row`]: the collection and the state, a running migration whose
+/// process is gone reported as interrupted.
+fn checked(
+    (mut info, pid, names): (MigrationInfo, i64, String),
+) -> hybridsync_core::Result<MigrationInfo> {
+    let (collection, state) = names.split_once('\u{0}').unwrap_or_default();
+    info.collection = CollectionName::new(collection)?;
+    info.state = state.parse()?;
+    if info.state == MigrationState::Running && !alive(pid) {
+        info.state = MigrationState::Interrupted;
+    }
+    Ok(info)
+}
+
+impl SqliteStore {
+    pub(crate) async fn begin_migration(
+        &self,
+        info: &MigrationInfo,
+    ) -> hybridsync_core::Result<()> {
+        self.require_spec(&info.collection).await?;
+        let info = info.clone();
+        self.writer
+            .transaction(1, move |tx| {
+                tx.prepare_cached(
+                    "INSERT INTO migrations (id, collection, source, plan, fingerprint, position, \
+                     rejects_bytes, state, pid, read, imported, rejected, skipped, error, started_ms, \
+                     updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8, ?9, ?10, ?11, ?12, \
+                     NULL, ?13, ?14) \
+                     ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                     position = excluded.position, rejects_bytes = excluded.rejects_bytes, \
+                     state = 'running', pid = excluded.pid, read = excluded.read, \
+                     imported = excluded.imported, rejected = excluded.rejected, \
+                     skipped = excluded.skipped, error = NULL, updated_ms = excluded.updated_ms",
+                )?
+                .execute(rusqlite::params![
+                    info.id,
+                    info.collection.as_str(),
+                    info.source,
+                    info.plan,
+                    info.fingerprint,
+                    info.position,
+                    info.rejects_bytes as i64,
+                    our_pid(),
+                    info.counts.read as i64,
+                    info.counts.imported as i64,
+                    info.counts.rejected as i64,
+                    info.counts.skipped as i64,
+                    info.started_ms as i64,
+                    info.updated_ms as i64,
+                ])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn migration(
+        &self,
+        id: &str,
+    ) -> hybridsync_core::Result<Option<MigrationInfo>> {
+        let sql = format!("SELECT {COLUMNS} FROM migrations WHERE id = ?1");
+        let row = self
+            .point
+            .with(|conn| {
+                conn.prepare_cached(&sql)?
+                    .query_row([id], info_from_row)
+                    .optional()
+            })
+            .map_err(Error::from)?;
+        row.map(checked).transpose()
+    }
+
+    pub(crate) async fn migrations(&self) -> hybridsync_core::Result<Vec<MigrationInfo>> {
+        let sql = format!("SELECT {COLUMNS} FROM migrations ORDER BY seq");
+        let rows = self
+            .point
+            .with(|conn| {
+                conn.prepare_cached(&sql)?
+                    .query_map([], info_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(Error::from)?;
+        rows.into_iter().map(checked).collect()
+    }
+
+    pub(crate) async fn end_migration(
+        &self,
+        id: &str,
+        state: MigrationState,
+        error: Option<&str>,
+    ) -> hybridsync_core::Result<()> {
+        let (owned, error) = (id.to_owned(), error.map(str::to_owned));
+        let now = self.hlc.physical_now_ms() as i64;
+        let changed = self
+            .writer
+            .transaction(1, move |tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "UPDATE migrations SET state = ?2, error = ?3, updated_ms = ?4 WHERE id = ?1",
+                    )?
+                    .execute(rusqlite::params![owned, state.as_str(), error, now])?)
+            })
+            .await?;
+        if changed == 0 {
+            return Err(hybridsync_core::Error::UnknownMigration(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn import_batch(
+        &self,
+        records: Vec<Record>,
+        priority: Priority,
+        step: &ImportStep,
+    ) -> hybridsync_core::Result<ImportOutcome> {
+        let mut encrypted = std::collections::HashMap::new();
+        for record in &records {
+            let spec = self.require_spec(&record.collection).await?;
+            record.validate(&spec, &self.limits)?;
+            encrypted.insert(record.collection.clone(), spec.encrypted);
+        }
+        let now = self.hlc.physical_now_ms() as i64;
+        let step = step.clone();
+        let rows = records.len();
+        let outcome = self
+            .writer
+            .transaction(rows, move |tx| {
+                let seq: i64 = tx
+                    .prepare_cached("SELECT seq FROM migrations WHERE id = ?1")?
+                    .query_row([&step.migration], |row| row.get(0))
+                    .optional()?
+                    .ok_or_else(|| {
+                        Error::Invalid(hybridsync_core::Error::UnknownMigration(
+                            step.migration.clone(),
+                        ))
+                    })?;
+                let mut floor = high_water(tx)?;
+                let mut tree = TreeDelta::default();
+                let mut outcome = ImportOutcome::default();
+                let half = rows / 2;
+                for (i, mut record) in records.into_iter().enumerate() {
+                    if i == half {
+                        hybridsync_core::crash_point("migrate_mid_batch");
+                    }
+                    let previous = previous(tx, &record.collection, &record.key)?;
+                    if let Some(previous) = &previous
+                        && !previous.tombstone
+                        && !record.tombstone
+                        && previous.hash == record.hash.0
+                    {
+                        outcome.skipped += 1;
+                        continue;
+                    }
+                    record.version = self.stamp_above(floor);
+                    floor = record.version.packed();
+                    let label = save_record(tx, &record, encrypted[&record.collection], &mut tree)?;
+                    enqueue(tx, label, record.version, priority, now)?;
+                    note_write(tx, seq, label, &record, previous.as_ref())?;
+                    outcome.receipts.push(WriteReceipt { record, label });
+                }
+                tree.save(tx)?;
+                raise_high_water(tx, floor)?;
+                tx.prepare_cached(
+                    "UPDATE migrations SET position = ?2, rejects_bytes = ?3, read = read + ?4, \
+                     imported = imported + ?5, rejected = rejected + ?6, skipped = skipped + ?7, \
+                     updated_ms = ?8 WHERE seq = ?1",
+                )?
+                .execute(rusqlite::params![
+                    seq,
+                    step.position,
+                    step.rejects_bytes as i64,
+                    step.counts.read as i64,
+                    outcome.receipts.len() as i64,
+                    step.counts.rejected as i64,
+                    outcome.skipped as i64,
+                    now,
+                ])?;
+                hybridsync_core::crash_point("migrate_before_commit");
+                Ok(outcome)
+            })
+            .await?;
+        hybridsync_core::crash_point("migrate_after_commit");
+        Ok(outcome)
+    }
+
+    pub(crate) async fn rollback_batch(
+        &self,
+        id: &str,
+        limit: usize,
+        priority: Priority,
+    ) -> hybridsync_core::Result<RollbackOutcome> {
+        let info = self
+            .migration(id)
+            .await?
+            .ok_or_else(|| hybridsync_core::Error::UnknownMigration(id.to_owned()))?;
+        let spec = self.require_spec(&info.collection).await?;
+        let now = self.hlc.physical_now_ms() as i64;
+        let id = id.to_owned();
+        let outcome = self
+            .writer
+            .transaction(limit, move |tx| {
+                let seq: i64 = tx
+                    .prepare_cached("SELECT seq FROM migrations WHERE id = ?1")?
+                    .query_row([&id], |row| row.get(0))?;
+                type Undo = (i64, String, i64, Vec<u8>, bool, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>, Option<bool>);
+                let undo: Vec<Undo> = tx
+                    .prepare_cached(
+                        "SELECT w.record_id, r.key, r.hlc, r.origin, r.hlc = w.written_hlc AND r.origin = w.written_origin, \
+                         w.written_hlc, w.written_origin, w.prev_hlc, w.prev_payload, w.prev_embedding, \
+                         w.prev_tombstone FROM migration_writes w JOIN records r ON r.id = w.record_id \
+                         WHERE w.migration = ?1 AND w.undone = 0 ORDER BY w.record_id LIMIT ?2",
+                    )?
+                    .query_map(rusqlite::params![seq, limit as i64], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                            row.get(5)?,
+                            row.get(6)?,
+                            row.get(7)?,
+                            row.get(8)?,
+                            row.get(9)?,
+                            row.get(10)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut floor = high_water(tx)?;
+                let mut tree = TreeDelta::default();
+                let mut outcome = RollbackOutcome::default();
+                for (record_id, key, _, _, unchanged, _, _, prev_hlc, prev_payload, prev_embedding, prev_tombstone) in undo {
+                    tx.prepare_cached(
+                        "UPDATE migration_writes SET undone = 1 WHERE migration = ?1 AND record_id = ?2",
+                    )?
+                    .execute([seq, record_id])?;
+                    let key = Key::new(key)?;
+                    if !unchanged {
+                        outcome.kept.push(key);
+                        continue;
+                    }
+                    let (payload, embedding, tombstone) = match prev_hlc {
+                        None => (Vec::new(), None, true),
+                        Some(_) => (
+                            prev_payload.unwrap_or_default(),
+                            prev_embedding.as_deref().map(blob_to_embedding).transpose()?,
+                            prev_tombstone.unwrap_or(false),
+                        ),
+                    };
+                    let (payload, embedding) = if tombstone { (Vec::new(), None) } else { (payload, embedding) };
+                    let version = self.stamp_above(floor);
+                    floor = version.packed();
+                    let record = Record::new(spec.name.clone(), key, payload, embedding, version, tombstone);
+                    let label = save_record(tx, &record, spec.encrypted, &mut tree)?;
+                    enqueue(tx, label, record.version, priority, now)?;
+                    outcome.receipts.push(WriteReceipt { record, label });
+                }
+                tree.save(tx)?;
+                raise_high_water(tx, floor)?;
+                let remaining: i64 = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*) FROM migration_writes WHERE migration = ?1 AND undone = 0",
+                    )?
+                    .query_row([seq], |row| row.get(0))?;
+                outcome.remaining = remaining as u64;
+                if remaining == 0 {
+                    tx.prepare_cached(
+                        "UPDATE migrations SET state = 'rolled_back', updated_ms = ?2 WHERE seq = ?1",
+                    )?
+                    .execute(rusqlite::params![seq, now])?;
+                }
+                Ok(outcome)
+            })
+            .await?;
+        Ok(outcome)
+    }
+}
+
+/// What a key held before a migration wrote it.
+struct Previous {
+    hlc: i64,
+    tombstone: bool,
+    hash: Vec<u8>,
+    payload: Vec<u8>,
+    embedding: Option<Vec<u8>>,
+}
+
+fn previous(
+    tx: &rusqlite::Transaction<'_>,
+    collection: &CollectionName,
+    key: &Key,
+) -> Result<Option<Previous>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT hlc, tombstone, hash, payload, embedding FROM records \
+             WHERE collection = ?1 AND key = ?2",
+        )?
+        .query_row([collection.as_str(), key.as_str()], |row| {
+            Ok(Previous {
+                hlc: row.get(0)?,
+                tombstone: row.get(1)?,
+                hash: row.get(2)?,
+                payload: row.get(3)?,
+                embedding: row.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Notes that migration `seq` wrote `record` (row `label`) over `previous`. A key
+/// written twice by one migration keeps what it held before the first write.
+fn note_write(
+    tx: &rusqlite::Transaction<'_>,
+    seq: i64,
+    label: u64,
+    record: &Record,
+    previous: Option<&Previous>,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO migration_writes (migration, record_id, written_hlc, written_origin, prev_hlc, \
+         prev_payload, prev_embedding, prev_tombstone) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (migration, record_id) DO UPDATE SET written_hlc = excluded.written_hlc, \
+         written_origin = excluded.written_origin",
+    )?
+    .execute(rusqlite::params![
+        seq,
+        label as i64,
+        record.version.packed(),
+        record.version.origin.0,
+        previous.map(|p| p.hlc),
+        previous.map(|p| &p.payload),
+        previous.and_then(|p| p.embedding.as_ref()),
+        previous.map(|p| p.tombstone),
+    ])?;
+    Ok(())
+}
