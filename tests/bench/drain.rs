@@ -32,7 +32,7 @@ fn embedding_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn records(data: &[(String, Vec<u8>, Vec<f32>)]) -> Vec<Record> {
+pub(crate) fn records(data: &[(String, Vec<u8>, Vec<f32>)]) -> Vec<Record> {
     let collection = hybridsync::CollectionName::new("bench").expect("valid");
     data.iter()
         .enumerate()
@@ -302,7 +302,7 @@ async fn insert_per_row(
 
 /// Records/s of one binary COPY of `records` into a new table `name` shaped like
 /// `hs_records` (`like` adds to `INCLUDING DEFAULTS`, say `INCLUDING INDEXES`).
-async fn copy_into(
+pub(crate) async fn copy_into(
     admin: &mut sqlx::PgConnection,
     records: &[Record],
     name: &str,

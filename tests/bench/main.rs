@@ -5,6 +5,7 @@
 mod drain;
 mod encryption;
 mod local;
+mod migrate;
 mod reads;
 mod replicate;
 mod report;
@@ -14,7 +15,8 @@ mod verify;
 use anyhow::Result;
 
 /// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `local`, `search`,
-/// `sync` (drain, hydrate, propagation, encryption) and `verify`; all by default. A
+/// `sync` (drain, hydrate, propagation, encryption), `verify` and `migrate`; all by
+/// default. A
 /// partial run leaves docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -27,9 +29,11 @@ async fn main() -> Result<()> {
         .collect();
     if let Some(unknown) = groups
         .iter()
-        .find(|g| !["reads", "local", "search", "sync", "verify"].contains(g))
+        .find(|g| !["reads", "local", "search", "sync", "verify", "migrate"].contains(g))
     {
-        anyhow::bail!("unknown benchmark group {unknown:?} (reads, local, search, sync, verify)");
+        anyhow::bail!(
+            "unknown benchmark group {unknown:?} (reads, local, search, sync, verify, migrate)"
+        );
     }
     let wanted = |group: &str| groups.is_empty() || groups.contains(&group);
     let mut rows = Vec::new();
@@ -75,6 +79,9 @@ async fn main() -> Result<()> {
     }
     if wanted("verify") {
         rows.extend(verify::run(quick).await?);
+    }
+    if wanted("migrate") {
+        rows.extend(migrate::run(quick).await?);
     }
     report::write(&rows, quick || !groups.is_empty())?;
     Ok(())

@@ -6,5 +6,6 @@ mod cli;
 mod cloud_sync;
 mod disk_full;
 mod metrics_endpoint;
+mod migrate;
 mod pool_pressure;
 mod testkit;

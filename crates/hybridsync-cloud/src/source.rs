@@ -13,8 +13,9 @@ use std::str::FromStr;
 
 /// Rows per keyset page (PowerSync's initial copy uses 10,000).
 const PAGE_ROWS: usize = 5_000;
-/// Attempts at a page before the error is returned (the run then stops, resumable).
-const ATTEMPTS: u32 = 8;
+/// Attempts at a page before the error is returned (about 6 s of retries; the run
+/// then stops, resumable).
+const ATTEMPTS: u32 = 6;
 
 /// What to read from PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]

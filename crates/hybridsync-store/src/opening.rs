@@ -113,6 +113,11 @@ fn migrator() -> Migrator {
             "verify tree",
             include_str!("../migrations/0006_verify_tree.sql"),
         ),
+        migration(
+            7,
+            "migrations",
+            include_str!("../migrations/0007_migrations.sql"),
+        ),
     ]);
     migrator.set_locking(false);
     migrator

@@ -91,8 +91,13 @@ const STATS: &str = "SELECT state, priority, COUNT(*) FROM outbox GROUP BY state
 static LAST_SHIPPED: LazyLock<String> = statement!(
     "SELECT MAX(updated_ms) FROM outbox INDEXED BY outbox_done_age WHERE state = {done}"
 );
+/// One range of the drain-order index per state, each already in priority order: with
+/// `state IN (…)` SQLite merged the two ranges through a temporary B-tree, a sort of
+/// every queued entry each time the soft caps looked (31 MB of sorter memory and a
+/// growing heap over a million-row import).
 static DEPTHS: LazyLock<String> = statement!(
-    "SELECT priority, COUNT(*) FROM outbox WHERE state IN ({pending}, {in_flight}) GROUP BY priority"
+    "SELECT priority, COUNT(*) FROM outbox WHERE state = {pending} GROUP BY priority \
+     UNION ALL SELECT priority, COUNT(*) FROM outbox WHERE state = {in_flight} GROUP BY priority"
 );
 
 /// Queues record `id` at `version` for the cloud. An open (pending or failed) entry for
