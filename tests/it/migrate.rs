@@ -102,7 +102,10 @@ fn write_source(path: &Path, rows: usize) -> Vec<(u64, &'static str)> {
 }
 
 /// Every record of the store, row for row (versions aside), and the outbox size.
-fn contents(data: &Path) -> (Vec<(String, Vec<u8>, Option<Vec<u8>>, bool)>, i64) {
+/// A stored record: key, payload, embedding, tombstone.
+type Row = (String, Vec<u8>, Option<Vec<u8>>, bool);
+
+fn contents(data: &Path) -> (Vec<Row>, i64) {
     let conn = rusqlite::Connection::open(data.join(hybridsync_store_db())).unwrap();
     let rows = conn
         .prepare("SELECT key, payload, embedding, tombstone FROM records ORDER BY collection, key")

@@ -125,27 +125,21 @@ impl SqliteStore {
         id: &str,
     ) -> hybridsync_core::Result<Option<MigrationInfo>> {
         let sql = format!("SELECT {COLUMNS} FROM migrations WHERE id = ?1");
-        let row = self
-            .point
-            .with(|conn| {
-                conn.prepare_cached(&sql)?
-                    .query_row([id], info_from_row)
-                    .optional()
-            })
-            .map_err(Error::from)?;
+        let row = self.point.with(|conn| {
+            conn.prepare_cached(&sql)?
+                .query_row([id], info_from_row)
+                .optional()
+        })?;
         row.map(checked).transpose()
     }
 
     pub(crate) async fn migrations(&self) -> hybridsync_core::Result<Vec<MigrationInfo>> {
         let sql = format!("SELECT {COLUMNS} FROM migrations ORDER BY seq");
-        let rows = self
-            .point
-            .with(|conn| {
-                conn.prepare_cached(&sql)?
-                    .query_map([], info_from_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(Error::from)?;
+        let rows = self.point.with(|conn| {
+            conn.prepare_cached(&sql)?
+                .query_map([], info_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
         rows.into_iter().map(checked).collect()
     }
 
