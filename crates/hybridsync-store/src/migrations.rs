@@ -3,7 +3,7 @@
 //! a migration's writes as new versions.
 
 use crate::outbox::enqueue;
-use crate::records::{high_water, raise_high_water, save_record};
+use crate::records::{high_water, raise_high_water, save_record, save_record_over};
 use crate::rows::blob_to_embedding;
 use crate::tree::TreeDelta;
 use crate::{Error, Result, SqliteStore};
@@ -213,7 +213,14 @@ impl SqliteStore {
                     }
                     record.version = self.stamp_above(floor);
                     floor = record.version.packed();
-                    let label = save_record(tx, &record, encrypted[&record.collection], &mut tree)?;
+                    let placed = previous.as_ref().map(|p| (p.id, p.bucket, p.leaf));
+                    let label = save_record_over(
+                        tx,
+                        &record,
+                        encrypted[&record.collection],
+                        &mut tree,
+                        placed,
+                    )?;
                     enqueue(tx, label, record.version, priority, now)?;
                     note_write(tx, seq, label, &record, previous.as_ref())?;
                     outcome.receipts.push(WriteReceipt { record, label });
@@ -336,8 +343,11 @@ impl SqliteStore {
     }
 }
 
-/// What a key held before a migration wrote it.
+/// What a key held before a migration wrote it (and where its row sits).
 struct Previous {
+    id: i64,
+    bucket: Option<i64>,
+    leaf: Option<i64>,
     hlc: i64,
     tombstone: bool,
     hash: Vec<u8>,
@@ -352,16 +362,19 @@ fn previous(
 ) -> Result<Option<Previous>> {
     Ok(tx
         .prepare_cached(
-            "SELECT hlc, tombstone, hash, payload, embedding FROM records \
+            "SELECT id, bucket, leaf, hlc, tombstone, hash, payload, embedding FROM records \
              WHERE collection = ?1 AND key = ?2",
         )?
         .query_row([collection.as_str(), key.as_str()], |row| {
             Ok(Previous {
-                hlc: row.get(0)?,
-                tombstone: row.get(1)?,
-                hash: row.get(2)?,
-                payload: row.get(3)?,
-                embedding: row.get(4)?,
+                id: row.get(0)?,
+                bucket: row.get(1)?,
+                leaf: row.get(2)?,
+                hlc: row.get(3)?,
+                tombstone: row.get(4)?,
+                hash: row.get(5)?,
+                payload: row.get(6)?,
+                embedding: row.get(7)?,
             })
         })
         .optional()?)

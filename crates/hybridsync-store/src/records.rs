@@ -30,12 +30,26 @@ pub(crate) fn save_record(
     tree: &mut TreeDelta,
 ) -> Result<u64> {
     use rusqlite::OptionalExtension;
-    let existing: Option<(i64, Option<i64>, Option<i64>)> = tx
+    let existing: Option<Placed> = tx
         .prepare_cached("SELECT id, bucket, leaf FROM records WHERE collection = ?1 AND key = ?2")?
         .query_row([record.collection.as_str(), record.key.as_str()], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
+    save_record_over(tx, record, encrypted, tree, existing)
+}
+
+/// A stored row's id, bucket and leaf, as [`save_record_over`] replaces it.
+pub(crate) type Placed = (i64, Option<i64>, Option<i64>);
+
+/// [`save_record`] with the key's current row (`existing`) already looked up.
+pub(crate) fn save_record_over(
+    tx: &rusqlite::Transaction<'_>,
+    record: &Record,
+    encrypted: bool,
+    tree: &mut TreeDelta,
+    existing: Option<Placed>,
+) -> Result<u64> {
     let embedding = record.embedding.as_deref().map(embedding_to_blob);
     let (bucket, leaf) = digests_of(record, encrypted);
     let params = rusqlite::params![

@@ -470,7 +470,7 @@ async fn a_newer_schema_is_refused() {
             err,
             Error::SchemaTooNew {
                 found: 999,
-                supported: 6,
+                supported: 7,
                 ..
             }
         ),
