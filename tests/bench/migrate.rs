@@ -82,8 +82,8 @@ fn options(dim: Option<usize>) -> MigrateOptions {
     if dim.is_some() {
         options.mapping.embedding = Some("vec".into());
     }
-    options.verify = false;
-    options.cloud_check = None;
+    options.run.verify = false;
+    options.run.cloud_check = None;
     options
 }
 

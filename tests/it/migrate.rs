@@ -573,7 +573,7 @@ async fn a_postgres_source_cut_mid_run_reconnects_or_resumes() {
     let options = || {
         let mut options = MigrateOptions::new("enrolled", "id");
         options.mapping.embedding = Some("print".into());
-        options.batch_rows = Some(1_000);
+        options.run.batch_rows = Some(1_000);
         options
     };
     // A short cut: the source reconnects and carries on.

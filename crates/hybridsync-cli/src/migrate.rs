@@ -132,14 +132,15 @@ pub(crate) struct RunFlags {
 
 impl RunFlags {
     fn apply(&self, options: &mut MigrateOptions) {
+        let run = &mut options.run;
         if let Some(workers) = self.workers {
-            options.workers = workers.max(1);
+            run.workers = workers.max(1);
         }
-        options.batch_rows = self.batch_rows;
-        options.max_errors = self.max_errors;
-        options.restart = self.restart;
-        options.verify = !self.no_verify;
-        options.cloud_check = (self.cloud_timeout > 0.0)
+        run.batch_rows = self.batch_rows;
+        run.max_errors = self.max_errors;
+        run.restart = self.restart;
+        run.verify = !self.no_verify;
+        run.cloud_check = (self.cloud_timeout > 0.0)
             .then(|| std::time::Duration::from_secs_f64(self.cloud_timeout));
     }
 }

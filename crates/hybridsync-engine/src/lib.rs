@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use jsonl::JsonLinesSource;
 pub use local::{Engine, EngineConfig, I8_RERANK_FACTOR, LocalStatus, SearchOptions};
 pub use migrate::{
-    Mapping, MigrateOptions, MigrateProgress, MigrationJob, MigrationReport, RollbackReport,
+    Mapping, MigrateProgress, MigrationJob, MigrationReport, RollbackReport, RunOptions,
     SourceCheck, TARGET_COMMIT, rejects_path,
 };
 pub use replicate::{Progress, Replicator, SyncReport, no_progress};

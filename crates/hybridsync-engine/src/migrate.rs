@@ -46,9 +46,9 @@ impl Mapping {
     }
 }
 
-/// How a migration runs.
+/// How a migration runs (what it reads and maps is its [`MigrationJob`]).
 #[derive(Debug, Clone)]
-pub struct MigrateOptions {
+pub struct RunOptions {
     /// Chunks parsed at once (default: the core count).
     pub workers: usize,
     /// A fixed batch size; `None` adapts it to the commit time (100 to 20,000 rows,
@@ -66,13 +66,10 @@ pub struct MigrateOptions {
     /// With a cloud: ship the outbox within this long after the run, then compare the
     /// collection with the cloud (the consistency checker's digests). `None`: don't.
     pub cloud_check: Option<Duration>,
-    /// Where rejects files go.
-    pub rejects_dir: PathBuf,
 }
 
-impl MigrateOptions {
-    /// Defaults, with rejects files in `rejects_dir`.
-    pub fn new(rejects_dir: impl Into<PathBuf>) -> Self {
+impl Default for RunOptions {
+    fn default() -> Self {
         Self {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             batch_rows: None,
@@ -80,7 +77,6 @@ impl MigrateOptions {
             restart: false,
             verify: true,
             cloud_check: None,
-            rejects_dir: rejects_dir.into(),
         }
     }
 }
@@ -98,6 +94,8 @@ pub struct MigrationJob {
     pub plan: String,
     /// Resume this migration (its plan must be this job's).
     pub resume: Option<String>,
+    /// Where the rejects file goes (`<id>.rejects.jsonl`).
+    pub rejects_dir: PathBuf,
 }
 
 impl std::fmt::Debug for MigrationJob {
@@ -515,16 +513,16 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     pub async fn migrate(
         &self,
         mut job: MigrationJob,
-        options: &MigrateOptions,
+        options: &RunOptions,
         progress: &(dyn Fn(&MigrateProgress) + Send + Sync),
     ) -> Result<MigrationReport> {
         let started = Instant::now();
         let spec = self.collection_spec(&job.collection).await?;
         let fingerprint = job.source.fingerprint().await?;
         let (mut info, resumed) = self.claim(&job, &fingerprint, options).await?;
-        let rejects = rejects_path(&options.rejects_dir, &info.id);
-        crate::snapshot::create_dir(&options.rejects_dir).map_err(|source| Error::Rejects {
-            path: options.rejects_dir.clone(),
+        let rejects = rejects_path(&job.rejects_dir, &info.id);
+        crate::snapshot::create_dir(&job.rejects_dir).map_err(|source| Error::Rejects {
+            path: job.rejects_dir.clone(),
             source,
         })?;
         let mut rejects_file = Rejects::open(rejects.clone(), info.rejects_bytes)?;
@@ -595,7 +593,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         &self,
         job: &MigrationJob,
         fingerprint: &str,
-        options: &MigrateOptions,
+        options: &RunOptions,
     ) -> Result<(MigrationInfo, bool)> {
         let known = self.store().migrations().await?;
         let earlier = match &job.resume {
@@ -673,7 +671,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         spec: &CollectionSpec,
         info: &mut MigrationInfo,
         rejects: &mut Rejects,
-        options: &MigrateOptions,
+        options: &RunOptions,
         started: Instant,
         progress: &(dyn Fn(&MigrateProgress) + Send + Sync),
     ) -> (Box<dyn MigrationSource>, Result<()>) {
@@ -816,7 +814,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         &self,
         job: MigrationJob,
         spec: &CollectionSpec,
-        options: &MigrateOptions,
+        options: &RunOptions,
     ) -> Result<SourceCheck> {
         let (send, mut chunks) = tokio::sync::mpsc::channel(options.workers.max(1) + 1);
         let reader = spawn_reader(

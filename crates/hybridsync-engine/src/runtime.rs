@@ -215,7 +215,7 @@ where
     pub async fn migrate(
         &self,
         job: crate::MigrationJob,
-        options: &crate::MigrateOptions,
+        options: &crate::RunOptions,
         progress: &(dyn Fn(&crate::MigrateProgress) + Send + Sync),
     ) -> Result<crate::MigrationReport> {
         let mut report = self.engine.migrate(job, options, progress).await?;

@@ -269,50 +269,36 @@ impl SqliteStore {
                 let seq: i64 = tx
                     .prepare_cached("SELECT seq FROM migrations WHERE id = ?1")?
                     .query_row([&id], |row| row.get(0))?;
-                type Undo = (i64, String, i64, Vec<u8>, bool, i64, Vec<u8>, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>, Option<bool>);
                 let undo: Vec<Undo> = tx
                     .prepare_cached(
-                        "SELECT w.record_id, r.key, r.hlc, r.origin, r.hlc = w.written_hlc AND r.origin = w.written_origin, \
-                         w.written_hlc, w.written_origin, w.prev_hlc, w.prev_payload, w.prev_embedding, \
-                         w.prev_tombstone FROM migration_writes w JOIN records r ON r.id = w.record_id \
+                        "SELECT w.record_id, r.key, r.hlc = w.written_hlc AND r.origin = w.written_origin, \
+                         w.prev_hlc IS NOT NULL, w.prev_payload, w.prev_embedding, w.prev_tombstone \
+                         FROM migration_writes w JOIN records r ON r.id = w.record_id \
                          WHERE w.migration = ?1 AND w.undone = 0 ORDER BY w.record_id LIMIT ?2",
                     )?
-                    .query_map(rusqlite::params![seq, limit as i64], |row| {
-                        Ok((
-                            row.get(0)?,
-                            row.get(1)?,
-                            row.get(2)?,
-                            row.get(3)?,
-                            row.get(4)?,
-                            row.get(5)?,
-                            row.get(6)?,
-                            row.get(7)?,
-                            row.get(8)?,
-                            row.get(9)?,
-                            row.get(10)?,
-                        ))
-                    })?
+                    .query_map(rusqlite::params![seq, limit as i64], Undo::from_row)?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut floor = high_water(tx)?;
                 let mut tree = TreeDelta::default();
                 let mut outcome = RollbackOutcome::default();
-                for (record_id, key, _, _, unchanged, _, _, prev_hlc, prev_payload, prev_embedding, prev_tombstone) in undo {
+                for undo in undo {
                     tx.prepare_cached(
                         "UPDATE migration_writes SET undone = 1 WHERE migration = ?1 AND record_id = ?2",
                     )?
-                    .execute([seq, record_id])?;
-                    let key = Key::new(key)?;
-                    if !unchanged {
+                    .execute([seq, undo.record_id])?;
+                    let key = Key::new(undo.key)?;
+                    if !undo.unchanged {
                         outcome.kept.push(key);
                         continue;
                     }
-                    let (payload, embedding, tombstone) = match prev_hlc {
-                        None => (Vec::new(), None, true),
-                        Some(_) => (
-                            prev_payload.unwrap_or_default(),
-                            prev_embedding.as_deref().map(blob_to_embedding).transpose()?,
-                            prev_tombstone.unwrap_or(false),
-                        ),
+                    let (payload, embedding, tombstone) = if undo.existed {
+                        (
+                            undo.payload.unwrap_or_default(),
+                            undo.embedding.as_deref().map(blob_to_embedding).transpose()?,
+                            undo.tombstone.unwrap_or(false),
+                        )
+                    } else {
+                        (Vec::new(), None, true)
                     };
                     let (payload, embedding) = if tombstone { (Vec::new(), None) } else { (payload, embedding) };
                     let version = self.stamp_above(floor);
@@ -340,6 +326,32 @@ impl SqliteStore {
             })
             .await?;
         Ok(outcome)
+    }
+}
+
+/// One write of a migration to undo: the key, whether it still holds what the
+/// migration wrote, and what it held before (`existed`: it held anything).
+struct Undo {
+    record_id: i64,
+    key: String,
+    unchanged: bool,
+    existed: bool,
+    payload: Option<Vec<u8>>,
+    embedding: Option<Vec<u8>>,
+    tombstone: Option<bool>,
+}
+
+impl Undo {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            record_id: row.get(0)?,
+            key: row.get(1)?,
+            unchanged: row.get(2)?,
+            existed: row.get(3)?,
+            payload: row.get(4)?,
+            embedding: row.get(5)?,
+            tombstone: row.get(6)?,
+        })
     }
 }
 

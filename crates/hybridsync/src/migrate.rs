@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use hybridsync_core::{MigrationCounts, MigrationInfo, MigrationState};
-pub use hybridsync_engine::{Mapping, MigrateProgress, SourceCheck};
+pub use hybridsync_engine::{Mapping, MigrateProgress, RunOptions, SourceCheck};
 
 /// What to read from a SQL source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,7 +34,7 @@ pub enum Source {
     Postgres { url: CloudUrl, select: Select },
 }
 
-/// How a migration maps and runs.
+/// What a migration imports into, and how it runs.
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     /// The collection rows go to (it must exist).
@@ -43,19 +43,9 @@ pub struct MigrateOptions {
     /// Outbox priority of imported rows; default deferred, so an import never starves
     /// live writes (soft caps still apply; nothing is dropped).
     pub priority: Priority,
-    /// Chunks parsed at once (default: the core count).
-    pub workers: usize,
-    /// A fixed batch size (`None`: adapted to the commit time).
-    pub batch_rows: Option<usize>,
-    /// Stop, resumably, once more rows than this were rejected (0: never).
-    pub max_errors: u64,
-    /// Start over when the source of an unfinished run changed.
-    pub restart: bool,
-    /// Re-read the source afterwards and compare it with the store (default on).
-    pub verify: bool,
-    /// With a cloud: ship the outbox within this long, then compare the collection
-    /// with the cloud (default 5 minutes; `None`: leave it to the background drain).
-    pub cloud_check: Option<Duration>,
+    /// Workers, batch size, error limit, restart, and the checks afterwards. The facade
+    /// asks for the cloud check by default (5 minutes to ship, then compare).
+    pub run: RunOptions,
 }
 
 impl MigrateOptions {
@@ -65,12 +55,10 @@ impl MigrateOptions {
             collection: collection.into(),
             mapping: Mapping::new(key),
             priority: Priority::Deferred,
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            batch_rows: None,
-            max_errors: 0,
-            restart: false,
-            verify: true,
-            cloud_check: Some(Duration::from_secs(300)),
+            run: RunOptions {
+                cloud_check: Some(Duration::from_secs(300)),
+                ..RunOptions::default()
+            },
         }
     }
 }
@@ -245,15 +233,9 @@ impl HybridStore {
             priority: options.priority,
             plan,
             resume,
+            rejects_dir: self.migrations_dir(),
         };
-        let mut run = hybridsync_engine::MigrateOptions::new(self.migrations_dir());
-        run.workers = options.workers.max(1);
-        run.batch_rows = options.batch_rows;
-        run.max_errors = options.max_errors;
-        run.restart = options.restart;
-        run.verify = options.verify;
-        run.cloud_check = options.cloud_check;
-        Ok(self.runtime().migrate(job, &run, progress).await?)
+        Ok(self.runtime().migrate(job, &options.run, progress).await?)
     }
 
     /// Where rejects files go: `<data dir>/migrations`.
