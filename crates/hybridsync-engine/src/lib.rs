@@ -3,8 +3,9 @@
 //! [`RecordCache`](hybridsync_core::RecordCache) into the local-first read and write
 //! paths ([`Engine`]), ships the outbox to a [`CloudSink`](hybridsync_core::CloudSink)
 //! in the background ([`Syncer`]: batches, priorities, retries with backoff, a circuit
-//! breaker), runs seed, hydrate and sync ([`Replicator`]), and owns their lifecycle
-//! ([`Runtime`]).
+//! breaker), runs seed, hydrate and sync ([`Replicator`]), imports bulk data from a
+//! [`MigrationSource`](hybridsync_core::MigrationSource) resumably
+//! ([`Engine::migrate`], [`JsonLinesSource`]), and owns their lifecycle ([`Runtime`]).
 //!
 //! Writes go to the store first (record and outbox entry in one transaction), then to
 //! the vector index and the hot cache. Reads are served by the hot cache, the vector
