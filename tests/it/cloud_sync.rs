@@ -345,25 +345,21 @@ fn devices_register_list_and_deregister_and_sync_marks_them_seen() {
             && listed.contains("(this device)"),
         "{listed}"
     );
-    let seen = |listing: &str| -> u64 {
-        listing
-            .split("last seen ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+    // Printed for people: a UTC time and an age, not raw milliseconds.
+    assert!(
+        listed.contains(" UTC (") && listed.contains(" s ago)"),
+        "{listed}"
+    );
+    let seen = || -> u64 {
+        let listing: serde_json::Value =
+            serde_json::from_str(&cloud.ok(&["devices", "list", "--json"])).unwrap();
+        listing[0]["last_seen_ms"].as_u64().unwrap()
     };
-    let before = seen(&listed);
+    let before = seen();
     std::thread::sleep(Duration::from_millis(20));
     cloud.ok(&["put", "notes", "k", "--json", "{}"]);
     cloud.ok(&["flush", "--timeout", "30"]);
-    assert!(
-        seen(&cloud.ok(&["devices", "list"])) > before,
-        "a sync updates last-seen"
-    );
+    assert!(seen() > before, "a sync updates last-seen");
     assert!(
         cloud
             .ok(&["devices", "deregister", &id])
@@ -785,4 +781,48 @@ fn verify_reports_a_difference_and_repair_mends_it() {
     let bad = a.run(&["verify", "--sample", "1.5"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a fraction"));
+}
+
+#[test]
+fn sync_hydrate_and_seed_without_the_schema_say_to_run_cloud_migrate() {
+    let pg = TempPostgres::start().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    for local in [
+        &["collections", "create", "notes"][..],
+        &["put", "notes", "k", "--json", "{}"],
+    ] {
+        let out = Command::new(binary())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(local)
+            .env_remove("HYBRIDSYNC_DATA_DIR")
+            .env_remove("HYBRIDSYNC_CLOUD_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for command in [&["sync"][..], &["hydrate"], &["seed"]] {
+        let out = Command::new(binary())
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--cloud-url")
+            .arg(pg.url("postgres"))
+            .args(command)
+            .env_remove("HYBRIDSYNC_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{command:?} succeeded without a schema"
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("hybridsync schema") && said.contains("cloud migrate"),
+            "{command:?}: {said}"
+        );
+    }
 }

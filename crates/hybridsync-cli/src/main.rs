@@ -17,6 +17,7 @@ mod migrate;
 mod replicate;
 mod serve;
 mod stats;
+mod time;
 mod voiceprint;
 
 use anyhow::{Context, Result, bail};
@@ -173,8 +174,12 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum DevicesCommand {
-    /// List devices (id, name, last seen)
-    List,
+    /// List devices (id, name, last seen as a UTC time and an age)
+    List {
+        /// As JSON (`last_seen_ms`: milliseconds since the Unix epoch)
+        #[arg(long)]
+        json: bool,
+    },
     /// Register this device under a name (or rename it)
     Register { name: String },
     /// Remove a device from the list
@@ -612,19 +617,37 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             }
             say!("outbox flushed: nothing pending")?;
         }
-        Command::Devices(DevicesCommand::List) => {
+        Command::Devices(DevicesCommand::List { json }) => {
             let this = store.device_id();
-            for device in store.devices().await? {
+            let now = time::now_ms();
+            let devices = store.devices().await?;
+            if *json {
+                let rows: Vec<serde_json::Value> = devices
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.id.to_string(),
+                            "name": d.name,
+                            "last_seen_ms": d.last_seen_ms,
+                            "this_device": d.id == this,
+                        })
+                    })
+                    .collect();
+                say!("{}", serde_json::to_string_pretty(&rows)?)?;
+                return Ok(());
+            }
+            for device in devices {
                 let marker = if device.id == this {
                     " (this device)"
                 } else {
                     ""
                 };
                 say!(
-                    "{}\t{}\tlast seen {} ms{marker}",
+                    "{}\t{}\tlast seen {} ({}){marker}",
                     device.id,
                     device.name,
-                    device.last_seen_ms
+                    time::utc(device.last_seen_ms),
+                    time::age(device.last_seen_ms, now)
                 )?;
             }
         }

@@ -83,7 +83,12 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 let message = db.message().to_owned();
-                if unavailable_code(&code) {
+                if code == "42P01" && message.contains("\"hs_") {
+                    // One of our tables is missing: the schema was never installed here.
+                    Error::Schema(format!(
+                        "{message} (SQLSTATE 42P01): this database has no hybridsync schema; an administrator installs it once with `hybridsync --cloud-url ADMIN_URL cloud migrate --grant ROLE --tenant TENANT`"
+                    ))
+                } else if unavailable_code(&code) {
                     Error::Unavailable(format!("SQLSTATE {code}: {message}"))
                 } else if transient_code(&code) {
                     Error::Transient { code, message }

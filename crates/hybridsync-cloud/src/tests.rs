@@ -703,6 +703,18 @@ async fn schema_mismatches_are_refused() {
         matches!(sink.verify_schema().await, Err(Error::Schema(_))),
         "no schema yet"
     );
+    // What a new user running `sync` before `cloud migrate` sees: what to do, not
+    // only PostgreSQL's words; permanent, like any refused statement.
+    let said = sink.remote_collections().await.unwrap_err();
+    let text = said.to_string();
+    assert!(
+        text.contains("does not exist (SQLSTATE 42P01)") && text.contains("cloud migrate"),
+        "{text}"
+    );
+    assert!(
+        matches!(said, Error::Schema(_)) && !said.is_retryable(),
+        "{said:?}"
+    );
     let admin = CloudUrl::new(pg.url("postgres"));
     migrate(&admin, Some("app")).await.unwrap();
     migrate(&admin, Some("app")).await.unwrap(); // idempotent
