@@ -36,6 +36,15 @@ pub struct SearchOptions {
 /// stored f32 vectors finds all of them (`docs/benchmarks.md`).
 pub const I8_RERANK_FACTOR: usize = 2;
 
+/// `priority` after the soft cap of its class (given the queued `depths`), with `rows` more
+/// counted against the class it lands in.
+fn capped(depths: &mut BTreeMap<Priority, u64>, priority: Priority, rows: usize) -> Priority {
+    let depth = depths.get(&priority).copied().unwrap_or(0);
+    let priority = priority.downgraded(depth);
+    *depths.entry(priority).or_default() += rows as u64;
+    priority
+}
+
 /// A snapshot of the local side, for `status`.
 #[derive(Debug, Clone)]
 pub struct LocalStatus {
@@ -127,24 +136,6 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         self.nudge.clone()
     }
 
-    /// The priority `rows` writes at `priority` get under the soft caps (see
-    /// [`Self::apply_soft_caps`]); a whole batch moves down together.
-    pub(crate) async fn soft_capped(&self, priority: Priority, rows: usize) -> Result<Priority> {
-        let mut probe = [WriteRequest {
-            collection: CollectionName::new("probe").expect("a valid name"),
-            key: Key::new("probe").expect("a valid key"),
-            payload: Vec::new(),
-            embedding: None,
-            tombstone: false,
-            priority,
-        }];
-        self.apply_soft_caps(&mut probe).await?;
-        if let Some(depth) = self.queued.lock_or_recover().1.get_mut(&probe[0].priority) {
-            *depth += rows.saturating_sub(1) as u64;
-        }
-        Ok(probe[0].priority)
-    }
-
     /// Reflects writes the store committed by another path (a migration's batches and
     /// its rollback) in the index and the hot cache.
     pub(crate) fn reflect_receipts(&self, receipts: &[WriteReceipt]) -> Result<()> {
@@ -154,6 +145,23 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     /// Applies the per-class soft caps: a class at its cap hands new entries to the
     /// next class down (never critical; nothing is dropped).
     async fn apply_soft_caps(&self, requests: &mut [WriteRequest]) -> Result<()> {
+        self.refresh_depths().await?;
+        let mut queued = self.queued.lock_or_recover();
+        for request in requests {
+            request.priority = capped(&mut queued.1, request.priority, 1);
+        }
+        Ok(())
+    }
+
+    /// The priority `rows` new entries asking for `priority` get under the soft caps:
+    /// a migration's batch moves down together.
+    pub(crate) async fn soft_capped(&self, priority: Priority, rows: usize) -> Result<Priority> {
+        self.refresh_depths().await?;
+        Ok(capped(&mut self.queued.lock_or_recover().1, priority, rows))
+    }
+
+    /// Re-reads the queue depths when the last reading is over a second old.
+    async fn refresh_depths(&self) -> Result<()> {
         let stale = {
             let queued = self.queued.lock_or_recover();
             queued
@@ -163,12 +171,6 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         if stale {
             let depths = self.store.queue_depths().await?;
             *self.queued.lock_or_recover() = (Some(Instant::now()), depths);
-        }
-        let mut queued = self.queued.lock_or_recover();
-        for request in requests {
-            let depth = queued.1.get(&request.priority).copied().unwrap_or(0);
-            request.priority = request.priority.downgraded(depth);
-            *queued.1.entry(request.priority).or_default() += 1;
         }
         Ok(())
     }

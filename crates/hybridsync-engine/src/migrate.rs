@@ -832,7 +832,6 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
                 std::collections::HashMap::new();
             for (_, parsed) in chunk?.rows {
                 if let Parsed::Row(record) = parsed {
-                    check.checked += 1;
                     expected.insert(record.key, record.hash);
                 }
             }

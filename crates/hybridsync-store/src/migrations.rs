@@ -34,48 +34,39 @@ fn alive(pid: i64) -> bool {
     }
 }
 
-fn info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(MigrationInfo, i64, String)> {
-    let collection: String = row.get(1)?;
-    let state: String = row.get(7)?;
-    let counts = MigrationCounts {
-        read: row.get::<_, i64>(9)? as u64,
-        imported: row.get::<_, i64>(10)? as u64,
-        rejected: row.get::<_, i64>(11)? as u64,
-        skipped: row.get::<_, i64>(12)? as u64,
+/// A migration's row; a running migration whose process is gone is reported as
+/// interrupted.
+fn info_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MigrationInfo> {
+    let unreadable = |column, e: hybridsync_core::Error| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
     };
-    Ok((
-        MigrationInfo {
-            id: row.get(0)?,
-            // Checked below, with the state; a placeholder until then.
-            collection: CollectionName::new("m").expect("a valid name"),
-            source: row.get(2)?,
-            plan: row.get(3)?,
-            fingerprint: row.get(4)?,
-            position: row.get(5)?,
-            rejects_bytes: row.get::<_, i64>(6)? as u64,
-            state: MigrationState::Running,
-            counts,
-            error: row.get(13)?,
-            started_ms: row.get::<_, i64>(14)? as u64,
-            updated_ms: row.get::<_, i64>(15)? as u64,
-        },
-        row.get(8)?,
-        format!("{collection}\u{0}{state}"),
-    ))
-}
-
-/// Finishes [`info_from_row`]: the collection and the state, a running migration whose
-/// process is gone reported as interrupted.
-fn checked(
-    (mut info, pid, names): (MigrationInfo, i64, String),
-) -> hybridsync_core::Result<MigrationInfo> {
-    let (collection, state) = names.split_once('\u{0}').unwrap_or_default();
-    info.collection = CollectionName::new(collection)?;
-    info.state = state.parse()?;
-    if info.state == MigrationState::Running && !alive(pid) {
-        info.state = MigrationState::Interrupted;
+    let collection = CollectionName::new(row.get::<_, String>(1)?).map_err(|e| unreadable(1, e))?;
+    let mut state: MigrationState = row
+        .get::<_, String>(7)?
+        .parse()
+        .map_err(|e| unreadable(7, e))?;
+    if state == MigrationState::Running && !alive(row.get(8)?) {
+        state = MigrationState::Interrupted;
     }
-    Ok(info)
+    Ok(MigrationInfo {
+        id: row.get(0)?,
+        collection,
+        source: row.get(2)?,
+        plan: row.get(3)?,
+        fingerprint: row.get(4)?,
+        position: row.get(5)?,
+        rejects_bytes: row.get::<_, i64>(6)? as u64,
+        state,
+        counts: MigrationCounts {
+            read: row.get::<_, i64>(9)? as u64,
+            imported: row.get::<_, i64>(10)? as u64,
+            rejected: row.get::<_, i64>(11)? as u64,
+            skipped: row.get::<_, i64>(12)? as u64,
+        },
+        error: row.get(13)?,
+        started_ms: row.get::<_, i64>(14)? as u64,
+        updated_ms: row.get::<_, i64>(15)? as u64,
+    })
 }
 
 impl SqliteStore {
@@ -125,22 +116,20 @@ impl SqliteStore {
         id: &str,
     ) -> hybridsync_core::Result<Option<MigrationInfo>> {
         let sql = format!("SELECT {COLUMNS} FROM migrations WHERE id = ?1");
-        let row = self.point.with(|conn| {
+        Ok(self.point.with(|conn| {
             conn.prepare_cached(&sql)?
                 .query_row([id], info_from_row)
                 .optional()
-        })?;
-        row.map(checked).transpose()
+        })?)
     }
 
     pub(crate) async fn migrations(&self) -> hybridsync_core::Result<Vec<MigrationInfo>> {
         let sql = format!("SELECT {COLUMNS} FROM migrations ORDER BY seq");
-        let rows = self.point.with(|conn| {
+        Ok(self.point.with(|conn| {
             conn.prepare_cached(&sql)?
                 .query_map([], info_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        rows.into_iter().map(checked).collect()
+        })?)
     }
 
     pub(crate) async fn end_migration(
