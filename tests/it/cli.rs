@@ -180,6 +180,96 @@ fn collections_put_get_search_delete_and_status() -> Result<()> {
 }
 
 #[test]
+fn list_pages_a_collections_keys_by_prefix() {
+    let cli = Cli::new();
+    cli.ok(&["collections", "create", "notes"]);
+    for key in [
+        "user", "user/1", "user/10", "user/2", "userx", "zeta", "abc", "user/3",
+    ] {
+        cli.ok(&[
+            "put",
+            "notes",
+            key,
+            "--json",
+            &format!(r#"{{"k":"{key}"}}"#),
+        ]);
+    }
+    cli.ok(&["delete", "notes", "user/3"]);
+    assert_eq!(
+        cli.ok(&["list", "notes"]),
+        "abc\nuser\nuser/1\nuser/10\nuser/2\nuserx\nzeta\n",
+        "every live key in key order, tombstones left out"
+    );
+    assert_eq!(
+        cli.ok(&["list", "notes", "--prefix", "user/"]),
+        "user/1\nuser/10\nuser/2\n"
+    );
+    assert_eq!(
+        cli.ok(&["list", "notes", "--prefix", "user"]),
+        "user\nuser/1\nuser/10\nuser/2\nuserx\n",
+        "the prefix itself is a key too"
+    );
+    assert_eq!(
+        cli.ok(&["list", "notes", "--prefix", "user", "--limit", "2"]),
+        "user\nuser/1\n"
+    );
+    assert_eq!(cli.ok(&["list", "notes", "--prefix", "nobody"]), "");
+    let json: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["list", "notes", "--prefix", "zeta", "--json"])).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{"key": "zeta", "bytes": 12, "value": {"k": "zeta"}}])
+    );
+    assert!(cli.fails(&["list", "nosuch"]).contains("nosuch"));
+    assert!(
+        cli.fails(&["list", "notes", "--limit", "x"])
+            .contains("invalid value")
+    );
+}
+
+/// `status --json` only ever gains fields: every field scripts may read today is
+/// still there, under the same name.
+#[test]
+fn status_json_keeps_every_documented_field() {
+    let cli = Cli::new();
+    cli.ok(&["collections", "create", "notes"]);
+    let status = cli.status();
+    for path in [
+        "/device_id",
+        "/data_dir",
+        "/outbox/pending",
+        "/outbox/in_flight",
+        "/outbox/failed",
+        "/outbox/done",
+        "/outbox/by_priority",
+        "/collections/notes/records",
+        "/collections/notes/indexed",
+        "/collections/notes/index_restored",
+        "/collections/notes/vector",
+        "/collections/notes/encrypted",
+        "/encryption/key_ids",
+        "/cache/entries",
+        "/cache/bytes",
+        "/cache/hits",
+        "/cache/misses",
+        "/cloud/configured",
+        "/cloud/url",
+        "/cloud/reachable",
+        "/cloud/circuit",
+        "/cloud/pool",
+        "/sync/last_sync_ms",
+        "/sync/synced_total",
+        "/sync/failed_total",
+        "/sync/history",
+    ] {
+        assert!(
+            status.pointer(path).is_some(),
+            "status --json lost {path}: {status}"
+        );
+    }
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let cli = Cli::new();
     cli.ok(&["collections", "create", "voices", "--dim", "3"]);

@@ -372,6 +372,45 @@ fn devices_register_list_and_deregister_and_sync_marks_them_seen() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid device id"));
 }
 
+/// A device that only syncs (never `devices register`) appears in `devices list` under
+/// its host name, a rename sticks across later syncs, and a deregistered device that
+/// syncs again comes back.
+#[test]
+fn a_syncing_device_registers_itself_under_its_host_name() {
+    let cloud = Cloud::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        cloud.ok(&["devices", "list"]).is_empty(),
+        "nobody registered yet"
+    );
+    cloud.ok(&["sync"]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&cloud.ok(&["devices", "list", "--json"])).unwrap();
+    assert_eq!(listing.as_array().unwrap().len(), 1, "{listing}");
+    assert_eq!(listing[0]["name"], host.as_str());
+    assert_eq!(listing[0]["this_device"], true);
+    let id = listing[0]["id"].as_str().unwrap().to_owned();
+
+    cloud.ok(&["devices", "register", "front desk"]);
+    cloud.ok(&["put", "notes", "k", "--json", "{}"]);
+    cloud.ok(&["flush", "--timeout", "30"]);
+    cloud.ok(&["sync"]);
+    let listed = cloud.ok(&["devices", "list"]);
+    assert!(
+        listed.contains("front desk") && !listed.contains(&format!("\t{host}\t")),
+        "a rename sticks: {listed}"
+    );
+    cloud.ok(&["devices", "deregister", &id]);
+    cloud.ok(&["sync"]);
+    assert!(
+        cloud.ok(&["devices", "list"]).contains(&id),
+        "it comes back on contact"
+    );
+}
+
 /// Device A seeds 20,000 records; `hybridsync hydrate` on a fresh device B is killed
 /// (SIGKILL) after its first progress line and run again: it resumes from the persisted
 /// cursor, pulling exactly the rest (no gap, nothing twice). Then `sync` moves a change

@@ -2,9 +2,10 @@
 //! tidy, every test of the workspace, the chaos schedules in short mode, the
 //! benchmarks' quick mode as a smoke check, and the release dry run.
 //!
-//! The tests start what they need themselves (throwaway PostgreSQL and Redis from the
-//! installed binaries, via `hybridsync-testkit`); this only checks those binaries exist
-//! so a missing install fails early with a clear message.
+//! The tests start what they need themselves (throwaway PostgreSQL, Redis and
+//! Prometheus from the installed binaries, via `hybridsync-testkit`); this first
+//! installs the system packages those binaries come from when they are missing and it
+//! may (as root or with passwordless sudo), and otherwise says the one command to run.
 
 use crate::project_root;
 use anyhow::{Context, Result, bail};
@@ -29,30 +30,121 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn check_prerequisites() -> Result<()> {
-    let pg = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.path().join("bin/initdb").exists());
-    if !pg && std::env::var_os("HYBRIDSYNC_PG_BIN").is_none() {
-        bail!(
-            "PostgreSQL server binaries not found (apt-get install postgresql, or set HYBRIDSYNC_PG_BIN)"
-        );
-    }
-    if Command::new("redis-server")
-        .arg("--version")
+/// A system package the tests use, and how to tell it is installed.
+struct Package {
+    name: &'static str,
+    installed: fn() -> bool,
+}
+
+/// Whether `binary` runs (`args`: a harmless way to ask it its version).
+fn runs(binary: &str, args: &[&str]) -> bool {
+    Command::new(binary)
+        .args(args)
         .output()
-        .is_err()
-    {
-        bail!("redis-server not found (apt-get install redis-server)");
+        .is_ok_and(|o| o.status.success())
+}
+
+const PACKAGES: &[Package] = &[
+    Package {
+        name: "postgresql",
+        installed: || {
+            std::env::var_os("HYBRIDSYNC_PG_BIN").is_some()
+                || std::fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.path().join("bin/initdb").exists())
+        },
+    },
+    Package {
+        name: "redis-server",
+        installed: || runs("redis-server", &["--version"]),
+    },
+    // promtool (check metrics, check and test rules) and the end-to-end alert test.
+    Package {
+        name: "prometheus",
+        installed: || runs("promtool", &["--version"]) && runs("prometheus", &["--version"]),
+    },
+    // The live `status --watch` is tested in a real terminal.
+    Package {
+        name: "tmux",
+        installed: || runs("tmux", &["-V"]),
+    },
+    Package {
+        name: "openssl",
+        installed: || runs("openssl", &["version"]),
+    },
+];
+
+/// Installs the missing system packages the tests need, non-interactively, when it can
+/// (as root, or with passwordless sudo), saying what it installs; otherwise fails with
+/// the one command to run. Also adds the clippy and rustfmt components if missing.
+fn install_prerequisites() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|p| !(p.installed)())
+        .map(|p| p.name)
+        .collect();
+    if !missing.is_empty() {
+        let root = effective_uid() == Some(0);
+        let sudo = !root
+            && Command::new("sudo")
+                .args(["-n", "true"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        let install = format!(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+            missing.join(" ")
+        );
+        if !root && !sudo {
+            bail!(
+                "missing system packages: {}; install them with:\n  sudo sh -c '{install}'",
+                missing.join(", ")
+            );
+        }
+        eprintln!("installing system packages: {}", missing.join(" "));
+        let mut cmd = if root {
+            Command::new("sh")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "sh"]);
+            sudo
+        };
+        let status = cmd
+            .args(["-c", &install])
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("installing {} failed ({status})", missing.join(" "));
+        }
+        if let Some(still) = PACKAGES.iter().find(|p| !(p.installed)()) {
+            bail!("{} is still missing after apt-get install", still.name);
+        }
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output();
+    if let Ok(out) = components {
+        let installed = String::from_utf8_lossy(&out.stdout);
+        if !installed.contains("clippy") || !installed.contains("rustfmt") {
+            eprintln!("installing rustup components: clippy rustfmt");
+            let _ = Command::new("rustup")
+                .args(["component", "add", "clippy", "rustfmt"])
+                .status();
+        }
     }
     Ok(())
 }
 
+/// The effective user id, from `id -u` (xtask keeps no libc dependency).
+fn effective_uid() -> Option<u32> {
+    let out = Command::new("id").arg("-u").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
-    check_prerequisites()?;
+    install_prerequisites()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     crate::tidy::run()?;
     cargo(&[

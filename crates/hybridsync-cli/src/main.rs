@@ -66,6 +66,19 @@ enum Command {
     },
     /// Print a record's JSON
     Get { collection: String, key: String },
+    /// List a collection's live keys in key order (one per line, or `--json` with
+    /// each record's size and JSON value)
+    List {
+        collection: String,
+        /// Only keys starting with this
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many keys
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a record (a tombstone that reaches the cloud)
     Delete {
         collection: String,
@@ -372,6 +385,61 @@ fn parse_embedding(csv: &str) -> Result<Vec<f32>> {
         .collect()
 }
 
+/// `hybridsync list`: pages through the collection from the prefix on (keys sort as
+/// bytes, so every key with the prefix follows the prefix itself) until `limit` keys
+/// or the first key past the prefix.
+async fn list(
+    store: &HybridStore,
+    collection: &str,
+    prefix: &str,
+    limit: usize,
+    json: bool,
+) -> Result<()> {
+    const PAGE: usize = 500;
+    let raw = store.raw(collection)?;
+    let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+    if !prefix.is_empty() {
+        if let Some(payload) = raw.get(prefix).await? {
+            found.push((prefix.to_owned(), payload));
+        }
+    }
+    let mut after = (!prefix.is_empty()).then(|| prefix.to_owned());
+    'pages: while found.len() < limit {
+        let page = raw
+            .list(after.as_deref(), PAGE.min(limit - found.len()))
+            .await?;
+        let full = page.len() == PAGE.min(limit - found.len());
+        for (key, payload) in page {
+            if !key.as_str().starts_with(prefix) {
+                break 'pages;
+            }
+            after = Some(key.as_str().to_owned());
+            found.push((key.into(), payload));
+        }
+        if !full {
+            break;
+        }
+    }
+    if json {
+        let rows: Vec<serde_json::Value> = found
+            .iter()
+            .map(|(key, payload)| {
+                serde_json::json!({
+                    "key": key,
+                    "bytes": payload.len(),
+                    "value": serde_json::from_slice::<serde_json::Value>(payload).ok(),
+                })
+            })
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        for (key, _) in &found {
+            say!("{key}")?;
+        }
+    }
+    Ok(())
+}
+
 /// The exit status of a process whose reader went away (128 + SIGPIPE), as `ls | head`.
 const CLOSED_PIPE: u8 = 141;
 
@@ -525,6 +593,12 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             },
             None => bail!("no record {collection}/{key}"),
         },
+        Command::List {
+            collection,
+            prefix,
+            limit,
+            json,
+        } => list(store, collection, prefix, *limit, *json).await?,
         Command::Delete {
             collection,
             key,

@@ -1,4 +1,5 @@
-//! Devices of a tenant: register (or rename), list, deregister, and last-seen updates.
+//! Devices of a tenant: register (or rename), list, deregister, and last-seen updates
+//! (which register a device on first contact).
 
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{DeviceId, DeviceInfo};
@@ -13,7 +14,8 @@ const DEVICES: &str = "SELECT device_id, name, (extract(epoch FROM registered_at
 const DEREGISTER: &str =
     "DELETE FROM hs_devices WHERE tenant = current_setting('hybridsync.tenant') AND device_id = $1";
 
-const TOUCH: &str = "UPDATE hs_devices SET last_seen = now() WHERE tenant = current_setting('hybridsync.tenant') AND device_id = $1";
+const TOUCH: &str = "INSERT INTO hs_devices (tenant, device_id, name) VALUES (current_setting('hybridsync.tenant'), $1, $2)
+             ON CONFLICT (tenant, device_id) DO UPDATE SET last_seen = now()";
 
 impl PostgresSink {
     pub(crate) async fn register_device(&self, id: DeviceId, name: &str) -> Result<()> {
@@ -56,10 +58,13 @@ impl PostgresSink {
         Ok(removed > 0)
     }
 
-    pub(crate) async fn touch_device(&self, id: DeviceId) -> Result<()> {
+    pub(crate) async fn touch_device(&self, id: DeviceId, default_name: &str) -> Result<()> {
+        hybridsync_core::validate_device_name(default_name)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let mut tx = self.begin().await?;
         sqlx::query(TOUCH)
             .bind(id.to_string())
+            .bind(default_name)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -96,8 +96,8 @@ impl CloudSink for PostgresSink {
         Ok(PostgresSink::deregister_device(self, id).await?)
     }
 
-    async fn touch_device(&self, id: DeviceId) -> hybridsync_core::Result<()> {
-        Ok(PostgresSink::touch_device(self, id).await?)
+    async fn touch_device(&self, id: DeviceId, default_name: &str) -> hybridsync_core::Result<()> {
+        Ok(PostgresSink::touch_device(self, id, default_name).await?)
     }
 
     async fn next_change(&self, seen: u64) -> u64 {

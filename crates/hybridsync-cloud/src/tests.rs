@@ -850,7 +850,7 @@ async fn devices_register_rename_touch_list_and_deregister_per_tenant() {
 
     let before = listed.iter().find(|d| d.id == phone).unwrap().last_seen_ms;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    a.touch_device(phone).await.unwrap();
+    a.touch_device(phone, "ignored default").await.unwrap();
     let after = a
         .list_devices()
         .await
@@ -860,7 +860,39 @@ async fn devices_register_rename_touch_list_and_deregister_per_tenant() {
         .unwrap()
         .last_seen_ms;
     assert!(after > before, "touch moves last-seen: {before} -> {after}");
-    b.touch_device(DeviceId([9; 16])).await.unwrap(); // unknown: a no-op
+    assert_eq!(
+        a.list_devices()
+            .await
+            .unwrap()
+            .iter()
+            .find(|d| d.id == phone)
+            .unwrap()
+            .name,
+        "work phone",
+        "a touch keeps the registered name"
+    );
+    // First contact registers an unknown device under its default name, in its own
+    // tenant only; a bad default name is refused and registers nothing.
+    let tablet = DeviceId([9; 16]);
+    assert!(b.touch_device(tablet, "").await.is_err());
+    assert!(b.list_devices().await.unwrap().is_empty());
+    b.touch_device(tablet, "tablet-host").await.unwrap();
+    let b_devices = b.list_devices().await.unwrap();
+    assert_eq!(
+        b_devices
+            .iter()
+            .map(|d| (d.id, d.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(tablet, "tablet-host")]
+    );
+    assert!(
+        a.list_devices()
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.id != tablet)
+    );
+    assert!(b.deregister_device(tablet).await.unwrap());
 
     assert!(a.deregister_device(phone).await.unwrap());
     assert!(!a.deregister_device(phone).await.unwrap());

@@ -433,8 +433,9 @@ pub trait CloudSink: Send + Sync + 'static {
     async fn list_devices(&self) -> Result<Vec<DeviceInfo>>;
     /// Removes a device; false when it was not registered.
     async fn deregister_device(&self, id: crate::DeviceId) -> Result<bool>;
-    /// Updates a registered device's last-seen time (a no-op for unknown devices).
-    async fn touch_device(&self, id: crate::DeviceId) -> Result<()>;
+    /// Marks a device seen now. A device the tenant does not know yet is registered
+    /// under `default_name` (first contact); a registered device keeps its name.
+    async fn touch_device(&self, id: crate::DeviceId, default_name: &str) -> Result<()>;
     /// Waits until other writers have changed this tenant's data since the change
     /// counter read `seen`, and returns the new count. A nudge for auto-sync, not a
     /// guarantee: it may wake without news and may miss some (auto-sync still runs on

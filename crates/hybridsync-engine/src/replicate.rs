@@ -359,6 +359,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
         }
         match result {
             Ok(()) => {
+                self.syncer.touch_if_due().await;
                 progress(100.0, "done");
                 self.syncer.emit(SyncEvent::SyncCompleted {
                     operation,

@@ -113,6 +113,8 @@ pub struct Syncer<S: ?Sized, C: ?Sized> {
     draining: tokio::sync::Mutex<()>,
     /// When this device's last-seen time was last updated in the cloud (clock ms).
     last_touch: Mutex<Option<u64>>,
+    /// The name this device registers under on first contact ([`default_device_name`]).
+    device_name: String,
     /// The earliest retry scheduled since the last pass began (ms since the epoch;
     /// `u64::MAX`: none), so the background drain wakes for it before its interval.
     next_retry_ms: AtomicU64,
@@ -129,6 +131,18 @@ struct Claim {
 
 /// How often a syncing device refreshes its last-seen time in the cloud.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// The name a device registers under on first contact: the host name when it is a
+/// valid device name, else `device-` and the first 8 hex digits of its id. Renaming
+/// (`devices register NAME`) is optional and sticks.
+fn default_device_name(id: hybridsync_core::DeviceId) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| hybridsync_core::validate_device_name(name).is_ok())
+        .unwrap_or_else(|| format!("device-{}", &id.to_string()[..8]))
+}
 
 impl<S: ?Sized, C: ?Sized> std::fmt::Debug for Syncer<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +167,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     pub fn new(store: Arc<S>, sink: Arc<C>, config: SyncConfig, nudge: Arc<Notify>) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
+            device_name: default_device_name(store.device_id()),
             store,
             sink,
             batch_size: AtomicUsize::new(
@@ -351,8 +366,9 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     }
 
     /// Refreshes this device's last-seen time after a successful sync, at most once a
-    /// minute; a failure here never fails the drain.
-    async fn touch_if_due(&self) {
+    /// minute, registering it under its default name on first contact; a failure here
+    /// never fails the drain or the sync.
+    pub(crate) async fn touch_if_due(&self) {
         {
             let now = self.now_ms();
             let mut last = self.last_touch.lock_or_recover();
@@ -361,7 +377,11 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
             }
             *last = Some(now);
         }
-        if let Err(e) = self.sink.touch_device(self.store.device_id()).await {
+        if let Err(e) = self
+            .sink
+            .touch_device(self.store.device_id(), &self.device_name)
+            .await
+        {
             tracing::debug!(error = %e, "could not refresh this device's last-seen time");
         }
     }

@@ -375,11 +375,21 @@ impl CloudSink for MemorySink {
         Ok(self.state.lock_or_recover().devices.remove(&id).is_some())
     }
 
-    async fn touch_device(&self, id: DeviceId) -> Result<()> {
+    async fn touch_device(&self, id: DeviceId, default_name: &str) -> Result<()> {
+        hybridsync_core::validate_device_name(default_name)?;
         self.gate()?;
-        if let Some(info) = self.state.lock_or_recover().devices.get_mut(&id) {
-            info.last_seen_ms = self.now_ms();
-        }
+        let now = self.now_ms();
+        self.state
+            .lock_or_recover()
+            .devices
+            .entry(id)
+            .or_insert_with(|| DeviceInfo {
+                id,
+                name: default_name.to_owned(),
+                registered_ms: now,
+                last_seen_ms: now,
+            })
+            .last_seen_ms = now;
         Ok(())
     }
 
