@@ -226,6 +226,91 @@ fn serve_drains_writes_from_other_processes_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "serve exited with {status}");
 }
 
+/// `serve`'s endpoint as an operator's Prometheus and Kubernetes see it: `/metrics`
+/// passes `promtool check metrics` and carries the pool, statement and age metrics;
+/// `/healthz` and `/readyz` answer 200 with JSON; with the cloud stopped the circuit
+/// opens and readiness still passes (the body says the cloud is unreachable); other
+/// paths and methods get 404 and 405.
+#[test]
+fn serve_metrics_pass_promtool_and_probes_stay_ready_without_the_cloud() {
+    use crate::metrics_endpoint::{get, promtool_check_metrics, request};
+    let cloud = Cloud::new();
+    let port = hybridsync_testkit::free_port().unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut daemon = serve(&cloud, port);
+    wait_for("the endpoint", Duration::from_secs(30), || {
+        request(addr, "GET", "/healthz").is_ok()
+    });
+    cloud.ok(&["put", "notes", "a", "--json", "{}"]);
+    wait_for("the drain", Duration::from_secs(30), || {
+        cloud.cloud_rows().len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(1_500)); // one gauge refresh after it
+    let (status, metrics) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let said = promtool_check_metrics(&metrics)
+        .unwrap_or_else(|e| panic!("promtool check metrics refused the scrape:\n{e}\n{metrics}"));
+    assert!(said.trim().is_empty(), "promtool lint: {said}");
+    for name in [
+        "hybridsync_queries_total ",
+        "hybridsync_pool_acquires_total ",
+        "hybridsync_pool_acquire_errors_total ",
+        "hybridsync_pool_acquire_wait_seconds ",
+        "hybridsync_connection_pool_max 3",
+        "hybridsync_last_sync_age_seconds ",
+        "hybridsync_records_synced_total ",
+    ] {
+        assert!(metrics.contains(name), "missing {name:?} in:\n{metrics}");
+    }
+    let (status, live) = get(addr, "/healthz");
+    assert_eq!(
+        (status, live.trim()),
+        (200, r#"{"live":true,"status":"ok"}"#)
+    );
+    let (status, ready) = get(addr, "/readyz");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["cloud"]["circuit"], "closed");
+
+    cloud
+        .pg
+        .stop(hybridsync_testkit::ShutdownMode::Immediate)
+        .unwrap();
+    for i in 0..20 {
+        cloud.ok(&["put", "notes", &format!("down{i}"), "--json", "{}"]);
+    }
+    let mut last = serde_json::Value::Null;
+    wait_for("the circuit to open", Duration::from_secs(90), || {
+        let (status, body) = get(addr, "/readyz");
+        assert_eq!(
+            status, 200,
+            "readiness must not depend on the cloud: {body}"
+        );
+        last = serde_json::from_str(&body).unwrap();
+        last["cloud"]["circuit"] == "open"
+    });
+    assert_eq!(last["ready"], true);
+    assert_eq!(last["cloud"]["reachable"], false);
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/nowhere").0, 404);
+    let post = request(addr, "POST", "/metrics").unwrap();
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(metrics.contains("hybridsync_circuit_state 2"), "{metrics}");
+    promtool_check_metrics(&metrics).unwrap();
+
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        request(addr, "GET", "/healthz").is_err(),
+        "gone with the process"
+    );
+}
+
 /// Jepsen-style set check: the draining process is SIGKILLed at random moments, many
 /// times, while writes keep being acknowledged. After a final flush every acknowledged
 /// write must be in PostgreSQL with its latest value: lost = acknowledged but absent = 0.

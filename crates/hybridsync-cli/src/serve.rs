@@ -1,4 +1,5 @@
-//! `hybridsync serve`: the auto-sync daemon with the metrics endpoint.
+//! `hybridsync serve`: the auto-sync daemon with the metrics and health endpoint
+//! (`/metrics`, `/healthz`, `/readyz`).
 
 use anyhow::{Context, Result};
 use hybridsync::HybridStore;
@@ -12,7 +13,7 @@ pub(crate) async fn run(
     metrics_addr: std::net::SocketAddr,
     auto_sync: Duration,
 ) -> Result<()> {
-    hybridsync::install_prometheus(metrics_addr)?;
+    let metrics_addr = store.install_prometheus(metrics_addr)?;
     if store.cloud_configured() {
         if let Err(e) = store.verify_cloud_schema().await {
             // Keep serving: the cloud may be down now and fine later. Say why nothing drains.
@@ -25,12 +26,12 @@ pub(crate) async fn run(
                 .await?;
         }
         eprintln!(
-            "serving: draining the outbox to {}; metrics on http://{metrics_addr}/metrics",
+            "serving: draining the outbox to {}; metrics on http://{metrics_addr}/metrics, probes on /healthz and /readyz",
             store.status().await?.cloud.unwrap_or_default()
         );
     } else {
         eprintln!(
-            "serving local-only (no cloud configured); metrics on http://{metrics_addr}/metrics"
+            "serving local-only (no cloud configured); metrics on http://{metrics_addr}/metrics, probes on /healthz and /readyz"
         );
     }
     // The store's runtime keeps the gauges current; this only waits for a signal.

@@ -32,9 +32,9 @@ impl PostgresSink {
             .bind(metrics)
             .bind(precisions)
             .bind(specs.iter().map(|s| s.encrypted).collect::<Vec<_>>())
-            .execute(&mut *tx)
+            .execute(self.counted(&mut *tx))
             .await?;
-        let known = read_specs(&mut tx).await?;
+        let known = read_specs(self.counted(&mut tx)).await?;
         for spec in specs {
             if let Some(other) = known.iter().find(|k| k.name == spec.name && *k != spec) {
                 return Err(Error::SpecConflict {
@@ -44,15 +44,15 @@ impl PostgresSink {
                 });
             }
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     /// Every collection definition of this tenant.
     pub(crate) async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
         let mut tx = self.begin().await?;
-        let specs = read_specs(&mut tx).await?;
-        tx.commit().await?;
+        let specs = read_specs(self.counted(&mut tx)).await?;
+        self.commit(tx).await?;
         Ok(specs)
     }
 }

@@ -24,16 +24,18 @@ impl PostgresSink {
         sqlx::query(REGISTER)
             .bind(id.to_string())
             .bind(name)
-            .execute(&mut *tx)
+            .execute(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
     pub(crate) async fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(DEVICES).fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        let rows = sqlx::query(DEVICES)
+            .fetch_all(self.counted(&mut *tx))
+            .await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get(0)?;
@@ -51,10 +53,10 @@ impl PostgresSink {
         let mut tx = self.begin().await?;
         let removed = sqlx::query(DEREGISTER)
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(self.counted(&mut *tx))
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(removed > 0)
     }
 
@@ -65,9 +67,9 @@ impl PostgresSink {
         sqlx::query(TOUCH)
             .bind(id.to_string())
             .bind(default_name)
-            .execute(&mut *tx)
+            .execute(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 }

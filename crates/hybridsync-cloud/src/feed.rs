@@ -39,9 +39,9 @@ impl PostgresSink {
             .bind(after_txid.to_string())
             .bind(after_seq)
             .bind(limit.min(i64::MAX as usize) as i64)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         let mut next = cursor.clone();
         let mut records = Vec::with_capacity(rows.len());
         for row in rows {
@@ -56,9 +56,9 @@ impl PostgresSink {
         let mut tx = self.begin().await?;
         let count: i64 = sqlx::query_scalar(COUNT)
             .bind(collection.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_one(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(count as u64)
     }
 }

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use std::collections::VecDeque;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -97,6 +97,11 @@ pub struct PostgresSink {
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Whether the listener holds a pooled connection now (not counted as load).
     listening: Arc<AtomicBool>,
+    /// Pool takes and statements sent, for metrics (`CloudSink::pool_stats`).
+    acquires: AtomicU64,
+    acquire_errors: AtomicU64,
+    acquire_wait_ns: AtomicU64,
+    queries: AtomicU64,
 }
 
 impl Drop for PostgresSink {
@@ -209,6 +214,10 @@ impl PostgresSink {
             changes: Arc::new(watch::Sender::new(0)),
             listener: Mutex::new(None),
             listening: Arc::new(AtomicBool::new(false)),
+            acquires: AtomicU64::new(0),
+            acquire_errors: AtomicU64::new(0),
+            acquire_wait_ns: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
         })
     }
 
@@ -298,10 +307,23 @@ impl PostgresSink {
     /// the same round trip.
     pub(crate) async fn begin_clocked(&self) -> Result<(Transaction<'static, Postgres>, i64)> {
         self.sample_load();
-        let mut tx = self.pool.begin().await?;
+        let started = std::time::Instant::now();
+        let began = self.pool.begin().await;
+        self.acquire_wait_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let mut tx = match began {
+            Ok(tx) => {
+                self.acquires.fetch_add(1, Ordering::Relaxed);
+                self.counted(tx)
+            }
+            Err(e) => {
+                self.acquire_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
         let (server_ms, member): (i64, Option<bool>) = sqlx::query_as(BEGIN_FOR_TENANT)
             .bind(&self.tenant)
-            .fetch_one(&mut *tx)
+            .fetch_one(self.counted(&mut *tx))
             .await?;
         if member != Some(true) {
             return Err(Error::TenantDenied {
@@ -309,6 +331,29 @@ impl PostgresSink {
             });
         }
         Ok((tx, server_ms))
+    }
+
+    /// Counts one statement sent through `executor` (for `queries_total`) and hands it
+    /// back: `query.execute(self.counted(&mut *tx))`.
+    pub(crate) fn counted<E>(&self, executor: E) -> E {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        executor
+    }
+
+    /// Commits `tx`, counting the `COMMIT`.
+    pub(crate) async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
+        self.counted(tx).commit().await?;
+        Ok(())
+    }
+
+    /// The pool's and statements' counters so far.
+    pub(crate) fn pool_stats(&self) -> hybridsync_core::PoolStats {
+        hybridsync_core::PoolStats {
+            acquires: self.acquires.load(Ordering::Relaxed),
+            acquire_errors: self.acquire_errors.load(Ordering::Relaxed),
+            acquire_wait_secs: self.acquire_wait_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            queries: self.queries.load(Ordering::Relaxed),
+        }
     }
 
     /// Checks that the server's hybridsync schema is the one this build expects.
@@ -328,7 +373,7 @@ impl PostgresSink {
     /// A cheap round trip that proves the server answers.
     pub(crate) async fn health_check(&self) -> Result<()> {
         self.sample_load();
-        sqlx::query(PING).execute(&self.pool).await?;
+        sqlx::query(PING).execute(self.counted(&self.pool)).await?;
         Ok(())
     }
 }

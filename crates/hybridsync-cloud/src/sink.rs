@@ -123,4 +123,8 @@ impl CloudSink for PostgresSink {
     fn pool_size(&self) -> (u32, u32) {
         (self.pool.size(), self.max_connections)
     }
+
+    fn pool_stats(&self) -> hybridsync_core::PoolStats {
+        PostgresSink::pool_stats(self)
+    }
 }

@@ -98,7 +98,7 @@ impl PostgresSink {
             )
             .bind(buckets)
             .bind(leaves)
-            .execute(&mut *tx)
+            .execute(self.counted(&mut *tx))
             .await?
             .rows_affected();
         if applied > 0 {
@@ -106,11 +106,11 @@ impl PostgresSink {
             sqlx::query(NOTIFY)
                 .bind(CHANGES_CHANNEL)
                 .bind(format!("{} {}", self.token, self.tenant))
-                .execute(&mut *tx)
+                .execute(self.counted(&mut *tx))
                 .await?;
         }
         hybridsync_core::crash_point("during_batch");
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(applied)
     }
 }

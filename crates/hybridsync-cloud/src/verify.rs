@@ -129,15 +129,17 @@ impl PostgresSink {
         let nodes = if level == 0 { ROOT } else { NODES };
         let sql = format!("WITH r AS ({rows}), nodes (prefix, n, s) AS ({nodes}) {WRAP}");
         let mut tx = self.begin().await?;
-        sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
+        sqlx::query(LONG_STATEMENTS)
+            .execute(self.counted(&mut *tx))
+            .await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection.as_str())
             .bind(lows)
             .bind(highs)
             .bind(shift(level))
-            .fetch_all(&mut *tx)
+            .fetch_all(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .filter(|row| row.try_get::<i64, _>(1).is_ok_and(|n| n > 0))
             .map(|row| {
@@ -170,14 +172,16 @@ impl PostgresSink {
         let (rows, lows, highs) = rows_cte(buckets, level.max(1));
         let sql = format!("SELECT key, hlc, origin, tombstone, hash FROM ({rows}) AS r");
         let mut tx = self.begin().await?;
-        sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
+        sqlx::query(LONG_STATEMENTS)
+            .execute(self.counted(&mut *tx))
+            .await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection.as_str())
             .bind(lows)
             .bind(highs)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|row| digest_from_row(collection, row))
             .collect()
@@ -195,9 +199,9 @@ impl PostgresSink {
         let rows = sqlx::query(ROWS_BY_KEY)
             .bind(collection.as_str())
             .bind(keys)
-            .fetch_all(&mut *tx)
+            .fetch_all(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         rows.iter()
             .map(|row| crate::feed::record_from_row(collection, row, false))
             .collect()
@@ -206,12 +210,14 @@ impl PostgresSink {
     /// Keys of rows whose content does not match their stored hash.
     pub(crate) async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {
         let mut tx = self.begin().await?;
-        sqlx::query(LONG_STATEMENTS).execute(&mut *tx).await?;
+        sqlx::query(LONG_STATEMENTS)
+            .execute(self.counted(&mut *tx))
+            .await?;
         let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(DAMAGED.as_str()))
             .bind(collection.as_str())
-            .fetch_all(&mut *tx)
+            .fetch_all(self.counted(&mut *tx))
             .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         keys.into_iter()
             .map(|k| Key::new(k).map_err(|e| Error::BadRow(e.to_string())))
             .collect()

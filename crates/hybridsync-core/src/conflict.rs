@@ -72,6 +72,17 @@ pub enum ResolutionKind {
     Merged,
 }
 
+impl ResolutionKind {
+    /// The name in reports and metric labels: `keep_local`, `keep_remote`, `merged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeepLocal => "keep_local",
+            Self::KeepRemote => "keep_remote",
+            Self::Merged => "merged",
+        }
+    }
+}
+
 impl From<&Resolution> for ResolutionKind {
     fn from(resolution: &Resolution) -> Self {
         match resolution {

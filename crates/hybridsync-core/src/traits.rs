@@ -459,4 +459,22 @@ pub trait CloudSink: Send + Sync + 'static {
     fn pool_size(&self) -> (u32, u32) {
         (0, 0)
     }
+    /// What the sink's pool and statements have cost since it was made, for metrics.
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::default()
+    }
+}
+
+/// Counters of a cloud sink's connection pool and of the statements it sent, since
+/// the sink was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PoolStats {
+    /// Connections taken from the pool (each with its transaction's `BEGIN`).
+    pub acquires: u64,
+    /// Takes that failed: pool timeouts, refused or broken connections.
+    pub acquire_errors: u64,
+    /// Seconds spent waiting for those connections (and their `BEGIN`), in all.
+    pub acquire_wait_secs: f64,
+    /// Statements sent to the server, `BEGIN` and `COMMIT` included.
+    pub queries: u64,
 }

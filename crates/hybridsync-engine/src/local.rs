@@ -40,7 +40,12 @@ pub const I8_RERANK_FACTOR: usize = 2;
 /// counted against the class it lands in.
 fn capped(depths: &mut BTreeMap<Priority, u64>, priority: Priority, rows: usize) -> Priority {
     let depth = depths.get(&priority).copied().unwrap_or(0);
+    let asked = priority;
     let priority = priority.downgraded(depth);
+    if priority != asked {
+        metrics::counter!(catalogue::WRITES_DOWNGRADED, "priority" => asked.as_str())
+            .increment(rows as u64);
+    }
     *depths.entry(priority).or_default() += rows as u64;
     priority
 }

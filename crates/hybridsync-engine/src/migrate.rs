@@ -16,6 +16,7 @@ use hybridsync_core::{
     MigrationInfo, MigrationSource, MigrationState, Priority, RawRow, Record, SourceRow,
     SourceValue, VectorCache,
 };
+use hybridsync_telemetry::catalogue;
 use serde_json::{Map, Value};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -548,6 +549,15 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         run.imported -= before.imported;
         run.rejected -= before.rejected;
         run.skipped -= before.skipped;
+        for (outcome, rows) in [
+            ("imported", run.imported),
+            ("rejected", run.rejected),
+            ("skipped", run.skipped),
+        ] {
+            metrics::counter!(catalogue::MIGRATE_ROWS, "outcome" => outcome).increment(rows);
+        }
+        let state = if stopped.is_ok() { "done" } else { "failed" };
+        metrics::counter!(catalogue::MIGRATE_RUNS, "state" => state).increment(1);
         if let Err(e) = stopped {
             self.store()
                 .end_migration(&info.id, MigrationState::Failed, Some(&e.to_string()))

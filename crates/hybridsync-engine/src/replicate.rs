@@ -9,6 +9,7 @@ use hybridsync_core::{
     CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, LocalStore,
     Priority, Strategy, SyncEvent, SyncOperation, VectorCache, WriteRequest,
 };
+use hybridsync_telemetry::catalogue;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -453,7 +454,10 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
             report.refused += outcome.refused.len() as u64;
             report.conflicts_detected += outcome.conflicts.len() as u64;
             report.conflicts_resolved += (outcome.changed.len() - outcome.applied) as u64;
+            metrics::counter!(catalogue::ROWS_PULLED).increment(outcome.applied as u64);
             for conflict in &outcome.conflicts {
+                metrics::counter!(catalogue::CONFLICTS, "resolution" => conflict.resolution.as_str())
+                    .increment(1);
                 self.syncer.emit(SyncEvent::ConflictDetected {
                     collection: spec.name.clone(),
                     key: conflict.key.clone(),

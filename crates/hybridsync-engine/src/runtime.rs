@@ -62,6 +62,8 @@ pub struct Runtime<S: ?Sized, V: ?Sized, C: ?Sized> {
     cloud: Option<Cloud<S, V, C>>,
     config: RuntimeConfig,
     loops: tokio::sync::Mutex<Loops>,
+    /// Set when shutdown begins: nothing is served after it.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl<S: ?Sized, V: ?Sized, C: ?Sized> std::fmt::Debug for Runtime<S, V, C> {
@@ -105,10 +107,16 @@ where
             cloud,
             config,
             loops: tokio::sync::Mutex::default(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         };
         let gauges = runtime.start_gauges();
         runtime.loops.try_lock().expect("new runtime").gauges = Some(gauges);
         runtime
+    }
+
+    /// Whether shutdown has begun (or finished): the store no longer serves.
+    pub fn is_shut_down(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The local engine.
@@ -272,6 +280,8 @@ where
     /// entries are still queued for the cloud (0 without one). Later calls do nothing
     /// and return the first call's answer.
     pub async fn shutdown(&self, deadline: Duration) -> Result<u64> {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut loops = self.loops.lock().await;
         if let Some(left) = loops.shut_down {
             return Ok(left);
@@ -326,6 +336,12 @@ where
             pool_size: status.pool.0,
             pool_max: status.pool.1,
             pool_load: status.pool_load,
+            pool_stats: s.sink().pool_stats(),
+            last_contact_ms: status.last_contact.and_then(|at| {
+                at.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64)
+            }),
         }
     });
     Ok(SyncMetrics::new(
@@ -333,5 +349,6 @@ where
         &outbox,
         drain,
         engine.uptime().as_secs_f64(),
+        syncer.map_or_else(|| SystemClock.now_ms(), |s| s.clock().now_ms()),
     ))
 }

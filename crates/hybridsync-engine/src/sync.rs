@@ -88,6 +88,8 @@ impl std::ops::AddAssign for DrainReport {
 pub struct SyncStatus {
     pub circuit: CircuitState,
     pub last_success: Option<SystemTime>,
+    /// When the cloud last answered: a health check or an acknowledged batch.
+    pub last_contact: Option<SystemTime>,
     pub shipped_total: u64,
     pub failed_total: u64,
     pub batch_size: usize,
@@ -108,6 +110,7 @@ pub struct Syncer<S: ?Sized, C: ?Sized> {
     shipped_total: AtomicU64,
     failed_total: AtomicU64,
     last_success: Mutex<Option<SystemTime>>,
+    last_contact: Mutex<Option<SystemTime>>,
     clock: Arc<dyn Clock>,
     /// Serialises drain passes within this process.
     draining: tokio::sync::Mutex<()>,
@@ -182,6 +185,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
             shipped_total: AtomicU64::new(0),
             failed_total: AtomicU64::new(0),
             last_success: Mutex::new(None),
+            last_contact: Mutex::new(None),
             clock: Arc::new(SystemClock),
             draining: tokio::sync::Mutex::new(()),
             last_touch: Mutex::new(None),
@@ -269,6 +273,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
         SyncStatus {
             circuit: self.breaker().state(),
             last_success: *self.last_success.lock_or_recover(),
+            last_contact: *self.last_contact.lock_or_recover(),
             shipped_total: self.shipped_total.load(Ordering::Relaxed),
             failed_total: self.failed_total.load(Ordering::Relaxed),
             batch_size: self.batch_size.load(Ordering::Relaxed),
@@ -451,8 +456,9 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
                     let transition = self.breaker().on_success(self.now_ms());
                     self.transitioned(transition);
                     self.adapt_batch(records.len(), elapsed);
-                    *self.last_success.lock_or_recover() =
-                        Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.now_ms()));
+                    let now = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.now_ms()));
+                    *self.last_success.lock_or_recover() = now;
+                    *self.last_contact.lock_or_recover() = now;
                     report.shipped += records.len();
                     // Only built for someone listening: a key and collection copy each.
                     let listened = self.events.receiver_count() > 0;
@@ -631,6 +637,10 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
         };
         self.transitioned(transition);
         let healthy = self.sink.health_check().await.is_ok();
+        if healthy {
+            *self.last_contact.lock_or_recover() =
+                Some(SystemTime::UNIX_EPOCH + Duration::from_millis(self.now_ms()));
+        }
         let transition = self.breaker().on_health(healthy, self.now_ms());
         self.transitioned(transition);
     }

@@ -49,12 +49,33 @@ catalogue! {
     SYNC_LATENCY = "hybridsync_sync_latency_seconds", Histogram, [], "Latency of one outbox batch reaching the cloud.";
     /// Batches drained, by outcome (`ok`, `retry`, `rejected`).
     SYNCS = "hybridsync_syncs_total", Counter, ["status"], "Outbox batches sent to the cloud, by outcome (ok, retry, rejected).";
-    /// Records shipped to the cloud.
-    RECORDS_SYNCED = "hybridsync_records_synced_total", Counter, [], "Records the cloud acknowledged.";
+    /// Records shipped to the cloud (rows pushed).
+    RECORDS_SYNCED = "hybridsync_records_synced_total", Counter, [], "Records pushed that the cloud acknowledged (rows pushed).";
+    /// Remote rows applied to this store by hydrate and sync (rows pulled).
+    ROWS_PULLED = "hybridsync_rows_pulled_total", Counter, [], "Remote rows hydrate and sync applied to this store (rows pulled).";
+    /// Conflicts settled while pulling, by the side kept.
+    CONFLICTS = "hybridsync_conflicts_total", Counter, ["resolution"], "Conflicts settled while pulling, by resolution (keep_local, keep_remote, merged).";
+    /// Seconds since the cloud last acknowledged a batch.
+    LAST_SYNC_AGE = "hybridsync_last_sync_age_seconds", Gauge, [], "Seconds since the cloud last acknowledged an outbox batch (absent before the first).";
+    /// Seconds since the cloud last answered (a health check or an acknowledged batch).
+    HEALTH_CHECK_AGE = "hybridsync_health_check_age_seconds", Gauge, [], "Seconds since the cloud last answered a health check or acknowledged a batch (absent before the first).";
+    /// Writes queued at a lower priority than asked, because that priority's queue
+    /// was past its soft cap.
+    WRITES_DOWNGRADED = "hybridsync_writes_downgraded_total", Counter, ["priority"], "Writes queued below the priority asked for (label) because its queue was past the soft cap.";
     /// Circuit breaker state: 0 closed, 1 half-open, 2 open.
     CIRCUIT_STATE = "hybridsync_circuit_state", Gauge, [], "Circuit breaker state: 0 closed, 1 half-open, 2 open.";
     /// Open cloud connections.
     POOL_SIZE = "hybridsync_connection_pool_size", Gauge, [], "Open cloud connections (never above the cap).";
+    /// The pool's connection cap.
+    POOL_MAX = "hybridsync_connection_pool_max", Gauge, [], "The cloud pool's connection cap.";
+    /// Connections taken from the pool.
+    POOL_ACQUIRES = "hybridsync_pool_acquires_total", Counter, [], "Connections taken from the cloud pool (each with its BEGIN).";
+    /// Mean wait for a pooled connection.
+    POOL_ACQUIRE_WAIT = "hybridsync_pool_acquire_wait_seconds", Gauge, [], "Mean wait for a cloud pool connection and its BEGIN, since the sink was made.";
+    /// Pool takes that failed.
+    POOL_ACQUIRE_ERRORS = "hybridsync_pool_acquire_errors_total", Counter, [], "Cloud pool takes that failed (timeouts, refused or broken connections).";
+    /// Statements sent to the cloud.
+    QUERIES = "hybridsync_queries_total", Counter, [], "Statements sent to the cloud, BEGIN and COMMIT included.";
     /// Mean share of the pool cap in use over the last 100 operations.
     POOL_LOAD = "hybridsync_connection_pool_load", Gauge, [], "Mean share of the cloud pool cap in use over the last 100 operations.";
     /// Consistency checks run.
@@ -63,6 +84,10 @@ catalogue! {
     VERIFY_DIFFERENCES = "hybridsync_verify_differences_total", Counter, ["kind"], "Rows a consistency check found different between device and cloud, by kind (missing_remote, missing_local, stale_local, stale_remote, damaged).";
     /// Rows the consistency checker mended.
     VERIFY_REPAIRED = "hybridsync_verify_repaired_total", Counter, [], "Rows a consistency check with repair mended.";
+    /// Rows a migration run read, by outcome.
+    MIGRATE_ROWS = "hybridsync_migrate_rows_total", Counter, ["outcome"], "Rows migrations handled, by outcome (imported, rejected, skipped).";
+    /// Migration runs finished, by final state.
+    MIGRATE_RUNS = "hybridsync_migrate_runs_total", Counter, ["state"], "Migration runs that ended, by state (done, failed).";
     /// Seconds since the store was opened.
     UPTIME = "hybridsync_uptime_seconds", Gauge, [], "Seconds since the store was opened.";
 }

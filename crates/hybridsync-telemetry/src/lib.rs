@@ -1,6 +1,6 @@
 //! Telemetry for hybridsync: the one catalogue of metric names ([`catalogue`]), the
 //! [`SyncMetrics`] snapshot that sets the gauges, and (with the `prometheus` feature)
-//! the Prometheus exporter (`install_prometheus`).
+//! the Prometheus endpoint (`install_prometheus`: `/metrics`, `/healthz`, `/readyz`).
 //!
 //! Library crates record through the `metrics` facade using the names in
 //! [`catalogue`]; only the facade and the CLI install an exporter. Without the
@@ -12,8 +12,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod catalogue;
+#[cfg(feature = "prometheus")]
+mod http;
 mod snapshot;
 
+#[cfg(feature = "prometheus")]
+pub use http::{Probe, ProbeAnswer, Probes};
 pub use snapshot::{DrainGauges, SyncMetrics};
 
 #[cfg(feature = "prometheus")]
@@ -36,22 +40,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9090";
 
-/// Installs the global `metrics` recorder with a Prometheus HTTP endpoint on `addr`
-/// (`GET /metrics`) and registers the catalogue's descriptions. Call it once, from
-/// an application (the CLI does), inside a Tokio runtime.
+/// Installs the global `metrics` recorder with an HTTP endpoint on `addr`: `GET
+/// /metrics` (Prometheus text format) and `GET /healthz` / `GET /readyz`, which answer
+/// 200 while the process runs. Registers the catalogue's descriptions. Returns the
+/// bound address (port 0 picks a free one). Call it once, from an application, inside
+/// a Tokio runtime; `install_prometheus_with` puts real probes behind the health paths.
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
-pub fn install_prometheus(addr: SocketAddr) -> Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets(catalogue::LATENCY_BUCKETS)
-        .and_then(|b| b.install())
-        .map_err(|e| Error::Exporter {
-            addr,
-            reason: e.to_string(),
-        })?;
-    catalogue::describe_all();
-    Ok(())
+pub fn install_prometheus(addr: SocketAddr) -> Result<SocketAddr> {
+    http::serve(addr, None)
+}
+
+/// [`install_prometheus`] with `probes` behind `/healthz` and `/readyz` (200 when the
+/// probe passes, 503 when it fails, its JSON as the body).
+#[cfg(feature = "prometheus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+pub fn install_prometheus_with(addr: SocketAddr, probes: Probes) -> Result<SocketAddr> {
+    http::serve(addr, Some(probes))
 }
 
 /// The README's examples, compiled and run as doc tests.

@@ -45,10 +45,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
+mod health;
 pub mod migrate;
 mod store;
 
 pub use config::{Config, EncryptionConfig};
+pub use health::{CloudHealth, Health};
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
     WriteOptions,
@@ -92,7 +94,9 @@ pub mod cloud {
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 #[doc(inline)]
-pub use hybridsync_telemetry::{DEFAULT_METRICS_ADDR, install_prometheus};
+pub use hybridsync_telemetry::{
+    DEFAULT_METRICS_ADDR, ProbeAnswer, Probes, install_prometheus, install_prometheus_with,
+};
 
 /// Errors of the facade.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,10 @@ pub enum Error {
         "a cloud ({url}) is configured, and this build has no cloud sink (hybridsync's `cloud-postgres` feature)"
     )]
     CloudUnavailable { url: String },
+    /// The metrics endpoint could not be installed (the address is taken, say).
+    #[cfg(feature = "prometheus")]
+    #[error(transparent)]
+    Telemetry(#[from] hybridsync_telemetry::Error),
 }
 
 impl From<hybridsync_engine::Error> for Error {

@@ -297,7 +297,7 @@ fn cloud_sink(url: &CloudUrl, _: &str, _: u32, _: &str) -> Result<Arc<dyn CloudS
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     runtime: HybridRuntime,
     cloud_url: Option<CloudUrl>,
     data_dir: PathBuf,
@@ -308,7 +308,7 @@ struct Inner {
 /// outbox for the cloud. Cheap to clone; every clone shares the same store.
 #[derive(Debug, Clone)]
 pub struct HybridStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Per-write options.
