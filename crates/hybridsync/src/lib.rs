@@ -31,7 +31,7 @@
 //! |---|---|---|
 //! | `vector` | yes | usearch HNSW indexes for vector collections (without it they are refused) |
 //! | `cloud-postgres` | yes | the PostgreSQL sink (without it a cloud URL is refused at open) |
-//! | `prometheus` | no | [`install_prometheus`]: the `/metrics` endpoint (links an HTTP server) |
+//! | `prometheus` | no | [`install_prometheus`]: `/metrics`, `/healthz` and `/readyz` (a small HTTP server) |
 //! | `full` | no | all of the above, for CI and docs |
 //!
 //! With `default-features = false` this is a local store with the hot-record cache:
