@@ -8,4 +8,5 @@ mod disk_full;
 mod metrics_endpoint;
 mod migrate;
 mod pool_pressure;
+mod redis_publisher;
 mod testkit;

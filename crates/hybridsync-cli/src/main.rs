@@ -18,6 +18,7 @@ mod replicate;
 mod serve;
 mod stats;
 mod time;
+mod top;
 mod voiceprint;
 
 use anyhow::{Context, Result, bail};
@@ -97,6 +98,12 @@ enum Command {
     },
     /// Records per collection, outbox depth, cloud configuration
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every live instance of the tenant, from Redis (`[redis] url` or
+    /// HYBRIDSYNC_REDIS_URL; instances publish while they `serve`)
+    Top {
         #[arg(long)]
         json: bool,
     },
@@ -486,6 +493,14 @@ async fn real_main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let mut config = load_config(&cli)?;
+    if let Command::Top { json } = &cli.command {
+        return top::run(&config, *json).await;
+    }
+    // Only a long-running `serve` publishes to Redis: a one-shot command would leave
+    // an instance behind that lived for a second.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        config.redis.url = None;
+    }
     match &cli.command {
         Command::Demo(args) => return demo::run(args, config).await,
         Command::Keys(KeysCommand::Generate { path }) => return generate_key(path),
@@ -745,7 +760,10 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 std::time::Duration::try_from_secs_f64(*auto_sync).context("--auto-sync")?;
             serve::run(store.clone(), *metrics_addr, auto_sync).await?
         }
-        Command::Demo(_) | Command::Cloud(_) | Command::Keys(KeysCommand::Generate { .. }) => {
+        Command::Demo(_)
+        | Command::Top { .. }
+        | Command::Cloud(_)
+        | Command::Keys(KeysCommand::Generate { .. }) => {
             unreachable!("handled before opening the store")
         }
     }

@@ -34,12 +34,17 @@ pub(crate) fn age(then_ms: u64, now_ms: u64) -> String {
     let Some(ms) = now_ms.checked_sub(then_ms) else {
         return "in the future".into();
     };
-    let secs = ms / 1000;
+    format!("{} ago", span(ms as f64 / 1000.0))
+}
+
+/// A span of seconds as people say it: `12 s`, `5 min`, `3 h`, `2 d`.
+pub(crate) fn span(secs: f64) -> String {
+    let secs = secs.max(0.0) as u64;
     match secs {
-        0..60 => format!("{secs} s ago"),
-        60..3600 => format!("{} min ago", secs / 60),
-        3600..86_400 => format!("{} h ago", secs / 3600),
-        _ => format!("{} d ago", secs / 86_400),
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h", secs / 3600),
+        _ => format!("{} d", secs / 86_400),
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Runtime<S: ?Sized, V: ?Sized, C: ?Sized> {
     loops: tokio::sync::Mutex<Loops>,
     /// Set when shutdown begins: nothing is served after it.
     closing: std::sync::atomic::AtomicBool,
+    /// The gauge loop's latest snapshot, for publishers that must never wait on the
+    /// store (the newest replaces one not yet read).
+    snapshots: tokio::sync::watch::Sender<Option<SyncMetrics>>,
 }
 
 impl<S: ?Sized, V: ?Sized, C: ?Sized> std::fmt::Debug for Runtime<S, V, C> {
@@ -108,6 +111,7 @@ where
             config,
             loops: tokio::sync::Mutex::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            snapshots: tokio::sync::watch::Sender::new(None),
         };
         let gauges = runtime.start_gauges();
         runtime.loops.try_lock().expect("new runtime").gauges = Some(gauges);
@@ -153,10 +157,17 @@ where
         metrics_of(&self.engine, self.cloud.as_ref().map(|c| &*c.syncer)).await
     }
 
+    /// The gauge loop's snapshots, every `gauge_interval`: a receiver sees the newest
+    /// (it never holds the loop back). The channel closes when the gauge loop ends.
+    pub fn watch_metrics(&self) -> tokio::sync::watch::Receiver<Option<SyncMetrics>> {
+        self.snapshots.subscribe()
+    }
+
     /// Sets the gauges every `gauge_interval` (and once now) until shutdown or until
     /// the engine is dropped: the loop holds only weak references.
     fn start_gauges(&self) -> SyncHandle {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let snapshots = self.snapshots.clone();
         let engine = Arc::downgrade(&self.engine);
         let syncer: Option<Weak<Syncer<S, C>>> =
             self.cloud.as_ref().map(|c| Arc::downgrade(&c.syncer));
@@ -173,7 +184,10 @@ where
                 };
                 let syncer = syncer.as_ref().and_then(Weak::upgrade);
                 match metrics_of(&engine, syncer.as_deref()).await {
-                    Ok(snapshot) => snapshot.publish(),
+                    Ok(snapshot) => {
+                        snapshot.publish();
+                        snapshots.send_replace(Some(snapshot));
+                    }
                     Err(e) => tracing::debug!(error = %e, "gauge refresh failed"),
                 }
             }

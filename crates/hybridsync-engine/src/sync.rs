@@ -138,7 +138,7 @@ const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// The name a device registers under on first contact: the host name when it is a
 /// valid device name, else `device-` and the first 8 hex digits of its id. Renaming
 /// (`devices register NAME`) is optional and sticks.
-fn default_device_name(id: hybridsync_core::DeviceId) -> String {
+pub fn default_device_name(id: hybridsync_core::DeviceId) -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

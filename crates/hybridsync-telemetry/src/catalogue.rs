@@ -88,6 +88,8 @@ catalogue! {
     MIGRATE_ROWS = "hybridsync_migrate_rows_total", Counter, ["outcome"], "Rows migrations handled, by outcome (imported, rejected, skipped).";
     /// Migration runs finished, by final state.
     MIGRATE_RUNS = "hybridsync_migrate_runs_total", Counter, ["state"], "Migration runs that ended, by state (done, failed).";
+    /// Snapshots sent to Redis, by outcome (`ok`, `error`).
+    REDIS_PUBLISHES = "hybridsync_redis_publishes_total", Counter, ["outcome"], "Snapshots the Redis publisher sent, by outcome (ok, error).";
     /// Seconds since the store was opened.
     UPTIME = "hybridsync_uptime_seconds", Gauge, [], "Seconds since the store was opened.";
 }

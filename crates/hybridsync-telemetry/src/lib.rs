@@ -14,10 +14,16 @@
 pub mod catalogue;
 #[cfg(feature = "prometheus")]
 mod http;
+#[cfg(feature = "redis")]
+mod redis;
 mod snapshot;
 
 #[cfg(feature = "prometheus")]
 pub use http::{Probe, ProbeAnswer, Probes};
+#[cfg(feature = "redis")]
+pub use redis::{
+    Instance, InstanceView, PublisherStatus, RedisOptions, RedisPublisher, check_redis_url, redis_instances,
+};
 pub use snapshot::{DrainGauges, SyncMetrics};
 
 #[cfg(feature = "prometheus")]
@@ -30,6 +36,10 @@ pub enum Error {
     #[cfg(feature = "prometheus")]
     #[error("cannot install the Prometheus exporter on {addr}: {reason}")]
     Exporter { addr: SocketAddr, reason: String },
+    /// A malformed Redis URL, or Redis did not answer a read (the URL is redacted).
+    #[cfg(feature = "redis")]
+    #[error("redis at {url}: {reason}")]
+    Redis { url: String, reason: String },
 }
 
 /// `Result` with the telemetry layer's [`Error`].

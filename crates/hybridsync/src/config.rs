@@ -19,6 +19,8 @@ use std::path::PathBuf;
 /// [encryption]                                   # for collections created --encrypted
 /// key_file = "/etc/myapp/hybridsync.key"         # 32 raw bytes or 64 hex digits, 0600
 /// previous_key_files = []                        # rotated-out keys, still readable
+/// [redis]                                        # optional, feature `redis`
+/// url = "redis://127.0.0.1:6379"                 # or HYBRIDSYNC_REDIS_URL
 /// ```
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,19 @@ pub struct Config {
     pub sync: SyncSettings,
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+}
+
+/// `[redis]`: publish this instance's figures to Redis for `hybridsync top` (needs the
+/// `redis` feature).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host[:port][/db]` (the password never appears in logs).
+    pub url: Option<CloudUrl>,
+    /// Seconds an instance's keys outlive its last publish (default 3600).
+    pub ttl_secs: Option<u64>,
 }
 
 /// `[encryption]`: the key files of client-side encryption (each 32 raw bytes or 64
@@ -91,7 +106,7 @@ pub struct CacheConfig {
 impl Config {
     /// Overrides fields from `HYBRIDSYNC_DATA_DIR`, `HYBRIDSYNC_CLOUD_URL`,
     /// `HYBRIDSYNC_DURABILITY`, `HYBRIDSYNC_TENANT` and
-    /// `HYBRIDSYNC_ENCRYPTION_KEY_FILE` where they are set.
+    /// `HYBRIDSYNC_ENCRYPTION_KEY_FILE` and `HYBRIDSYNC_REDIS_URL` where they are set.
     pub fn with_env(mut self) -> Self {
         if let Some(dir) = std::env::var_os("HYBRIDSYNC_DATA_DIR") {
             self.data_dir = Some(dir.into());
@@ -107,6 +122,9 @@ impl Config {
         }
         if let Some(path) = std::env::var_os("HYBRIDSYNC_ENCRYPTION_KEY_FILE") {
             self.encryption.key_file = Some(path.into());
+        }
+        if let Ok(url) = std::env::var("HYBRIDSYNC_REDIS_URL") {
+            self.redis.url = Some(CloudUrl::new(url));
         }
         self
     }

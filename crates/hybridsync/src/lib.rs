@@ -47,9 +47,10 @@
 mod config;
 mod health;
 pub mod migrate;
+mod publish;
 mod store;
 
-pub use config::{Config, EncryptionConfig};
+pub use config::{Config, EncryptionConfig, RedisConfig};
 pub use health::{CloudHealth, Health};
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
@@ -91,6 +92,11 @@ pub mod cloud {
     };
 }
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use hybridsync_telemetry::{InstanceView, PublisherStatus, redis_instances};
+
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
 #[doc(inline)]
@@ -131,8 +137,14 @@ pub enum Error {
         "a cloud ({url}) is configured, and this build has no cloud sink (hybridsync's `cloud-postgres` feature)"
     )]
     CloudUnavailable { url: String },
-    /// The metrics endpoint could not be installed (the address is taken, say).
-    #[cfg(feature = "prometheus")]
+    /// A Redis URL, in a build without the `redis` feature.
+    #[error(
+        "a Redis publisher ({url}) is configured, and this build has none (hybridsync's `redis` feature)"
+    )]
+    RedisUnavailable { url: String },
+    /// The metrics endpoint could not be installed (the address is taken, say), or a
+    /// Redis URL is malformed or Redis did not answer a read.
+    #[cfg(any(feature = "prometheus", feature = "redis"))]
     #[error(transparent)]
     Telemetry(#[from] hybridsync_telemetry::Error),
 }

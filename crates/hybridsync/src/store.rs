@@ -2,6 +2,7 @@
 //! handles over one shared [`Runtime`], which owns the engine, the cloud and their
 //! lifecycle.
 
+use crate::publish::{Publisher, RedisTarget};
 use crate::{Config, Result};
 use hybridsync_core::{
     Clock, CloudSink, CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
@@ -39,6 +40,7 @@ pub struct HybridStoreBuilder {
     clock: Option<Arc<dyn Clock>>,
     encryption_key: Option<EncryptionKey>,
     previous_keys: Vec<EncryptionKey>,
+    redis: Option<RedisTarget>,
 }
 
 impl HybridStoreBuilder {
@@ -91,6 +93,12 @@ impl HybridStoreBuilder {
         }
         for path in &config.encryption.previous_key_files {
             self.previous_keys.push(read_key_file(path)?);
+        }
+        if let Some(url) = &config.redis.url {
+            self = self.redis_url(url.expose());
+        }
+        if let (Some(secs), Some(target)) = (config.redis.ttl_secs, self.redis.as_mut()) {
+            target.ttl = std::time::Duration::from_secs(secs.max(1));
         }
         Ok(self)
     }
@@ -146,6 +154,19 @@ impl HybridStoreBuilder {
         self
     }
 
+    /// Publish this instance's figures to Redis, under
+    /// `hybridsync:{tenant}:{device}:…` with a TTL of 1 h, for `hybridsync top`. Needs
+    /// the `redis` feature (`open` refuses a URL without it). Publishing never waits
+    /// on the read or write paths, and a Redis that is absent or dies costs nothing
+    /// but failed publishes (counted in `hybridsync_redis_publishes_total`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(RedisTarget {
+            url: CloudUrl::new(url),
+            ttl: std::time::Duration::from_secs(3600),
+        });
+        self
+    }
+
     /// The tenant this device's cloud rows belong to (default `default`).
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = tenant.into();
@@ -195,6 +216,9 @@ impl HybridStoreBuilder {
     /// Opens the store, checks the file, and builds the vector indexes.
     pub async fn open(mut self) -> Result<HybridStore> {
         let keyring = self.keyring()?;
+        if let Some(target) = &self.redis {
+            crate::publish::check(target)?;
+        }
         let data_dir = self.store.data_dir.clone();
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
@@ -220,16 +244,29 @@ impl HybridStoreBuilder {
         if let Some(clock) = self.clock {
             config.clock = clock;
         }
+        let key_ids = config
+            .keyring
+            .as_ref()
+            .map(Keyring::ids)
+            .unwrap_or_default();
+        let device = engine.store().device_id();
+        let runtime = Runtime::new(engine, sink, config);
+        let publisher = match &self.redis {
+            None => None,
+            Some(target) => Some(crate::publish::start(
+                target,
+                &self.tenant,
+                device,
+                runtime.watch_metrics(),
+            )?),
+        };
         Ok(HybridStore {
             inner: Arc::new(Inner {
-                key_ids: config
-                    .keyring
-                    .as_ref()
-                    .map(Keyring::ids)
-                    .unwrap_or_default(),
-                runtime: Runtime::new(engine, sink, config),
+                key_ids,
+                runtime,
                 cloud_url: self.cloud_url,
                 data_dir,
+                publisher: std::sync::Mutex::new(publisher),
             }),
         })
     }
@@ -302,6 +339,8 @@ pub(crate) struct Inner {
     cloud_url: Option<CloudUrl>,
     data_dir: PathBuf,
     key_ids: Vec<KeyId>,
+    /// The Redis publisher, while there is one.
+    publisher: std::sync::Mutex<Option<Publisher>>,
 }
 
 /// A local-first store: SQLite for durability, usearch for similarity search, an
@@ -381,6 +420,7 @@ impl HybridStore {
             clock: None,
             encryption_key: None,
             previous_keys: Vec::new(),
+            redis: None,
         }
     }
 
@@ -668,13 +708,38 @@ impl HybridStore {
     /// vector indexes and closes the store: once, for every clone of this store.
     /// Returns how many entries are still queued for the cloud.
     pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<u64> {
+        self.stop_publishing().await;
         Ok(self.runtime().shutdown(deadline).await?)
+    }
+
+    /// Stops the Redis publisher, if one runs, and removes this instance from Redis.
+    async fn stop_publishing(&self) {
+        let publisher = self
+            .inner
+            .publisher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        crate::publish::stop(publisher).await;
+    }
+
+    /// What the Redis publisher has done (`None` without one).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_status(&self) -> Option<hybridsync_telemetry::PublisherStatus> {
+        self.inner
+            .publisher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(Publisher::status)
     }
 
     /// [`Self::shutdown`] without shipping anything first: saves the vector indexes
     /// (so the next open restores them instead of building them) and closes the
     /// database connections. A snapshot that cannot be written is logged and skipped.
     pub async fn close(&self) {
+        self.stop_publishing().await;
         if let Err(e) = self.runtime().shutdown(std::time::Duration::ZERO).await {
             tracing::warn!(error = %e, "closing the store failed");
         }
