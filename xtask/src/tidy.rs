@@ -106,6 +106,11 @@ fn forbidden_edges(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
                 "metrics-exporter-prometheus",
                 "only hybridsync-telemetry knows the exporter",
             );
+            forbid(
+                package,
+                "redis",
+                "only hybridsync-telemetry knows Redis (the publisher)",
+            );
         }
         if package != "hybridsync-vector" {
             forbid(
@@ -220,14 +225,21 @@ fn resolved_violations() -> Result<Vec<String>> {
             "metrics-exporter-prometheus",
             "sqlx-postgres",
             "usearch",
+            "redis",
         ],
-        "default-features = false is a local store: no exporter, HTTP server, PostgreSQL driver or usearch",
+        "default-features = false is a local store: no exporter, HTTP server, PostgreSQL driver, usearch or Redis client",
     )?;
     absent(
         "hybridsync",
         Some(&["vector", "cloud-postgres"]),
         &server,
         "the exporter and its HTTP server come only with the `prometheus` feature",
+    )?;
+    absent(
+        "hybridsync",
+        Some(&["vector", "cloud-postgres", "prometheus"]),
+        &["redis"],
+        "the Redis client comes only with the `redis` feature",
     )?;
     absent(
         "hybridsync-telemetry",
@@ -422,7 +434,12 @@ mod tests {
         let full = resolved("hybridsync", Some(&["full"])).unwrap();
         // hyper is gone from every build (the endpoint is our own small server); the
         // `absent` checks above keep it out.
-        for krate in ["usearch", "sqlx-postgres", "metrics-exporter-prometheus"] {
+        for krate in [
+            "usearch",
+            "sqlx-postgres",
+            "metrics-exporter-prometheus",
+            "redis",
+        ] {
             assert!(
                 full.contains(krate) && !local_only.contains(krate),
                 "{krate}: the check must see it come and go with the features"
