@@ -10,3 +10,4 @@ mod migrate;
 mod pool_pressure;
 mod redis_publisher;
 mod testkit;
+mod watch;

@@ -19,7 +19,10 @@ async fn instances(url: &str) -> Vec<InstanceView> {
 async fn until_listed(url: &str, device: &str, present: bool) -> Option<InstanceView> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let found = instances(url).await.into_iter().find(|i| i.device == device);
+        let found = instances(url)
+            .await
+            .into_iter()
+            .find(|i| i.device == device);
         if found.is_some() == present {
             return found;
         }
@@ -112,7 +115,13 @@ async fn the_store_keeps_serving_while_redis_is_killed_and_restarted_under_load(
     let seen = until_listed(&url, &device, true).await.unwrap();
     assert_eq!(seen.gauges["pid"], std::process::id().to_string());
     assert_eq!(seen.gauges["circuit"], "none", "local-only: no cloud");
-    for field in ["queue_high", "queue_normal", "queue_low", "uptime_secs", "name"] {
+    for field in [
+        "queue_high",
+        "queue_normal",
+        "queue_low",
+        "uptime_secs",
+        "name",
+    ] {
         assert!(seen.gauges.contains_key(field), "{field} in {seen:?}");
     }
     let up = load.rate(Duration::from_secs(2)).await;
@@ -125,7 +134,10 @@ async fn the_store_keeps_serving_while_redis_is_killed_and_restarted_under_load(
     redis.kill();
     let down = load.rate(Duration::from_secs(3)).await;
     let status = store.redis_status().unwrap();
-    assert!(status.failed > 0, "publishes fail while Redis is down: {status:?}");
+    assert!(
+        status.failed > 0,
+        "publishes fail while Redis is down: {status:?}"
+    );
     assert!(status.last_error.is_some());
 
     redis.start_again().unwrap();
@@ -281,7 +293,10 @@ fn top_shows_every_live_serve_of_the_tenant_and_forgets_the_dead() {
     wait_until("two instances", || live(&config).len() == 2);
     let table = top(&config, false);
     eprintln!("{table}");
-    assert!(table.starts_with("tenant default: 2 live instances"), "{table}");
+    assert!(
+        table.starts_with("tenant default: 2 live instances"),
+        "{table}"
+    );
     for child in [&first, &second] {
         assert!(
             table.contains(&format!(" {} ", child.id())),
@@ -289,7 +304,10 @@ fn top_shows_every_live_serve_of_the_tenant_and_forgets_the_dead() {
             child.id()
         );
     }
-    assert!(table.contains("DEVICE") && table.contains("CIRCUIT"), "{table}");
+    assert!(
+        table.contains("DEVICE") && table.contains("CIRCUIT"),
+        "{table}"
+    );
 
     // SIGTERM: the instance removes itself on the way out.
     std::process::Command::new("kill")

@@ -20,6 +20,7 @@ mod stats;
 mod time;
 mod top;
 mod voiceprint;
+mod watch;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -96,10 +97,13 @@ enum Command {
         #[arg(short, default_value_t = 5)]
         k: usize,
     },
-    /// Records per collection, outbox depth, cloud configuration
+    /// Records per collection, outbox depth, cloud configuration (`--watch`: a live
+    /// dashboard, redrawn every second; q or Ctrl-C quits)
     Status {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        #[arg(long)]
+        watch: bool,
     },
     /// Every live instance of the tenant, from Redis (`[redis] url` or
     /// HYBRIDSYNC_REDIS_URL; instances publish while they `serve`)
@@ -635,7 +639,8 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
                 say!("{}\t{:.6}", hit.key, hit.distance)?;
             }
         }
-        Command::Status { json } => {
+        Command::Status { watch: true, .. } => watch::run(store).await?,
+        Command::Status { json, .. } => {
             let status = store.status().await?;
             // A short timeout: status must answer promptly when the cloud is down.
             let reachable = store

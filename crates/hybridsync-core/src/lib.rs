@@ -54,8 +54,8 @@ pub use sync::{MutexExt, RwLockExt};
 pub use text::decode_hex;
 pub use traits::{
     ChangeBatch, ChangeCursor, CloudSink, DeviceInfo, HotCacheStats, LocalStore, OutboxEntry,
-    OutboxOutcome, OutboxState, OutboxStats, PoolStats, RecordCache, StoredVector, VectorCache,
-    VectorHit, validate_device_name,
+    OutboxError, OutboxOutcome, OutboxState, OutboxStats, PoolStats, RecordCache, StoredVector,
+    VectorCache, VectorHit, validate_device_name,
 };
 pub use vector::{Metric, Precision, VectorSpec};
 pub use verify::{

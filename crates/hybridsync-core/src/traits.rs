@@ -51,6 +51,23 @@ pub struct OutboxStats {
     pub by_priority: BTreeMap<Priority, u64>,
     /// When an entry last reached the cloud (ms since the epoch), by any process.
     pub last_shipped_ms: Option<u64>,
+    /// Every entry per state and priority (shipped history included).
+    #[serde(default)]
+    pub by_state: BTreeMap<OutboxState, BTreeMap<Priority, u64>>,
+}
+
+/// A queued outbox entry whose last attempt failed: what `status --watch` lists as the
+/// last errors.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxError {
+    /// When the attempt failed (ms since the epoch).
+    pub at_ms: u64,
+    pub collection: String,
+    pub key: String,
+    /// Pending (to be retried) or failed (parked).
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub error: String,
 }
 
 /// A claimed outbox entry with the record's current state, ready to ship.
@@ -201,6 +218,9 @@ pub trait LocalStore: Send + Sync + 'static {
     async fn record_history(&self, entry: &HistoryEntry) -> Result<()>;
     /// The newest `limit` history entries, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
+    /// The `limit` queued entries (pending or failed) that failed most recently, newest
+    /// first.
+    async fn recent_errors(&self, limit: usize) -> Result<Vec<OutboxError>>;
     /// Records a new migration, or starts an existing one again under the same id
     /// (state running, this process as its owner).
     async fn begin_migration(&self, info: &crate::MigrationInfo) -> Result<()>;

@@ -39,7 +39,7 @@ pub use migrate::{
 pub use replicate::{Progress, Replicator, SyncReport, no_progress};
 pub use retry::retry_delay;
 pub use runtime::{Runtime, RuntimeConfig};
-pub use sync::{DrainReport, default_device_name, SyncConfig, SyncHandle, SyncStatus, Syncer};
+pub use sync::{DrainReport, SyncConfig, SyncHandle, SyncStatus, Syncer, default_device_name};
 pub use verify::{CollectionCheck, Found, VerifyOptions, VerifyReport};
 
 /// The README's examples, compiled and run as doc tests.

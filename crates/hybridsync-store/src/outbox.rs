@@ -87,6 +87,13 @@ pub(crate) static SUPERSEDE: LazyLock<String> = statement!(
 pub(crate) const UNSHIPPED: &str = "o.state IN ({pending}, {in_flight}, {failed})";
 /// Reads the drain-order index only.
 const STATS: &str = "SELECT state, priority, COUNT(*) FROM outbox GROUP BY state, priority";
+/// The queued entries with an error, newest failure first.
+static RECENT_ERRORS: LazyLock<String> = statement!(
+    "SELECT o.updated_ms, r.collection, r.key, o.state, o.attempts, o.last_error ",
+    "FROM outbox o JOIN records r ON r.id = o.record_id ",
+    "WHERE o.state IN ({pending}, {failed}) AND o.last_error IS NOT NULL ",
+    "ORDER BY o.updated_ms DESC LIMIT ?1"
+);
 /// One seek in the partial index of shipped entries.
 static LAST_SHIPPED: LazyLock<String> = statement!(
     "SELECT MAX(updated_ms) FROM outbox INDEXED BY outbox_done_age WHERE state = {done}"
@@ -308,8 +315,40 @@ impl SqliteStore {
             if matches!(state, OutboxState::Pending | OutboxState::InFlight) {
                 *stats.by_priority.entry(priority).or_default() += count;
             }
+            *stats
+                .by_state
+                .entry(state)
+                .or_default()
+                .entry(priority)
+                .or_default() += count;
         }
         Ok(stats)
+    }
+
+    /// The queued entries that failed most recently (the drain-order index gives the
+    /// queued ones; the shipped history is not read).
+    pub(crate) async fn recent_errors(
+        &self,
+        limit: usize,
+    ) -> hybridsync_core::Result<Vec<hybridsync_core::OutboxError>> {
+        let rows: Vec<(i64, String, String, i64, i64, String)> =
+            sqlx::query_as(RECENT_ERRORS.as_str())
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.readers)
+                .await
+                .map_err(sql)?;
+        rows.into_iter()
+            .map(|(at, collection, key, state, attempts, error)| {
+                Ok(hybridsync_core::OutboxError {
+                    at_ms: at.max(0) as u64,
+                    collection,
+                    key,
+                    state: OutboxState::from_code(state)?,
+                    attempts: attempts.clamp(0, i64::from(u32::MAX)) as u32,
+                    error,
+                })
+            })
+            .collect()
     }
 
     /// Entries pending or in flight per priority (what the soft caps need).

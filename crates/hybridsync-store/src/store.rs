@@ -206,6 +206,10 @@ impl LocalStore for SqliteStore {
         SqliteStore::history(self, limit).await
     }
 
+    async fn recent_errors(&self, limit: usize) -> Result<Vec<hybridsync_core::OutboxError>> {
+        SqliteStore::recent_errors(self, limit).await
+    }
+
     async fn begin_migration(&self, info: &MigrationInfo) -> Result<()> {
         SqliteStore::begin_migration(self, info).await
     }

@@ -520,7 +520,7 @@ async fn a_write_that_fails_inside_sqlite_rolls_back_the_whole_batch() {
 
 mod drain {
     use super::*;
-    use hybridsync_core::{OutboxOutcome, Priority};
+    use hybridsync_core::{OutboxOutcome, OutboxState, Priority};
 
     async fn filled(dir: &std::path::Path) -> SqliteStore {
         let store = open(dir).await;
@@ -585,6 +585,60 @@ mod drain {
             .unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].record.key.as_str(), due[0].attempts), ("n", 1));
+    }
+
+    #[tokio::test]
+    async fn recent_errors_list_queued_failures_newest_first_and_the_grid_counts_by_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = filled(tmp.path()).await;
+        assert!(store.recent_errors(10).await.unwrap().is_empty());
+        let claimed = store
+            .claim_outbox(10, u64::MAX, Priority::Deferred)
+            .await
+            .unwrap();
+        let (first, second) = (&claimed[0], &claimed[1]);
+        store
+            .settle_outbox(vec![(
+                first.id,
+                OutboxOutcome::Retry {
+                    error: "cloud down".into(),
+                    next_attempt_ms: 5_000,
+                },
+            )])
+            .await
+            .unwrap();
+        store
+            .settle_outbox(vec![(
+                second.id,
+                OutboxOutcome::Failed {
+                    error: "refused: too large".into(),
+                },
+            )])
+            .await
+            .unwrap();
+        let errors = store.recent_errors(10).await.unwrap();
+        let seen: Vec<(&str, OutboxState, &str)> = errors
+            .iter()
+            .map(|e| (e.key.as_str(), e.state, e.error.as_str()))
+            .collect();
+        assert_eq!(seen.len(), 2, "{errors:?}");
+        for (entry, state, error) in [
+            (first, OutboxState::Pending, "cloud down"),
+            (second, OutboxState::Failed, "refused: too large"),
+        ] {
+            assert!(
+                seen.contains(&(entry.record.key.as_str(), state, error)),
+                "{seen:?}"
+            );
+        }
+        assert_eq!(store.recent_errors(1).await.unwrap().len(), 1);
+        let stats = store.outbox_stats().await.unwrap();
+        let total: u64 = stats.by_state.values().flat_map(|r| r.values()).sum();
+        assert_eq!(
+            total,
+            stats.pending + stats.in_flight + stats.failed + stats.done
+        );
+        assert_eq!(stats.by_state[&OutboxState::Failed][&second.priority], 1);
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ mod snapshot;
 pub use http::{Probe, ProbeAnswer, Probes};
 #[cfg(feature = "redis")]
 pub use redis::{
-    Instance, InstanceView, PublisherStatus, RedisOptions, RedisPublisher, check_redis_url, redis_instances,
+    Instance, InstanceView, PublisherStatus, RedisOptions, RedisPublisher, check_redis_url,
+    redis_instances,
 };
 pub use snapshot::{DrainGauges, SyncMetrics};
 

@@ -117,9 +117,15 @@ fn gauges(m: &SyncMetrics, instance: &Instance, published_ms: u64) -> Vec<(Strin
         ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
         ("published_ms".to_owned(), published_ms.to_string()),
         ("uptime_secs".to_owned(), format!("{:.1}", m.uptime_secs)),
-        ("cache_hit_rate".to_owned(), format!("{:.4}", m.cache_hit_rate)),
+        (
+            "cache_hit_rate".to_owned(),
+            format!("{:.4}", m.cache_hit_rate),
+        ),
         ("cache_entries".to_owned(), m.cache_entries.to_string()),
-        ("queue".to_owned(), m.queue.values().sum::<u64>().to_string()),
+        (
+            "queue".to_owned(),
+            m.queue.values().sum::<u64>().to_string(),
+        ),
         ("failed".to_owned(), m.failed.to_string()),
         (
             "circuit".to_owned(),
@@ -307,7 +313,8 @@ async fn run(
         }
     }
     let mut pipe = redis::pipe();
-    pipe.del(&[&gauges_key, &counters_key, &series_key]).ignore();
+    pipe.del(&[&gauges_key, &counters_key, &series_key])
+        .ignore();
     pipe.zrem(&index, device).ignore();
     let _ = tokio::time::timeout(options.timeout, pipe.query_async::<()>(&mut conn)).await;
 }

@@ -683,6 +683,12 @@ impl HybridStore {
         Ok(self.store().history(limit).await?)
     }
 
+    /// The `limit` queued entries whose last attempt failed, newest first (pending
+    /// entries wait for a retry; failed ones are parked until `retry_failed`).
+    pub async fn recent_errors(&self, limit: usize) -> Result<Vec<hybridsync_core::OutboxError>> {
+        Ok(self.store().recent_errors(limit).await?)
+    }
+
     /// Deletes shipped outbox entries older than `age`; returns how many.
     pub async fn clear_completed(&self, age: std::time::Duration) -> Result<u64> {
         let now = self.runtime().syncer().map_or_else(
