@@ -311,6 +311,90 @@ fn serve_metrics_pass_promtool_and_probes_stay_ready_without_the_cloud() {
     );
 }
 
+/// A real Prometheus (1 s scrape and evaluation, the generated `alerts.yml`) scrapes
+/// `serve`; the cloud goes away, and the breaker-open alert reaches `firing` in
+/// Prometheus's own HTTP API.
+#[test]
+fn prometheus_fires_the_generated_breaker_alert_when_serve_loses_its_cloud() {
+    use crate::metrics_endpoint::{get, request};
+    let cloud = Cloud::new();
+    let port = hybridsync_testkit::free_port().unwrap();
+    let mut daemon = serve(&cloud, port);
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("the endpoint", Duration::from_secs(30), || {
+        request(target, "GET", "/healthz").is_ok()
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::generate::prometheus_yml("1s", &[&target.to_string()]);
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/prometheus/alerts.yml"
+        ),
+        dir.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let web: std::net::SocketAddr =
+        ([127, 0, 0, 1], hybridsync_testkit::free_port().unwrap()).into();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed (cargo xtask test installs it)");
+    let alerts = || get(web, "/api/v1/alerts").1;
+    // The state of the breaker alert, from Prometheus's JSON.
+    let breaker = || -> Option<String> {
+        let body: serde_json::Value = serde_json::from_str(&alerts()).ok()?;
+        body["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "HybridsyncCircuitOpen")
+            .and_then(|a| a["state"].as_str().map(str::to_owned))
+    };
+    wait_for(
+        "Prometheus to scrape serve",
+        Duration::from_secs(60),
+        || {
+            request(web, "GET", "/api/v1/query?query=hybridsync_circuit_state")
+                .is_ok_and(|r| r.contains("\"value\""))
+        },
+    );
+    assert_eq!(breaker(), None, "{}", alerts());
+
+    cloud.pg.stop(ShutdownMode::Immediate).unwrap();
+    for i in 0..20 {
+        cloud.ok(&["put", "notes", &format!("cut{i}"), "--json", "{}"]);
+    }
+    let started = Instant::now();
+    let mut pending_seen = false;
+    wait_for("the alert to fire", Duration::from_secs(240), || {
+        let state = breaker();
+        pending_seen |= state.as_deref() == Some("pending");
+        state.as_deref() == Some("firing")
+    });
+    eprintln!(
+        "HybridsyncCircuitOpen firing {:.0} s after the cloud stopped (pending seen first: {pending_seen}):\n{}",
+        started.elapsed().as_secs_f64(),
+        alerts()
+    );
+    assert!(pending_seen, "it waits out its `for: 1m` as pending first");
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
 /// Jepsen-style set check: the draining process is SIGKILLed at random moments, many
 /// times, while writes keep being acknowledged. After a final flush every acknowledged
 /// write must be in PostgreSQL with its latest value: lost = acknowledged but absent = 0.

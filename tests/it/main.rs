@@ -4,6 +4,7 @@
 
 mod cli;
 mod cloud_sync;
+mod codegen;
 mod disk_full;
 mod metrics_endpoint;
 mod migrate;
@@ -11,3 +12,8 @@ mod pool_pressure;
 mod redis_publisher;
 mod testkit;
 mod watch;
+
+/// The generator `cargo xtask codegen` runs (the `hybridsync-codegen` binary), for
+/// the checks of what it writes.
+#[path = "../codegen/generate.rs"]
+mod generate;

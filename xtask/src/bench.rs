@@ -42,6 +42,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     run_tests_bin("hybridsync-bench", build, args)
 }
 
+/// The generated docs and deploy files (a debug build: it only formats text).
+pub(crate) fn codegen(args: &[String]) -> Result<()> {
+    let build = Build {
+        debug: true,
+        crash_points: false,
+    };
+    run_tests_bin("hybridsync-codegen", build, args)
+}
+
 /// The chaos drills need their crash points.
 pub(crate) fn chaos(args: &[String]) -> Result<()> {
     let build = Build {

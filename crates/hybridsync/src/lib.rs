@@ -50,7 +50,7 @@ pub mod migrate;
 mod publish;
 mod store;
 
-pub use config::{Config, EncryptionConfig, RedisConfig};
+pub use config::{Config, EncryptionConfig, RedisConfig, SETTINGS, Setting};
 pub use health::{CloudHealth, Health};
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
