@@ -158,7 +158,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     ])?;
     // Features gate what they say: the facade builds, warning-free, with each one alone
     // and with none (the workspace build above turns them all on).
-    for features in ["", "vector", "cloud-postgres", "prometheus"] {
+    for features in ["", "vector", "cloud-postgres", "prometheus", "redis"] {
         let mut args = vec![
             "clippy",
             "--locked",

@@ -32,10 +32,11 @@
 //! | `vector` | yes | usearch HNSW indexes for vector collections (without it they are refused) |
 //! | `cloud-postgres` | yes | the PostgreSQL sink (without it a cloud URL is refused at open) |
 //! | `prometheus` | no | [`install_prometheus`]: `/metrics`, `/healthz` and `/readyz` (a small HTTP server) |
+//! | `redis` | no | the Redis publisher ([`HybridStoreBuilder::redis_url`], `[redis] url`) and [`redis_instances`] |
 //! | `full` | no | all of the above, for CI and docs |
 //!
 //! With `default-features = false` this is a local store with the hot-record cache:
-//! no usearch, no PostgreSQL driver, no exporter or HTTP server.
+//! no usearch, no PostgreSQL driver, no exporter, HTTP server or Redis client.
 //!
 //! This crate is a thin facade: it wires the layers (`hybridsync-store`,
 //! `hybridsync-vector`, `hybridsync-cloud`, `hybridsync-engine`, `hybridsync-telemetry`)
