@@ -21,6 +21,29 @@ pub(crate) fn binary() -> PathBuf {
     bin
 }
 
+/// The stdout of a finished command, failing the test with `what` and its stderr
+/// unless it succeeded.
+pub(crate) fn succeeded(out: Output, what: impl std::fmt::Debug) -> String {
+    assert!(
+        out.status.success(),
+        "{what:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Polls `done` every 50 ms until it holds, failing the test after `timeout`.
+pub(crate) fn wait_for(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 struct Cli {
     data_dir: PathBuf,
     _tmp: tempfile::TempDir,
@@ -53,13 +76,7 @@ impl Cli {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "hybridsync {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(self.run(args), args)
     }
 
     /// Runs a command that must fail and returns its stderr.

@@ -1,7 +1,7 @@
 //! The `hybridsync` binary against a real PostgreSQL: flush, status, serve, and a
 //! crash drill that kills the draining process with SIGKILL again and again.
 
-use crate::cli::binary;
+use crate::cli::{binary, succeeded, wait_for};
 use hybridsync_testkit::{ShutdownMode, TempPostgres};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -53,13 +53,7 @@ impl Cloud {
     }
 
     fn ok_with(&self, url: &str, args: &[&str]) -> String {
-        let out = self.command(url, args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(self.command(url, args).output().unwrap(), args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -80,14 +74,6 @@ impl Cloud {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -787,12 +773,7 @@ fn encrypted_collections_key_files_and_rotation_from_the_cli() {
             .env("HYBRIDSYNC_ENCRYPTION_KEY_FILE", key)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(out, args)
     };
     let k1_id = with_key(&a, &k1, &["keys", "list"]);
     let k1_id = k1_id.split('\t').next().unwrap().to_owned();

@@ -256,25 +256,18 @@ fn top(config: &std::path::Path, json: bool) -> String {
     if json {
         cmd.arg("--json");
     }
-    let out = cmd.env_remove("HYBRIDSYNC_REDIS_URL").output().unwrap();
-    assert!(
-        out.status.success(),
-        "top: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    crate::cli::succeeded(
+        cmd.env_remove("HYBRIDSYNC_REDIS_URL").output().unwrap(),
+        "top",
+    )
 }
 
 fn live(config: &std::path::Path) -> Vec<serde_json::Value> {
     serde_json::from_str(&top(config, true)).unwrap()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    crate::cli::wait_for(what, Duration::from_secs(30), done);
 }
 
 #[test]

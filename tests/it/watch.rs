@@ -105,12 +105,7 @@ fn hybridsync(data: &Path, url: &str, args: &[&str]) -> String {
         .env_remove("HYBRIDSYNC_DATA_DIR")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    crate::cli::succeeded(out, args)
 }
 
 /// The `stty -a` of the terminal's shell, through a file.
