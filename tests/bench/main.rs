@@ -38,7 +38,7 @@ async fn main() -> Result<()> {
     let wanted = |group: &str| groups.is_empty() || groups.contains(&group);
     let mut rows = Vec::new();
     if wanted("reads") {
-        rows.extend(reads::run(if quick { 20_000 } else { 200_000 }).await?);
+        rows.extend(reads::run(if quick { 5_000 } else { 200_000 }).await?);
     }
     if wanted("local") {
         rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);
@@ -63,11 +63,11 @@ async fn main() -> Result<()> {
         ));
     }
     if wanted("search") {
-        rows.extend(search::run(if quick { 20_000 } else { 100_000 }).await?);
+        rows.extend(search::run(if quick { 5_000 } else { 100_000 }).await?);
     }
     if wanted("sync") {
         let cloud = drain::durable_server().await?;
-        let records = if quick { 10_000 } else { 100_000 };
+        let records = if quick { 3_000 } else { 100_000 };
         let drained = drain::run(&cloud, records).await?;
         let drain_secs = records as f64 / drained[0].value;
         rows.extend(drained);

@@ -282,7 +282,7 @@ async fn into_cloud(pg: &hybridsync_testkit::TempPostgres, n: usize) -> Result<V
 }
 
 pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
-    let scale = if quick { 10 } else { 1 };
+    let scale = if quick { 20 } else { 1 };
     let mut rows = vec![
         jsonl("migrate_jsonl_1m", 1_000_000 / scale, None).await?,
         jsonl("migrate_jsonl_100k_192d", 100_000 / scale, Some(192)).await?,
