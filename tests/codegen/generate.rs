@@ -226,12 +226,9 @@ fn configuration_md() -> String {
     let example: hybridsync::Config =
         toml::from_str(EXAMPLE_TOML).expect("the example configuration parses");
     assert!(example.redis.url.is_some());
+    // Names in backticks; defaults and meanings carry their own.
     let cell = |s: &str| {
-        if s.is_empty() {
-            String::new()
-        } else if s.starts_with('`') || s.contains(' ') && s.contains('`') {
-            s.to_owned()
-        } else if s.starts_with("HYBRIDSYNC_") || s.starts_with("--") {
+        if s.starts_with("HYBRIDSYNC_") || s.starts_with("--") {
             format!("`{s}`")
         } else {
             s.to_owned()

@@ -130,6 +130,10 @@ async fn the_store_keeps_serving_while_redis_is_killed_and_restarted_under_load(
         counted.counters["cache_hits"] > 0,
         "reads are counted: {counted:?}"
     );
+    assert!(
+        !counted.counters.contains_key("synced"),
+        "history is a current value, not a counter"
+    );
 
     redis.kill();
     let down = load.rate(Duration::from_secs(3)).await;

@@ -75,7 +75,7 @@ fn row(i: &InstanceView) -> String {
         text("circuit"),
         pool,
         hit,
-        i.counters.get("synced").copied().unwrap_or(0),
+        text("synced"),
         secs("last_sync_age_secs"),
         crate::time::span(i.age_secs),
     )

@@ -3,7 +3,8 @@
 //!
 //! Per instance, on every snapshot (once a second by default):
 //! - `…:{device}:gauges`: a hash of current values (queue depth by priority, circuit,
-//!   pool, hit rate, ages, the instance's name, pid and version, `published_ms`), with
+//!   pool, hit rate, ages, shipped entries kept, the instance's name, pid and version,
+//!   `published_ms`), with
 //!   a TTL (1 h by default), so a dead instance disappears;
 //! - `…:{device}:counters`: a hash of counters, raised with `HINCRBY` by what changed
 //!   since the last acknowledged publish (a publish that fails is carried into the
@@ -97,12 +98,12 @@ fn connection(url: &CloudUrl, timeout: Duration) -> Result<ConnectionManager> {
     })
 }
 
-/// The counters of a snapshot, by field name.
-fn counters(m: &SyncMetrics) -> [(&'static str, u64); 6] {
+/// The counters of a snapshot, by field name: each only grows within a process, so
+/// what changed since the last acknowledged publish is the delta to add.
+fn counters(m: &SyncMetrics) -> [(&'static str, u64); 5] {
     [
         ("cache_hits", m.cache_hits),
         ("cache_misses", m.cache_misses),
-        ("synced", m.synced_total),
         ("pool_acquires", m.pool_stats.acquires),
         ("pool_acquire_errors", m.pool_stats.acquire_errors),
         ("queries", m.pool_stats.queries),
@@ -127,6 +128,9 @@ fn gauges(m: &SyncMetrics, instance: &Instance, published_ms: u64) -> Vec<(Strin
             m.queue.values().sum::<u64>().to_string(),
         ),
         ("failed".to_owned(), m.failed.to_string()),
+        // Shipped entries the outbox keeps as history: trimmed by `clear_done`, so a
+        // current value, not a counter.
+        ("synced".to_owned(), m.synced_total.to_string()),
         (
             "circuit".to_owned(),
             m.circuit.map_or("none", |c| c.as_str()).to_owned(),

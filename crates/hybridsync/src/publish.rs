@@ -29,33 +29,29 @@ pub(crate) fn check(target: &RedisTarget) -> Result<()> {
     })
 }
 
-#[cfg(feature = "redis")]
+/// Starts publishing the runtime's snapshots as `device` of `tenant`.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
 pub(crate) fn start(
     target: &RedisTarget,
     tenant: &str,
     device: hybridsync_core::DeviceId,
     snapshots: tokio::sync::watch::Receiver<Option<hybridsync_telemetry::SyncMetrics>>,
 ) -> Result<Publisher> {
-    let instance = hybridsync_telemetry::Instance {
-        tenant: tenant.to_owned(),
-        device: device.to_string(),
-        name: hybridsync_engine::default_device_name(device),
-    };
-    let options = hybridsync_telemetry::RedisOptions {
-        ttl: target.ttl,
-        ..Default::default()
-    };
-    Ok(Publisher::start(&target.url, instance, options, snapshots)?)
-}
-
-#[cfg(not(feature = "redis"))]
-pub(crate) fn start(
-    target: &RedisTarget,
-    _: &str,
-    _: hybridsync_core::DeviceId,
-    _: tokio::sync::watch::Receiver<Option<hybridsync_telemetry::SyncMetrics>>,
-) -> Result<Publisher> {
-    check(target).map(|()| unreachable!("check refuses every URL without the feature"))
+    #[cfg(not(feature = "redis"))]
+    return check(target).map(|()| unreachable!("check refuses every URL without the feature"));
+    #[cfg(feature = "redis")]
+    {
+        let instance = hybridsync_telemetry::Instance {
+            tenant: tenant.to_owned(),
+            device: device.to_string(),
+            name: hybridsync_engine::default_device_name(device),
+        };
+        let options = hybridsync_telemetry::RedisOptions {
+            ttl: target.ttl,
+            ..Default::default()
+        };
+        Ok(Publisher::start(&target.url, instance, options, snapshots)?)
+    }
 }
 
 /// Stops a publisher and removes its instance from Redis (bounded by its timeout).
