@@ -4,8 +4,7 @@
 //! Per instance, on every snapshot (once a second by default):
 //! - `…:{device}:gauges`: a hash of current values (queue depth by priority, circuit,
 //!   pool, hit rate, ages, shipped entries kept, the instance's name, pid and version,
-//!   `published_ms`), with
-//!   a TTL (1 h by default), so a dead instance disappears;
+//!   `published_ms`), with a TTL (1 h by default), so a dead instance disappears;
 //! - `…:{device}:counters`: a hash of counters, raised with `HINCRBY` by what changed
 //!   since the last acknowledged publish (a publish that fails is carried into the
 //!   next; a reply lost after Redis applied it may count twice), same TTL;
