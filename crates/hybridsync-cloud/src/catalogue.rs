@@ -22,6 +22,7 @@ impl PostgresSink {
         let (dims, metrics, precisions) = spec_columns(specs);
         let mut tx = self.begin().await?;
         sqlx::query(PUBLISH)
+            .persistent(self.persistent)
             .bind(
                 specs
                     .iter()
@@ -34,7 +35,7 @@ impl PostgresSink {
             .bind(specs.iter().map(|s| s.encrypted).collect::<Vec<_>>())
             .execute(self.counted(&mut *tx))
             .await?;
-        let known = read_specs(self.counted(&mut tx)).await?;
+        let known = read_specs(self.counted(&mut tx), self.persistent).await?;
         for spec in specs {
             if let Some(other) = known.iter().find(|k| k.name == spec.name && *k != spec) {
                 return Err(Error::SpecConflict {
@@ -51,7 +52,7 @@ impl PostgresSink {
     /// Every collection definition of this tenant.
     pub(crate) async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
         let mut tx = self.begin().await?;
-        let specs = read_specs(self.counted(&mut tx)).await?;
+        let specs = read_specs(self.counted(&mut tx), self.persistent).await?;
         self.commit(tx).await?;
         Ok(specs)
     }
@@ -88,8 +89,14 @@ fn describe(spec: &CollectionSpec) -> String {
     }
 }
 
-async fn read_specs(tx: &mut Transaction<'static, Postgres>) -> Result<Vec<CollectionSpec>> {
-    let rows = sqlx::query(SPECS).fetch_all(&mut **tx).await?;
+async fn read_specs(
+    tx: &mut Transaction<'static, Postgres>,
+    persistent: bool,
+) -> Result<Vec<CollectionSpec>> {
+    let rows = sqlx::query(SPECS)
+        .persistent(persistent)
+        .fetch_all(&mut **tx)
+        .await?;
     rows.iter()
         .map(|row| {
             let bad = |e: hybridsync_core::Error| Error::BadRow(e.to_string());

@@ -22,6 +22,7 @@ impl PostgresSink {
         hybridsync_core::validate_device_name(name).map_err(|e| Error::Config(e.to_string()))?;
         let mut tx = self.begin().await?;
         sqlx::query(REGISTER)
+            .persistent(self.persistent)
             .bind(id.to_string())
             .bind(name)
             .execute(self.counted(&mut *tx))
@@ -33,6 +34,7 @@ impl PostgresSink {
     pub(crate) async fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(DEVICES)
+            .persistent(self.persistent)
             .fetch_all(self.counted(&mut *tx))
             .await?;
         self.commit(tx).await?;
@@ -52,6 +54,7 @@ impl PostgresSink {
     pub(crate) async fn deregister_device(&self, id: DeviceId) -> Result<bool> {
         let mut tx = self.begin().await?;
         let removed = sqlx::query(DEREGISTER)
+            .persistent(self.persistent)
             .bind(id.to_string())
             .execute(self.counted(&mut *tx))
             .await?
@@ -65,6 +68,7 @@ impl PostgresSink {
             .map_err(|e| Error::Config(e.to_string()))?;
         let mut tx = self.begin().await?;
         sqlx::query(TOUCH)
+            .persistent(self.persistent)
             .bind(id.to_string())
             .bind(default_name)
             .execute(self.counted(&mut *tx))

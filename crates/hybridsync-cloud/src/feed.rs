@@ -1,7 +1,22 @@
 //! The change feed: rows of a collection after a cursor, ordered by `(txid, seq)` and
-//! read only below the oldest running transaction (`pg_snapshot_xmin`), so a late
-//! commit can never be skipped; and the decoding of a row into a [`Record`], checked
-//! against its content hash.
+//! read only below the oldest transaction still writing this tenant's rows (the
+//! writer horizon), so a late commit can never be skipped; and the decoding of a row
+//! into a [`Record`], checked against its content hash.
+//!
+//! The horizon. Every transaction that writes `hs_records` first takes a shared
+//! advisory lock keyed by its tenant (or key 0, for every tenant), before it has a
+//! transaction id (the schema's trigger sees to it; version 6). A pull first reads the
+//! holders of its tenant's key and of key 0 that have an id, and takes the oldest of
+//! those ids, or the first id not yet completed when none (`HORIZON`); then, in a
+//! later statement of the same `READ COMMITTED` transaction (so with a later
+//! snapshot), it reads the rows below that horizon (`CHANGES`). Why nothing is skipped:
+//! a row below the horizon was written by a transaction whose id is older than the
+//! horizon statement's snapshot, so it announced itself before that snapshot; it was
+//! not among the holders, so it had ended before the holders were read, which is
+//! before the rows are read: the rows' snapshot sees it committed (or it aborted).
+//! Any transaction that takes an id after the holders were read gets one at or above
+//! the horizon. Transactions that never write `hs_records` (an unrelated batch job, a
+//! `psql` left open) hold no key and hold nothing back.
 
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{
@@ -9,15 +24,36 @@ use hybridsync_core::{
 };
 use sqlx::Row;
 
-/// One page of the feed. Only rows below the oldest transaction still running are
-/// safe to pass: a transaction with a smaller id may still commit a row that sorts
-/// before them.
+/// The writer horizon (see the module docs): the oldest transaction id among the
+/// holders of this tenant's writer key or key 0, or the first id not yet completed.
+/// `backend_xid` is a 32-bit id; a running one lies within 2^31 below the snapshot's
+/// `xmax`, which places it in the 64-bit sequence. The lock's first key, 1213421891,
+/// is the schema's (`hs_enter_writer`).
+const HORIZON: &str =
+    "WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS id),
+     writers AS (
+         SELECT a.backend_xid::text::int8 AS xid
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND l.classid = 1213421891
+           AND l.objid IN (0, hs_writer_key(current_setting('hybridsync.tenant')))
+           AND a.backend_xid IS NOT NULL)
+     SELECT least(next.id, min(next.id - (next.id - w.xid) % 4294967296))
+     FROM next LEFT JOIN writers w ON true GROUP BY next.id";
+
+/// A pull's transaction: each statement takes its own snapshot, whatever the server's
+/// default isolation, so `CHANGES` sees every commit that ended before `HORIZON` ran.
+const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
+/// One page of the feed, below the horizon: a transaction with a smaller id may still
+/// commit a row that sorts before rows above it.
 const CHANGES: &str =
     "SELECT key, payload, embedding, hlc, origin, tombstone, hash, txid::text::int8, seq
      FROM hs_records
      WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1
        AND (txid, seq) > ($2::text::xid8, $3)
-       AND txid < pg_snapshot_xmin(pg_current_snapshot())
+       AND txid < $5::text::xid8
      ORDER BY txid, seq
      LIMIT $4";
 
@@ -25,7 +61,7 @@ const COUNT: &str = "SELECT count(*) FROM hs_records WHERE tenant = current_sett
 
 impl PostgresSink {
     /// Remote changes after `cursor`, in commit order, never past a transaction still
-    /// running.
+    /// writing this tenant's rows.
     pub(crate) async fn pull(
         &self,
         collection: &CollectionName,
@@ -33,12 +69,18 @@ impl PostgresSink {
         limit: usize,
     ) -> Result<ChangeBatch> {
         let (after_txid, after_seq) = decode_cursor(cursor)?;
-        let mut tx = self.begin().await?;
+        let (mut tx, _) = self.begin_with(Some(BEGIN_READ_COMMITTED)).await?;
+        let horizon: i64 = sqlx::query_scalar(HORIZON)
+            .persistent(self.persistent)
+            .fetch_one(self.counted(&mut *tx))
+            .await?;
         let rows = sqlx::query(CHANGES)
+            .persistent(self.persistent)
             .bind(collection.as_str())
             .bind(after_txid.to_string())
             .bind(after_seq)
             .bind(limit.min(i64::MAX as usize) as i64)
+            .bind(horizon.to_string())
             .fetch_all(self.counted(&mut *tx))
             .await?;
         self.commit(tx).await?;
@@ -55,6 +97,7 @@ impl PostgresSink {
     pub(crate) async fn count(&self, collection: &CollectionName) -> Result<u64> {
         let mut tx = self.begin().await?;
         let count: i64 = sqlx::query_scalar(COUNT)
+            .persistent(self.persistent)
             .bind(collection.as_str())
             .fetch_one(self.counted(&mut *tx))
             .await?;

@@ -4,10 +4,10 @@
 
 use crate::schema::{SCHEMA_VERSION, applied_version};
 use crate::{Error, Result};
-use hybridsync_core::CloudUrl;
 use hybridsync_core::MutexExt;
+use hybridsync_core::{CloudUrl, Pooler};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Postgres, Row, Transaction};
 use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,8 +18,10 @@ use tokio::sync::watch;
 /// The health check's round trip.
 const PING: &str = "SELECT 1";
 
-/// Opens a transaction's tenant scope (`set_config(..., true)` is transaction-local)
-/// and reads the server's clock in the same round trip.
+/// Opens a transaction's tenant scope and its statement timeout (`set_config(..., true)`
+/// is transaction-local, so nothing outlives the transaction: the sink keeps no session
+/// state, which is what lets it run behind a transaction-pooling PgBouncer) and reads
+/// the server's clock in the same round trip.
 /// Also says whether the login role may act for the tenant (a member of it, or a role
 /// that bypasses row-level security anyway), so a device claiming another tenant gets a
 /// typed refusal instead of empty reads and policy violations.
@@ -27,7 +29,8 @@ const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 
      EXISTS (SELECT 1 FROM hs_tenant_members m WHERE m.tenant = $1 \
              AND pg_has_role(current_user, m.member, 'MEMBER')) \
      OR (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) \
-     FROM (SELECT set_config('hybridsync.tenant', $1, true)) AS tenant";
+     FROM (SELECT set_config('hybridsync.tenant', $1, true), \
+                  set_config('statement_timeout', $2, true)) AS scope";
 
 /// How to reach the cloud and how hard to lean on it.
 #[derive(Debug, Clone)]
@@ -50,11 +53,32 @@ pub struct CloudOptions {
     /// A row stamped further than this ahead of the server's clock is refused, so a
     /// device whose clock runs far ahead cannot pin a key for everyone.
     pub max_drift: Duration,
+    /// Direct, or through a transaction-pooling PgBouncer.
+    pub pooler: Pooler,
+    /// Once a batch's upsert has run, the server ends the session if the transaction
+    /// then sits idle this long (`idle_in_transaction_session_timeout`): a device whose
+    /// network vanished before its `COMMIT` would otherwise keep its transaction, and
+    /// with it the other devices' change-feed horizon, until TCP gives up (about two
+    /// hours by default). Zero leaves the server's setting alone.
+    pub idle_in_transaction_timeout: Duration,
+    /// Direct sessions ask the server to probe an idle client after this long (TCP
+    /// keepalives, then every second, three probes), so a vanished device's backend is
+    /// found dead in seconds. Behind PgBouncer its own `tcp_keepalive` settings apply.
+    /// Zero leaves the server's settings alone.
+    pub tcp_keepalive: Duration,
+    /// A direct session connection for `LISTEN` (one per sink), when [`Self::url`]
+    /// goes through a transaction-pooling PgBouncer, which cannot carry `LISTEN`.
+    /// Without it such a sink polls the feed's position every [`Self::poll_interval`].
+    pub listen_url: Option<CloudUrl>,
+    /// How often a sink that cannot listen checks for other writers' changes.
+    pub poll_interval: Duration,
 }
 
 impl CloudOptions {
     /// Defaults: at most 3 connections (at least 1), 5 s acquire timeout, 10 s
-    /// statement timeout, 300 s idle lifetime, application name `hybridsync`.
+    /// statement timeout, 300 s idle lifetime, application name `hybridsync`, direct
+    /// to PostgreSQL, a 5 s idle-in-transaction timeout after each upsert, TCP
+    /// keepalives after 5 s, polling every 2 s when the sink cannot listen.
     pub fn new(url: CloudUrl, tenant: impl Into<String>) -> Self {
         Self {
             url,
@@ -68,6 +92,11 @@ impl CloudOptions {
             max_drift: Duration::from_millis(
                 hybridsync_core::HlcClock::<hybridsync_core::SystemClock>::DEFAULT_MAX_DRIFT_MS,
             ),
+            pooler: Pooler::Direct,
+            idle_in_transaction_timeout: Duration::from_secs(5),
+            tcp_keepalive: Duration::from_secs(5),
+            listen_url: None,
+            poll_interval: Duration::from_secs(2),
         }
     }
 }
@@ -88,6 +117,16 @@ pub struct PostgresSink {
     pub(crate) tenant: String,
     pub(crate) max_connections: u32,
     pub(crate) max_drift_ms: i64,
+    /// Whether statements are prepared once and cached per connection (direct) or sent
+    /// unnamed every time (behind a transaction-pooling PgBouncer).
+    pub(crate) persistent: bool,
+    /// `statement_timeout`, in milliseconds, as text for `set_config`.
+    statement_timeout_ms: String,
+    /// `idle_in_transaction_session_timeout` armed by each upsert (`None`: not armed).
+    pub(crate) idle_in_transaction_ms: Option<String>,
+    /// Where the change listener's session comes from, if anywhere.
+    listen: ListenSource,
+    poll_interval: Duration,
     load: Mutex<VecDeque<f64>>,
     /// Tells this sink's own notifications from other writers'.
     pub(crate) token: String,
@@ -122,7 +161,18 @@ fn sink_token() -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Holds one pooled connection in `LISTEN` and counts other writers' changes of this
+/// Where a sink's `LISTEN` session comes from.
+#[derive(Debug)]
+enum ListenSource {
+    /// One of the sink's own pooled connections (direct, with a cap of 2 or more).
+    Pooled,
+    /// A pool of one session connection of its own ([`CloudOptions::listen_url`]).
+    Separate(PgPool),
+    /// Nowhere: the sink polls for changes instead.
+    Polling,
+}
+
+/// Holds one connection of `pool` in `LISTEN` and counts other writers' changes of this
 /// tenant into `changes`. Each time it starts listening (again, after a lost
 /// connection) it counts one change, since what was sent before is unknown.
 async fn listen_for_changes(
@@ -165,6 +215,37 @@ async fn listen_for_changes(
     }
 }
 
+/// How to connect to `url`: named for `pg_stat_activity`, and without the
+/// `extra_float_digits` startup parameter, which PgBouncer 1.18 refuses (nothing here
+/// reads floating-point text).
+fn connect_options(url: &CloudUrl, application_name: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url.expose())
+        .map_err(|_| Error::Config(format!("cannot parse cloud URL {url}")))?
+        .application_name(application_name)
+        .extra_float_digits(None))
+}
+
+/// The feed's latest position anywhere in the database (any tenant's change moves it).
+/// No parameters: a simple-protocol statement, which PgBouncer passes as it is.
+const FEED_POSITION: &str = "SELECT pg_sequence_last_value('hs_change_seq')";
+
+/// Without a session to `LISTEN` on, looks at the feed's position every `interval` and
+/// counts a change into `changes` whenever it moved (and once at the start, since what
+/// happened before is unknown). A failed look is skipped: the next one tells.
+async fn poll_for_changes(pool: PgPool, interval: Duration, changes: Arc<watch::Sender<u64>>) {
+    let mut last: Option<Option<i64>> = None;
+    while !pool.is_closed() {
+        let row = sqlx::raw_sql(FEED_POSITION).fetch_one(&pool).await;
+        if let Ok(position) = row.and_then(|row| row.try_get::<Option<i64>, _>(0)) {
+            if last != Some(position) {
+                last = Some(position);
+                changes.send_modify(|n| *n += 1);
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// A tenant name as stored: 1–128 printable characters, trimmed.
 pub(crate) fn validate_tenant(tenant: &str) -> Result<&str> {
     let trimmed = tenant.trim();
@@ -188,13 +269,24 @@ impl PostgresSink {
                 options.min_connections, options.max_connections
             )));
         }
-        let connect = PgConnectOptions::from_str(options.url.expose())
-            .map_err(|_| Error::Config(format!("cannot parse cloud URL {}", options.url)))?
-            .application_name(&options.application_name)
-            .options([(
-                "statement_timeout",
-                options.statement_timeout.as_millis().to_string(),
-            )]);
+        let direct = options.pooler == Pooler::Direct;
+        let connect = connect_options(&options.url, &options.application_name)?;
+        // Keepalives are a session setting, so only a direct session can carry them;
+        // PgBouncer refuses the `options` startup parameter and keeps its own.
+        let connect = match options.tcp_keepalive.as_secs() {
+            secs if direct && secs > 0 => connect.options([
+                ("tcp_keepalives_idle", secs.to_string()),
+                ("tcp_keepalives_interval", "1".to_owned()),
+                ("tcp_keepalives_count", "3".to_owned()),
+            ]),
+            _ => connect,
+        };
+        // Behind a transaction pooler nothing may be cached on a server connection.
+        let connect = if direct {
+            connect
+        } else {
+            connect.statement_cache_capacity(0)
+        };
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .min_connections(options.min_connections)
@@ -204,11 +296,29 @@ impl PostgresSink {
             // rather than failing the caller's statement.
             .test_before_acquire(true)
             .connect_lazy_with(connect);
+        let listen = match &options.listen_url {
+            Some(url) => ListenSource::Separate(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(0)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_lazy_with(connect_options(url, &options.application_name)?),
+            ),
+            None if direct && options.max_connections >= 2 => ListenSource::Pooled,
+            None => ListenSource::Polling,
+        };
+        let millis = |d: Duration| d.as_millis().min(i32::MAX as u128).to_string();
         Ok(Self {
             pool,
             tenant: tenant.to_owned(),
             max_connections: options.max_connections,
             max_drift_ms: options.max_drift.as_millis().min(i64::MAX as u128) as i64,
+            persistent: direct,
+            statement_timeout_ms: millis(options.statement_timeout),
+            idle_in_transaction_ms: (!options.idle_in_transaction_timeout.is_zero())
+                .then(|| millis(options.idle_in_transaction_timeout)),
+            listen,
+            poll_interval: options.poll_interval.max(Duration::from_millis(10)),
             load: Mutex::new(VecDeque::new()),
             token: sink_token(),
             changes: Arc::new(watch::Sender::new(0)),
@@ -221,23 +331,38 @@ impl PostgresSink {
         })
     }
 
-    /// Starts the change listener unless it runs. It holds one of the pool's
-    /// connections, so a pool capped at one connection never listens.
-    pub(crate) fn ensure_listening(&self) -> bool {
-        if self.max_connections < 2 {
-            return false;
-        }
+    /// Starts the change listener unless it runs: `LISTEN` on a session when the sink
+    /// has one to spare, otherwise a poll of the feed's position every
+    /// [`CloudOptions::poll_interval`].
+    pub(crate) fn ensure_listening(&self) {
         let mut listener = self.listener.lock_or_recover();
-        if listener.is_none() {
-            *listener = Some(tokio::spawn(listen_for_changes(
+        if listener.is_some() {
+            return;
+        }
+        let changes = self.changes.clone();
+        *listener = Some(match &self.listen {
+            ListenSource::Pooled => tokio::spawn(listen_for_changes(
                 self.pool.clone(),
                 self.tenant.clone(),
                 self.token.clone(),
-                self.changes.clone(),
+                changes,
+                // A borrowed pooled connection is not work: it counts on neither side
+                // of the load.
                 self.listening.clone(),
-            )));
-        }
-        true
+            )),
+            ListenSource::Separate(pool) => tokio::spawn(listen_for_changes(
+                pool.clone(),
+                self.tenant.clone(),
+                self.token.clone(),
+                changes,
+                Arc::new(AtomicBool::new(false)),
+            )),
+            ListenSource::Polling => tokio::spawn(poll_for_changes(
+                self.pool.clone(),
+                self.poll_interval,
+                changes,
+            )),
+        });
     }
 
     fn stop_listening(&self) {
@@ -294,6 +419,9 @@ impl PostgresSink {
     /// Stops the change listener and closes every connection.
     pub(crate) async fn close(&self) {
         self.stop_listening();
+        if let ListenSource::Separate(pool) = &self.listen {
+            pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -306,9 +434,21 @@ impl PostgresSink {
     /// [`Self::begin`], also returning the server's clock (ms since the epoch), read in
     /// the same round trip.
     pub(crate) async fn begin_clocked(&self) -> Result<(Transaction<'static, Postgres>, i64)> {
+        self.begin_with(None).await
+    }
+
+    /// [`Self::begin_clocked`] with a `BEGIN` statement of the caller's (`None`: plain
+    /// `BEGIN`).
+    pub(crate) async fn begin_with(
+        &self,
+        statement: Option<&'static str>,
+    ) -> Result<(Transaction<'static, Postgres>, i64)> {
         self.sample_load();
         let started = std::time::Instant::now();
-        let began = self.pool.begin().await;
+        let began = match statement {
+            Some(statement) => self.pool.begin_with(statement).await,
+            None => self.pool.begin().await,
+        };
         self.acquire_wait_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let mut tx = match began {
@@ -322,7 +462,9 @@ impl PostgresSink {
             }
         };
         let (server_ms, member): (i64, Option<bool>) = sqlx::query_as(BEGIN_FOR_TENANT)
+            .persistent(self.persistent)
             .bind(&self.tenant)
+            .bind(&self.statement_timeout_ms)
             .fetch_one(self.counted(&mut *tx))
             .await?;
         if member != Some(true) {
@@ -373,7 +515,11 @@ impl PostgresSink {
     /// A cheap round trip that proves the server answers.
     pub(crate) async fn health_check(&self) -> Result<()> {
         self.sample_load();
-        sqlx::query(PING).execute(self.counted(&self.pool)).await?;
+        // No parameters, so the simple protocol: one message, which a transaction
+        // pooler passes outside a transaction as well.
+        sqlx::raw_sql(PING)
+            .execute(self.counted(&self.pool))
+            .await?;
         Ok(())
     }
 }

@@ -2,13 +2,13 @@
 //! and the grants that let the sink's (non-owner) role use it.
 
 use crate::{Error, Result};
-use sqlx::Executor;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Executor, Row};
 
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
@@ -47,6 +47,11 @@ pub(crate) fn migrator_until(last: i64) -> Migrator {
             include_str!("../migrations/0004_encryption.sql"),
         ),
         migration(5, "verify", include_str!("../migrations/0005_verify.sql")),
+        migration(
+            6,
+            "writer horizon",
+            include_str!("../migrations/0006_writer_horizon.sql"),
+        ),
     ]);
     migrator.migrations = std::borrow::Cow::Owned(
         migrator
@@ -120,16 +125,20 @@ const APPLIED: &str = "SELECT max(version) FROM _hybridsync_migrations WHERE suc
 
 /// The highest successfully applied hybridsync migration, 0 when none.
 pub(crate) async fn applied_version(pool: &sqlx::PgPool) -> Result<i64> {
-    let exists: bool = sqlx::query_scalar(HAS_MIGRATIONS)
+    // Parameterless statements in the simple protocol, which a transaction pooler
+    // passes outside a transaction.
+    let exists: bool = sqlx::raw_sql(HAS_MIGRATIONS)
         .fetch_one(pool)
         .await
+        .and_then(|row| row.try_get(0))
         .map_err(Error::from)?;
     if !exists {
         return Ok(0);
     }
-    let version: Option<i64> = sqlx::query_scalar(APPLIED)
+    let version: Option<i64> = sqlx::raw_sql(APPLIED)
         .fetch_one(pool)
         .await
+        .and_then(|row| row.try_get(0))
         .map_err(Error::from)?;
     Ok(version.unwrap_or(0))
 }

@@ -101,9 +101,7 @@ impl CloudSink for PostgresSink {
     }
 
     async fn next_change(&self, seen: u64) -> u64 {
-        if !self.ensure_listening() {
-            return std::future::pending().await;
-        }
+        self.ensure_listening();
         let mut changes = self.changes.subscribe();
         let now = changes.wait_for(|n| *n > seen).await.map(|n| *n);
         match now {

@@ -9,11 +9,17 @@ use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
 
 /// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
-/// move a row backwards.
+/// move a row backwards. It also arms the transaction's idle timeout (`$12`; NULL
+/// keeps the server's): from the moment the transaction holds an id, and with it the
+/// other devices' change-feed horizon, a device that vanishes before its `COMMIT`
+/// loses its session within that timeout. Armed here rather than at `BEGIN`, so a slow
+/// link uploading a large batch is not mistaken for a vanished one.
 const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id, bucket, leaf)
      SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
             unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[]),
             unnest($9::text[]), unnest($10::int8[]), unnest($11::int8[])
+     FROM (SELECT set_config('idle_in_transaction_session_timeout',
+                             coalesce($12, current_setting('idle_in_transaction_session_timeout')), true)) AS armed
      ON CONFLICT (tenant, collection, key) DO UPDATE SET
          payload = excluded.payload, embedding = excluded.embedding, hlc = excluded.hlc,
          origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
@@ -57,6 +63,7 @@ impl PostgresSink {
         let embeddings = EmbeddingBytes::of(records);
         let (buckets, leaves): (Vec<i64>, Vec<i64>) = records.iter().map(tree_digests).unzip();
         let applied = sqlx::query(UPSERT)
+            .persistent(self.persistent)
             .bind(
                 records
                     .iter()
@@ -98,12 +105,14 @@ impl PostgresSink {
             )
             .bind(buckets)
             .bind(leaves)
+            .bind(self.idle_in_transaction_ms.as_deref())
             .execute(self.counted(&mut *tx))
             .await?
             .rows_affected();
         if applied > 0 {
             // Delivered on commit, to the other devices' change listeners.
             sqlx::query(NOTIFY)
+                .persistent(self.persistent)
                 .bind(CHANGES_CHANNEL)
                 .bind(format!("{} {}", self.token, self.tenant))
                 .execute(self.counted(&mut *tx))

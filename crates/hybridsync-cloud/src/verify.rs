@@ -130,9 +130,11 @@ impl PostgresSink {
         let sql = format!("WITH r AS ({rows}), nodes (prefix, n, s) AS ({nodes}) {WRAP}");
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS)
+            .persistent(self.persistent)
             .execute(self.counted(&mut *tx))
             .await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
             .bind(collection.as_str())
             .bind(lows)
             .bind(highs)
@@ -173,9 +175,11 @@ impl PostgresSink {
         let sql = format!("SELECT key, hlc, origin, tombstone, hash FROM ({rows}) AS r");
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS)
+            .persistent(self.persistent)
             .execute(self.counted(&mut *tx))
             .await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
             .bind(collection.as_str())
             .bind(lows)
             .bind(highs)
@@ -197,6 +201,7 @@ impl PostgresSink {
         let keys: Vec<&str> = keys.iter().map(Key::as_str).collect();
         let mut tx = self.begin().await?;
         let rows = sqlx::query(ROWS_BY_KEY)
+            .persistent(self.persistent)
             .bind(collection.as_str())
             .bind(keys)
             .fetch_all(self.counted(&mut *tx))
@@ -211,9 +216,11 @@ impl PostgresSink {
     pub(crate) async fn damaged_keys(&self, collection: &CollectionName) -> Result<Vec<Key>> {
         let mut tx = self.begin().await?;
         sqlx::query(LONG_STATEMENTS)
+            .persistent(self.persistent)
             .execute(self.counted(&mut *tx))
             .await?;
         let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(DAMAGED.as_str()))
+            .persistent(self.persistent)
             .bind(collection.as_str())
             .fetch_all(self.counted(&mut *tx))
             .await?;

@@ -49,7 +49,7 @@ pub use priority::Priority;
 pub use record::{CollectionSpec, Record, WriteReceipt, WriteRequest};
 pub use replication::{ApplyOutcome, HistoryEntry, SettledConflict};
 pub use seal::{EncryptionKey, KeyId, Keyring, sealed_key_id};
-pub use secret::CloudUrl;
+pub use secret::{CloudUrl, Pooler};
 pub use sync::{MutexExt, RwLockExt};
 pub use text::decode_hex;
 pub use traits::{

@@ -1,4 +1,5 @@
-//! Connection strings that never print their password.
+//! Connection strings that never print their password, and what stands between the
+//! sink and the server (a pooler or nothing).
 
 use std::fmt;
 
@@ -68,3 +69,20 @@ impl fmt::Display for CloudUrl {
         f.write_str(&self.redacted())
     }
 }
+
+/// What stands between the sink and PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pooler {
+    /// Sessions straight to PostgreSQL: statements are prepared once per connection and
+    /// cached, the change listener may borrow a pooled connection, and TCP keepalives
+    /// are set for each session.
+    #[default]
+    Direct,
+    /// PgBouncer in transaction pooling mode (1.18 and later): every statement is an
+    /// unnamed one (a named statement would outlive the transaction on a server
+    /// connection another client gets next), no startup parameters PgBouncer refuses,
+    /// no `LISTEN` through the pooler (the sink takes a separate direct URL for it).
+    PgBouncerTransaction,
+}
+
+crate::text::text_enum!(Pooler, "pooler", Direct => "direct", PgBouncerTransaction => "pgbouncer-transaction" | "pgbouncer");

@@ -1,5 +1,5 @@
-//! Test kit for hybridsync: throwaway PostgreSQL ([`TempPostgres`]) and Redis
-//! ([`TempRedis`]) servers started from the machine's installed binaries on free
+//! Test kit for hybridsync: throwaway PostgreSQL ([`TempPostgres`]), PgBouncer
+//! ([`TempPgBouncer`], transaction pooling) and Redis ([`TempRedis`]) servers started from the machine's installed binaries on free
 //! loopback ports in temp directories, a fault-injecting TCP proxy ([`FaultProxy`]) to
 //! put between the library and a server, an in-memory cloud sink with fault switches
 //! ([`MemorySink`]), and deterministic workload generators.
@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod memory_sink;
+mod pgbouncer;
 mod postgres;
 mod process;
 mod proxy;
@@ -17,6 +18,7 @@ mod redis;
 pub mod workload;
 
 pub use memory_sink::MemorySink;
+pub use pgbouncer::{TempPgBouncer, TempPgBouncerOptions};
 pub use postgres::{ShutdownMode, TempPostgres, TempPostgresOptions};
 pub use proxy::{Fault, FaultProxy};
 pub use redis::TempRedis;

@@ -53,7 +53,7 @@ pub struct TempPostgres {
 }
 
 /// The newest installed PostgreSQL's `bin` directory.
-fn find_bin_dir() -> Result<PathBuf> {
+pub(crate) fn find_bin_dir() -> Result<PathBuf> {
     if let Ok(dir) = std::env::var("HYBRIDSYNC_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
