@@ -88,6 +88,11 @@ impl From<sqlx::Error> for Error {
                     Error::Schema(format!(
                         "{message} (SQLSTATE 42P01): this database has no hybridsync schema; an administrator installs it once with `hybridsync --cloud-url ADMIN_URL cloud migrate --grant ROLE --tenant TENANT`"
                     ))
+                } else if message.contains("unsupported startup parameter") {
+                    // PgBouncer refuses the session settings a direct sink sends.
+                    Error::Config(format!(
+                        "{message}: the cloud URL reaches a pooler; set [cloud] pooler = \"pgbouncer-transaction\""
+                    ))
                 } else if unavailable_code(&code) {
                     Error::Unavailable(format!("SQLSTATE {code}: {message}"))
                 } else if transient_code(&code) {

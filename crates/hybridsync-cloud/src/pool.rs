@@ -271,15 +271,26 @@ impl PostgresSink {
         }
         let direct = options.pooler == Pooler::Direct;
         let connect = connect_options(&options.url, &options.application_name)?;
-        // Keepalives are a session setting, so only a direct session can carry them;
-        // PgBouncer refuses the `options` startup parameter and keeps its own.
-        let connect = match options.tcp_keepalive.as_secs() {
-            secs if direct && secs > 0 => connect.options([
-                ("tcp_keepalives_idle", secs.to_string()),
-                ("tcp_keepalives_interval", "1".to_owned()),
-                ("tcp_keepalives_count", "3".to_owned()),
-            ]),
-            _ => connect,
+        // A direct session also gets the statement timeout as its default (each
+        // transaction sets it again, for the pooler's sake) and TCP keepalives, both
+        // session settings; PgBouncer refuses the `options` startup parameter and keeps
+        // keepalives of its own.
+        let connect = if direct {
+            let mut settings = vec![(
+                "statement_timeout",
+                options.statement_timeout.as_millis().to_string(),
+            )];
+            let keepalive = options.tcp_keepalive.as_secs();
+            if keepalive > 0 {
+                settings.extend([
+                    ("tcp_keepalives_idle", keepalive.to_string()),
+                    ("tcp_keepalives_interval", "1".to_owned()),
+                    ("tcp_keepalives_count", "3".to_owned()),
+                ]);
+            }
+            connect.options(settings)
+        } else {
+            connect
         };
         // Behind a transaction pooler nothing may be cached on a server connection.
         let connect = if direct {

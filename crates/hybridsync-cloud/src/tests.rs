@@ -3,7 +3,7 @@
 use super::*;
 use crate::feed::encode_cursor;
 use hybridsync_core::{ChangeCursor, CloudUrl, CollectionName, DeviceId, Hlc, Key, Record};
-use hybridsync_testkit::{ShutdownMode, TempPostgres};
+use hybridsync_testkit::{ShutdownMode, TempPgBouncer, TempPgBouncerOptions, TempPostgres};
 use sqlx::Connection;
 use std::time::Duration;
 
@@ -923,4 +923,386 @@ async fn a_high_recent_load_with_an_idle_pool_is_not_busy_now() {
         0.0,
         "but nothing is busy now, so the drain must not stay gated"
     );
+}
+
+/// Keys a sink pulls from the start of `notes`.
+async fn pulled_keys(sink: &PostgresSink) -> Vec<String> {
+    let mut keys: Vec<String> = pull_all(sink)
+        .await
+        .into_iter()
+        .map(|r| r.key.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// An open transaction that writes something else (a batch job, a `psql` left open)
+/// holds no writer key, so it does not hold back the feed of any tenant. Under the old
+/// horizon (`pg_snapshot_xmin`) the reader would see nothing until it ended.
+#[tokio::test]
+async fn an_open_unrelated_write_transaction_does_not_hold_back_the_feed() {
+    let pg = migrated().await;
+    pg.psql("postgres", "CREATE TABLE unrelated (x int)")
+        .unwrap();
+    let mut other = sqlx::PgConnection::connect(&pg.url("postgres"))
+        .await
+        .unwrap();
+    let mut open = other.begin().await.unwrap();
+    sqlx::query("INSERT INTO unrelated VALUES (1)")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let (device_a, device_b) = (sink(&pg, "t"), sink(&pg, "t"));
+    device_a
+        .upsert_batch(&[record("k1", 1, "v")])
+        .await
+        .unwrap();
+    assert_eq!(pulled_keys(&device_b).await, ["k1"], "k1 reached b at once");
+    let old_horizon: String = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM hs_records WHERE txid < pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .unwrap();
+    assert_eq!(old_horizon, "0", "the global xmin would have held k1 back");
+    open.rollback().await.unwrap();
+}
+
+/// A writer of one tenant holds back only its own tenant's feed (and a writer that
+/// selected no tenant holds back every tenant's, as the out-of-order test shows).
+#[tokio::test]
+async fn an_open_writer_holds_back_its_own_tenant_only() {
+    let pg = migrated().await;
+    let mut conn = sqlx::PgConnection::connect(app_url(&pg).expose())
+        .await
+        .unwrap();
+    let mut open = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('hybridsync.tenant', 'tenant-b', true)")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let (k, o, h) = {
+        let r = Record::new(
+            name("notes"),
+            Key::new("b-open").unwrap(),
+            vec![],
+            None,
+            record("b-open", 1, "").version,
+            false,
+        );
+        (
+            r.key.to_string(),
+            r.version.origin.0.to_vec(),
+            r.hash.0.to_vec(),
+        )
+    };
+    sqlx::query(
+        "INSERT INTO hs_records (tenant, collection, key, payload, hlc, origin, tombstone, hash) \
+         VALUES ('tenant-b', 'notes', $1, '', 1, $2, false, $3)",
+    )
+    .bind(k)
+    .bind(o)
+    .bind(h)
+    .execute(&mut *open)
+    .await
+    .unwrap();
+    let (a, b) = (sink(&pg, "tenant-a"), sink(&pg, "tenant-b"));
+    a.upsert_batch(&[record("a1", 1, "v")]).await.unwrap();
+    b.upsert_batch(&[record("b1", 1, "v")]).await.unwrap();
+    assert_eq!(pulled_keys(&a).await, ["a1"], "tenant-a is not held back");
+    assert!(
+        pulled_keys(&b).await.is_empty(),
+        "tenant-b waits for its open writer, whose id is older than b1's"
+    );
+    open.commit().await.unwrap();
+    assert_eq!(pulled_keys(&b).await, ["b-open", "b1"]);
+}
+
+/// A transaction that took an id before it wrote `hs_records` could commit rows below
+/// a horizon a reader already passed, so the schema refuses it; announcing itself
+/// first (`hs_enter_writer()`) makes it a writer like any other.
+#[tokio::test]
+async fn a_transaction_with_an_id_before_its_first_write_of_records_is_refused() {
+    let pg = migrated().await;
+    pg.psql("postgres", "CREATE TABLE unrelated (x int)")
+        .unwrap();
+    let insert = "INSERT INTO hs_records (tenant, collection, key, payload, hlc, origin, tombstone, hash) \
+                  VALUES ('t', 'notes', 'late', '', 1, '\\x00000000000000000000000000000000', false, '\\x00')";
+    let refused = pg
+        .psql(
+            "postgres",
+            &format!("BEGIN; INSERT INTO unrelated VALUES (1); {insert}; COMMIT;"),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("must be written before anything else"),
+        "{refused}"
+    );
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM hs_records")
+            .unwrap(),
+        "0",
+        "nothing was written"
+    );
+    pg.psql(
+        "postgres",
+        &format!(
+            "BEGIN; SELECT hs_enter_writer(); INSERT INTO unrelated VALUES (1); {insert}; COMMIT;"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM hs_records")
+            .unwrap(),
+        "1"
+    );
+}
+
+/// The upsert arms the idle-in-transaction timeout for the rest of its transaction:
+/// a transaction left idle after it (a device gone before its COMMIT) loses its
+/// session, and with it its hold on the feed, within the configured time.
+#[tokio::test]
+async fn the_upsert_arms_the_idle_in_transaction_timeout() {
+    let pg = migrated().await;
+    let mut options = CloudOptions::new(app_url(&pg), "t");
+    options.idle_in_transaction_timeout = Duration::from_millis(1_500);
+    let armed = PostgresSink::new(options).unwrap();
+    let mut tx = armed.begin().await.unwrap();
+    let before: String =
+        sqlx::query_scalar("SELECT current_setting('idle_in_transaction_session_timeout')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(before, "0", "not armed before the upsert");
+    armed
+        .upsert_rows(&mut tx, &[record("vanishing", 1, "v")])
+        .await
+        .unwrap();
+    let after: String =
+        sqlx::query_scalar("SELECT current_setting('idle_in_transaction_session_timeout')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(after, "1500ms");
+    // Another device's write commits behind the open one, and waits for it.
+    sink(&pg, "t")
+        .upsert_batch(&[record("behind", 1, "v")])
+        .await
+        .unwrap();
+    let reader = sink(&pg, "t");
+    assert!(
+        pulled_keys(&reader).await.is_empty(),
+        "held back while open"
+    );
+    // Gone quiet: the server ends the session once the timeout passes.
+    let started = std::time::Instant::now();
+    while pulled_keys(&reader).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the vanished writer still holds the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1_500 + 1_000),
+        "released {waited:?} after going quiet"
+    );
+    // It never committed: its row is gone; the write behind it arrived.
+    assert_eq!(pulled_keys(&reader).await, ["behind"]);
+    assert!(tx.commit().await.is_err(), "the session was ended");
+}
+
+/// A PgBouncer in transaction pooling mode in front of `pg`.
+fn bouncer(pg: &TempPostgres, pool: u32, settings: &[(&str, &str)]) -> TempPgBouncer {
+    TempPgBouncer::start(
+        pg.port(),
+        TempPgBouncerOptions {
+            default_pool_size: pool,
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..TempPgBouncerOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn pooled_options(bouncer: &TempPgBouncer, tenant: &str) -> CloudOptions {
+    let mut options = CloudOptions::new(
+        CloudUrl::new(format!(
+            "postgres://app:app-password@127.0.0.1:{}/postgres",
+            bouncer.port()
+        )),
+        tenant,
+    );
+    options.pooler = hybridsync_core::Pooler::PgBouncerTransaction;
+    options.acquire_timeout = Duration::from_secs(3);
+    options
+}
+
+fn app_backends(pg: &TempPostgres) -> u32 {
+    pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+    )
+    .unwrap()
+    .parse()
+    .unwrap()
+}
+
+/// Eight sinks (24 client connections) share two server connections: every operation
+/// works through the pooler, each sink sees the others' rows, and the server never
+/// holds more than the pool's two backends of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_pgbouncer_many_sinks_share_a_small_pool() {
+    let pg = migrated().await;
+    let bouncer = bouncer(&pg, 2, &[]);
+    let sinks: Vec<_> = (0..8)
+        .map(|_| std::sync::Arc::new(PostgresSink::new(pooled_options(&bouncer, "t")).unwrap()))
+        .collect();
+    sinks[0].verify_schema().await.unwrap();
+    sinks[0].health_check().await.unwrap();
+    let workers: Vec<_> = sinks
+        .iter()
+        .enumerate()
+        .map(|(i, sink)| {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                for j in 0..10u64 {
+                    sink.upsert_batch(&[record(&format!("s{i}-{j}"), j + 1, "v")])
+                        .await
+                        .unwrap();
+                    sink.pull(&name("notes"), &ChangeCursor::default(), 5)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut most = 0;
+    while workers.iter().any(|w| !w.is_finished()) {
+        most = most.max(app_backends(&pg));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(most <= 2, "saw {most} server backends behind a pool of 2");
+    for sink in &sinks {
+        assert_eq!(pull_all(sink).await.len(), 80, "each sink sees every row");
+    }
+    assert_eq!(sinks[1].count(&name("notes")).await.unwrap(), 80);
+    let device = DeviceId([3; 16]);
+    sinks[2].register_device(device, "pooled").await.unwrap();
+    assert_eq!(sinks[3].list_devices().await.unwrap().len(), 1);
+}
+
+/// The control: a sink set up for a direct connection names its prepared statements,
+/// and behind a transaction pooler the next client on the same server connection
+/// trips over them. (PgBouncer is told to ignore the `options` startup parameter here,
+/// which it otherwise refuses outright.)
+#[tokio::test]
+async fn named_statements_break_behind_a_transaction_pooler() {
+    let pg = migrated().await;
+    let bouncer = bouncer(&pg, 1, &[("ignore_startup_parameters", "options")]);
+    let direct = |_| {
+        let mut options = pooled_options(&bouncer, "t");
+        options.pooler = hybridsync_core::Pooler::Direct;
+        PostgresSink::new(options).unwrap()
+    };
+    let (first, second) = (direct(1), direct(2));
+    first.upsert_batch(&[record("a", 1, "v")]).await.unwrap();
+    let err = second
+        .upsert_batch(&[record("b", 1, "v")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prepared statement"), "{err}");
+    // The same two, configured for the pooler, work.
+    let pooled = |_| PostgresSink::new(pooled_options(&bouncer, "t")).unwrap();
+    let (first, second) = (pooled(1), pooled(2));
+    first.upsert_batch(&[record("c", 1, "v")]).await.unwrap();
+    second.upsert_batch(&[record("d", 1, "v")]).await.unwrap();
+}
+
+/// A sink set up for a direct connection but pointed at PgBouncer says what to change
+/// instead of retrying a refusal for ever.
+#[tokio::test]
+async fn a_direct_sink_pointed_at_pgbouncer_is_told_to_set_the_pooler() {
+    let pg = migrated().await;
+    let bouncer = bouncer(&pg, 2, &[]);
+    let mut options = pooled_options(&bouncer, "t");
+    options.pooler = hybridsync_core::Pooler::Direct;
+    let err = PostgresSink::new(options)
+        .unwrap()
+        .health_check()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("pgbouncer-transaction"), "{err}");
+}
+
+/// PgBouncer's own refusals are retryable: no client slot left (max_client_conn), no
+/// server connection within query_wait_timeout, and the server gone behind it; once the
+/// cause passes, the same sink works again.
+#[tokio::test]
+async fn pgbouncer_refusals_are_retryable() {
+    let pg = migrated().await;
+    let bouncer = bouncer(
+        &pg,
+        1,
+        &[("max_client_conn", "2"), ("query_wait_timeout", "1")],
+    );
+    let options = pooled_options(&bouncer, "t");
+    let url = options.url.clone();
+    let sink = PostgresSink::new(options).unwrap();
+
+    // Two clients hold every client slot; one of them holds the only server connection.
+    // A plain client of the pooler (without the startup parameter PgBouncer refuses).
+    let client = || async {
+        let options: sqlx::postgres::PgConnectOptions = url.expose().parse().unwrap();
+        sqlx::PgConnection::connect_with(&options.extra_float_digits(None))
+            .await
+            .unwrap()
+    };
+    let mut hog = client().await;
+    let mut held = hog.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *held).await.unwrap();
+    let idle = client().await;
+    let err = sink.health_check().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("max_client_conn"), "{err}");
+    idle.close().await.unwrap();
+
+    // A client slot, but the server connection stays taken.
+    let err = sink
+        .upsert_batch(&[record("waits", 1, "v")])
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("query_wait_timeout"), "{err}");
+    held.rollback().await.unwrap();
+    hog.close().await.unwrap();
+    sink.upsert_batch(&[record("waits", 2, "v")]).await.unwrap();
+
+    // The server restarts behind the pooler.
+    pg.stop(ShutdownMode::Immediate).unwrap();
+    let err = sink
+        .upsert_batch(&[record("down", 1, "v")])
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    pg.start_again().unwrap();
+    let started = std::time::Instant::now();
+    while sink.upsert_batch(&[record("down", 2, "v")]).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pulled_keys(&sink).await, ["down", "waits"]);
 }

@@ -7,6 +7,7 @@
 use crate::pool::CHANGES_CHANNEL;
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
+use sqlx::{Postgres, Transaction};
 
 /// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
 /// move a row backwards. It also arms the transaction's idle timeout (`$12`; NULL
@@ -58,6 +59,28 @@ impl PostgresSink {
                 limit_ms: self.max_drift_ms,
             });
         }
+        let applied = self.upsert_rows(&mut tx, records).await?;
+        if applied > 0 {
+            // Delivered on commit, to the other devices' change listeners.
+            sqlx::query(NOTIFY)
+                .persistent(self.persistent)
+                .bind(CHANGES_CHANNEL)
+                .bind(format!("{} {}", self.token, self.tenant))
+                .execute(self.counted(&mut *tx))
+                .await?;
+        }
+        hybridsync_core::crash_point("during_batch");
+        self.commit(tx).await?;
+        Ok(applied)
+    }
+
+    /// The upsert statement itself, in `tx` (which it leaves open, its idle timeout
+    /// armed); returns how many rows changed.
+    pub(crate) async fn upsert_rows(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        records: &[Record],
+    ) -> Result<u64> {
         // One statement per batch; the WHERE clause makes the upsert monotone. Bound
         // by reference: each value is copied once, into the statement's buffer.
         let embeddings = EmbeddingBytes::of(records);
@@ -106,20 +129,9 @@ impl PostgresSink {
             .bind(buckets)
             .bind(leaves)
             .bind(self.idle_in_transaction_ms.as_deref())
-            .execute(self.counted(&mut *tx))
+            .execute(self.counted(&mut **tx))
             .await?
             .rows_affected();
-        if applied > 0 {
-            // Delivered on commit, to the other devices' change listeners.
-            sqlx::query(NOTIFY)
-                .persistent(self.persistent)
-                .bind(CHANGES_CHANNEL)
-                .bind(format!("{} {}", self.token, self.tenant))
-                .execute(self.counted(&mut *tx))
-                .await?;
-        }
-        hybridsync_core::crash_point("during_batch");
-        self.commit(tx).await?;
         Ok(applied)
     }
 }

@@ -1,7 +1,9 @@
 //! Two-way sync between devices, proven against the in-memory sink and the real
 //! PostgreSQL sink by one shared suite (`replicate_suite!`).
 
-use crate::sync_tests::{TestCloud, cloud_rows, fast_config, memory_cloud, notes, pg_cloud};
+use crate::sync_tests::{
+    TestCloud, cloud_rows, fast_config, memory_cloud, notes, pg_cloud, pgbouncer_cloud,
+};
 use crate::{Engine, EngineConfig, Replicator, Syncer, no_progress};
 use hybridsync_core::{
     Clock, CloudSink, CollectionSpec, Conflict, ConflictResolver, Key, LocalStore, ManualClock,
@@ -455,3 +457,4 @@ macro_rules! replicate_suite {
 
 replicate_suite!(memory, memory_cloud());
 replicate_suite!(postgres, pg_cloud().await);
+replicate_suite!(pgbouncer, pgbouncer_cloud().await);

@@ -55,9 +55,11 @@ pub(crate) fn memory_cloud() -> MemoryCloud {
 }
 
 pub(crate) struct PgCloud {
-    server: hybridsync_testkit::TempPostgres,
-    options: hybridsync_cloud::CloudOptions,
     sink: Arc<hybridsync_cloud::PostgresSink>,
+    options: hybridsync_cloud::CloudOptions,
+    /// The pooler the sink goes through, if any (dropped before the server).
+    bouncer: Option<hybridsync_testkit::TempPgBouncer>,
+    server: hybridsync_testkit::TempPostgres,
 }
 
 impl TestCloud for PgCloud {
@@ -68,13 +70,21 @@ impl TestCloud for PgCloud {
     fn own_sink(&self) -> Arc<Self::Sink> {
         Arc::new(hybridsync_cloud::PostgresSink::new(self.options.clone()).unwrap())
     }
+    /// The server stops; behind a pooler, the pooler stops (a PgBouncer restart).
     fn down(&self) {
-        self.server
-            .stop(hybridsync_testkit::ShutdownMode::Fast)
-            .unwrap();
+        match &self.bouncer {
+            Some(bouncer) => bouncer.stop(),
+            None => self
+                .server
+                .stop(hybridsync_testkit::ShutdownMode::Fast)
+                .unwrap(),
+        }
     }
     fn up(&self) {
-        self.server.start_again().unwrap();
+        match &self.bouncer {
+            Some(bouncer) => bouncer.start_again().unwrap(),
+            None => self.server.start_again().unwrap(),
+        }
     }
     fn overwrite(&self, r: &Record) {
         let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
@@ -128,6 +138,55 @@ impl PgCloud {
 }
 
 pub(crate) async fn pg_cloud() -> PgCloud {
+    let (server, options) = pg_server().await;
+    let url = CloudUrl::new(format!(
+        "postgres://app@127.0.0.1:{}/postgres",
+        server.port()
+    ));
+    let options = hybridsync_cloud::CloudOptions { url, ..options };
+    let sink = Arc::new(hybridsync_cloud::PostgresSink::new(options.clone()).unwrap());
+    PgCloud {
+        server,
+        options,
+        sink,
+        bouncer: None,
+    }
+}
+
+/// The same cloud behind a PgBouncer in transaction pooling mode (a pool of 4 server
+/// connections): the sink keeps no session state and prepares nothing by name, and
+/// without a `LISTEN` session it polls for changes.
+pub(crate) async fn pgbouncer_cloud() -> PgCloud {
+    let (server, options) = pg_server().await;
+    let bouncer = hybridsync_testkit::TempPgBouncer::start(
+        server.port(),
+        hybridsync_testkit::TempPgBouncerOptions {
+            default_pool_size: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let options = hybridsync_cloud::CloudOptions {
+        url: CloudUrl::new(bouncer.url("app", "postgres")),
+        pooler: hybridsync_core::Pooler::PgBouncerTransaction,
+        poll_interval: Duration::from_millis(100),
+        ..options
+    };
+    let sink = Arc::new(hybridsync_cloud::PostgresSink::new(options.clone()).unwrap());
+    PgCloud {
+        server,
+        options,
+        sink,
+        bouncer: Some(bouncer),
+    }
+}
+
+/// A migrated server with the role `app` granted the tenant `tenant`, and the sink
+/// options the tests share (the URL is the caller's to set).
+async fn pg_server() -> (
+    hybridsync_testkit::TempPostgres,
+    hybridsync_cloud::CloudOptions,
+) {
     let server = hybridsync_testkit::TempPostgres::start().unwrap();
     server.psql("postgres", "CREATE ROLE app LOGIN").unwrap();
     let admin = CloudUrl::new(server.url("postgres"));
@@ -137,18 +196,10 @@ pub(crate) async fn pg_cloud() -> PgCloud {
     hybridsync_cloud::grant_tenant(&admin, Some("app"), "tenant")
         .await
         .unwrap();
-    let url = CloudUrl::new(format!(
-        "postgres://app@127.0.0.1:{}/postgres",
-        server.port()
-    ));
+    let url = CloudUrl::new(server.url("postgres"));
     let mut options = hybridsync_cloud::CloudOptions::new(url, "tenant");
     options.acquire_timeout = Duration::from_secs(1);
-    let sink = Arc::new(hybridsync_cloud::PostgresSink::new(options.clone()).unwrap());
-    PgCloud {
-        server,
-        options,
-        sink,
-    }
+    (server, options)
 }
 
 pub(crate) fn fast_config() -> SyncConfig {
@@ -517,6 +568,7 @@ macro_rules! sync_suite {
 
 sync_suite!(memory, memory_cloud());
 sync_suite!(postgres, pg_cloud().await);
+sync_suite!(pgbouncer, pgbouncer_cloud().await);
 
 #[tokio::test]
 async fn a_poisonous_record_is_parked_and_the_rest_ship() {
