@@ -13,6 +13,10 @@ use std::path::PathBuf;
 /// [limits]
 /// max_key_bytes = 512
 /// max_payload_bytes = 1048576
+/// [cloud]
+/// tenant = "acme"
+/// pooler = "pgbouncer-transaction"               # when cloud_url reaches PgBouncer
+/// listen_url = "postgres://app@db.internal/app"  # optional direct session for LISTEN
 /// [cache]
 /// entries = 10000
 /// bytes = 67108864
@@ -73,6 +77,16 @@ pub struct CloudConfig {
     pub tenant: Option<String>,
     /// Hard cap on cloud connections (default 3).
     pub max_connections: Option<u32>,
+    /// What `cloud_url` reaches: `direct` (default) or `pgbouncer-transaction`.
+    pub pooler: Option<String>,
+    /// A direct session URL for `LISTEN` when `cloud_url` goes through a pooler.
+    pub listen_url: Option<CloudUrl>,
+    /// Milliseconds a transaction may sit idle after its upsert (default 5000; 0: the
+    /// server's setting).
+    pub idle_in_transaction_timeout_ms: Option<u64>,
+    /// Milliseconds between looks for other devices' changes when the sink cannot
+    /// `LISTEN` (default 2000).
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// `[sync]`.
@@ -184,6 +198,34 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "hard cap on cloud connections",
     },
     Setting {
+        key: "cloud.pooler",
+        env: "HYBRIDSYNC_POOLER",
+        flag: "",
+        default: "`direct`",
+        meaning: "`direct`, or `pgbouncer-transaction` when `cloud_url` reaches PgBouncer in transaction pooling mode (unnamed statements, no session state, no `LISTEN` through it)",
+    },
+    Setting {
+        key: "cloud.listen_url",
+        env: "HYBRIDSYNC_LISTEN_URL",
+        flag: "",
+        default: "none",
+        meaning: "a direct session to PostgreSQL for `LISTEN` (one per device) when `cloud_url` goes through a pooler; without it the device polls every `cloud.poll_interval_ms`",
+    },
+    Setting {
+        key: "cloud.idle_in_transaction_timeout_ms",
+        env: "",
+        flag: "",
+        default: "5000",
+        meaning: "after a batch's upsert, the server ends the session if its transaction sits idle this long (a device gone before its COMMIT stops holding back the others' feed); 0 keeps the server's setting",
+    },
+    Setting {
+        key: "cloud.poll_interval_ms",
+        env: "",
+        flag: "",
+        default: "2000",
+        meaning: "how often a device that cannot `LISTEN` looks for other devices' changes (the propagation delay it adds, at most)",
+    },
+    Setting {
         key: "sync.interval_secs",
         env: "",
         flag: "`serve --sync-interval`",
@@ -236,8 +278,9 @@ pub const SETTINGS: &[Setting] = &[
 
 impl Config {
     /// Overrides fields from `HYBRIDSYNC_DATA_DIR`, `HYBRIDSYNC_CLOUD_URL`,
-    /// `HYBRIDSYNC_DURABILITY`, `HYBRIDSYNC_TENANT` and
-    /// `HYBRIDSYNC_ENCRYPTION_KEY_FILE` and `HYBRIDSYNC_REDIS_URL` where they are set.
+    /// `HYBRIDSYNC_DURABILITY`, `HYBRIDSYNC_TENANT`, `HYBRIDSYNC_POOLER`,
+    /// `HYBRIDSYNC_LISTEN_URL`, `HYBRIDSYNC_ENCRYPTION_KEY_FILE` and
+    /// `HYBRIDSYNC_REDIS_URL` where they are set.
     pub fn with_env(mut self) -> Self {
         if let Some(dir) = std::env::var_os("HYBRIDSYNC_DATA_DIR") {
             self.data_dir = Some(dir.into());
@@ -250,6 +293,12 @@ impl Config {
         }
         if let Ok(tenant) = std::env::var("HYBRIDSYNC_TENANT") {
             self.cloud.tenant = Some(tenant);
+        }
+        if let Ok(pooler) = std::env::var("HYBRIDSYNC_POOLER") {
+            self.cloud.pooler = Some(pooler);
+        }
+        if let Ok(url) = std::env::var("HYBRIDSYNC_LISTEN_URL") {
+            self.cloud.listen_url = Some(CloudUrl::new(url));
         }
         if let Some(path) = std::env::var_os("HYBRIDSYNC_ENCRYPTION_KEY_FILE") {
             self.encryption.key_file = Some(path.into());

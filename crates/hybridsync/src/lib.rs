@@ -68,8 +68,8 @@ pub use hybridsync_core::{
 #[doc(inline)]
 pub use hybridsync_core::{
     CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo, EncryptionKey, Hlc, Key, KeyId,
-    Keyring, Limits, Metric, OutboxError, OutboxState, OutboxStats, Precision, Priority, Record,
-    VectorHit as SearchHit, VectorSpec,
+    Keyring, Limits, Metric, OutboxError, OutboxState, OutboxStats, Pooler, Precision, Priority,
+    Record, VectorHit as SearchHit, VectorSpec,
 };
 #[doc(inline)]
 pub use hybridsync_engine::{

@@ -7,7 +7,7 @@ use crate::{Config, Result};
 use hybridsync_core::{
     Clock, CloudSink, CloudUrl, CollectionName, CollectionSpec, DeviceId, DeviceInfo,
     EncryptionKey, HistoryEntry, Hlc, HotCacheStats, Key, KeyId, Keyring, Limits, LocalStore,
-    OutboxStats, Priority, Record, Strategy, SyncEvent, VectorCache, VectorHit, VectorSpec,
+    OutboxStats, Pooler, Priority, Record, Strategy, SyncEvent, VectorCache, VectorHit, VectorSpec,
     WriteRequest, decode_payload, encode_payload,
 };
 use hybridsync_engine::{
@@ -36,6 +36,10 @@ pub struct HybridStoreBuilder {
     tenant: String,
     max_connections: u32,
     application_name: String,
+    pooler: Pooler,
+    listen_url: Option<CloudUrl>,
+    idle_in_transaction_timeout: Option<std::time::Duration>,
+    poll_interval: Option<std::time::Duration>,
     sync: SyncConfig,
     clock: Option<Arc<dyn Clock>>,
     encryption_key: Option<EncryptionKey>,
@@ -73,6 +77,18 @@ impl HybridStoreBuilder {
         }
         if let Some(n) = config.cloud.max_connections {
             self.max_connections = n;
+        }
+        if let Some(pooler) = &config.cloud.pooler {
+            self.pooler = pooler.parse()?;
+        }
+        if let Some(url) = &config.cloud.listen_url {
+            self.listen_url = Some(url.clone());
+        }
+        if let Some(ms) = config.cloud.idle_in_transaction_timeout_ms {
+            self.idle_in_transaction_timeout = Some(std::time::Duration::from_millis(ms));
+        }
+        if let Some(ms) = config.cloud.poll_interval_ms {
+            self.poll_interval = Some(std::time::Duration::from_millis(ms));
         }
         if let Some(secs) = config.sync.interval_secs {
             self.sync.interval = std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
@@ -180,6 +196,34 @@ impl HybridStoreBuilder {
         self
     }
 
+    /// What the cloud URL reaches: PostgreSQL itself (default) or a PgBouncer in
+    /// transaction pooling mode.
+    pub fn pooler(mut self, pooler: Pooler) -> Self {
+        self.pooler = pooler;
+        self
+    }
+
+    /// A direct session URL for `LISTEN` (one connection), for a cloud URL that goes
+    /// through a transaction pooler. Without it such a device polls for changes.
+    pub fn listen_url(mut self, url: impl Into<String>) -> Self {
+        self.listen_url = Some(CloudUrl::new(url));
+        self
+    }
+
+    /// How often a device that cannot `LISTEN` looks for other devices' changes
+    /// (default 2 s).
+    pub fn poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+
+    /// How long a transaction may sit idle after its upsert before the server ends the
+    /// session (default 5 s; zero keeps the server's setting).
+    pub fn idle_in_transaction_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle_in_transaction_timeout = Some(timeout);
+        self
+    }
+
     /// Drain timing and sizing.
     pub fn sync_config(mut self, sync: SyncConfig) -> Self {
         self.sync = sync;
@@ -219,6 +263,11 @@ impl HybridStoreBuilder {
         if let Some(target) = &self.redis {
             crate::publish::check(target)?;
         }
+        // Lazy: nothing here waits on the network.
+        let sink = match &self.cloud_url {
+            None => None,
+            Some(url) => Some(cloud_sink(url, &self)?),
+        };
         let data_dir = self.store.data_dir.clone();
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
@@ -226,15 +275,6 @@ impl HybridStoreBuilder {
         let engine = match engine {
             Ok(engine) => Arc::new(engine),
             Err(e) => return Err(e.into()),
-        };
-        let sink = match &self.cloud_url {
-            None => None,
-            Some(url) => Some(cloud_sink(
-                url,
-                &self.tenant,
-                self.max_connections,
-                &self.application_name,
-            )?),
         };
         let mut config = RuntimeConfig {
             sync: self.sync,
@@ -312,22 +352,25 @@ fn vector_index() -> Option<Arc<dyn VectorCache>> {
 /// The PostgreSQL sink, with the `cloud-postgres` feature. Lazy: nothing here waits on
 /// the network.
 #[cfg(feature = "cloud-postgres")]
-fn cloud_sink(
-    url: &CloudUrl,
-    tenant: &str,
-    max_connections: u32,
-    application_name: &str,
-) -> Result<Arc<dyn CloudSink>> {
-    let mut options = hybridsync_cloud::CloudOptions::new(url.clone(), tenant);
-    options.max_connections = max_connections;
-    options.application_name = application_name.to_owned();
-    options.min_connections = options.min_connections.min(max_connections);
+fn cloud_sink(url: &CloudUrl, builder: &HybridStoreBuilder) -> Result<Arc<dyn CloudSink>> {
+    let mut options = hybridsync_cloud::CloudOptions::new(url.clone(), &builder.tenant);
+    options.max_connections = builder.max_connections;
+    options.application_name = builder.application_name.clone();
+    options.min_connections = options.min_connections.min(builder.max_connections);
+    options.pooler = builder.pooler;
+    options.listen_url = builder.listen_url.clone();
+    if let Some(timeout) = builder.idle_in_transaction_timeout {
+        options.idle_in_transaction_timeout = timeout;
+    }
+    if let Some(interval) = builder.poll_interval {
+        options.poll_interval = interval;
+    }
     Ok(Arc::new(hybridsync_cloud::PostgresSink::new(options)?))
 }
 
 /// Without the `cloud-postgres` feature a cloud URL is refused at open.
 #[cfg(not(feature = "cloud-postgres"))]
-fn cloud_sink(url: &CloudUrl, _: &str, _: u32, _: &str) -> Result<Arc<dyn CloudSink>> {
+fn cloud_sink(url: &CloudUrl, _: &HybridStoreBuilder) -> Result<Arc<dyn CloudSink>> {
     Err(crate::Error::CloudUnavailable {
         url: url.redacted(),
     })
@@ -416,6 +459,10 @@ impl HybridStore {
             tenant: "default".into(),
             max_connections: 3,
             application_name: "hybridsync".into(),
+            pooler: Pooler::Direct,
+            listen_url: None,
+            idle_in_transaction_timeout: None,
+            poll_interval: None,
             sync: SyncConfig::default(),
             clock: None,
             encryption_key: None,
