@@ -65,6 +65,16 @@ const PACKAGES: &[Package] = &[
         name: "prometheus",
         installed: || runs("promtool", &["--version"]) && runs("prometheus", &["--version"]),
     },
+    // PgBouncer in transaction pooling mode: the sink and sync suites run through it.
+    Package {
+        name: "pgbouncer",
+        installed: || {
+            std::env::var_os("HYBRIDSYNC_PGBOUNCER").is_some()
+                || ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+                    .iter()
+                    .any(|p| std::path::Path::new(p).exists())
+        },
+    },
     // The live `status --watch` is tested in a real terminal.
     Package {
         name: "tmux",
