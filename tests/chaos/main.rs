@@ -13,6 +13,7 @@ mod check;
 mod ops;
 mod report;
 mod schedule;
+mod verdict;
 mod writer;
 
 use anyhow::{Context, Result, bail};

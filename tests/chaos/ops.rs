@@ -54,6 +54,13 @@ impl Ops {
         }
     }
 
+    /// An operation invoked and acknowledged in this process (the fleet's devices).
+    #[allow(dead_code)] // the chaos binary reads writers' lines instead
+    pub(crate) fn invoked_and_acknowledged(&mut self, device: &str, op: Op, version: String) {
+        self.invoked += 1;
+        self.acknowledge(device, op, version, false);
+    }
+
     fn acknowledge(&mut self, device: &str, op: Op, version: String, rogue: bool) {
         self.ok += 1;
         if rogue {

@@ -78,24 +78,33 @@ impl Report {
             "writes acknowledged",
             sum(|s| s.writes_acknowledged).to_string(),
         );
-        row("lost (acknowledged, absent)", sum(|s| s.lost).to_string());
+        row(
+            "lost (acknowledged, absent)",
+            sum(|s| s.verdict.lost).to_string(),
+        );
         row(
             "stale (older version in place)",
-            sum(|s| s.stale).to_string(),
+            sum(|s| s.verdict.stale).to_string(),
         );
         row(
             "duplicated (value with another version)",
-            sum(|s| s.version_mismatches).to_string(),
+            sum(|s| s.verdict.version_mismatches).to_string(),
         );
-        row("resurrected deletes", sum(|s| s.resurrected).to_string());
-        row("values nobody wrote", sum(|s| s.unknown_values).to_string());
+        row(
+            "resurrected deletes",
+            sum(|s| s.verdict.resurrected).to_string(),
+        );
+        row(
+            "values nobody wrote",
+            sum(|s| s.verdict.unknown_values).to_string(),
+        );
         row(
             "rogue-clock writes (parked / leaked to the cloud)",
             format!(
                 "{} ({} / {})",
                 sum(|s| s.rogue_writes),
                 sum(|s| s.rogue_parked),
-                sum(|s| s.rogue_leaked)
+                sum(|s| s.verdict.rogue_leaked)
             ),
         );
         row(

@@ -1,5 +1,6 @@
-//! `cargo xtask bench [--quick] [GROUP]...` and `cargo xtask chaos [ARGS]`: run the
-//! benchmark and chaos binaries of `tests/` (hybridsync-tests); this only drives them.
+//! `cargo xtask bench [--quick] [GROUP]...`, `cargo xtask chaos [ARGS]` and `cargo xtask
+//! fleet [ARGS]`: run the benchmark, chaos and fleet binaries of `tests/`
+//! (hybridsync-tests); this only drives them.
 
 use crate::project_root;
 use anyhow::{Result, bail};
@@ -49,6 +50,15 @@ pub(crate) fn codegen(args: &[String]) -> Result<()> {
         crash_points: false,
     };
     run_tests_bin("hybridsync-codegen", build, args)
+}
+
+/// The fleet measures what users run: release, no crash points.
+pub(crate) fn fleet(args: &[String]) -> Result<()> {
+    let build = Build {
+        debug: false,
+        crash_points: false,
+    };
+    run_tests_bin("hybridsync-fleet", build, args)
 }
 
 /// The chaos drills need their crash points.

@@ -1,5 +1,5 @@
 //! Project automation: `cargo xtask test` (the one test command), the tidy checks it
-//! runs, `bench`, `chaos`, `codegen` and `release`. Each task is a module with a `run` function, working from the project root.
+//! runs, `bench`, `chaos`, `fleet`, `codegen` and `release`. Each task is a module with a `run` function, working from the project root.
 
 mod bench;
 mod release;
@@ -37,10 +37,11 @@ fn main() -> Result<()> {
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("chaos") => bench::chaos(&args[1..]),
+        Some("fleet") => bench::fleet(&args[1..]),
         Some("release") => release::run(&args[1..]),
         Some("codegen") => bench::codegen(&args[1..]),
         _ => bail!(
-            "usage: cargo xtask <test|tidy|bench|chaos|codegen|release>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --devices, --faults)\n  codegen  write docs/metrics.md, docs/configuration.md, deploy/prometheus/*.yml and deploy/grafana/hybridsync.json from the catalogue and the config types (--check: fail if any is stale)\n  release  bump the version in lockstep, write CHANGELOG.md, cargo package (--dry-run, --bump patch|minor|major)"
+            "usage: cargo xtask <test|tidy|bench|chaos|fleet|codegen|release>\n  test   fmt check, clippy -D warnings, tidy, every test of the workspace\n  tidy   layering and file-header checks only\n  bench  benchmarks beside their baselines (--quick for a smoke run)\n  chaos  seeded fault schedules with invariant checks (--short, --seed, --schedules, --duration, --devices, --faults)\n  fleet  many devices in one process against one PostgreSQL (--devices N, --through pgbouncer|direct, --duration S, --pool-size N, --max-connections N, --rate W)\n  codegen  write docs/metrics.md, docs/configuration.md, deploy/prometheus/*.yml and deploy/grafana/hybridsync.json from the catalogue and the config types (--check: fail if any is stale)\n  release  bump the version in lockstep, write CHANGELOG.md, cargo package (--dry-run, --bump patch|minor|major)"
         ),
     }
 }

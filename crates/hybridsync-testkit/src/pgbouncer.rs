@@ -2,6 +2,7 @@
 
 use crate::process::{give_to_service_user, run, service_command};
 use crate::{Error, Result, free_port};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -187,21 +188,41 @@ impl TempPgBouncer {
     }
 
     /// Runs an admin console command (`SHOW POOLS`, `SHOW STATS`, ...) and returns its
-    /// rows, `|`-separated, without the header.
-    pub fn admin(&self, command: &str) -> Result<String> {
+    /// rows, each a map from column name to value.
+    pub fn admin(&self, command: &str) -> Result<Vec<BTreeMap<String, String>>> {
         let psql = crate::postgres::find_bin_dir()?.join("psql");
         let mut cmd = std::process::Command::new(psql);
-        cmd.args(["-X", "-At", "-h", "127.0.0.1", "-U", "postgres"])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-d",
-                "pgbouncer",
-                "-c",
-                command,
-            ]);
+        cmd.args([
+            "-X",
+            "-A",
+            "-P",
+            "footer=off",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-p",
+            &self.port.to_string(),
+            "-d",
+            "pgbouncer",
+            "-c",
+            command,
+        ]);
         let out = run(cmd)?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+        Ok(lines
+            .map(|line| {
+                header
+                    .iter()
+                    .zip(line.split('|'))
+                    .map(|(k, v)| ((*k).to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect())
     }
 
     /// The pooler's log so far, for failure messages.
