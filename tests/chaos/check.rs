@@ -64,6 +64,16 @@ pub(crate) struct ScheduleResult {
     pub retries: u64,
     pub reconnects: u64,
     pub breaker_transitions: u64,
+    /// Invariant 9 (`foreign_tx`): a write crossing between two devices while an
+    /// unrelated transaction is open, slowest, and how many took longer than the bound.
+    pub propagation_probes: u64,
+    pub propagation_max_ms: u64,
+    pub propagation_over_bound: u64,
+    /// Invariant 10 (`vanish_mid_tx`): how long a frozen writer's open transaction
+    /// outlived its freeze, slowest, and how many outlived the bound.
+    pub vanished: u64,
+    pub vanish_release_max_ms: u64,
+    pub vanish_over_bound: u64,
 }
 
 impl ScheduleResult {
@@ -74,6 +84,8 @@ impl ScheduleResult {
             + self.verify_roots_unmatched
             + self.not_converged
             + self.outbox_left
+            + self.propagation_over_bound
+            + self.vanish_over_bound
             + u64::from(self.max_pool > POOL_CAP)
             + self.read_errors
             + self

@@ -11,6 +11,7 @@
 
 mod check;
 mod ops;
+mod probe;
 mod report;
 mod schedule;
 mod verdict;

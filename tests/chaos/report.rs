@@ -165,6 +165,30 @@ impl Report {
                 sum(|s| s.breaker_transitions)
             ),
         );
+        row(
+            &format!(
+                "propagation under an open unrelated transaction: probes, max (bound {} ms)",
+                crate::schedule::PROPAGATION_BOUND.as_millis()
+            ),
+            format!(
+                "{}, {} ms ({} over)",
+                sum(|s| s.propagation_probes),
+                max(|s| s.propagation_max_ms),
+                sum(|s| s.propagation_over_bound)
+            ),
+        );
+        row(
+            &format!(
+                "writers frozen mid-transaction: released after, max (bound {} ms)",
+                crate::schedule::vanish_bound().as_millis()
+            ),
+            format!(
+                "{}, {} ms ({} over)",
+                sum(|s| s.vanished),
+                max(|s| s.vanish_release_max_ms),
+                sum(|s| s.vanish_over_bound)
+            ),
+        );
         row("violations", self.violations().to_string());
         table
     }

@@ -7,7 +7,10 @@ use crate::writer;
 use anyhow::{Context, Result};
 use hybridsync::CRASH_POINTS;
 use hybridsync::CloudUrl;
-use hybridsync_testkit::{Fault, FaultProxy, ShutdownMode, TempPostgres, TempPostgresOptions};
+use hybridsync_testkit::{
+    Fault, FaultProxy, ShutdownMode, TempPgBouncer, TempPgBouncerOptions, TempPostgres,
+    TempPostgresOptions,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -54,7 +57,22 @@ faults! {
     PgTerminate = "pg_terminate": "pg_terminate_backend on every device connection",
     IdleTx = "idle_tx": "idle_in_transaction_session_timeout 40 ms, with 50-150 ms latency",
     Slots = "slots": "other clients take every free connection slot; device connections killed",
+    ForeignTx = "foreign_tx": "an unrelated write transaction stays open 3-5 s; a probe write must cross between two sinks within 2 s meanwhile",
+    VanishMidTx = "vanish_mid_tx": "a direct device's writer freezes between its upsert and COMMIT; its transaction must end within the idle timeout plus 2 s",
+    PgBouncerRestart = "pgbouncer_restart": "PgBouncer, in front of the pooled device, stopped and started again",
 }
+
+/// How long a probe write may take to cross while an unrelated transaction is open.
+pub(crate) const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+
+/// How long a frozen writer's transaction may outlive its freeze.
+pub(crate) fn vanish_bound() -> Duration {
+    writer::IDLE_IN_TRANSACTION + Duration::from_secs(2)
+}
+
+/// The device that reaches PostgreSQL through PgBouncer (transaction mode); the others
+/// connect directly.
+const POOLED_DEVICE: usize = 1;
 
 pub(crate) fn name(kind: FaultKind) -> &'static str {
     ALL.iter()
@@ -119,15 +137,28 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
     );
     pg.psql("postgres", "CREATE ROLE app LOGIN")?;
     pg.psql("postgres", "CREATE ROLE hog LOGIN")?;
+    pg.psql("postgres", "CREATE TABLE chaos_unrelated (x int)")?;
+    let bouncer = Arc::new(
+        TempPgBouncer::start(
+            pg.port(),
+            TempPgBouncerOptions {
+                default_pool_size: 4,
+                ..TempPgBouncerOptions::default()
+            },
+        )
+        .context("starting PgBouncer")?,
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     let admin = CloudUrl::new(pg.url("postgres"));
     runtime.block_on(hybridsync::cloud::migrate(&admin, Some("app")))?;
     for seed in &seeds {
-        runtime.block_on(hybridsync::cloud::grant_tenant(
-            &admin,
-            Some("app"),
-            &format!("chaos-{seed}"),
-        ))?;
+        for tenant in [format!("chaos-{seed}"), format!("probe-{seed}")] {
+            runtime.block_on(hybridsync::cloud::grant_tenant(
+                &admin,
+                Some("app"),
+                &tenant,
+            ))?;
+        }
     }
     let mut report = Report {
         devices: options.devices,
@@ -139,7 +170,7 @@ pub(crate) fn run_all(options: &Options) -> Result<Report> {
             options.devices, options.duration_secs
         );
         let mut history = String::new();
-        let result = run_one(&pg, &runtime, seed, options, &mut history)
+        let result = run_one(&pg, &bouncer, &runtime, seed, options, &mut history)
             .with_context(|| format!("schedule seed {seed}"))?;
         println!(
             "  {} writes acknowledged, {} faults, converged in {} ms, {} violation(s)",
@@ -188,6 +219,8 @@ struct Knobs {
     skew_ms: i64,
     crash: Option<String>,
     rogue: bool,
+    /// The URL reaches PgBouncer in transaction mode.
+    pooled: bool,
 }
 
 fn spawn_writer(
@@ -207,6 +240,11 @@ fn spawn_writer(
         .stderr(Stdio::null());
     if let Some(point) = &knobs.crash {
         cmd.env("HYBRIDSYNC_CRASH_POINT", point);
+    }
+    if knobs.pooled {
+        cmd.env("HYBRIDSYNC_CHAOS_POOLER", "pgbouncer-transaction");
+    } else {
+        cmd.env_remove("HYBRIDSYNC_CHAOS_POOLER");
     }
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped");
@@ -237,11 +275,18 @@ pub(crate) struct Device {
     writers_started: u64,
     /// The crash point the current writer is armed with.
     armed: Option<String>,
+    /// Reaches the server through PgBouncer.
+    pooled: bool,
 }
 
 /// A schedule in progress.
 struct Run<'a> {
     pg: &'a Arc<TempPostgres>,
+    bouncer: &'a Arc<TempPgBouncer>,
+    probe: crate::probe::Probe,
+    /// Invariants 9 and 10, as the faults measure them.
+    propagation_ms: Vec<u64>,
+    vanish_ms: Vec<u64>,
     seed: u64,
     tenant: String,
     devices: Vec<Device>,
@@ -275,6 +320,7 @@ impl Run<'_> {
         let knobs = Knobs {
             first,
             seed: self.seed,
+            pooled: device.pooled,
             ..knobs
         };
         device.since.store(now_epoch_ms(), Ordering::SeqCst);
@@ -489,11 +535,104 @@ impl Run<'_> {
                 self.hold(hold)?;
                 drop(hogs);
             }
+            FaultKind::ForeignTx => self.foreign_tx(rng, hold, runtime)?,
+            FaultKind::VanishMidTx => self.vanish_mid_tx(rng)?,
+            FaultKind::PgBouncerRestart => {
+                self.bouncer.stop();
+                self.hold(hold.min(Duration::from_millis(500)))?;
+                self.bouncer.start_again()?;
+            }
         }
         for device in &self.devices {
             device.proxy.set(Fault::None);
         }
         Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Holds an unrelated write transaction open (an id, no writer key) for 3-5 s while
+    /// the probe writes and pulls: the feed must not wait for it.
+    fn foreign_tx(
+        &mut self,
+        rng: &mut StdRng,
+        hold: Duration,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<()> {
+        use sqlx::Connection;
+        let open_for = hold.max(Duration::from_millis(rng.random_range(3_000..5_000)));
+        let until = Instant::now() + open_for;
+        let mut foreign =
+            runtime.block_on(sqlx::PgConnection::connect(&self.pg.url("postgres")))?;
+        runtime.block_on(sqlx::query("BEGIN").execute(&mut foreign))?;
+        runtime.block_on(
+            sqlx::query("INSERT INTO chaos_unrelated VALUES (1)").execute(&mut foreign),
+        )?;
+        let crossed = runtime.block_on(self.probe.propagate(open_for))?;
+        let ms = crossed.map_or(open_for.as_millis() as u64, |d| d.as_millis() as u64);
+        self.propagation_ms.push(ms);
+        self.log(&format!(
+            "probe crossed in {ms} ms beside an open foreign transaction"
+        ));
+        self.hold(until.saturating_duration_since(Instant::now()))?;
+        runtime.block_on(sqlx::query("ROLLBACK").execute(&mut foreign))?;
+        Ok(())
+    }
+
+    /// A direct device's writer restarts armed to freeze (SIGSTOP) between an upsert and
+    /// its COMMIT; measures how long its open transaction outlives the freeze.
+    fn vanish_mid_tx(&mut self, rng: &mut StdRng) -> Result<()> {
+        let d = (0..self.devices.len())
+            .filter(|d| !self.devices[*d].pooled)
+            .nth(0)
+            .context("a direct device")?;
+        self.kill_writer(d)?;
+        let knobs = Knobs {
+            crash: Some(format!("during_batch:{}:stop", rng.random_range(1..4))),
+            ..Knobs::default()
+        };
+        self.start_writer(d, knobs)?;
+        let pid = self.devices[d].writer.as_ref().map(|w| w.child.id());
+        let frozen = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(") ")
+                        .map(|(_, rest)| rest.starts_with('T'))
+                })
+                .unwrap_or(false)
+        };
+        let waited = Instant::now();
+        while pid.is_some_and(|pid| !frozen(pid)) && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if pid.is_some_and(frozen) {
+            let since = Instant::now();
+            let app = writer::application_name(&self.devices[d].name);
+            let open_sql = format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' \
+                 AND state LIKE 'idle in transaction%'"
+            );
+            let limit = vanish_bound() + Duration::from_secs(10);
+            while self
+                .pg
+                .psql("postgres", &open_sql)
+                .map_or(true, |n| n != "0")
+                && since.elapsed() < limit
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let ms = since.elapsed().as_millis() as u64;
+            self.vanish_ms.push(ms);
+            self.log(&format!(
+                "frozen writer's transaction ended {ms} ms after the freeze"
+            ));
+        } else {
+            self.log("the writer did not reach its freeze point in 10 s");
+        }
+        self.devices[d].armed = None;
+        self.kill_writer(d)?;
+        self.start_writer(d, Knobs::default())
     }
 }
 
@@ -519,6 +658,7 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 
 fn run_one(
     pg: &Arc<TempPostgres>,
+    bouncer: &Arc<TempPgBouncer>,
     runtime: &tokio::runtime::Runtime,
     seed: u64,
     options: &Options,
@@ -530,10 +670,16 @@ fn run_one(
         devices: options.devices as u64,
         ..ScheduleResult::default()
     };
-    let upstream = format!("127.0.0.1:{}", pg.port()).parse()?;
+    let direct_upstream = format!("127.0.0.1:{}", pg.port()).parse()?;
+    let pooled_upstream = format!("127.0.0.1:{}", bouncer.port()).parse()?;
     let mut devices = Vec::new();
     for i in 0..options.devices {
-        let proxy = FaultProxy::start(upstream)?;
+        let pooled = i == POOLED_DEVICE;
+        let proxy = FaultProxy::start(if pooled {
+            pooled_upstream
+        } else {
+            direct_upstream
+        })?;
         devices.push(Device {
             name: format!("d{i}"),
             dir: tempfile::tempdir()?,
@@ -543,10 +689,22 @@ fn run_one(
             since: Arc::new(AtomicU64::new(0)),
             writers_started: 0,
             armed: None,
+            pooled,
         });
     }
+    let probe = {
+        let _entered = runtime.enter();
+        crate::probe::Probe::new(
+            &format!("postgres://app@127.0.0.1:{}/postgres", pg.port()),
+            &format!("probe-{seed}"),
+        )?
+    };
     let mut run = Run {
         pg,
+        bouncer,
+        probe,
+        propagation_ms: Vec::new(),
+        vanish_ms: Vec::new(),
         seed,
         tenant: format!("chaos-{seed}"),
         devices,
@@ -634,6 +792,20 @@ fn run_one(
     result.crash_points_hit = std::mem::take(&mut run.crashes);
     result.writers_started = run.devices.iter().map(|d| d.writers_started).sum();
     result.reconnects = run.devices.iter().map(|d| d.proxy.connections()).sum();
+    result.propagation_probes = run.propagation_ms.len() as u64;
+    result.propagation_max_ms = run.propagation_ms.iter().copied().max().unwrap_or(0);
+    result.propagation_over_bound = run
+        .propagation_ms
+        .iter()
+        .filter(|ms| **ms > PROPAGATION_BOUND.as_millis() as u64)
+        .count() as u64;
+    result.vanished = run.vanish_ms.len() as u64;
+    result.vanish_release_max_ms = run.vanish_ms.iter().copied().max().unwrap_or(0);
+    result.vanish_over_bound = run
+        .vanish_ms
+        .iter()
+        .filter(|ms| **ms > vanish_bound().as_millis() as u64)
+        .count() as u64;
     run.log("healing: final sync of every device through direct connections");
 
     let ops = std::mem::take(&mut *run.ops.lock().unwrap_or_else(|e| e.into_inner()));

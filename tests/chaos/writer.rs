@@ -6,9 +6,10 @@
 //! transitions are printed as `breaker FROM TO`, and each new high of the open cloud
 //! connections as `pool N`.
 //!
-//! Two knobs come from the environment: `HYBRIDSYNC_CHAOS_SKEW_MS` shifts this
-//! process's wall clock (clock-skew faults), and `HYBRIDSYNC_CRASH_POINT` (read by the
-//! library) aborts the process at a named crash point.
+//! Three knobs come from the environment: `HYBRIDSYNC_CHAOS_SKEW_MS` shifts this
+//! process's wall clock (clock-skew faults), `HYBRIDSYNC_CHAOS_POOLER` says the URL
+//! reaches PgBouncer in transaction mode, and `HYBRIDSYNC_CRASH_POINT` (read by the
+//! library) aborts or freezes the process at a named crash point.
 
 use anyhow::{Context, Result};
 use hybridsync::BreakerConfig;
@@ -39,6 +40,10 @@ pub(crate) fn sync_config() -> SyncConfig {
         ..SyncConfig::default()
     }
 }
+
+/// How long a writer's transaction may sit idle after its upsert before the server
+/// ends it (the `vanish_mid_tx` fault holds the others' feed back at most this long).
+pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
 
 /// How often a writer syncs both ways (besides the nudge from other devices' writes).
 pub(crate) const AUTO_SYNC: Duration = Duration::from_millis(300);
@@ -82,14 +87,19 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .unwrap_or(0);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = HybridStore::builder(dir)
+        let mut builder = HybridStore::builder(dir)
             .cloud_url(url.clone())
             .tenant(tenant.clone())
             .application_name(application_name(device))
             .sync_config(sync_config())
-            .clock(Arc::new(Skewed(skew)))
-            .open()
-            .await?;
+            .idle_in_transaction_timeout(IDLE_IN_TRANSACTION)
+            .clock(Arc::new(Skewed(skew)));
+        if std::env::var("HYBRIDSYNC_CHAOS_POOLER").as_deref() == Ok("pgbouncer-transaction") {
+            builder = builder
+                .pooler(hybridsync::Pooler::PgBouncerTransaction)
+                .poll_interval(AUTO_SYNC);
+        }
+        let store = builder.open().await?;
         if store.collections().await?.is_empty() {
             store.create_collection("chaos", None).await?;
         }

@@ -15,7 +15,9 @@
 //! `--cfg loom`); no manifest can turn it on, so `cargo build --release` never links
 //! it. Without the cfg the call compiles to nothing. With it, setting
 //! `HYBRIDSYNC_CRASH_POINT=NAME:N` aborts the process (no destructors, no flushing, as
-//! with SIGKILL) the Nth time it passes point `NAME`. Unset, a point costs one load.
+//! with SIGKILL) the Nth time it passes point `NAME`; `NAME:N:stop` freezes it there
+//! instead (SIGSTOP: its sockets stay open and silent, as when a device's network
+//! vanishes mid-transaction). Unset, a point costs one load.
 
 /// Every crash point, for drills that pick one.
 pub const CRASH_POINTS: [&str; 4] = [
@@ -31,16 +33,25 @@ pub const CRASH_POINTS: [&str; 4] = [
 pub fn crash_point(name: &'static str) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
-    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static ARMED: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("HYBRIDSYNC_CRASH_POINT").ok()?;
-        let (point, nth) = spec.split_once(':').unwrap_or((&spec, "1"));
-        Some((point.to_owned(), nth.parse().ok()?))
+        let mut parts = spec.split(':');
+        let point = parts.next()?.to_owned();
+        let nth = parts.next().unwrap_or("1").parse().ok()?;
+        Some((point, nth, parts.next() == Some("stop")))
     });
-    if let Some((point, nth)) = armed {
+    if let Some((point, nth, stop)) = armed {
         if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
-            std::process::abort();
+            if *stop {
+                // Frozen until someone sends SIGCONT or SIGKILL.
+                let _ = std::process::Command::new("kill")
+                    .args(["-STOP", &std::process::id().to_string()])
+                    .status();
+            } else {
+                std::process::abort();
+            }
         }
     }
 }
