@@ -1,13 +1,14 @@
 //! Drain throughput to PostgreSQL, next to one INSERT per row and a binary COPY of the
-//! same rows.
+//! same rows, and the same drain through PgBouncer in transaction pooling mode.
 
 use crate::report::{Row, median};
 use anyhow::{Context, Result};
+use hybridsync::Pooler;
 use hybridsync::{
     CloudUrl, DeviceId, EncryptionKey, Hlc, HybridStore, Record, SyncConfig, WriteOptions,
 };
 use hybridsync_testkit::workload::Clustered;
-use hybridsync_testkit::{TempPostgres, TempPostgresOptions};
+use hybridsync_testkit::{TempPgBouncer, TempPgBouncerOptions, TempPostgres, TempPostgresOptions};
 use sqlx::Connection;
 use std::time::{Duration, Instant};
 
@@ -132,7 +133,7 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
     let admin = CloudUrl::new(pg.url("postgres"));
     hybridsync::cloud::migrate(&admin, Some("app")).await?;
     // The tenants the bench's devices act for.
-    for tenant in ["default", "recovery", "propagation"] {
+    for tenant in ["default", "recovery", "propagation", "pooled"] {
         hybridsync::cloud::grant_tenant(&admin, Some("app"), tenant).await?;
     }
     Ok(pg)
@@ -150,6 +151,36 @@ pub(crate) async fn drain_trial(
     tenant: &str,
     key: Option<&EncryptionKey>,
 ) -> Result<f64> {
+    drain_trial_via(&direct_link(pg), data, tenant, key).await
+}
+
+/// How a bench device reaches the server: its URL and what stands in between.
+pub(crate) struct Link {
+    url: String,
+    pooler: Pooler,
+}
+
+pub(crate) fn direct_link(pg: &TempPostgres) -> Link {
+    Link {
+        url: format!("postgres://app@127.0.0.1:{}/postgres", pg.port()),
+        pooler: Pooler::Direct,
+    }
+}
+
+fn pgbouncer_link(bouncer: &TempPgBouncer) -> Link {
+    Link {
+        url: bouncer.url("app", "postgres"),
+        pooler: Pooler::PgBouncerTransaction,
+    }
+}
+
+/// [`drain_trial`] over `link`.
+async fn drain_trial_via(
+    link: &Link,
+    data: &[(String, Vec<u8>, Vec<f32>)],
+    tenant: &str,
+    key: Option<&EncryptionKey>,
+) -> Result<f64> {
     let tmp = tempfile::tempdir()?;
     let sync = SyncConfig {
         batch_size: 1_000,
@@ -157,7 +188,7 @@ pub(crate) async fn drain_trial(
         interval: Duration::from_secs(3600),
         ..SyncConfig::default()
     };
-    let store = bench_device(pg, tmp.path(), tenant, sync, key).await?;
+    let store = bench_device_via(link, tmp.path(), tenant, sync, key).await?;
     let raw = store.raw("bench")?;
     write_locally(&raw, data).await?;
     let started = Instant::now();
@@ -177,8 +208,20 @@ pub(crate) async fn bench_device(
     sync: SyncConfig,
     key: Option<&EncryptionKey>,
 ) -> Result<HybridStore> {
+    bench_device_via(&direct_link(pg), dir, tenant, sync, key).await
+}
+
+/// [`bench_device`] over `link`.
+async fn bench_device_via(
+    link: &Link,
+    dir: &std::path::Path,
+    tenant: &str,
+    sync: SyncConfig,
+    key: Option<&EncryptionKey>,
+) -> Result<HybridStore> {
     let mut builder = HybridStore::builder(dir)
-        .cloud_url(format!("postgres://app@127.0.0.1:{}/postgres", pg.port()))
+        .cloud_url(link.url.clone())
+        .pooler(link.pooler)
         .tenant(tenant)
         .sync_config(sync);
     if let Some(key) = key {
@@ -208,6 +251,7 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
     let records = records(&data);
     let sample = &records[..PER_ROW_SAMPLE.min(n)];
     let (mut ours, mut per_row, mut copy, mut bare) = (vec![], vec![], vec![], vec![]);
+    let mut pooled = vec![];
     let mut fresh = None;
     for trial in 0..TRIALS {
         let server = if trial == 0 {
@@ -216,9 +260,19 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
             fresh.insert(durable_server().await?)
         };
         let mut admin = sqlx::PgConnection::connect(&server.url("postgres")).await?;
-        // Ours: local writes, then the engine's drain through the capped pool.
-        settle(&mut admin).await?;
-        ours.push(drain_trial(server, &data, "default", None).await?);
+        // Ours: local writes, then the engine's drain through the capped pool; and the
+        // same through PgBouncer in transaction mode (unnamed statements), first and
+        // second in turn.
+        let bouncer = TempPgBouncer::start(server.port(), TempPgBouncerOptions::default())?;
+        for through_bouncer in [trial % 2 == 1, trial % 2 == 0] {
+            settle(&mut admin).await?;
+            if through_bouncer {
+                pooled
+                    .push(drain_trial_via(&pgbouncer_link(&bouncer), &data, "pooled", None).await?);
+            } else {
+                ours.push(drain_trial(server, &data, "default", None).await?);
+            }
+        }
         // Baseline: one autocommitted INSERT per row with the same version guard.
         settle(&mut admin).await?;
         per_row.push(insert_per_row(&mut admin, sample, "per_row").await?);
@@ -235,6 +289,7 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
         println!("  {label:<31} {}", shown.join(" / "));
     };
     trials("ours (drain), records/s:", &ours);
+    trials("ours through PgBouncer:", &pooled);
     trials(
         &format!("insert per row (first {}):", sample.len()),
         &per_row,
@@ -243,7 +298,15 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
     trials("binary COPY (no indexes):", &bare);
     let (ours, per_row) = (median(&mut ours), median(&mut per_row));
     let (copy, bare) = (median(&mut copy), median(&mut bare));
+    let pooled = median(&mut pooled);
     Ok(vec![
+        Row::throughput(
+            "drain_through_pgbouncer",
+            pooled,
+            "drain_direct",
+            ours,
+            ">= 0.8x",
+        ),
         Row::throughput(
             "drain_to_postgres",
             ours,

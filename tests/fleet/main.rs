@@ -70,10 +70,10 @@ impl Default for Options {
             pool_size: 20,
             max_connections: 100,
             group: 10,
-            rate: 0.5,
+            rate: 0.2,
             cap: 3,
-            poll: Duration::from_millis(1_000),
-            auto_sync: Duration::from_secs(5),
+            poll: Duration::from_millis(2_000),
+            auto_sync: Duration::from_secs(10),
             converge_limit: Duration::from_secs(60),
         }
     }
@@ -246,8 +246,11 @@ async fn open_device(i: usize, options: &Options, url: &str) -> Result<Device> {
             max_attempts: 1_000,
             ..SyncConfig::default()
         })
-        // Small caches: a fleet device holds a few hundred rows.
-        .hot_cache(256, 1 << 20);
+        // A fleet device holds a few hundred rows: small caches, one scan connection
+        // (a thread each), and gauges every 5 s; 500 stores share 2 cores here.
+        .hot_cache(256, 1 << 20)
+        .readers(1)
+        .gauge_interval(Duration::from_secs(5));
     if options.through == Through::PgBouncer {
         builder = builder.pooler(Pooler::PgBouncerTransaction);
     }
@@ -268,7 +271,7 @@ async fn open_device(i: usize, options: &Options, url: &str) -> Result<Device> {
 }
 
 /// Writes at `rate` until `deadline`, recording every acknowledged write, and probes
-/// one own write in [`PROBE_EVERY`] on `observer`.
+/// one own write in [`PROBE_EVERY`] on `observer`; returns the probes, still running.
 #[allow(clippy::too_many_arguments)]
 async fn write_until(
     device: Arc<Device>,
@@ -279,10 +282,10 @@ async fn write_until(
     latencies: Arc<Mutex<Vec<u64>>>,
     unpropagated: Arc<AtomicU64>,
     write_errors: Arc<AtomicU64>,
-) {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let Ok(collection) = device.store.raw(COLLECTION) else {
         write_errors.fetch_add(1, Ordering::Relaxed);
-        return;
+        return Vec::new();
     };
     let mut rng = StdRng::seed_from_u64(device.name.bytes().map(u64::from).sum());
     let mean = Duration::from_secs_f64(1.0 / rate);
@@ -344,11 +347,13 @@ async fn write_until(
         n += 1;
         // Exponential gaps: writes arrive as a Poisson process of the given rate.
         let gap = -rng.random_range(f64::EPSILON..1.0f64).ln();
-        tokio::time::sleep(mean.mul_f64(gap.min(10.0))).await;
+        tokio::time::sleep(
+            mean.mul_f64(gap.min(10.0))
+                .min(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
     }
-    for probe in probes {
-        let _ = probe.await;
-    }
+    probes
 }
 
 /// The newest acknowledged value of every key of one group.
@@ -506,7 +511,7 @@ fn run(options: &Options) -> Result<Report> {
     let before = server_counters(&pg);
     let started = Instant::now();
     let deadline = started + options.duration;
-    runtime.block_on(async {
+    let probes = runtime.block_on(async {
         let writers: Vec<_> = devices
             .iter()
             .enumerate()
@@ -527,12 +532,18 @@ fn run(options: &Options) -> Result<Report> {
                 ))
             })
             .collect();
+        let mut probes = Vec::new();
         for writer in writers {
-            let _ = writer.await;
+            probes.extend(writer.await.unwrap_or_default());
         }
+        probes
     });
     let writes_done = Instant::now();
     let after = server_counters(&pg);
+    println!(
+        "  writes done after {:.1} s; waiting for convergence",
+        started.elapsed().as_secs_f64()
+    );
     let write_secs = writes_done.duration_since(started).as_secs_f64();
 
     // Convergence: the time from the last write until each group's devices all hold
@@ -552,6 +563,17 @@ fn run(options: &Options) -> Result<Report> {
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    println!(
+        "  {} of {} devices converged after {:.1} s; waiting for the probes",
+        converged_ms.iter().flatten().count(),
+        devices.len(),
+        writes_done.elapsed().as_secs_f64()
+    );
+    runtime.block_on(async {
+        for probe in probes {
+            let _ = probe.await;
         }
     });
     stop.store(true, Ordering::SeqCst);

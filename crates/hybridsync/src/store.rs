@@ -40,6 +40,7 @@ pub struct HybridStoreBuilder {
     listen_url: Option<CloudUrl>,
     idle_in_transaction_timeout: Option<std::time::Duration>,
     poll_interval: Option<std::time::Duration>,
+    gauge_interval: Option<std::time::Duration>,
     sync: SyncConfig,
     clock: Option<Arc<dyn Clock>>,
     encryption_key: Option<EncryptionKey>,
@@ -224,6 +225,20 @@ impl HybridStoreBuilder {
         self
     }
 
+    /// SQLite reader connections for scans (default 4; each is a thread). A small device,
+    /// or many stores in one process, does well with 1.
+    pub fn readers(mut self, readers: u32) -> Self {
+        self.store.readers = readers.max(1);
+        self
+    }
+
+    /// How often the gauges (queue depth, pool, circuit, ...) are refreshed (default
+    /// 1 s); each refresh reads the outbox's counts.
+    pub fn gauge_interval(mut self, every: std::time::Duration) -> Self {
+        self.gauge_interval = Some(every);
+        self
+    }
+
     /// Drain timing and sizing.
     pub fn sync_config(mut self, sync: SyncConfig) -> Self {
         self.sync = sync;
@@ -283,6 +298,9 @@ impl HybridStoreBuilder {
         };
         if let Some(clock) = self.clock {
             config.clock = clock;
+        }
+        if let Some(every) = self.gauge_interval {
+            config.gauge_interval = every;
         }
         let key_ids = config
             .keyring
@@ -463,6 +481,7 @@ impl HybridStore {
             listen_url: None,
             idle_in_transaction_timeout: None,
             poll_interval: None,
+            gauge_interval: None,
             sync: SyncConfig::default(),
             clock: None,
             encryption_key: None,
