@@ -158,7 +158,7 @@ struct Device {
     name: String,
     group: usize,
     store: HybridStore,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn tenant(group: usize) -> String {
@@ -240,7 +240,6 @@ async fn open_device(i: usize, options: &Options, url: &str) -> Result<Device> {
         .application_name(format!("hybridsync-fleet-{name}"))
         .poll_interval(options.poll)
         .sync_config(SyncConfig {
-            interval: Duration::from_secs(1),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(5),
             max_attempts: 1_000,
@@ -266,7 +265,7 @@ async fn open_device(i: usize, options: &Options, url: &str) -> Result<Device> {
         name,
         group,
         store,
-        _dir: dir,
+        dir,
     })
 }
 
@@ -384,26 +383,29 @@ async fn holds(device: &Device, expected: &[(String, String, String)]) -> bool {
     true
 }
 
-/// A device's rows of the written keys, as the checkers read a side.
-async fn device_state(device: &Device, ops: &Ops) -> verdict::State {
+/// A device's rows (tombstones included) and its outbox entries not yet shipped, read
+/// from its SQLite file once the device is closed, as the chaos checkers read a side.
+fn device_state(dir: &std::path::Path) -> Result<(verdict::State, u64)> {
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("hybridsync.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
     let mut state = verdict::State::new();
-    let Ok(collection) = device.store.raw(COLLECTION) else {
-        return state;
-    };
-    for key in ops.acked.keys() {
-        if let Ok(Some(r)) = collection.get_record(key).await {
-            state.insert(
-                key.clone(),
-                verdict::row(
-                    r.version.packed(),
-                    &r.version.origin.0,
-                    r.tombstone,
-                    &r.payload,
-                ),
-            );
-        }
+    let mut stmt = db.prepare(
+        "SELECT key, hlc, origin, tombstone, payload FROM records WHERE collection = ?1",
+    )?;
+    let mut rows = stmt.query([COLLECTION])?;
+    while let Some(r) = rows.next()? {
+        let (key, packed, origin, tombstone, payload): (String, i64, Vec<u8>, bool, Vec<u8>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        state.insert(key, verdict::row(packed, &origin, tombstone, &payload));
     }
-    state
+    let left: i64 = db.query_row(
+        "SELECT count(*) FROM outbox WHERE state IN (0, 1)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((state, left as u64))
 }
 
 async fn cloud_state(pg: &TempPostgres, tenant: &str) -> Result<verdict::State> {
@@ -576,39 +578,73 @@ fn run(options: &Options) -> Result<Report> {
             let _ = probe.await;
         }
     });
+    println!(
+        "  probes done after {:.1} s; closing the devices",
+        writes_done.elapsed().as_secs_f64()
+    );
+    // What keeps a device from converging, for the report's reader.
+    runtime.block_on(async {
+        for (i, device) in devices.iter().enumerate() {
+            if converged_ms[i].is_some() {
+                continue;
+            }
+            let outbox = device.store.status().await.map(|s| s.outbox);
+            let errors = device.store.recent_errors(3).await.unwrap_or_default();
+            let circuit = device.store.sync_status().map(|s| s.circuit);
+            let history = device.store.history(3).await.unwrap_or_default();
+            println!(
+                "  not converged: {} (tenant {}): outbox {outbox:?}, circuit {circuit:?}, errors {errors:?}, last syncs {history:?}",
+                device.name,
+                tenant(device.group)
+            );
+        }
+    });
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.join().unwrap_or_default();
     let (rss_end, rss_peak) = memory();
 
-    // The checkers: every device and the cloud against every acknowledged write.
+    // The pool's refusals as each device counted them, then every device closed (its
+    // loops stopped, nothing flushed), then the checkers: every device's file and the
+    // cloud against every acknowledged write.
+    let acquire_errors: u64 = runtime.block_on(async {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(devices.iter())
+            .map(|d| async move {
+                let errors = d
+                    .store
+                    .metrics()
+                    .await
+                    .map_or(0, |m| m.pool_stats.acquire_errors);
+                d.store.close().await;
+                errors
+            })
+            .buffer_unordered(devices.len())
+            .fold(0, |sum, n| async move { sum + n })
+            .await
+    });
+    println!(
+        "  devices closed after {:.1} s; checking every side",
+        writes_done.elapsed().as_secs_f64()
+    );
     let mut verdict = verdict::Verdict::default();
     let mut history = String::new();
-    let mut acquire_errors = 0;
     let mut outbox_left = 0;
-    runtime.block_on(async {
-        for (group, ops) in ops.iter().enumerate() {
-            let ops = ops.lock().unwrap_or_else(|e| e.into_inner());
-            let cloud = cloud_state(&pg, &tenant(group)).await?;
-            verdict::check_side(
-                &format!("cloud/{}", tenant(group)),
-                &cloud,
-                &ops,
-                &mut verdict,
-                &mut history,
-            );
-            for device in devices.iter().filter(|d| d.group == group) {
-                let state = device_state(device, &ops).await;
-                verdict::check_side(&device.name, &state, &ops, &mut verdict, &mut history);
-            }
+    for (group, ops) in ops.iter().enumerate() {
+        let ops = ops.lock().unwrap_or_else(|e| e.into_inner());
+        let cloud = runtime.block_on(cloud_state(&pg, &tenant(group)))?;
+        verdict::check_side(
+            &format!("cloud/{}", tenant(group)),
+            &cloud,
+            &ops,
+            &mut verdict,
+            &mut history,
+        );
+        for device in devices.iter().filter(|d| d.group == group) {
+            let (state, left) = device_state(device.dir.path())?;
+            outbox_left += left;
+            verdict::check_side(&device.name, &state, &ops, &mut verdict, &mut history);
         }
-        for device in &devices {
-            if let Ok(m) = device.store.metrics().await {
-                acquire_errors += m.pool_stats.acquire_errors;
-                outbox_left += m.queue.values().sum::<u64>();
-            }
-        }
-        anyhow::Ok(())
-    })?;
+    }
     if verdict.violations() > 0 {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fleet/violations.log");
@@ -633,12 +669,6 @@ fn run(options: &Options) -> Result<Report> {
         .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()).ok)
         .sum();
 
-    runtime.block_on(async {
-        use futures_util::StreamExt;
-        futures_util::stream::iter(devices.iter())
-            .for_each_concurrent(16, |d| async move { d.store.close().await })
-            .await;
-    });
     drop(devices);
 
     let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
