@@ -46,8 +46,6 @@ pub(crate) struct Report {
     pub backends_p99: u64,
     /// Connections the server refused for want of slots (from its log).
     pub server_refusals: u64,
-    /// Operations that could not get a pooled connection, summed over the devices.
-    pub pool_acquire_errors: u64,
     pub bouncer_waiting_clients_max: u64,
     pub bouncer_max_wait_ms: f64,
     pub bouncer_avg_wait_us: Option<f64>,
@@ -102,10 +100,6 @@ impl Report {
             (
                 "connections refused by the server (slots)",
                 self.server_refusals.to_string(),
-            ),
-            (
-                "pool acquire errors on the devices",
-                self.pool_acquire_errors.to_string(),
             ),
         ];
         if bouncer {

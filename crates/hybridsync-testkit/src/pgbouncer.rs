@@ -122,8 +122,14 @@ impl TempPgBouncer {
         for file in ["userlist.txt", "pgbouncer.ini"] {
             give_to_service_user(&self.path(file))?;
         }
-        let mut cmd = service_command(&binary()?);
-        cmd.arg("-d").arg(self.path("pgbouncer.ini"));
+        // Every client and server connection is a file descriptor: under the usual soft
+        // limit of 1024 PgBouncer stops accepting at about a thousand clients, and the
+        // rest hang in the listen queue. Raise it to the hard limit first.
+        let mut cmd = service_command(Path::new("/bin/sh"));
+        cmd.arg("-c")
+            .arg("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" -d \"$1\"")
+            .arg(binary()?)
+            .arg(self.path("pgbouncer.ini"));
         run(cmd)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -177,6 +177,8 @@ impl TempPostgres {
     /// Runs SQL with `psql` as the superuser and returns its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
         let mut cmd = std::process::Command::new(self.bin.join("psql"));
+        // A server that stops answering must not hang the caller for ever.
+        cmd.env("PGCONNECT_TIMEOUT", "10");
         cmd.args([
             "-X",
             "-At",
