@@ -385,7 +385,9 @@ async fn holds(device: &Device, expected: &[(String, String, String)]) -> bool {
 
 /// A device's rows (tombstones included) and its outbox entries not yet shipped, read
 /// from its SQLite file once the device is closed, as the chaos checkers read a side.
-fn device_state(dir: &std::path::Path) -> Result<(verdict::State, u64)> {
+fn device_state(
+    dir: &std::path::Path,
+) -> Result<(verdict::State, u64, std::collections::BTreeSet<String>)> {
     let db = rusqlite::Connection::open_with_flags(
         dir.join("hybridsync.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -400,17 +402,61 @@ fn device_state(dir: &std::path::Path) -> Result<(verdict::State, u64)> {
             (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
         state.insert(key, verdict::row(packed, &origin, tombstone, &payload));
     }
-    let left: i64 = db.query_row(
-        "SELECT count(*) FROM outbox WHERE state IN (0, 1)",
-        [],
-        |r| r.get(0),
+    // The versions still queued (pending or in flight): not in the cloud yet, and
+    // not lost.
+    let mut queued = std::collections::BTreeSet::new();
+    let mut stmt = db.prepare(
+        "SELECT r.hlc, r.origin FROM outbox o JOIN records r ON r.id = o.record_id \
+         WHERE o.state IN (0, 1)",
     )?;
-    Ok((state, left as u64))
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (packed, origin): (i64, Vec<u8>) = (r.get(0)?, r.get(1)?);
+        queued.insert(verdict::row(packed, &origin, true, &[]).0);
+    }
+    Ok((state, queued.len() as u64, queued))
+}
+
+/// `ops` without the keys whose newest acknowledged version is one of `queued` (still
+/// in its device's outbox), or, with `only_origin`, only the operations of that device
+/// (a version ends with its origin).
+fn ops_where(ops: &Ops, keep: impl Fn(&str, &str) -> bool) -> Ops {
+    let acked = ops
+        .acked
+        .iter()
+        .filter_map(|(key, acked)| {
+            let kept: Vec<_> = acked
+                .iter()
+                .filter(|(version, _)| keep(key, version))
+                .cloned()
+                .collect();
+            (!kept.is_empty()).then(|| (key.clone(), kept))
+        })
+        .collect();
+    Ops {
+        acked,
+        ..Ops::default()
+    }
+}
+
+async fn pause_after_refusal(_refused: sqlx::Error) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 async fn cloud_state(pg: &TempPostgres, tenant: &str) -> Result<verdict::State> {
     use sqlx::{Connection, Row as _};
-    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
+    // A full server (direct fleet) refuses even us now and then: try for a while.
+    let mut tries = 0;
+    let mut admin = loop {
+        match sqlx::PgConnection::connect(&pg.url("postgres")).await {
+            Ok(conn) => break conn,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                pause_after_refusal(e).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let rows = sqlx::query(
         "SELECT key, hlc, origin, tombstone, payload FROM hs_records WHERE tenant = $1 AND collection = $2",
     )
@@ -437,7 +483,7 @@ fn run(options: &Options) -> Result<Report> {
     let pg = Arc::new(
         TempPostgres::with_options(TempPostgresOptions {
             max_connections: options.max_connections,
-            settings: vec![("superuser_reserved_connections".into(), "3".into())],
+            settings: vec![("superuser_reserved_connections".into(), "5".into())],
         })
         .context("starting PostgreSQL")?,
     );
@@ -610,21 +656,41 @@ fn run(options: &Options) -> Result<Report> {
     let mut verdict = verdict::Verdict::default();
     let mut history = String::new();
     let mut outbox_left = 0;
+    // A device that converged must hold every write of its group. One that did not
+    // (direct, refused by a full server) must still hold every write it made itself:
+    // queued, not lost. The cloud must hold every write that left its device's outbox.
+    let mut queued_writes = 0;
     for (group, ops) in ops.iter().enumerate() {
         let ops = ops.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queued = std::collections::BTreeSet::new();
+        for (i, device) in devices.iter().enumerate().filter(|(_, d)| d.group == group) {
+            let (state, left, versions) = device_state(device.dir.path())?;
+            outbox_left += left;
+            queued.extend(versions);
+            if converged_ms[i].is_some() {
+                verdict::check_side(&device.name, &state, &ops, &mut verdict, &mut history);
+            } else {
+                let origin = device.store.device_id().to_string();
+                let own = ops_where(&ops, |_, version| version.ends_with(&origin));
+                verdict::check_side(&device.name, &state, &own, &mut verdict, &mut history);
+            }
+        }
+        let newest_queued = |key: &str| {
+            ops.acked
+                .get(key)
+                .and_then(|a| a.iter().map(|(v, _)| v).max())
+                .is_some_and(|v| queued.contains(v))
+        };
+        let shipped = ops_where(&ops, |key, _| !newest_queued(key));
+        queued_writes += ops.acked.len() - shipped.acked.len();
         let cloud = runtime.block_on(cloud_state(&pg, &tenant(group)))?;
         verdict::check_side(
             &format!("cloud/{}", tenant(group)),
             &cloud,
-            &ops,
+            &shipped,
             &mut verdict,
             &mut history,
         );
-        for device in devices.iter().filter(|d| d.group == group) {
-            let (state, left) = device_state(device.dir.path())?;
-            outbox_left += left;
-            verdict::check_side(&device.name, &state, &ops, &mut verdict, &mut history);
-        }
     }
     if verdict.violations() > 0 {
         let path =
@@ -703,6 +769,7 @@ fn run(options: &Options) -> Result<Report> {
         convergence_max_ms: converged.last().copied().unwrap_or(0),
         not_converged: converged_ms.iter().filter(|c| c.is_none()).count() as u64,
         outbox_left,
+        queued_keys: queued_writes as u64,
         verdict,
         memory_per_device_kib: (rss_end.saturating_sub(rss_before)) / 1024 / options.devices as u64,
         memory_peak_mib: rss_peak / (1 << 20),

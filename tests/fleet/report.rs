@@ -61,6 +61,8 @@ pub(crate) struct Report {
     pub convergence_max_ms: u64,
     pub not_converged: u64,
     pub outbox_left: u64,
+    /// Keys whose newest write is still queued on its device (not in the cloud yet).
+    pub queued_keys: u64,
     #[serde(flatten)]
     pub verdict: Verdict,
     pub memory_per_device_kib: u64,
@@ -142,7 +144,10 @@ impl Report {
                 ),
             ),
             ("devices not converged", self.not_converged.to_string()),
-            ("outbox entries left", self.outbox_left.to_string()),
+            (
+                "outbox entries left (keys whose newest write is still queued)",
+                format!("{} ({})", self.outbox_left, self.queued_keys),
+            ),
             (
                 "lost / stale / duplicated",
                 format!(
