@@ -417,6 +417,41 @@ fn device_state(
     Ok((state, queued.len() as u64, queued))
 }
 
+/// The checkers on a side that need hold only `part` of the writes: absence and age
+/// (lost, stale, resurrected) against `part`; values with the wrong version or that
+/// nobody wrote against every write, `all`.
+fn check_part(
+    side: &str,
+    state: &verdict::State,
+    all: &Ops,
+    part: &Ops,
+    verdict: &mut verdict::Verdict,
+    history: &mut String,
+) {
+    let (mut by_all, mut by_part) = (verdict::Verdict::default(), verdict::Verdict::default());
+    let (mut all_lines, mut part_lines) = (String::new(), String::new());
+    verdict::check_side(side, state, all, &mut by_all, &mut all_lines);
+    verdict::check_side(side, state, part, &mut by_part, &mut part_lines);
+    verdict.lost += by_part.lost;
+    verdict.stale += by_part.stale;
+    verdict.resurrected += by_part.resurrected;
+    verdict.version_mismatches += by_all.version_mismatches;
+    verdict.unknown_values += by_all.unknown_values;
+    verdict.rogue_leaked += by_all.rogue_leaked;
+    let kept = |lines: &str, kinds: &[&str]| -> String {
+        lines
+            .lines()
+            .filter(|l| kinds.iter().any(|k| l.contains(&format!(": {k} "))))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    history.push_str(&kept(&part_lines, &["LOST", "STALE", "RESURRECTED"]));
+    history.push_str(&kept(
+        &all_lines,
+        &["VERSION", "UNKNOWN VALUE", "ROGUE VALUE"],
+    ));
+}
+
 /// `ops` without the keys whose newest acknowledged version is one of `queued` (still
 /// in its device's outbox), or, with `only_origin`, only the operations of that device
 /// (a version ends with its origin).
@@ -672,7 +707,7 @@ fn run(options: &Options) -> Result<Report> {
             } else {
                 let origin = device.store.device_id().to_string();
                 let own = ops_where(&ops, |_, version| version.ends_with(&origin));
-                verdict::check_side(&device.name, &state, &own, &mut verdict, &mut history);
+                check_part(&device.name, &state, &ops, &own, &mut verdict, &mut history);
             }
         }
         let newest_queued = |key: &str| {
@@ -684,9 +719,10 @@ fn run(options: &Options) -> Result<Report> {
         let shipped = ops_where(&ops, |key, _| !newest_queued(key));
         queued_writes += ops.acked.len() - shipped.acked.len();
         let cloud = runtime.block_on(cloud_state(&pg, &tenant(group)))?;
-        verdict::check_side(
+        check_part(
             &format!("cloud/{}", tenant(group)),
             &cloud,
+            &ops,
             &shipped,
             &mut verdict,
             &mut history,
