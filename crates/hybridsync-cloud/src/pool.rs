@@ -30,7 +30,9 @@ const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 
              AND pg_has_role(current_user, m.member, 'MEMBER')) \
      OR (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) \
      FROM (SELECT set_config('hybridsync.tenant', $1, true), \
-                  set_config('statement_timeout', $2, true)) AS scope";
+                  set_config('statement_timeout', $2, true), \
+                  set_config('idle_in_transaction_session_timeout', \
+                             coalesce($3, current_setting('idle_in_transaction_session_timeout')), true)) AS scope";
 
 /// How to reach the cloud and how hard to lean on it.
 #[derive(Debug, Clone)]
@@ -124,6 +126,8 @@ pub struct PostgresSink {
     statement_timeout_ms: String,
     /// `idle_in_transaction_session_timeout` armed by each upsert (`None`: not armed).
     pub(crate) idle_in_transaction_ms: Option<String>,
+    /// The looser one every transaction starts with (see [`Self::begin_with`]).
+    begin_idle_ms: Option<String>,
     /// Where the change listener's session comes from, if anywhere.
     listen: ListenSource,
     poll_interval: Duration,
@@ -328,6 +332,13 @@ impl PostgresSink {
             statement_timeout_ms: millis(options.statement_timeout),
             idle_in_transaction_ms: (!options.idle_in_transaction_timeout.is_zero())
                 .then(|| millis(options.idle_in_transaction_timeout)),
+            begin_idle_ms: (!options.idle_in_transaction_timeout.is_zero()).then(|| {
+                millis(
+                    3 * options
+                        .idle_in_transaction_timeout
+                        .max(options.statement_timeout),
+                )
+            }),
             listen,
             poll_interval: options.poll_interval.max(Duration::from_millis(10)),
             load: Mutex::new(VecDeque::new()),
@@ -449,7 +460,12 @@ impl PostgresSink {
     }
 
     /// [`Self::begin_clocked`] with a `BEGIN` statement of the caller's (`None`: plain
-    /// `BEGIN`).
+    /// `BEGIN`). Every transaction starts with a loose idle-in-transaction timeout
+    /// (three times the larger of the idle and statement timeouts, 30 s by default): a
+    /// device that vanishes mid-transaction before any upsert holds no transaction id
+    /// and so nobody's feed, but it holds a server session, behind PgBouncer one of the
+    /// pool's few, which it gives back within that time. A slow link uploading a batch
+    /// has that long; the upsert then tightens it.
     pub(crate) async fn begin_with(
         &self,
         statement: Option<&'static str>,
@@ -476,6 +492,7 @@ impl PostgresSink {
             .persistent(self.persistent)
             .bind(&self.tenant)
             .bind(&self.statement_timeout_ms)
+            .bind(self.begin_idle_ms.as_deref())
             .fetch_one(self.counted(&mut *tx))
             .await?;
         if member != Some(true) {
