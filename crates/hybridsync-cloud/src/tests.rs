@@ -1087,11 +1087,20 @@ async fn a_device_gone_dark_before_its_commit_holds_the_feed_back_at_most_the_id
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-    assert_eq!(armed, "0", "not armed before the upsert");
+    assert_eq!(
+        armed, "30s",
+        "before the upsert, the loose timeout (3 x the 10 s statement timeout)"
+    );
     vanishing
         .upsert_rows(&mut tx, &[record("vanishing", 1, "v")])
         .await
         .unwrap();
+    let armed: String =
+        sqlx::query_scalar("SELECT current_setting('idle_in_transaction_session_timeout')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(armed, "1500ms", "the upsert tightened it");
     proxy.set(hybridsync_testkit::Fault::Blackhole);
     let dark = std::time::Instant::now();
 
