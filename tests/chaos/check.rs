@@ -207,28 +207,6 @@ fn device_state(dir: &std::path::Path) -> Result<(State, u64, Vec<String>)> {
     Ok((state, retries as u64, parked))
 }
 
-async fn cloud_state(pg: &hybridsync_testkit::TempPostgres, tenant: &str) -> Result<State> {
-    use sqlx::{Connection, Row as _};
-    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
-    let rows = sqlx::query(
-        "SELECT key, hlc, origin, tombstone, payload FROM hs_records \
-         WHERE tenant = $1 AND collection = 'chaos'",
-    )
-    .bind(tenant)
-    .fetch_all(&mut admin)
-    .await?;
-    let _ = admin.close().await;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let key: String = r.get(0);
-            let origin: Vec<u8> = r.get(2);
-            let payload: Vec<u8> = r.get(4);
-            (key, row(r.get(1), &origin, r.get(3), &payload))
-        })
-        .collect())
-}
-
 /// Heals: every device syncs both ways through a direct connection, round after round,
 /// until every device's live rows equal the cloud's and no outbox holds anything (or
 /// the bound passes). Then checks every side against the operation history.
@@ -262,7 +240,8 @@ pub(crate) async fn heal_and_check(
         for store in &stores {
             store.sync(&[], Strategy::NewestWins, |_, _| {}).await?;
         }
-        let cloud = live_values(&cloud_state(pg, tenant).await?);
+        let cloud =
+            live_values(&crate::verdict::cloud_state(&pg.url("postgres"), tenant, "chaos").await?);
         let mut agree = true;
         for store in &stores {
             let outbox = store.status().await?.outbox;
@@ -329,7 +308,7 @@ pub(crate) async fn heal_and_check(
         store.shutdown(Duration::from_secs(5)).await?;
     }
 
-    let cloud = cloud_state(pg, tenant).await?;
+    let cloud = crate::verdict::cloud_state(&pg.url("postgres"), tenant, "chaos").await?;
     let mut sides: Vec<(String, State)> = Vec::new();
     for device in devices {
         let (state, retries, parked) = device_state(device.dir.path())?;

@@ -36,6 +36,44 @@ impl Verdict {
 pub(crate) type Row = (String, Option<String>);
 pub(crate) type State = BTreeMap<String, Row>;
 
+/// The cloud's rows of `collection` for `tenant` (tombstones included), read as the
+/// superuser at `admin_url`. A full server (the direct fleet) refuses even that now and
+/// then, so it tries for half a minute.
+pub(crate) async fn cloud_state(
+    admin_url: &str,
+    tenant: &str,
+    collection: &str,
+) -> anyhow::Result<State> {
+    use sqlx::{Connection, Row as _};
+    let mut tries = 0;
+    let mut admin = loop {
+        match sqlx::PgConnection::connect(admin_url).await {
+            Ok(conn) => break conn,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let rows = sqlx::query(
+        "SELECT key, hlc, origin, tombstone, payload FROM hs_records WHERE tenant = $1 AND collection = $2",
+    )
+    .bind(tenant)
+    .bind(collection)
+    .fetch_all(&mut admin)
+    .await?;
+    let _ = admin.close().await;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let origin: Vec<u8> = r.get(2);
+            let payload: Vec<u8> = r.get(4);
+            (r.get(0), row(r.get(1), &origin, r.get(3), &payload))
+        })
+        .collect())
+}
+
 pub(crate) fn row(packed: i64, origin: &[u8], tombstone: bool, payload: &[u8]) -> Row {
     let origin: String = origin.iter().map(|b| format!("{b:02x}")).collect();
     let value = (!tombstone).then(|| String::from_utf8_lossy(payload).into_owned());

@@ -474,45 +474,6 @@ fn ops_where(ops: &Ops, keep: impl Fn(&str, &str) -> bool) -> Ops {
     }
 }
 
-async fn pause_after_refusal(_refused: sqlx::Error) {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-async fn cloud_state(pg: &TempPostgres, tenant: &str) -> Result<verdict::State> {
-    use sqlx::{Connection, Row as _};
-    // A full server (direct fleet) refuses even us now and then: try for a while.
-    let mut tries = 0;
-    let mut admin = loop {
-        match sqlx::PgConnection::connect(&pg.url("postgres")).await {
-            Ok(conn) => break conn,
-            Err(e) if tries < 100 => {
-                tries += 1;
-                pause_after_refusal(e).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let rows = sqlx::query(
-        "SELECT key, hlc, origin, tombstone, payload FROM hs_records WHERE tenant = $1 AND collection = $2",
-    )
-    .bind(tenant)
-    .bind(COLLECTION)
-    .fetch_all(&mut admin)
-    .await?;
-    let _ = admin.close().await;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let origin: Vec<u8> = r.get(2);
-            let payload: Vec<u8> = r.get(4);
-            (
-                r.get(0),
-                verdict::row(r.get(1), &origin, r.get(3), &payload),
-            )
-        })
-        .collect())
-}
-
 fn run(options: &Options) -> Result<Report> {
     let groups = options.devices.div_ceil(options.group);
     let pg = Arc::new(
@@ -718,7 +679,11 @@ fn run(options: &Options) -> Result<Report> {
         };
         let shipped = ops_where(&ops, |key, _| !newest_queued(key));
         queued_writes += ops.acked.len() - shipped.acked.len();
-        let cloud = runtime.block_on(cloud_state(&pg, &tenant(group)))?;
+        let cloud = runtime.block_on(verdict::cloud_state(
+            &pg.url("postgres"),
+            &tenant(group),
+            COLLECTION,
+        ))?;
         check_part(
             &format!("cloud/{}", tenant(group)),
             &cloud,

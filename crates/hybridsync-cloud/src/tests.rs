@@ -1332,3 +1332,45 @@ async fn pgbouncer_refusals_are_retryable() {
     }
     assert_eq!(pulled_keys(&sink).await, ["down", "waits"]);
 }
+
+/// Behind a transaction pooler, a sink with a `listen_url` holds one direct session in
+/// `LISTEN` and is woken at once by another device's commit (its poll is set to an hour,
+/// so only the listener could wake it in time).
+#[tokio::test]
+async fn a_pooled_sink_listens_on_a_direct_session_of_its_own() {
+    use hybridsync_core::CloudSink;
+    let pg = migrated().await;
+    let bouncer = bouncer(&pg, 2, &[]);
+    let mut options = pooled_options(&bouncer, "t");
+    options.listen_url = Some(app_url(&pg));
+    options.application_name = "hs-pooled-listener".into();
+    options.poll_interval = Duration::from_secs(3_600);
+    let listener = PostgresSink::new(options).unwrap();
+    // The first count says only that listening began.
+    let began = tokio::time::timeout(Duration::from_secs(10), listener.next_change(0))
+        .await
+        .expect("the listener starts");
+    let woken = tokio::spawn(async move {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.next_change(began)).await;
+        (n, listener)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink(&pg, "t")
+        .upsert_batch(&[record("k", 1, "v")])
+        .await
+        .unwrap();
+    let (n, listener) = woken.await.unwrap();
+    assert!(
+        n.expect("woken by the other device's commit") > began,
+        "a new count"
+    );
+    let listening = pg
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hs-pooled-listener' \
+             AND query LIKE 'LISTEN%'",
+        )
+        .unwrap();
+    assert_eq!(listening, "1", "one direct LISTEN session");
+    drop(listener);
+}

@@ -51,6 +51,20 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Starts a server on a free port: `start` binds the port it is given. A port free a
+/// moment ago can be taken before the server binds it, so this tries five.
+pub(crate) fn start_on_a_free_port(mut start: impl FnMut(u16) -> Result<()>) -> Result<u16> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        match start(port) {
+            Ok(()) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,7 +1,7 @@
 //! A throwaway PgBouncer in front of a [`TempPostgres`](crate::TempPostgres).
 
 use crate::process::{give_to_service_user, run, service_command};
-use crate::{Error, Result, free_port};
+use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -72,16 +72,11 @@ impl TempPgBouncer {
             server_port,
             options,
         };
-        // A free port can be taken between probing and binding: try a few.
-        let mut last = None;
-        for _ in 0..5 {
-            bouncer.port = free_port()?;
-            match bouncer.start_again() {
-                Ok(()) => return Ok(bouncer),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        bouncer.port = crate::start_on_a_free_port(|port| {
+            bouncer.port = port;
+            bouncer.start_again()
+        })?;
+        Ok(bouncer)
     }
 
     fn config(&self) -> String {

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster.
 
 use crate::process::{give_to_service_user, run, service_command};
-use crate::{Error, Result, free_port};
+use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,16 +104,11 @@ impl TempPostgres {
             port: 0,
             options,
         };
-        // A free port can be taken between probing and binding: try a few.
-        let mut last = None;
-        for _ in 0..5 {
-            server.port = free_port()?;
-            match server.start_server() {
-                Ok(()) => return Ok(server),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        server.port = crate::start_on_a_free_port(|port| {
+            server.port = port;
+            server.start_server()
+        })?;
+        Ok(server)
     }
 
     fn data_dir(&self) -> PathBuf {
