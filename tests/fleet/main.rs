@@ -315,7 +315,7 @@ async fn write_until(
                         },
                         version(hlc),
                     );
-                if !shared && n % PROBE_EVERY == 0 {
+                if !shared && n.is_multiple_of(PROBE_EVERY) {
                     let observer = observer.clone();
                     let (latencies, unpropagated) = (latencies.clone(), unpropagated.clone());
                     probes.push(tokio::spawn(async move {
@@ -323,12 +323,12 @@ async fn write_until(
                             return;
                         };
                         loop {
-                            if let Ok(Some(found)) = seen_by.get(&key).await {
-                                if found == value.as_bytes() {
-                                    let ms = written.elapsed().as_millis() as u64;
-                                    latencies.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
-                                    return;
-                                }
+                            if let Ok(Some(found)) = seen_by.get(&key).await
+                                && found == value.as_bytes()
+                            {
+                                let ms = written.elapsed().as_millis() as u64;
+                                latencies.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+                                return;
                             }
                             if written.elapsed() > PROBE_LIMIT {
                                 unpropagated.fetch_add(1, Ordering::Relaxed);
