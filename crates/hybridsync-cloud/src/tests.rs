@@ -1374,3 +1374,37 @@ async fn a_pooled_sink_listens_on_a_direct_session_of_its_own() {
     assert_eq!(listening, "1", "one direct LISTEN session");
     drop(listener);
 }
+
+/// Behind a transaction pooler the next client may get the same server session: after a
+/// sink's transactions, that session carries no tenant, no statement timeout and no
+/// idle timeout of ours, and no prepared statement.
+#[tokio::test]
+async fn through_pgbouncer_the_sink_leaves_no_session_state_behind() {
+    let pg = migrated().await;
+    let bouncer = bouncer(&pg, 1, &[]);
+    let options = pooled_options(&bouncer, "tenant-a");
+    let url = options.url.clone();
+    let sink = PostgresSink::new(options).unwrap();
+    sink.upsert_batch(&[record("k", 1, "v")]).await.unwrap();
+    assert_eq!(pull_all(&sink).await.len(), 1);
+    sink.close().await;
+    // Another client, on the pool's only server session.
+    let connect: sqlx::postgres::PgConnectOptions = url.expose().parse().unwrap();
+    let mut next = sqlx::PgConnection::connect_with(&connect.extra_float_digits(None))
+        .await
+        .unwrap();
+    let row = sqlx::raw_sql(
+        "SELECT coalesce(nullif(current_setting('hybridsync.tenant', true), ''), '-') || ' ' || \
+         current_setting('statement_timeout') || ' ' || \
+         current_setting('idle_in_transaction_session_timeout') || ' ' || \
+         (SELECT count(*) FROM pg_prepared_statements)",
+    )
+    .fetch_one(&mut next)
+    .await
+    .unwrap();
+    let left: String = sqlx::Row::get(&row, 0);
+    assert_eq!(
+        left, "- 0 0 0",
+        "tenant, statement timeout, idle timeout, prepared statements"
+    );
+}
