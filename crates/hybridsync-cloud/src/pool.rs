@@ -277,8 +277,9 @@ impl PostgresSink {
         let connect = connect_options(&options.url, &options.application_name)?;
         // A direct session also gets the statement timeout as its default (each
         // transaction sets it again, for the pooler's sake) and TCP keepalives, both
-        // session settings; PgBouncer refuses the `options` startup parameter and keeps
-        // keepalives of its own.
+        // session settings. PgBouncer refuses the `options` startup parameter and keeps
+        // keepalives of its own, and behind it nothing may be cached on a server
+        // connection.
         let connect = if direct {
             let mut settings = vec![(
                 "statement_timeout",
@@ -293,12 +294,6 @@ impl PostgresSink {
                 ]);
             }
             connect.options(settings)
-        } else {
-            connect
-        };
-        // Behind a transaction pooler nothing may be cached on a server connection.
-        let connect = if direct {
-            connect
         } else {
             connect.statement_cache_capacity(0)
         };
@@ -362,29 +357,27 @@ impl PostgresSink {
             return;
         }
         let changes = self.changes.clone();
-        *listener = Some(match &self.listen {
-            ListenSource::Pooled => tokio::spawn(listen_for_changes(
-                self.pool.clone(),
-                self.tenant.clone(),
-                self.token.clone(),
-                changes,
-                // A borrowed pooled connection is not work: it counts on neither side
-                // of the load.
-                self.listening.clone(),
-            )),
-            ListenSource::Separate(pool) => tokio::spawn(listen_for_changes(
-                pool.clone(),
-                self.tenant.clone(),
-                self.token.clone(),
-                changes,
-                Arc::new(AtomicBool::new(false)),
-            )),
-            ListenSource::Polling => tokio::spawn(poll_for_changes(
-                self.pool.clone(),
-                self.poll_interval,
-                changes,
-            )),
-        });
+        let (pool, listening) = match &self.listen {
+            ListenSource::Polling => {
+                *listener = Some(tokio::spawn(poll_for_changes(
+                    self.pool.clone(),
+                    self.poll_interval,
+                    changes,
+                )));
+                return;
+            }
+            // A borrowed pooled connection is not work: it counts on neither side of the
+            // load, so the sink tracks it.
+            ListenSource::Pooled => (self.pool.clone(), self.listening.clone()),
+            ListenSource::Separate(pool) => (pool.clone(), Arc::new(AtomicBool::new(false))),
+        };
+        *listener = Some(tokio::spawn(listen_for_changes(
+            pool,
+            self.tenant.clone(),
+            self.token.clone(),
+            changes,
+            listening,
+        )));
     }
 
     fn stop_listening(&self) {

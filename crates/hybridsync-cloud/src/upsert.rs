@@ -10,11 +10,12 @@ use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
 use sqlx::{Postgres, Transaction};
 
 /// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
-/// move a row backwards. It also arms the transaction's idle timeout (`$12`; NULL
-/// keeps the server's): from the moment the transaction holds an id, and with it the
+/// move a row backwards. It also tightens the transaction's idle timeout (`$12`; NULL
+/// keeps what it was): from the moment the transaction holds an id, and with it the
 /// other devices' change-feed horizon, a device that vanishes before its `COMMIT`
-/// loses its session within that timeout. Armed here rather than at `BEGIN`, so a slow
-/// link uploading a large batch is not mistaken for a vanished one.
+/// loses its session within that timeout. Tightened here rather than at `BEGIN` (which
+/// sets a looser one), so a slow link uploading a large batch is not mistaken for a
+/// vanished one.
 const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id, bucket, leaf)
      SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
             unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[]),

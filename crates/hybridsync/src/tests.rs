@@ -100,6 +100,18 @@ async fn config_applies_and_rejects_typos() {
         ..Config::default()
     };
     assert!(HybridStore::builder(tmp.path()).config(&bad).is_err());
+    // A pooler this build does not know is refused by name, before anything opens.
+    let bad: Config = toml::from_str("[cloud]\npooler = \"pgpool\"\n").unwrap();
+    let err = HybridStore::builder(tmp.path())
+        .config(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pooler") && err.contains("pgpool"), "{err}");
+    let good: Config = toml::from_str(
+        "[cloud]\npooler = \"pgbouncer-transaction\"\nidle_in_transaction_timeout_ms = 2000\n",
+    )
+    .unwrap();
+    assert!(HybridStore::builder(tmp.path()).config(&good).is_ok());
 }
 
 #[tokio::test]
