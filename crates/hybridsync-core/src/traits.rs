@@ -267,6 +267,10 @@ pub struct HotCacheStats {
     pub misses: u64,
     pub entries: usize,
     pub bytes: usize,
+    /// Records loaded ahead of a read by predictive warming.
+    pub prefetched: u64,
+    /// Hits on a record warming loaded, counted at the first read after the load.
+    pub prefetch_hits: u64,
 }
 
 /// A bounded in-memory cache of recently read or written records, in front of the
@@ -279,6 +283,13 @@ pub trait RecordCache: Send + Sync + std::fmt::Debug + 'static {
     fn insert(&self, record: std::sync::Arc<Record>);
     /// Drops a key.
     fn remove(&self, collection: &CollectionName, key: &Key);
+    /// Whether a key is cached, without counting a hit or a miss or refreshing it.
+    fn contains(&self, collection: &CollectionName, key: &str) -> bool;
+    /// Caches `record` ahead of a read (predictive warming), unless the key is already
+    /// cached, or the cache is full and the entry it would evict is one `keep` says is
+    /// hotter. Returns whether it was loaded; its first read is counted as a
+    /// prefetch hit.
+    fn prefetch(&self, record: std::sync::Arc<Record>, keep: &dyn Fn(&Record) -> bool) -> bool;
     /// Hits, misses, entries and bytes.
     fn stats(&self) -> HotCacheStats;
 }

@@ -5,7 +5,8 @@
 //! in the background ([`Syncer`]: batches, priorities, retries with backoff, a circuit
 //! breaker), runs seed, hydrate and sync ([`Replicator`]), imports bulk data from a
 //! [`MigrationSource`](hybridsync_core::MigrationSource) resumably
-//! ([`Engine::migrate`], [`JsonLinesSource`]), and owns their lifecycle ([`Runtime`]).
+//! ([`Engine::migrate`], [`JsonLinesSource`]), warms the hot cache ahead of predicted
+//! reads ([`WarmingConfig`]), and owns their lifecycle ([`Runtime`]).
 //!
 //! Writes go to the store first (record and outbox entry in one transaction), then to
 //! the vector index and the hot cache. Reads are served by the hot cache, the vector
@@ -27,6 +28,7 @@ mod sealing;
 mod snapshot;
 mod sync;
 mod verify;
+mod warming;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, Transition};
 pub use error::{Error, Result};
@@ -41,6 +43,7 @@ pub use retry::retry_delay;
 pub use runtime::{Runtime, RuntimeConfig};
 pub use sync::{DrainReport, SyncConfig, SyncHandle, SyncStatus, Syncer, default_device_name};
 pub use verify::{CollectionCheck, Found, VerifyOptions, VerifyReport};
+pub use warming::{Prediction, Warmer, WarmingConfig, WarmingStats};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

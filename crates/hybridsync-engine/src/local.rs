@@ -1,6 +1,7 @@
 //! The local read and write paths.
 
 use crate::snapshot::{Ledger, SnapshotFiles};
+use crate::warming::{Warmer, WarmingConfig, WarmingStats};
 use crate::{Error, Result};
 use hybridsync_core::{
     CollectionName, CollectionSpec, HotCacheStats, Key, LocalStore, OutboxStats, Priority, Record,
@@ -13,12 +14,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// Where vector indexes are saved.
+/// Where vector indexes are saved, and how the hot cache is warmed.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// Where [`Engine::save_indexes`] writes index snapshots and `open` looks for them
     /// (`None`: indexes are always built from the store).
     pub snapshot_dir: Option<PathBuf>,
+    /// Predictive cache warming (its loop runs in the [`Runtime`](crate::Runtime)).
+    pub warming: WarmingConfig,
 }
 
 /// How a search runs.
@@ -83,6 +86,8 @@ pub struct Engine<S: ?Sized, V: ?Sized> {
     ledgers: Arc<Mutex<HashMap<CollectionName, Ledger>>>,
     snapshot_dir: Option<PathBuf>,
     restored: Mutex<std::collections::BTreeSet<CollectionName>>,
+    /// Records reads and predicts the next ones, when warming is enabled.
+    warmer: Option<Warmer>,
 }
 
 impl<S: ?Sized, V: ?Sized> std::fmt::Debug for Engine<S, V> {
@@ -116,6 +121,10 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
             ledgers: Arc::default(),
             snapshot_dir: config.snapshot_dir,
             restored: Mutex::default(),
+            warmer: config
+                .warming
+                .enabled
+                .then(|| Warmer::new(config.warming)),
         };
         engine.refresh_specs().await?;
         Ok(engine)
@@ -461,6 +470,9 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     pub async fn get(&self, collection: &CollectionName, key: &str) -> Result<Option<Arc<Record>>> {
         let started = Instant::now();
         Key::check(key, self.store.limits())?;
+        if let Some(warmer) = &self.warmer {
+            warmer.record(collection, key, started);
+        }
         let record = match self.hot.get(collection, key) {
             Some(record) => {
                 Self::cache_hit(started);
@@ -473,6 +485,9 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
                     self.require_spec(collection).await?;
                     return Ok(None);
                 };
+                if let Some(warmer) = &self.warmer {
+                    warmer.learn(collection, &key);
+                }
                 let record = Arc::new(record);
                 self.hot.insert(record.clone());
                 metrics::histogram!(catalogue::READ_LATENCY, "source" => "sqlite")
@@ -481,6 +496,58 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
             }
         };
         Ok((!record.tombstone).then_some(record))
+    }
+
+    /// The warming configuration, when warming is enabled.
+    pub fn warming(&self) -> Option<&WarmingConfig> {
+        self.warmer.as_ref().map(Warmer::config)
+    }
+
+    /// What predictive warming has done (all zero, `enabled` false, when it is off).
+    pub fn warming_stats(&self) -> WarmingStats {
+        let Some(warmer) = &self.warmer else {
+            return WarmingStats::default();
+        };
+        let cache = self.hot.stats();
+        warmer.stats(cache.prefetched, cache.prefetch_hits)
+    }
+
+    /// Digests the reads recorded since the last call into the access histories
+    /// (the warming loop does this every [`WarmingConfig::DIGEST_EVERY`]).
+    pub fn digest_reads(&self) {
+        if let Some(warmer) = &self.warmer {
+            warmer.digest();
+        }
+    }
+
+    /// One warming round: digests the recorded reads, predicts the reads due within
+    /// the next interval, and loads the `top_k` most confident that are not cached
+    /// from the store into the hot cache, never evicting an entry predicted at least
+    /// as confidently. Returns how many records it loaded.
+    pub async fn warm(&self) -> Result<usize> {
+        let Some(warmer) = &self.warmer else {
+            return Ok(0);
+        };
+        warmer.digest();
+        let predicted = warmer.predict(warmer.config().top_k, |collection, key| {
+            self.hot.contains(collection, key.as_str())
+        });
+        let mut loaded = 0;
+        for prediction in predicted {
+            let Some(record) = self.store.get(&prediction.collection, &prediction.key).await?
+            else {
+                continue;
+            };
+            let hotter = |victim: &Record| {
+                warmer.confidence_of(&victim.collection, victim.key.as_str())
+                    >= prediction.confidence
+            };
+            if self.hot.prefetch(Arc::new(record), &hotter) {
+                loaded += 1;
+            }
+        }
+        self.warming_stats().publish();
+        Ok(loaded)
     }
 
     fn cache_hit(started: Instant) {

@@ -1,6 +1,6 @@
 //! [`Runtime`]: the one owner of the engine's lifecycle. It holds the local engine and,
 //! with a cloud, the sink, the [`Syncer`] and the [`Replicator`]; it starts the
-//! background loops (gauges, drain and health, auto-sync) and shuts everything down
+//! background loops (gauges, warming, drain and health, auto-sync) and shuts everything down
 //! in one fixed order, once.
 
 use crate::{Engine, Error, Replicator, Result, SyncConfig, SyncHandle, SyncStatus, Syncer};
@@ -48,6 +48,7 @@ struct Cloud<S: ?Sized, V: ?Sized, C: ?Sized> {
 #[derive(Debug, Default)]
 struct Loops {
     gauges: Option<SyncHandle>,
+    warming: Option<SyncHandle>,
     drain: Option<SyncHandle>,
     auto_sync: Option<SyncHandle>,
     /// Set by the first shutdown: what it left queued. Later shutdowns return it.
@@ -114,7 +115,11 @@ where
             snapshots: tokio::sync::watch::Sender::new(None),
         };
         let gauges = runtime.start_gauges();
-        runtime.loops.try_lock().expect("new runtime").gauges = Some(gauges);
+        let warming = runtime.start_warming();
+        let mut loops = runtime.loops.try_lock().expect("new runtime");
+        loops.gauges = Some(gauges);
+        loops.warming = warming;
+        drop(loops);
         runtime
     }
 
@@ -193,6 +198,39 @@ where
             }
         });
         SyncHandle::new(stop, vec![task])
+    }
+
+    /// With warming enabled, digests the recorded reads every
+    /// [`WarmingConfig::DIGEST_EVERY`](crate::WarmingConfig::DIGEST_EVERY) (or every
+    /// interval, when shorter) and runs a warming round every interval, until shutdown
+    /// or until the engine is dropped.
+    fn start_warming(&self) -> Option<SyncHandle> {
+        let interval = self.engine.warming()?.interval.max(Duration::from_millis(10));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let engine = Arc::downgrade(&self.engine);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval.min(crate::WarmingConfig::DIGEST_EVERY));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_round = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
+                if last_round.elapsed() < interval {
+                    engine.digest_reads();
+                    continue;
+                }
+                last_round = tokio::time::Instant::now();
+                if let Err(e) = engine.warm().await {
+                    tracing::debug!(error = %e, "warming round failed");
+                }
+            }
+        });
+        Some(SyncHandle::new(stop, vec![task]))
     }
 
     /// Starts the background drain and health loops (idempotent).
@@ -301,6 +339,7 @@ where
             return Ok(left);
         }
         for handle in [
+            loops.warming.take(),
             loops.auto_sync.take(),
             loops.drain.take(),
             loops.gauges.take(),

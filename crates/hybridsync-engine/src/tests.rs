@@ -435,6 +435,7 @@ async fn the_runtime_shuts_down_once_in_order() {
     let snapshots = tmp.path().join("indexes");
     let config = EngineConfig {
         snapshot_dir: Some(snapshots.clone()),
+        ..EngineConfig::default()
     };
     let engine = Arc::new(open_engine_with(tmp.path(), voices(), config).await);
     let sink = Arc::new(hybridsync_testkit::MemorySink::new());
@@ -480,6 +481,84 @@ async fn the_runtime_shuts_down_once_in_order() {
     );
     assert_eq!(sink.calls(), calls, "a second shutdown does nothing");
     assert!(runtime.start_sync().await.is_ok());
+}
+
+/// Twelve keys read round-robin, each every 600 ms, through a cache of four: plain LRU
+/// never hits (each key is evicted before its turn comes again). Warming rounds every
+/// 100 ms learn the cycle and load each key just before its turn.
+async fn periodic_reads(warming: bool) -> (crate::WarmingStats, hybridsync_core::HotCacheStats) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(StoreOptions::new(tmp.path())).await.unwrap());
+    let config = EngineConfig {
+        warming: crate::WarmingConfig {
+            enabled: warming,
+            interval: std::time::Duration::from_millis(100),
+            ..crate::WarmingConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let engine: TestEngine = Engine::open(
+        store,
+        None,
+        Arc::new(hybridsync_vector::HotCache::new(4, 64 << 20)),
+        config,
+    )
+    .await
+    .unwrap();
+    let notes = CollectionSpec {
+        name: name("notes"),
+        vector: None,
+        encrypted: false,
+    };
+    engine.create_collection(notes).await.unwrap();
+    let keys: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let writes = keys
+        .iter()
+        .map(|k| WriteRequest::put(name("notes"), key(k), k.as_bytes().to_vec(), None))
+        .collect();
+    engine.write(writes).await.unwrap();
+    // Pushes the written keys out of the cache.
+    for k in &keys {
+        engine.get(&name("notes"), k).await.unwrap();
+    }
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    let mut before = None;
+    for (i, k) in keys.iter().cycle().take(12 * 9).enumerate() {
+        tick.tick().await;
+        let record = engine.get(&name("notes"), k).await.unwrap().unwrap();
+        assert_eq!(record.payload, k.as_bytes(), "a prefetched record is the stored one");
+        if i % 2 == 1 {
+            engine.warm().await.unwrap();
+        }
+        if i == 12 * 5 - 1 {
+            before = Some(engine.cache_stats());
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let (before, after) = (before.unwrap(), engine.cache_stats());
+    let last_cycles = hybridsync_core::HotCacheStats {
+        hits: after.hits - before.hits,
+        misses: after.misses - before.misses,
+        prefetch_hits: after.prefetch_hits - before.prefetch_hits,
+        prefetched: after.prefetched - before.prefetched,
+        ..after
+    };
+    (engine.warming_stats(), last_cycles)
+}
+
+#[tokio::test]
+async fn warming_loads_periodic_keys_ahead_of_their_reads_and_plain_lru_never_hits() {
+    let (off, lru) = periodic_reads(false).await;
+    assert_eq!((lru.hits, off.enabled, off.prefetches), (0, false, 0), "{lru:?}");
+    let (on, warmed) = periodic_reads(true).await;
+    // The last four cycles: 48 reads, after four cycles of learning.
+    assert!(
+        warmed.prefetch_hits >= 24 && warmed.hits == warmed.prefetch_hits,
+        "at least half the reads served by a prefetch: {warmed:?} {on:?}"
+    );
+    assert!(on.enabled && on.predictions >= on.prefetches && on.prefetches >= on.prefetch_hits);
+    assert!(on.accuracy > 0.5 && on.tracked_keys == 12, "{on:?}");
 }
 
 /// Callers decide "try again later" from the engine's error type, never from strings.

@@ -35,6 +35,18 @@ catalogue! {
     CACHE_MISSES = "hybridsync_cache_misses_total", Counter, [], "Reads the hot-record cache could not answer.";
     /// Point-read latency by source (`cache` or `sqlite`).
     READ_LATENCY = "hybridsync_read_latency_seconds", Histogram, ["source"], "Point-read latency by source (cache or sqlite).";
+    /// Reads predictive warming expected within its next round, at or above its threshold.
+    WARMING_PREDICTIONS = "hybridsync_warming_predictions_total", Counter, [], "Reads predictive warming expected within its next round, at or above its confidence threshold (cached keys included).";
+    /// Records warming loaded into the hot cache ahead of a read.
+    WARMING_PREFETCHES = "hybridsync_warming_prefetches_total", Counter, [], "Records predictive warming loaded from SQLite into the hot cache ahead of a read.";
+    /// Reads served by a record warming loaded.
+    WARMING_PREFETCH_HITS = "hybridsync_warming_prefetch_hits_total", Counter, [], "Reads served by a record predictive warming loaded (its first read after the load).";
+    /// Prefetch hits per prefetch.
+    WARMING_ACCURACY = "hybridsync_warming_accuracy", Gauge, [], "Share of warming's prefetches that a read used (prefetch hits / prefetches).";
+    /// Keys with an access history.
+    WARMING_TRACKED_KEYS = "hybridsync_warming_tracked_keys", Gauge, [], "Keys whose reads predictive warming is tracking (bounded by cache.warming.max_keys).";
+    /// Bytes of warming state.
+    WARMING_MEMORY = "hybridsync_warming_memory_bytes", Gauge, [], "Bytes predictive warming holds: its access ring, the per-key histories and key names.";
     /// Latency of a durable local write (records and outbox in one transaction).
     WRITE_LATENCY = "hybridsync_write_latency_seconds", Histogram, [], "Latency of a durable local write (record and outbox entry in one transaction).";
     /// Latency of a vector similarity search.

@@ -7,9 +7,34 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A cached record, marked while it waits for its first read after warming loaded it.
+struct Entry {
+    record: Arc<Record>,
+    prefetched: bool,
+}
+
 struct Inner {
-    lru: lru::LruCache<String, Arc<Record>>,
+    lru: lru::LruCache<String, Entry>,
     bytes: usize,
+}
+
+impl Inner {
+    /// Caches `record` at the most recently used end, then evicts from the other end
+    /// until the bytes fit.
+    fn push(&mut self, key: String, record: Arc<Record>, prefetched: bool, max_bytes: usize) {
+        let size = record.approx_size();
+        // `push` hands back either the replaced value or the entry it evicted.
+        if let Some((_, old)) = self.lru.push(key, Entry { record, prefetched }) {
+            self.bytes -= old.record.approx_size();
+        }
+        self.bytes += size;
+        while self.bytes > max_bytes {
+            match self.lru.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.record.approx_size(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// Holds at most `max_entries` records and about `max_bytes` of them, evicting the
@@ -19,6 +44,8 @@ pub struct HotCache {
     max_bytes: usize,
     hits: AtomicU64,
     misses: AtomicU64,
+    prefetched: AtomicU64,
+    prefetch_hits: AtomicU64,
 }
 
 impl std::fmt::Debug for HotCache {
@@ -50,6 +77,8 @@ impl HotCache {
             max_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
+            prefetch_hits: AtomicU64::new(0),
         }
     }
 
@@ -57,19 +86,30 @@ impl HotCache {
         self.inner.lock_or_recover()
     }
 
-    /// The lookup key is built in a reused per-thread buffer: this is the hottest path
-    /// of the library.
-    fn lookup(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+    /// Runs `f` on the cache key of `collection` and `key`, built in a reused
+    /// per-thread buffer: lookups are the hottest path of the library.
+    fn with_lookup_key<R>(collection: &CollectionName, key: &str, f: impl FnOnce(&str) -> R) -> R {
         thread_local! {
             static LOOKUP: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        let found = LOOKUP.with(|buffer| {
+        LOOKUP.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             buffer.clear();
             buffer.push_str(collection.as_str());
             buffer.push('\0');
             buffer.push_str(key);
-            self.lock().lru.get(buffer.as_str()).cloned()
+            f(buffer.as_str())
+        })
+    }
+
+    fn lookup(&self, collection: &CollectionName, key: &str) -> Option<Arc<Record>> {
+        let found = Self::with_lookup_key(collection, key, |key| {
+            let mut inner = self.lock();
+            let entry = inner.lru.get_mut(key)?;
+            if std::mem::take(&mut entry.prefetched) {
+                self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(entry.record.clone())
         });
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -89,36 +129,51 @@ impl RecordCache for HotCache {
     /// Caches `record` unless a newer version of it is already cached, so a slow
     /// reader cannot put back a state that a write has replaced.
     fn insert(&self, record: Arc<Record>) {
-        let size = record.approx_size();
-        if size > self.max_bytes {
+        if record.approx_size() > self.max_bytes {
             return;
         }
         let key = cache_key(&record.collection, &record.key);
         let mut inner = self.lock();
         if let Some(existing) = inner.lru.peek(&key) {
-            if existing.version > record.version {
+            if existing.record.version > record.version {
                 return;
             }
         }
-        // `push` hands back either the replaced value or the entry it evicted.
-        if let Some((_, old)) = inner.lru.push(key, record) {
-            inner.bytes -= old.approx_size();
-        }
-        inner.bytes += size;
-        while inner.bytes > self.max_bytes {
-            match inner.lru.pop_lru() {
-                Some((_, evicted)) => inner.bytes -= evicted.approx_size(),
-                None => break,
-            }
-        }
+        inner.push(key, record, false, self.max_bytes);
     }
 
     /// Drops a key.
     fn remove(&self, collection: &CollectionName, key: &Key) {
         let mut inner = self.lock();
         if let Some(old) = inner.lru.pop(&cache_key(collection, key)) {
-            inner.bytes -= old.approx_size();
+            inner.bytes -= old.record.approx_size();
         }
+    }
+
+    fn contains(&self, collection: &CollectionName, key: &str) -> bool {
+        Self::with_lookup_key(collection, key, |key| self.lock().lru.contains(key))
+    }
+
+    /// Loads `record` unless its key is cached (in any version: a write or a read put
+    /// it there, and it is at least as new) or the least recently used entry, which a
+    /// full cache would evict, is one `keep` wants kept.
+    fn prefetch(&self, record: Arc<Record>, keep: &dyn Fn(&Record) -> bool) -> bool {
+        let size = record.approx_size();
+        if size > self.max_bytes {
+            return false;
+        }
+        let key = cache_key(&record.collection, &record.key);
+        let mut inner = self.lock();
+        if inner.lru.contains(&key) {
+            return false;
+        }
+        let full = inner.lru.len() == inner.lru.cap().get() || inner.bytes + size > self.max_bytes;
+        if full && inner.lru.peek_lru().is_some_and(|(_, victim)| keep(&victim.record)) {
+            return false;
+        }
+        inner.push(key, record, true, self.max_bytes);
+        self.prefetched.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     /// Hits, misses, entries and bytes.
@@ -129,6 +184,8 @@ impl RecordCache for HotCache {
             misses: self.misses.load(Ordering::Relaxed),
             entries: inner.lru.len(),
             bytes: inner.bytes,
+            prefetched: self.prefetched.load(Ordering::Relaxed),
+            prefetch_hits: self.prefetch_hits.load(Ordering::Relaxed),
         }
     }
 }

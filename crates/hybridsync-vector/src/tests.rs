@@ -176,6 +176,42 @@ fn hot_cache_is_bounded_by_bytes_and_refuses_older_versions() {
 }
 
 #[test]
+fn a_prefetch_never_replaces_a_cached_key_nor_evicts_one_kept_and_counts_its_first_hit() {
+    let cache = HotCache::new(2, usize::MAX);
+    let keep_none = |_: &Record| false;
+    cache.insert(record("a", 5, 1));
+    assert!(
+        !cache.prefetch(record("a", 4, 1), &keep_none),
+        "a cached key is left as it is"
+    );
+    assert_eq!(cache.get(&name("c"), "a").unwrap().version.physical_ms, 5);
+    assert!(cache.prefetch(record("b", 1, 1), &keep_none));
+    assert!(cache.contains(&name("c"), "b") && !cache.contains(&name("c"), "z"));
+
+    // Full: the victim would be `a` (least recently used); a hotter `a` is kept.
+    let keep_a = |victim: &Record| victim.key.as_str() == "a";
+    assert!(!cache.prefetch(record("c", 1, 1), &keep_a));
+    assert!(cache.contains(&name("c"), "a"));
+    assert!(cache.prefetch(record("c", 1, 1), &keep_none), "a colder victim goes");
+    assert!(!cache.contains(&name("c"), "a"));
+
+    assert!(cache.get(&name("c"), "c").is_some());
+    assert!(cache.get(&name("c"), "c").is_some());
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.prefetched, stats.prefetch_hits),
+        (2, 1),
+        "one prefetch hit per load, at its first read: {stats:?}"
+    );
+    // A write over a prefetched entry that was never read clears its mark.
+    cache.insert(record("b", 9, 1));
+    assert!(cache.get(&name("c"), "b").is_some());
+    assert_eq!(cache.stats().prefetch_hits, 1);
+    // Contains counts nothing.
+    assert_eq!((cache.stats().hits, cache.stats().misses), (4, 0));
+}
+
+#[test]
 fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("v.usearch");

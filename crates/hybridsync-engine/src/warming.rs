@@ -1,0 +1,556 @@
+//! Predictive cache warming: learns when each key is read, predicts the reads due
+//! before the next round, and loads those records into the hot cache ahead of them.
+//!
+//! The read path only records: it hashes the key and writes the hash and the time into
+//! a fixed ring of atomics (no lock, no allocation). A background round digests the
+//! ring into per-key histories (an LRU of at most `max_keys` keys, each with its last
+//! [`HISTORY`] access times), scores every key, and prefetches the best `top_k` above
+//! `threshold` that are not cached yet. A key's name is learnt on a cache miss, the
+//! one read that goes to the store anyway: a key that never misses never needs warming.
+//!
+//! Two predictors, the higher confidence wins:
+//! - **regular intervals**: the newest four or more gaps (three at first), spread under 30 % of
+//!   their mean (a user unlocking every morning); confidence 0.8–0.95 by regularity,
+//!   weighed by the number of gaps, and halved for every expected read that did not
+//!   come;
+//! - **frequency**: a key read at a steady rate and recently, with the Poisson chance
+//!   of at least one read within the round ahead (capped at 0.9).
+
+use hybridsync_core::{CollectionName, Key};
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hybridsync_core::MutexExt;
+
+/// Access times kept per key.
+pub(crate) const HISTORY: usize = 8;
+
+/// Slots of the access ring the read path writes (a power of two).
+const RING: usize = 1 << 14;
+
+/// Reads of one key closer together than this count as one access (a burst of reads
+/// for one login is one event).
+const COALESCE_MS: u64 = 50;
+
+/// How early, beyond twice the spread of its gaps, a regular key's read is expected.
+const SLACK_MS: f64 = 10.0;
+
+/// Names learnt on misses and not yet digested, at most.
+const PENDING_NAMES: usize = 4_096;
+
+/// How predictive warming runs (`[cache.warming]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmingConfig {
+    /// Whether reads are recorded and the warming loop runs.
+    pub enabled: bool,
+    /// How often the loop predicts and prefetches; also how far ahead it looks. The
+    /// access ring is digested at least every [`WarmingConfig::DIGEST_EVERY`].
+    pub interval: Duration,
+    /// The least confidence (0–1) that a key is read within the next interval for it
+    /// to be prefetched.
+    pub threshold: f64,
+    /// At most this many keys are prefetched per round, most confident first.
+    pub top_k: usize,
+    /// At most this many keys have an access history (least recently read dropped).
+    pub max_keys: usize,
+}
+
+impl WarmingConfig {
+    /// The longest the ring goes undigested, so a busy store loses few accesses.
+    pub const DIGEST_EVERY: Duration = Duration::from_millis(250);
+}
+
+impl Default for WarmingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            threshold: 0.7,
+            top_k: 10,
+            max_keys: 4_096,
+        }
+    }
+}
+
+/// What warming has done since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WarmingStats {
+    pub enabled: bool,
+    /// Reads recorded by the read path.
+    pub accesses: u64,
+    /// Recorded reads overwritten in the ring before a digest read them.
+    pub dropped: u64,
+    /// Keys with an access history now.
+    pub tracked_keys: usize,
+    /// Predictions at or above the threshold, over all rounds (cached keys included).
+    pub predictions: u64,
+    /// Records loaded into the hot cache ahead of a read.
+    pub prefetches: u64,
+    /// Reads served by a prefetched record (its first read after the load).
+    pub prefetch_hits: u64,
+    /// `prefetch_hits / prefetches` (0 before the first prefetch).
+    pub accuracy: f64,
+    /// Bytes the warming state holds: the ring, the histories and the key names.
+    pub memory_bytes: usize,
+}
+
+impl WarmingStats {
+    /// Sets the warming metrics to these figures.
+    pub fn publish(&self) {
+        use hybridsync_telemetry::catalogue;
+        metrics::counter!(catalogue::WARMING_PREDICTIONS).absolute(self.predictions);
+        metrics::counter!(catalogue::WARMING_PREFETCHES).absolute(self.prefetches);
+        metrics::counter!(catalogue::WARMING_PREFETCH_HITS).absolute(self.prefetch_hits);
+        metrics::gauge!(catalogue::WARMING_ACCURACY).set(self.accuracy);
+        metrics::gauge!(catalogue::WARMING_TRACKED_KEYS).set(self.tracked_keys as f64);
+        metrics::gauge!(catalogue::WARMING_MEMORY).set(self.memory_bytes as f64);
+    }
+}
+
+/// One predicted read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub collection: CollectionName,
+    pub key: Key,
+    /// 0–1: the chance the key is read before the next round.
+    pub confidence: f64,
+    /// When that read is expected.
+    pub due_in: Duration,
+}
+
+/// The access history of one key.
+#[derive(Debug, Default)]
+struct History {
+    /// Milliseconds since the warmer's epoch, oldest first.
+    times: VecDeque<u64>,
+    /// Learnt on a miss.
+    name: Option<(CollectionName, Key)>,
+}
+
+impl History {
+    fn push(&mut self, at: u64) {
+        match self.times.back() {
+            Some(&last) if at < last + COALESCE_MS => {}
+            _ => {
+                if self.times.len() == HISTORY {
+                    self.times.pop_front();
+                }
+                self.times.push_back(at);
+            }
+        }
+    }
+
+    /// The chance (0–1) that this key is read in `(now, now + ahead]`, and when that
+    /// read is expected (ms since the epoch).
+    fn confidence(&self, now: u64, ahead: u64) -> (f64, u64) {
+        let n = self.times.len();
+        let (Some(&first), Some(&last)) = (self.times.front(), self.times.back()) else {
+            return (0.0, u64::MAX);
+        };
+        if n < 3 {
+            return (0.0, u64::MAX);
+        }
+        let gaps: Vec<f64> = self
+            .times
+            .iter()
+            .zip(self.times.iter().skip(1))
+            .map(|(a, b)| (b - a) as f64)
+            .collect();
+        let (now_f, ahead_f, last_f) = (now as f64, ahead as f64, last as f64);
+        let mut best = (0.0, u64::MAX);
+        // The longest run of newest gaps that is regular (at least four, or three
+        // while that is all there is): an old outlier, or an earlier habit, does not
+        // hide the current one. Three random gaps look regular too often.
+        let regular = (gaps.len().min(4)..=gaps.len())
+            .rev()
+            .map(|len| (len, mean_and_spread(&gaps[gaps.len() - len..])))
+            .find(|&(_, (mean, spread))| mean > 0.0 && spread < 0.3 * mean);
+        if let Some((len, (mean, spread))) = regular {
+            // The next expected read not yet past (allowing twice the spread), and
+            // how many expected reads have not come since the last one.
+            let slack = 2.0 * spread + SLACK_MS;
+            let missed = ((now_f - last_f - slack) / mean).ceil().max(1.0) - 1.0;
+            let due = last_f + (missed + 1.0) * mean;
+            if due - slack <= now_f + ahead_f && missed < 8.0 {
+                // 0.8–0.95 by regularity, weighed by the evidence (n/(n+1) for n
+                // gaps): four exact gaps give 0.76, four loose ones 0.64.
+                let regularity = 0.8 + 0.15 * (1.0 - spread / (0.3 * mean));
+                let evidence = len as f64 / (len as f64 + 1.0);
+                best = (regularity * evidence * 0.5f64.powf(missed), due as u64);
+            }
+        }
+        // A steady rate, still going: the Poisson chance of a read within `ahead`.
+        let rate_gap = (last - first) as f64 / (n - 1) as f64;
+        if rate_gap > 0.0 && now_f - last_f < 3.0 * rate_gap {
+            let frequent = (1.0 - (-ahead_f / rate_gap).exp()).min(0.9);
+            if frequent > best.0 {
+                best = (frequent, (last_f + rate_gap).max(now_f) as u64);
+            }
+        }
+        best
+    }
+}
+
+/// The mean of `gaps` and their standard deviation.
+fn mean_and_spread(gaps: &[f64]) -> (f64, f64) {
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let variance = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+    (mean, variance.sqrt())
+}
+
+struct Learnt {
+    histories: lru::LruCache<u64, History>,
+    /// Ring slots read up to here.
+    cursor: u64,
+    pending: Vec<(u64, CollectionName, Key)>,
+    /// Bytes of the key names held.
+    name_bytes: usize,
+}
+
+/// The access recorder and predictor of one engine.
+pub struct Warmer {
+    config: WarmingConfig,
+    epoch: Instant,
+    /// Slots of (key hash, stamp): the stamp is `time_ms << 20 | index & 0xFFFFF`, so a
+    /// digest can tell a slot written for the index it expects from a stale or
+    /// overwritten one.
+    hashes: Box<[AtomicU64]>,
+    stamps: Box<[AtomicU64]>,
+    head: AtomicU64,
+    dropped: AtomicU64,
+    learnt: Mutex<Learnt>,
+    predictions: AtomicU64,
+}
+
+impl std::fmt::Debug for Warmer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warmer")
+            .field("config", &self.config)
+            .field("accesses", &self.head.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+const INDEX_BITS: u32 = 20;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
+/// FNV-1a over the collection, a NUL and the key: cheap on the short keys of the read
+/// path, and what the ring stores instead of the key.
+pub(crate) fn key_hash(collection: &CollectionName, key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in collection
+        .as_str()
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(key.bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+impl Warmer {
+    pub fn new(config: WarmingConfig) -> Self {
+        let max_keys = NonZeroUsize::new(config.max_keys.max(1)).expect("at least one key");
+        Self {
+            config,
+            epoch: Instant::now(),
+            hashes: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+            stamps: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            head: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            learnt: Mutex::new(Learnt {
+                histories: lru::LruCache::new(max_keys),
+                cursor: 0,
+                pending: Vec::new(),
+                name_bytes: 0,
+            }),
+            predictions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &WarmingConfig {
+        &self.config
+    }
+
+    /// Milliseconds since this warmer started, at `at`.
+    pub fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Records a read of `key` at `at` (the read's own start time): a hash, an atomic
+    /// increment and two stores.
+    #[inline]
+    pub fn record(&self, collection: &CollectionName, key: &str, at: Instant) {
+        self.record_at(key_hash(collection, key), self.millis(at));
+    }
+
+    /// Records a read of the key with `hash` at `ms` since the epoch.
+    pub fn record_at(&self, hash: u64, ms: u64) {
+        let index = self.head.fetch_add(1, Ordering::Relaxed);
+        let slot = (index as usize) & (RING - 1);
+        self.hashes[slot].store(hash, Ordering::Relaxed);
+        self.stamps[slot].store(ms << INDEX_BITS | (index & INDEX_MASK), Ordering::Release);
+    }
+
+    /// Learns the name behind a key's hash (on a miss the store answered).
+    pub fn learn(&self, collection: &CollectionName, key: &Key) {
+        let mut learnt = self.learnt.lock_or_recover();
+        if learnt.pending.len() < PENDING_NAMES {
+            let hash = key_hash(collection, key.as_str());
+            learnt.pending.push((hash, collection.clone(), key.clone()));
+        }
+    }
+
+    /// Moves the ring's new accesses and the names learnt into the histories.
+    pub fn digest(&self) {
+        let head = self.head.load(Ordering::Acquire);
+        let mut learnt = self.learnt.lock_or_recover();
+        let from = learnt.cursor.max(head.saturating_sub(RING as u64));
+        if from > learnt.cursor {
+            self.dropped
+                .fetch_add(from - learnt.cursor, Ordering::Relaxed);
+        }
+        for index in from..head {
+            let slot = (index as usize) & (RING - 1);
+            let stamp = self.stamps[slot].load(Ordering::Acquire);
+            let hash = self.hashes[slot].load(Ordering::Relaxed);
+            // Written for this index, and not overwritten while the hash was read.
+            if stamp & INDEX_MASK != index & INDEX_MASK
+                || stamp == u64::MAX
+                || self.stamps[slot].load(Ordering::Acquire) != stamp
+            {
+                continue;
+            }
+            learnt
+                .histories
+                .get_or_insert_mut(hash, History::default)
+                .push(stamp >> INDEX_BITS);
+        }
+        learnt.cursor = head;
+        for (hash, collection, key) in std::mem::take(&mut learnt.pending) {
+            let size = collection.as_str().len() + key.as_str().len();
+            let Some(history) = learnt.histories.peek_mut(&hash) else {
+                continue;
+            };
+            if history.name.is_none() {
+                history.name = Some((collection, key));
+                learnt.name_bytes += size;
+            }
+        }
+        // Names of histories the LRU dropped are no longer held.
+        let held: usize = learnt
+            .histories
+            .iter()
+            .filter_map(|(_, h)| h.name.as_ref())
+            .map(|(c, k)| c.as_str().len() + k.as_str().len())
+            .sum();
+        learnt.name_bytes = held;
+    }
+
+    /// The named keys likely read within the next interval, most confident first
+    /// (at most `limit`, all at or above the threshold), skipping those `skip` says
+    /// need no warming (already cached).
+    pub fn predict(&self, limit: usize, skip: impl Fn(&CollectionName, &Key) -> bool) -> Vec<Prediction> {
+        let now = self.millis(Instant::now());
+        self.predict_at(now, limit, skip)
+    }
+
+    /// [`Warmer::predict`] at `now` ms since the epoch.
+    pub fn predict_at(
+        &self,
+        now: u64,
+        limit: usize,
+        skip: impl Fn(&CollectionName, &Key) -> bool,
+    ) -> Vec<Prediction> {
+        let ahead = self.config.interval.as_millis() as u64;
+        let mut confident = Vec::new();
+        let mut made = 0;
+        {
+            let learnt = self.learnt.lock_or_recover();
+            for (_, history) in learnt.histories.iter() {
+                let (confidence, due) = history.confidence(now, ahead);
+                if confidence < self.config.threshold {
+                    continue;
+                }
+                made += 1;
+                if let Some((collection, key)) = &history.name {
+                    confident.push(Prediction {
+                        collection: collection.clone(),
+                        key: key.clone(),
+                        confidence,
+                        due_in: Duration::from_millis(due.saturating_sub(now)),
+                    });
+                }
+            }
+        }
+        self.predictions.fetch_add(made, Ordering::Relaxed);
+        // `skip` runs without the histories' lock (it takes the cache's).
+        confident.retain(|p| !skip(&p.collection, &p.key));
+        // Most confident first (in steps of 0.05), then the soonest due.
+        let step = |p: &Prediction| (p.confidence * 20.0).floor() as u64;
+        confident.sort_by(|a, b| step(b).cmp(&step(a)).then(a.due_in.cmp(&b.due_in)));
+        confident.truncate(limit);
+        confident
+    }
+
+    /// The confidence that the key with `hash` is read within the next interval (0 for
+    /// a key without a history): how hot a cached entry is, against a prefetch that
+    /// would evict it.
+    pub fn confidence_of(&self, collection: &CollectionName, key: &str) -> f64 {
+        let now = self.millis(Instant::now());
+        let ahead = self.config.interval.as_millis() as u64;
+        let learnt = self.learnt.lock_or_recover();
+        learnt
+            .histories
+            .peek(&key_hash(collection, key))
+            .map_or(0.0, |h| h.confidence(now, ahead).0)
+    }
+
+    /// Counters and the memory held, with the cache's prefetch figures.
+    pub fn stats(&self, prefetches: u64, prefetch_hits: u64) -> WarmingStats {
+        let learnt = self.learnt.lock_or_recover();
+        let tracked = learnt.histories.len();
+        // Per history: the LRU node (key, value, two links) and the times' buffer.
+        let per_key = std::mem::size_of::<u64>()
+            + std::mem::size_of::<History>()
+            + 2 * std::mem::size_of::<usize>()
+            + HISTORY * std::mem::size_of::<u64>();
+        let ring = RING * 2 * std::mem::size_of::<AtomicU64>();
+        WarmingStats {
+            enabled: true,
+            accesses: self.head.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            tracked_keys: tracked,
+            predictions: self.predictions.load(Ordering::Relaxed),
+            prefetches,
+            prefetch_hits,
+            accuracy: if prefetches == 0 {
+                0.0
+            } else {
+                prefetch_hits as f64 / prefetches as f64
+            },
+            memory_bytes: ring + tracked * per_key + learnt.name_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warmer(interval_ms: u64) -> Warmer {
+        Warmer::new(WarmingConfig {
+            interval: Duration::from_millis(interval_ms),
+            ..WarmingConfig::default()
+        })
+    }
+
+    fn name(s: &str) -> CollectionName {
+        CollectionName::new(s).unwrap()
+    }
+
+    fn key(s: &str) -> Key {
+        Key::new(s).unwrap()
+    }
+
+    fn read(w: &Warmer, k: &str, at: u64) {
+        w.record_at(key_hash(&name("c"), k), at);
+    }
+
+    fn predicted(w: &Warmer, now: u64) -> Vec<(String, f64)> {
+        w.digest();
+        w.predict_at(now, 10, |_, _| false)
+            .into_iter()
+            .map(|p| (p.key.as_str().to_owned(), p.confidence))
+            .collect()
+    }
+
+    #[test]
+    fn a_regular_key_is_predicted_before_it_is_due_and_not_long_before() {
+        let w = warmer(60_000);
+        let day = 86_400_000;
+        // 8:00 every day, give or take two minutes.
+        for (i, jitter) in [0i64, 60_000, -90_000, 30_000, 120_000].iter().enumerate() {
+            read(&w, "alice", (i as u64 + 1) * day + (*jitter + 200_000) as u64);
+        }
+        w.learn(&name("c"), &key("alice"));
+        let last = 5 * day + 320_000;
+        assert!(predicted(&w, last + 3_600_000).is_empty(), "not due for hours");
+        let soon = predicted(&w, 6 * day + 200_000 - 50_000);
+        assert_eq!(soon.len(), 1, "{soon:?}");
+        assert!(soon[0].1 >= 0.75, "{soon:?}");
+        // A day without her halves the confidence, below the threshold.
+        assert!(predicted(&w, 7 * day + 200_000 - 50_000).is_empty());
+    }
+
+    #[test]
+    fn a_frequent_key_still_being_read_is_predicted_and_one_gone_quiet_is_not() {
+        let w = warmer(10_000);
+        // Every 2 s on average, irregularly (gaps of 0.5 s and 3.5 s).
+        for i in 0..8 {
+            read(&w, "busy", i * 2_000 + if i % 2 == 1 { 1_500 } else { 0 });
+        }
+        w.learn(&name("c"), &key("busy"));
+        let now = predicted(&w, 15_000);
+        assert_eq!(now.len(), 1);
+        assert!(now[0].1 > 0.85 && now[0].1 <= 0.9, "{now:?}");
+        assert!(predicted(&w, 60_000).is_empty(), "quiet for 45 s");
+    }
+
+    #[test]
+    fn random_reads_give_no_confident_prediction() {
+        let w = warmer(1_000);
+        // 200 keys, each read about every 20 s at random (exponential gaps).
+        let mut t = 0u64;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..4_000 {
+            t += (-(((next() % 10_000) as f64 + 0.5) / 10_000.0).ln() * 100.0) as u64;
+            let k = format!("k{}", next() % 200);
+            read(&w, &k, t);
+            w.learn(&name("c"), &key(&k));
+        }
+        let confident = predicted(&w, t);
+        assert!(confident.len() <= 2, "{} of 200 keys: {confident:?}", confident.len());
+    }
+
+    #[test]
+    fn the_histories_are_bounded_and_their_memory_counted() {
+        let w = Warmer::new(WarmingConfig {
+            max_keys: 100,
+            ..WarmingConfig::default()
+        });
+        for i in 0..1_000u64 {
+            read(&w, &format!("key-{i}"), i);
+            w.learn(&name("c"), &key(&format!("key-{i}")));
+            if i % 50 == 0 {
+                w.digest();
+            }
+        }
+        w.digest();
+        let stats = w.stats(0, 0);
+        assert_eq!(stats.tracked_keys, 100);
+        assert_eq!(stats.accesses, 1_000);
+        assert!(stats.memory_bytes < 300 << 10, "{stats:?}");
+    }
+
+    #[test]
+    fn accesses_beyond_the_ring_between_digests_are_counted_as_dropped() {
+        let w = warmer(1_000);
+        for i in 0..(RING as u64 + 10) {
+            read(&w, "k", i * 100);
+        }
+        w.digest();
+        assert_eq!(w.stats(0, 0).dropped, 10);
+    }
+}
