@@ -51,7 +51,7 @@ pub mod migrate;
 mod publish;
 mod store;
 
-pub use config::{Config, EncryptionConfig, RedisConfig, SETTINGS, Setting};
+pub use config::{Config, EncryptionConfig, RedisConfig, SETTINGS, Setting, WarmingSettings};
 pub use health::{CloudHealth, Health};
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
@@ -74,7 +74,7 @@ pub use hybridsync_core::{
 #[doc(inline)]
 pub use hybridsync_engine::{
     BreakerConfig, CollectionCheck, Found, MigrationReport, RollbackReport, SyncConfig, SyncReport,
-    SyncStatus, VerifyOptions, VerifyReport,
+    SyncStatus, VerifyOptions, VerifyReport, WarmingConfig, WarmingStats,
 };
 #[doc(inline)]
 pub use hybridsync_store::Durability;

@@ -12,6 +12,7 @@ use hybridsync_core::{
 };
 use hybridsync_engine::{
     Engine, EngineConfig, Runtime, RuntimeConfig, SearchOptions, SyncConfig, SyncReport,
+    WarmingConfig, WarmingStats,
     SyncStatus, VerifyOptions, VerifyReport,
 };
 use hybridsync_store::{Durability, SqliteStore, StoreOptions};
@@ -73,6 +74,24 @@ impl HybridStoreBuilder {
         if let Some(n) = config.cache.bytes {
             self.hot_bytes = n;
         }
+        let warming = &config.cache.warming;
+        let mut settings = self.engine.warming.clone();
+        if let Some(on) = warming.enabled {
+            settings.enabled = on;
+        }
+        if let Some(ms) = warming.interval_ms {
+            settings.interval = std::time::Duration::from_millis(ms);
+        }
+        if let Some(threshold) = warming.threshold {
+            settings.threshold = threshold;
+        }
+        if let Some(n) = warming.top_k {
+            settings.top_k = n;
+        }
+        if let Some(n) = warming.max_keys {
+            settings.max_keys = n;
+        }
+        self = self.warming(settings)?;
         if let Some(tenant) = &config.cloud.tenant {
             self.tenant = tenant.clone();
         }
@@ -262,6 +281,29 @@ impl HybridStoreBuilder {
         self.hot_entries = entries;
         self.hot_bytes = bytes;
         self
+    }
+
+    /// Predictive warming of the hot cache (on by default: a round every 60 s loads
+    /// the reads it predicts for the next minute). Refuses a threshold outside 0–1,
+    /// and a zero interval, `top_k` or `max_keys`, by name.
+    pub fn warming(mut self, warming: WarmingConfig) -> Result<Self> {
+        let refuse = |what: &'static str, value: String| {
+            Err(hybridsync_core::Error::Parse { what, value }.into())
+        };
+        if !(0.0..=1.0).contains(&warming.threshold) {
+            return refuse("cache.warming.threshold (0 to 1)", warming.threshold.to_string());
+        }
+        if warming.interval.is_zero() {
+            return refuse("cache.warming.interval_ms (at least 1)", "0".into());
+        }
+        if warming.top_k == 0 {
+            return refuse("cache.warming.top_k (at least 1)", "0".into());
+        }
+        if warming.max_keys == 0 {
+            return refuse("cache.warming.max_keys (at least 1)", "0".into());
+        }
+        self.engine.warming = warming;
+        Ok(self)
     }
 
     /// The one clock of the store's version stamps, the drain's retry schedule and
@@ -469,6 +511,7 @@ impl HybridStore {
         HybridStoreBuilder {
             engine: EngineConfig {
                 snapshot_dir: Some(data_dir.join("indexes")),
+                ..EngineConfig::default()
             },
             store: StoreOptions::new(data_dir),
             hot_entries: 10_000,
@@ -594,6 +637,12 @@ impl HybridStore {
             key_ids: self.inner.key_ids.clone(),
             history: self.history(5).await?,
         })
+    }
+
+    /// What predictive warming has done: predictions, prefetches, the reads they
+    /// served, accuracy and the memory it holds (`enabled` false when it is off).
+    pub fn warming_stats(&self) -> WarmingStats {
+        self.engine().warming_stats()
     }
 
     /// The figures the metrics endpoint exports, as a value.

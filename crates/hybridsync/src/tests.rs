@@ -114,6 +114,72 @@ async fn config_applies_and_rejects_typos() {
     assert!(HybridStore::builder(tmp.path()).config(&good).is_ok());
 }
 
+/// `[cache.warming]` reaches the engine; a bad value is refused by name and opens
+/// nothing; and the runtime's own loop (not a test's call) warms a store whose keys
+/// are read on a cycle longer than its cache.
+#[tokio::test]
+async fn warming_is_configured_refused_by_name_and_its_loop_prefetches() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (toml, named) in [
+        ("threshold = 1.5", "threshold"),
+        ("interval_ms = 0", "interval_ms"),
+        ("top_k = 0", "top_k"),
+        ("max_keys = 0", "max_keys"),
+    ] {
+        let bad: Config = toml::from_str(&format!("[cache.warming]\n{toml}\n")).unwrap();
+        let err = HybridStore::builder(tmp.path().join("bad"))
+            .config(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{toml}: {err}");
+    }
+    assert!(!tmp.path().join("bad").exists(), "a refused setting opens nothing");
+    assert!(toml::from_str::<Config>("[cache.warming]\ntopk = 3\n").is_err());
+
+    let off: Config = toml::from_str("[cache.warming]\nenabled = false\n").unwrap();
+    let store = HybridStore::builder(tmp.path().join("off"))
+        .config(&off)
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    assert!(!store.warming_stats().enabled);
+    store.close().await;
+
+    let on: Config = toml::from_str(
+        "[cache]\nentries = 3\n[cache.warming]\ninterval_ms = 100\ntop_k = 4\nmax_keys = 64\n",
+    )
+    .unwrap();
+    let store = HybridStore::builder(tmp.path().join("on"))
+        .config(&on)
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    store.create_collection("profiles", None).await.unwrap();
+    let raw = store.raw("profiles").unwrap();
+    let keys: Vec<String> = (0..9).map(|i| format!("user-{i}")).collect();
+    for k in &keys {
+        raw.put(k, k.as_bytes().to_vec(), WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(60));
+    for k in keys.iter().cycle().take(9 * 10) {
+        tick.tick().await;
+        assert_eq!(raw.get(k).await.unwrap().unwrap(), k.as_bytes());
+    }
+    let stats = store.warming_stats();
+    assert!(stats.enabled && stats.tracked_keys == 9, "{stats:?}");
+    assert!(
+        stats.prefetch_hits >= 20 && stats.accuracy > 0.5,
+        "the loop served reads from its prefetches: {stats:?}"
+    );
+    let metrics = store.metrics().await.unwrap();
+    assert!(metrics.cache_hits >= stats.prefetch_hits, "{metrics:?}");
+    store.close().await;
+}
+
 #[tokio::test]
 async fn metrics_snapshot_counts_reads_and_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
