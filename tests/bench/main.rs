@@ -11,13 +11,17 @@ mod replicate;
 mod report;
 mod search;
 mod verify;
+mod warming;
 
 use anyhow::Result;
 
-/// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `local`, `search`,
-/// `sync` (drain, hydrate, propagation, encryption), `verify` and `migrate`; all by
-/// default. A
-/// partial run leaves docs/benchmarks.md unchanged.
+const GROUPS: [&str; 7] = [
+    "reads", "warming", "local", "search", "sync", "verify", "migrate",
+];
+
+/// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `warming`, `local`,
+/// `search`, `sync` (drain, hydrate, propagation, encryption), `verify` and `migrate`;
+/// all by default. A partial run leaves docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,16 +33,20 @@ async fn main() -> Result<()> {
         .collect();
     if let Some(unknown) = groups
         .iter()
-        .find(|g| !["reads", "local", "search", "sync", "verify", "migrate"].contains(g))
+        .find(|g| !GROUPS.contains(g))
     {
         anyhow::bail!(
-            "unknown benchmark group {unknown:?} (reads, local, search, sync, verify, migrate)"
+            "unknown benchmark group {unknown:?} ({})",
+            GROUPS.join(", ")
         );
     }
     let wanted = |group: &str| groups.is_empty() || groups.contains(&group);
     let mut rows = Vec::new();
     if wanted("reads") {
         rows.extend(reads::run(if quick { 5_000 } else { 200_000 }).await?);
+    }
+    if wanted("warming") {
+        rows.extend(warming::run(quick).await?);
     }
     if wanted("local") {
         rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);

@@ -36,7 +36,7 @@ impl Row {
             baseline: baseline.into(),
             baseline_value,
             ratio: value / baseline_value,
-            better: if matches!(unit, "records/s" | "recall") {
+            better: if matches!(unit, "records/s" | "recall" | "hit rate") {
                 "higher"
             } else {
                 "lower"

@@ -639,6 +639,12 @@ impl HybridStore {
         })
     }
 
+    /// The hot cache's counters (hits, misses, entries, bytes, prefetches), without
+    /// touching the store.
+    pub fn cache_stats(&self) -> HotCacheStats {
+        self.engine().cache_stats()
+    }
+
     /// What predictive warming has done: predictions, prefetches, the reads they
     /// served, accuracy and the memory it holds (`enabled` false when it is off).
     pub fn warming_stats(&self) -> WarmingStats {

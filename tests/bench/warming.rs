@@ -1,0 +1,304 @@
+//! Predictive warming: hit rate and read latency with warming on and off on a periodic
+//! workload whose working set is five times the cache, the same on a random workload
+//! (no pattern to learn) with the CPU it costs, and what recording a read costs.
+
+use crate::reads::{nanos, percentile};
+use crate::report::Row;
+use anyhow::Result;
+use hybridsync::{HybridStore, WarmingConfig, WarmingStats, WriteOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const PAYLOAD: usize = 256;
+
+/// The workload's scale: keys, cache entries (a fifth of the keys), and how long the
+/// periodic run lasts (half of it learning, half measured).
+struct Scale {
+    keys: usize,
+    cache: usize,
+    run: Duration,
+    random_reads: usize,
+}
+
+/// Warming at the workload's time scale: the default predictor (threshold 0.7), with
+/// rounds every 100 ms and room for the reads due in one. The defaults (60 s, top 10)
+/// are the same ratio of due reads to `top_k` at a scale of minutes.
+fn warming(on: bool) -> WarmingConfig {
+    WarmingConfig {
+        enabled: on,
+        interval: Duration::from_millis(100),
+        top_k: 128,
+        ..WarmingConfig::default()
+    }
+}
+
+fn key(i: usize) -> String {
+    format!("user-{i:06}")
+}
+
+/// A store with `keys` records of 256 bytes and a hot cache of `cache` entries, empty
+/// of them (written, then pushed out by reads of other keys).
+async fn store(dir: &std::path::Path, scale: &Scale, on: bool) -> Result<HybridStore> {
+    let store = HybridStore::builder(dir)
+        .hot_cache(scale.cache, usize::MAX)
+        .warming(warming(on))?
+        .open()
+        .await?;
+    store.create_collection("profiles", None).await?;
+    let raw = store.raw("profiles")?;
+    let keys: Vec<usize> = (0..scale.keys).collect();
+    for chunk in keys.chunks(1_000) {
+        raw.put_many(
+            chunk
+                .iter()
+                .map(|&i| (key(i), vec![(i % 251) as u8; PAYLOAD], WriteOptions::default()))
+                .collect(),
+        )
+        .await?;
+    }
+    Ok(store)
+}
+
+/// The CPU time this process has used (user + system).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// One periodic run: every key is read every 2, 3 or 4 s (by key), each read jittered
+/// by up to ±5 % of its period, from a random phase. Returns the hit rate, p50, p90
+/// and p99 of the reads in the second half, and warming's figures.
+async fn periodic(scale: &Scale, on: bool) -> Result<(f64, [Duration; 3], WarmingStats)> {
+    let tmp = tempfile::tempdir()?;
+    let store = store(tmp.path(), scale, on).await?;
+    let raw = store.raw("profiles")?;
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut events: Vec<(Duration, usize)> = Vec::new();
+    for i in 0..scale.keys {
+        let period = [2.0, 3.0, 4.0][i % 3];
+        let mut at = rng.random_range(0.0..period);
+        while at < scale.run.as_secs_f64() {
+            let jitter = rng.random_range(-0.05..0.05) * period;
+            events.push((Duration::from_secs_f64((at + jitter).max(0.0)), i));
+            at += period;
+        }
+    }
+    events.sort();
+    let measured_from = scale.run / 2;
+    let (mut hits, mut reads) = (0u64, 0u64);
+    let mut latencies = Vec::new();
+    let started = tokio::time::Instant::now();
+    for (at, i) in events {
+        tokio::time::sleep_until(started + at).await;
+        let before = store.cache_stats().hits;
+        let t = Instant::now();
+        black_box(raw.get(&key(i)).await?);
+        let took = t.elapsed();
+        if at >= measured_from {
+            reads += 1;
+            hits += store.cache_stats().hits - before;
+            latencies.push(took);
+        }
+    }
+    let stats = store.warming_stats();
+    store.close().await;
+    let quantiles = [0.5, 0.9, 0.99].map(|q| percentile(&mut latencies, q));
+    Ok((hits as f64 / reads as f64, quantiles, stats))
+}
+
+/// Uniform random reads as fast as they go: the hit rate and the CPU they take.
+async fn random(scale: &Scale, on: bool) -> Result<(f64, Duration)> {
+    let tmp = tempfile::tempdir()?;
+    let store = store(tmp.path(), scale, on).await?;
+    let raw = store.raw("profiles")?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let keys: Vec<String> = (0..scale.random_reads)
+        .map(|_| key(rng.random_range(0..scale.keys)))
+        .collect();
+    let before = store.cache_stats().hits;
+    let cpu = cpu_time();
+    for k in &keys {
+        black_box(raw.get(k).await?);
+    }
+    let cpu = cpu_time() - cpu;
+    let hits = store.cache_stats().hits - before;
+    store.close().await;
+    Ok((hits as f64 / keys.len() as f64, cpu))
+}
+
+/// The cached read p50 of one store, every read a hit.
+async fn cached_read_p50(on: bool, iterations: usize) -> Result<Duration> {
+    let tmp = tempfile::tempdir()?;
+    let scale = Scale {
+        keys: 1_000,
+        cache: 2_000,
+        run: Duration::ZERO,
+        random_reads: 0,
+    };
+    let store = store(tmp.path(), &scale, on).await?;
+    let raw = store.raw("profiles")?;
+    let keys: Vec<String> = (0..scale.keys).map(key).collect();
+    let mut samples = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let k = &keys[i % keys.len()];
+        let t = Instant::now();
+        black_box(raw.get(k).await?);
+        samples.push(t.elapsed());
+    }
+    store.close().await;
+    Ok(percentile(&mut samples, 0.5))
+}
+
+/// What recording one read costs the read path: `Warmer::record`, as the engine calls
+/// it, on a thousand keys in turn.
+fn record_cost(iterations: usize) -> Duration {
+    let warmer = hybridsync_engine::Warmer::new(WarmingConfig::default());
+    let collection = hybridsync::CollectionName::new("profiles").expect("a valid name");
+    let keys: Vec<String> = (0..1_000).map(key).collect();
+    let started = Instant::now();
+    for i in 0..iterations {
+        warmer.record(&collection, black_box(&keys[i % keys.len()]), started);
+    }
+    started.elapsed() / iterations as u32
+}
+
+pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
+    let scale = if quick {
+        Scale {
+            keys: 300,
+            cache: 60,
+            run: Duration::from_secs(10),
+            random_reads: 20_000,
+        }
+    } else {
+        Scale {
+            keys: 1_000,
+            cache: 200,
+            run: Duration::from_secs(30),
+            random_reads: 200_000,
+        }
+    };
+    println!(
+        "warming: {} keys read every 2-4 s (±5 %), cache of {} entries, {} s (the second half measured)",
+        scale.keys,
+        scale.cache,
+        scale.run.as_secs()
+    );
+    let (off_rate, off_lat, _) = periodic(&scale, false).await?;
+    let (on_rate, on_lat, stats) = periodic(&scale, true).await?;
+    println!(
+        "  periodic, off: hit rate {off_rate:.3}  p50 {:>6.0} ns  p90 {:>6.0} ns  p99 {:>6.0} ns",
+        nanos(off_lat[0]),
+        nanos(off_lat[1]),
+        nanos(off_lat[2])
+    );
+    println!(
+        "  periodic, on:  hit rate {on_rate:.3}  p50 {:>6.0} ns  p90 {:>6.0} ns  p99 {:>6.0} ns",
+        nanos(on_lat[0]),
+        nanos(on_lat[1]),
+        nanos(on_lat[2])
+    );
+    println!("  warming: {stats:?}");
+    let (random_off, cpu_off) = random(&scale, false).await?;
+    let (random_on, cpu_on) = random(&scale, true).await?;
+    println!(
+        "  random, {} reads: hit rate off {random_off:.3} on {random_on:.3}; CPU off {:?} on {:?}",
+        scale.random_reads, cpu_off, cpu_on
+    );
+    let iterations = if quick { 20_000 } else { 200_000 };
+    let read_off = cached_read_p50(false, iterations).await?;
+    let read_on = cached_read_p50(true, iterations).await?;
+    let record = record_cost(iterations * 5);
+    println!(
+        "  cached read p50: off {:.0} ns, on {:.0} ns; recording a read {:.1} ns",
+        nanos(read_off),
+        nanos(read_on),
+        nanos(record)
+    );
+    Ok(vec![
+        Row::new(
+            "periodic_hit_rate_warming_on",
+            "hit rate",
+            on_rate,
+            "periodic_hit_rate_warming_off",
+            off_rate,
+            ">= +0.20",
+        ),
+        Row::latency(
+            "periodic_read_p50_warming_on",
+            nanos(on_lat[0]),
+            "periodic_read_p50_warming_off",
+            nanos(off_lat[0]),
+            "report",
+        ),
+        Row::latency(
+            "periodic_read_p90_warming_on",
+            nanos(on_lat[1]),
+            "periodic_read_p90_warming_off",
+            nanos(off_lat[1]),
+            "report",
+        ),
+        Row::latency(
+            "periodic_read_p99_warming_on",
+            nanos(on_lat[2]),
+            "periodic_read_p99_warming_off",
+            nanos(off_lat[2]),
+            "< 1x",
+        ),
+        Row::new(
+            "warming_accuracy",
+            "hit rate",
+            stats.accuracy,
+            "prefetches",
+            stats.prefetches as f64,
+            "report",
+        ),
+        Row::new(
+            "warming_state_bytes",
+            "bytes",
+            stats.memory_bytes as f64,
+            "tracked_keys",
+            stats.tracked_keys as f64,
+            "report",
+        ),
+        Row::new(
+            "random_hit_rate_warming_on",
+            "hit rate",
+            random_on,
+            "random_hit_rate_warming_off",
+            random_off,
+            "~1x (no loss)",
+        ),
+        Row::new(
+            "random_cpu_warming_on",
+            "ms",
+            cpu_on.as_secs_f64() * 1e3,
+            "random_cpu_warming_off",
+            cpu_off.as_secs_f64() * 1e3,
+            "<= 1.05x",
+        ),
+        Row::latency(
+            "cached_read_p50_warming_on",
+            nanos(read_on),
+            "cached_read_p50_warming_off",
+            nanos(read_off),
+            "report",
+        ),
+        Row::latency(
+            "warming_record_access",
+            nanos(record),
+            "cached_read_p50_warming_off",
+            nanos(read_off),
+            "<= 0.05x",
+        ),
+    ])
+}
