@@ -169,11 +169,12 @@ impl History {
             .map(|len| (len, mean_and_spread(&gaps[gaps.len() - len..])))
             .find(|&(_, (mean, spread))| mean > 0.0 && spread < 0.3 * mean);
         if let Some((len, (mean, spread))) = regular {
-            // The next expected read not yet past (allowing twice the spread), and
-            // how many expected reads have not come since the last one.
-            let slack = 2.0 * spread + SLACK_MS;
-            let missed = ((now_f - last_f - slack) / mean).ceil().max(1.0) - 1.0;
-            let due = last_f + (missed + 1.0) * mean;
+            let (due, residual) = next_in_line(self.times.range(n - 1 - len..));
+            // The next expected read not yet past (allowing twice the residual), and
+            // how many expected reads have not come since.
+            let slack = 2.0 * residual + SLACK_MS;
+            let missed = ((now_f - slack - due) / mean).ceil().max(0.0);
+            let due = due + missed * mean;
             if due - slack <= now_f + ahead_f && missed < 8.0 {
                 // 0.8–0.95 by regularity, weighed by the evidence (n/(n+1) for n
                 // gaps): four exact gaps give 0.76, four loose ones 0.64.
@@ -192,6 +193,32 @@ impl History {
         }
         best
     }
+}
+
+/// The next time of a regular series, from the least-squares line through `times`
+/// (time against index): the line averages out each read's own jitter, where the last
+/// read plus the mean gap would carry the last read's. Also the residuals' standard
+/// deviation: how far off a read may fall.
+fn next_in_line<'a>(times: impl ExactSizeIterator<Item = &'a u64> + Clone) -> (f64, f64) {
+    let m = times.len() as f64;
+    let base = *times.clone().next().expect("at least four times") as f64;
+    let ys = times.map(|&t| t as f64 - base);
+    let x_mean = (m - 1.0) / 2.0;
+    let y_mean = ys.clone().sum::<f64>() / m;
+    let (mut sxx, mut sxy) = (0.0, 0.0);
+    for (i, y) in ys.clone().enumerate() {
+        let dx = i as f64 - x_mean;
+        sxx += dx * dx;
+        sxy += dx * (y - y_mean);
+    }
+    let slope = sxy / sxx;
+    let intercept = y_mean - slope * x_mean;
+    let squares: f64 = ys
+        .enumerate()
+        .map(|(i, y)| (y - intercept - slope * i as f64).powi(2))
+        .sum();
+    let residual = (squares / (m - 2.0).max(1.0)).sqrt();
+    (base + intercept + slope * m, residual)
 }
 
 /// The mean of `gaps` and their standard deviation.
@@ -237,18 +264,21 @@ impl std::fmt::Debug for Warmer {
 const INDEX_BITS: u32 = 20;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 
-/// FNV-1a over the collection, a NUL and the key: cheap on the short keys of the read
-/// path, and what the ring stores instead of the key.
+/// A hash of the collection and the key, eight bytes at a time (the rotate-xor-multiply
+/// step of FxHash), each part closed by its length: cheap on the short keys of the
+/// read path, and what the ring stores instead of the key.
 pub(crate) fn key_hash(collection: &CollectionName, key: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in collection
-        .as_str()
-        .bytes()
-        .chain(std::iter::once(0))
-        .chain(key.bytes())
-    {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut hash = 0;
+    for part in [collection.as_str().as_bytes(), key.as_bytes()] {
+        let mut words = part.chunks_exact(8);
+        for word in &mut words {
+            hash = mix(hash, u64::from_le_bytes(word.try_into().expect("eight bytes")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        hash = mix(mix(hash, u64::from_le_bytes(tail)), part.len() as u64);
     }
     hash
 }
@@ -279,7 +309,8 @@ impl Warmer {
 
     /// Milliseconds since this warmer started, at `at`.
     pub fn millis(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_millis() as u64
+        let since = at.saturating_duration_since(self.epoch);
+        since.as_secs() * 1_000 + u64::from(since.subsec_millis())
     }
 
     /// Records a read of `key` at `at` (the read's own start time): a hash, an atomic

@@ -59,6 +59,13 @@ pub struct StoreOptions {
     pub readers: u32,
     /// How long a write waits for another process holding the write lock.
     pub busy_timeout: Duration,
+    /// WAL pages from which a checkpoint runs in the background, off the commit path
+    /// (default 1,000, SQLite's own threshold).
+    pub checkpoint_pages: u32,
+    /// WAL pages from which the committing write checkpoints inline: the bound on the
+    /// WAL when background checkpoints fall behind (default 16,384, 64 MiB of 4 KiB
+    /// pages).
+    pub wal_cap_pages: u32,
 }
 
 impl StoreOptions {
@@ -72,6 +79,8 @@ impl StoreOptions {
             max_drift_ms: HlcClock::<SystemClock>::DEFAULT_MAX_DRIFT_MS,
             readers: 4,
             busy_timeout: Duration::from_secs(5),
+            checkpoint_pages: crate::connections::DEFAULT_CHECKPOINT_PAGES,
+            wal_cap_pages: crate::connections::DEFAULT_WAL_CAP_PAGES,
         }
     }
 }
@@ -254,8 +263,13 @@ impl SqliteStore {
 
         let (device, high_water) = load_identity(&setup).await?;
         setup.close().await;
-        let writer =
-            crate::connections::Writer::open(&path, options.durability, options.busy_timeout)?;
+        let writer = crate::connections::Writer::open(
+            &path,
+            options.durability,
+            options.busy_timeout,
+            options.checkpoint_pages,
+            options.wal_cap_pages,
+        )?;
         drop(lock);
         let hlc = HlcClock::new(options.clock, device, high_water, options.max_drift_ms);
         let point = crate::connections::PointReaders::new(

@@ -1217,3 +1217,79 @@ async fn the_kept_tree_is_the_tree_of_the_rows() {
         vec![key("k5")]
     );
 }
+
+/// The WAL file's size now, and the most it may reach when held to `pages` (one
+/// transaction's worth of frames beyond it).
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::metadata(dir.join("hybridsync.db-wal")).map_or(0, |m| m.len())
+}
+
+const FRAME: u64 = 4_096 + 24;
+
+/// Writes `n` single-record transactions of 2 KiB payloads; the largest WAL file seen.
+async fn single_writes(store: &SqliteStore, dir: &std::path::Path, n: usize) -> u64 {
+    let mut largest = 0;
+    for i in 0..n {
+        store
+            .write(vec![put("notes", &format!("k{i:05}"), &[i as u8; 2_048], None)])
+            .await
+            .unwrap();
+        largest = largest.max(wal_bytes(dir));
+    }
+    largest
+}
+
+async fn open_with(dir: &std::path::Path, checkpoint_pages: u32, wal_cap_pages: u32) -> SqliteStore {
+    let store = SqliteStore::open(StoreOptions {
+        checkpoint_pages,
+        wal_cap_pages,
+        ..StoreOptions::new(dir)
+    })
+    .await
+    .unwrap();
+    store.create_collection(&notes()).await.unwrap();
+    store
+}
+
+/// Checkpoints run off the commit path, in the background, and keep the WAL near the
+/// threshold while writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_run_in_the_background_and_keep_the_wal_small() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_with(tmp.path(), 200, 100_000).await;
+    let largest = single_writes(&store, tmp.path(), 3_000).await;
+    assert!(store.writer.background_checkpoints() > 0);
+    assert!(
+        largest < 2_000 * FRAME,
+        "the WAL reached {} pages against a threshold of 200",
+        largest / FRAME
+    );
+    store.close().await;
+}
+
+/// With background checkpoints held back entirely, the committing writer checkpoints
+/// at the cap: the WAL never grows past it by more than one transaction. Without the
+/// cap (the control), the same writes take it far beyond.
+#[tokio::test]
+async fn the_wal_is_held_to_its_cap_when_background_checkpoints_never_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_with(tmp.path(), u32::MAX, 300).await;
+    let largest = single_writes(&store, tmp.path(), 1_500).await;
+    assert_eq!(store.writer.background_checkpoints(), 0);
+    assert!(
+        largest <= (300 + 20) * FRAME + 32,
+        "the WAL reached {} pages against a cap of 300",
+        largest / FRAME
+    );
+    store.close().await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_with(tmp.path(), u32::MAX, u32::MAX).await;
+    let unbounded = single_writes(&store, tmp.path(), 1_500).await;
+    assert!(
+        unbounded > 3 * 300 * FRAME,
+        "without a cap the WAL grows: {} pages",
+        unbounded / FRAME
+    );
+    store.close().await;
+}

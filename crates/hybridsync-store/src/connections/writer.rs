@@ -16,6 +16,7 @@
 //! `SQLITE_BUSY`, and is retried after an async sleep (1 ms doubling to 50 ms) until
 //! the store's busy timeout has passed. No thread sleeps on another process's lock.
 
+use super::checkpoint::Checkpoints;
 use crate::{Durability, Error, Result};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 use std::path::Path;
@@ -38,22 +39,29 @@ type Slot = Option<Connection>;
 pub(crate) struct Writer {
     conn: Arc<tokio::sync::Mutex<Slot>>,
     busy_timeout: Duration,
+    checkpoints: Arc<Checkpoints>,
 }
 
 /// One attempt at a transaction: `Err` hands `work` back, untouched, when another
 /// process holds the write lock.
 #[allow(clippy::type_complexity)]
-fn attempt<T, W>(slot: &Slot, work: W) -> std::result::Result<Result<T>, (rusqlite::Error, W)>
+fn attempt<T, W>(
+    slot: &Slot,
+    checkpoints: &Checkpoints,
+    work: W,
+) -> std::result::Result<Result<T>, (rusqlite::Error, W)>
 where
     W: FnOnce(&Transaction<'_>) -> Result<T>,
 {
     let Some(conn) = slot else {
         return Ok(Err(Error::Closed));
     };
+    checkpoints.arm();
     match Transaction::new_unchecked(conn, TransactionBehavior::Immediate) {
         // Dropping `tx` without a commit rolls back.
         Ok(tx) => Ok(work(&tx).and_then(|out| {
             tx.commit()?;
+            checkpoints.committed();
             Ok(out)
         })),
         Err(e) if is_busy(&e) => Err((e, work)),
@@ -63,10 +71,14 @@ where
 
 impl Writer {
     /// Opens the writer on an existing, migrated database.
+    /// Checkpoints run in the background from `checkpoint_pages` WAL pages, and inline
+    /// from `wal_cap_pages` (see `checkpoint.rs`). Call inside a Tokio runtime.
     pub(crate) fn open(
         path: &Path,
         durability: Durability,
         busy_timeout: Duration,
+        checkpoint_pages: u32,
+        wal_cap_pages: u32,
     ) -> Result<Self> {
         let conn = Connection::open_with_flags(
             path,
@@ -82,9 +94,13 @@ impl Writer {
              PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;"
         ))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let checkpoints = Checkpoints::new(&conn, path, checkpoint_pages, wal_cap_pages)?;
+        let conn = Arc::new(tokio::sync::Mutex::new(Some(conn)));
+        checkpoints.start(Arc::downgrade(&conn));
         Ok(Self {
-            conn: Arc::new(tokio::sync::Mutex::new(Some(conn))),
+            conn,
             busy_timeout,
+            checkpoints,
         })
     }
 
@@ -103,9 +119,9 @@ impl Writer {
         let mut retry = Retry::new(self.busy_timeout);
         loop {
             let attempted = if rows >= HEAVY_ROWS && multi_thread() {
-                tokio::task::block_in_place(|| attempt(&slot, work))
+                tokio::task::block_in_place(|| attempt(&slot, &self.checkpoints, work))
             } else {
-                attempt(&slot, work)
+                attempt(&slot, &self.checkpoints, work)
             };
             match attempted {
                 Ok(done) => return done,
@@ -127,8 +143,9 @@ impl Writer {
         let mut slot = self.conn.clone().lock_owned().await;
         let mut retry = Retry::new(self.busy_timeout);
         loop {
+            let checkpoints = self.checkpoints.clone();
             let (returned, attempted) = tokio::task::spawn_blocking(move || {
-                let attempted = attempt(&slot, work);
+                let attempted = attempt(&slot, &checkpoints, work);
                 (slot, attempted)
             })
             .await
@@ -150,7 +167,15 @@ impl Writer {
     /// Closes the connection (SQLite checkpoints the WAL when the last one closes);
     /// later transactions fail with [`Error::Closed`].
     pub(crate) async fn close(&self) {
-        drop(self.conn.lock().await.take());
+        let conn = self.conn.lock().await.take();
+        self.checkpoints.close();
+        drop(conn);
+    }
+
+    /// Background checkpoints run so far.
+    #[cfg(test)]
+    pub(crate) fn background_checkpoints(&self) -> u64 {
+        self.checkpoints.runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
