@@ -141,7 +141,7 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
 
 /// Trials of each side of the drain bench; the rows report their medians (one
 /// trial can meet a slow disk flush or a server-side hiccup).
-pub(crate) const TRIALS: usize = 3;
+pub(crate) const TRIALS: usize = 5;
 
 /// Writes `data` into a new store for `tenant` and times the engine's drain of it to
 /// `pg` (collection `bench`, encrypted when there is a `key`); records/s.
@@ -296,6 +296,7 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
     );
     trials("binary COPY (same indexes):", &copy);
     trials("binary COPY (no indexes):", &bare);
+    let trials = (ours.clone(), per_row.clone(), copy.clone(), bare.clone(), pooled.clone());
     let (ours, per_row) = (median(&mut ours), median(&mut per_row));
     let (copy, bare) = (median(&mut copy), median(&mut bare));
     let pooled = median(&mut pooled);
@@ -307,22 +308,26 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
             "insert_per_row",
             per_row,
             ">= 20x",
-        ),
-        Row::throughput("drain_to_postgres", ours, "copy_binary", copy, ">= 0.5x"),
+        )
+        .paired(&trials.0, &trials.1),
+        Row::throughput("drain_to_postgres", ours, "copy_binary", copy, ">= 0.8x")
+            .paired(&trials.0, &trials.2),
         Row::throughput(
             "drain_to_postgres",
             ours,
             "copy_binary_no_indexes",
             bare,
             "report",
-        ),
+        )
+        .paired(&trials.0, &trials.3),
         Row::throughput(
             "drain_through_pgbouncer",
             pooled,
             "drain_direct",
             ours,
             ">= 0.8x",
-        ),
+        )
+        .paired(&trials.4, &trials.0),
     ])
 }
 

@@ -17,6 +17,8 @@ pub(crate) struct Row {
     pub ratio: f64,
     pub better: &'static str,
     pub goal: String,
+    /// The trials' range, ours / baseline, when the row is a median of several.
+    pub trials: String,
 }
 
 impl Row {
@@ -42,7 +44,32 @@ impl Row {
                 "lower"
             },
             goal: goal.into(),
+            trials: String::new(),
         }
+    }
+
+    /// A row from paired trials (`ours[i]` measured beside `base[i]`, on the same
+    /// server in the same state): the figures are the medians, the ratio the median
+    /// of the trials' own ratios (what one trial's conditions do to both sides
+    /// cancels), and the trials' ranges are shown.
+    pub(crate) fn paired(mut self, ours: &[f64], base: &[f64]) -> Self {
+        let mut ratios: Vec<f64> = ours.iter().zip(base).map(|(o, b)| o / b).collect();
+        if !ratios.is_empty() {
+            self.ratio = median(&mut ratios);
+        }
+        let range = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{}–{}", figure(lo), figure(hi))
+        };
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        self.trials = format!(
+            "{} / {} (ratios {})",
+            range(ours),
+            range(base),
+            shown.join(", ")
+        );
+        self
     }
 
     /// Throughput in records/s: higher is better.
@@ -109,14 +136,21 @@ const HISTORY: &str = include_str!("history.md");
 /// refreshes docs/benchmarks.md.
 pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
     let mut table = String::from(
-        "| benchmark | ours | baseline | baseline value | ratio | better | goal |\n|---|---|---|---|---|---|---|\n",
+        "| benchmark | ours | baseline | baseline value | ratio | better | goal | trials: ours / baseline |\n|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
         let (value, base) = (figure(row.value), figure(row.baseline_value));
         let _ = writeln!(
             table,
-            "| {} | {value} {} | {} | {base} {} | {:.2}× | {} | {} |",
-            row.name, row.unit, row.baseline, row.unit, row.ratio, row.better, row.goal
+            "| {} | {value} {} | {} | {base} {} | {:.2}× | {} | {} | {} |",
+            row.name,
+            row.unit,
+            row.baseline,
+            row.unit,
+            row.ratio,
+            row.better,
+            row.goal,
+            row.trials
         );
     }
     println!("\n{table}");

@@ -241,11 +241,8 @@ struct Learnt {
 pub struct Warmer {
     config: WarmingConfig,
     epoch: Instant,
-    /// Slots of (key hash, stamp): the stamp is `time_ms << 20 | index & 0xFFFFF`, so a
-    /// digest can tell a slot written for the index it expects from a stale or
-    /// overwritten one.
-    hashes: Box<[AtomicU64]>,
-    stamps: Box<[AtomicU64]>,
+    /// The access ring: one cache line holds four slots.
+    slots: Box<[Slot]>,
     head: AtomicU64,
     dropped: AtomicU64,
     learnt: Mutex<Learnt>,
@@ -259,6 +256,14 @@ impl std::fmt::Debug for Warmer {
             .field("accesses", &self.head.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+/// A key hash and its stamp, `time_ms << 20 | index & 0xFFFFF`, by which a digest
+/// tells a slot written for the index it expects from a stale or overwritten one.
+#[repr(align(16))]
+struct Slot {
+    hash: AtomicU64,
+    stamp: AtomicU64,
 }
 
 const INDEX_BITS: u32 = 20;
@@ -289,8 +294,12 @@ impl Warmer {
         Self {
             config,
             epoch: Instant::now(),
-            hashes: (0..RING).map(|_| AtomicU64::new(0)).collect(),
-            stamps: (0..RING).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            slots: (0..RING)
+                .map(|_| Slot {
+                    hash: AtomicU64::new(0),
+                    stamp: AtomicU64::new(u64::MAX),
+                })
+                .collect(),
             head: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             learnt: Mutex::new(Learnt {
@@ -323,9 +332,10 @@ impl Warmer {
     /// Records a read of the key with `hash` at `ms` since the epoch.
     pub fn record_at(&self, hash: u64, ms: u64) {
         let index = self.head.fetch_add(1, Ordering::Relaxed);
-        let slot = (index as usize) & (RING - 1);
-        self.hashes[slot].store(hash, Ordering::Relaxed);
-        self.stamps[slot].store(ms << INDEX_BITS | (index & INDEX_MASK), Ordering::Release);
+        let slot = &self.slots[(index as usize) & (RING - 1)];
+        slot.hash.store(hash, Ordering::Relaxed);
+        slot.stamp
+            .store(ms << INDEX_BITS | (index & INDEX_MASK), Ordering::Release);
     }
 
     /// Learns the name behind a key's hash (on a miss the store answered).
@@ -347,13 +357,13 @@ impl Warmer {
                 .fetch_add(from - learnt.cursor, Ordering::Relaxed);
         }
         for index in from..head {
-            let slot = (index as usize) & (RING - 1);
-            let stamp = self.stamps[slot].load(Ordering::Acquire);
-            let hash = self.hashes[slot].load(Ordering::Relaxed);
+            let slot = &self.slots[(index as usize) & (RING - 1)];
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            let hash = slot.hash.load(Ordering::Relaxed);
             // Written for this index, and not overwritten while the hash was read.
             if stamp & INDEX_MASK != index & INDEX_MASK
                 || stamp == u64::MAX
-                || self.stamps[slot].load(Ordering::Acquire) != stamp
+                || slot.stamp.load(Ordering::Acquire) != stamp
             {
                 continue;
             }
@@ -451,7 +461,7 @@ impl Warmer {
             + std::mem::size_of::<History>()
             + 2 * std::mem::size_of::<usize>()
             + HISTORY * std::mem::size_of::<u64>();
-        let ring = RING * 2 * std::mem::size_of::<AtomicU64>();
+        let ring = RING * std::mem::size_of::<Slot>();
         WarmingStats {
             enabled: true,
             accesses: self.head.load(Ordering::Relaxed),
