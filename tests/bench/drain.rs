@@ -296,7 +296,13 @@ pub(crate) async fn run(pg: &TempPostgres, n: usize) -> Result<Vec<Row>> {
     );
     trials("binary COPY (same indexes):", &copy);
     trials("binary COPY (no indexes):", &bare);
-    let trials = (ours.clone(), per_row.clone(), copy.clone(), bare.clone(), pooled.clone());
+    let trials = (
+        ours.clone(),
+        per_row.clone(),
+        copy.clone(),
+        bare.clone(),
+        pooled.clone(),
+    );
     let (ours, per_row) = (median(&mut ours), median(&mut per_row));
     let (copy, bare) = (median(&mut copy), median(&mut bare));
     let pooled = median(&mut pooled);

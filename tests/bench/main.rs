@@ -6,6 +6,7 @@ mod drain;
 mod encryption;
 mod local;
 mod migrate;
+mod peers;
 mod reads;
 mod replicate;
 mod report;
@@ -31,10 +32,7 @@ async fn main() -> Result<()> {
         .filter(|a| !a.starts_with("--"))
         .map(String::as_str)
         .collect();
-    if let Some(unknown) = groups
-        .iter()
-        .find(|g| !GROUPS.contains(g))
-    {
+    if let Some(unknown) = groups.iter().find(|g| !GROUPS.contains(g)) {
         anyhow::bail!(
             "unknown benchmark group {unknown:?} ({})",
             GROUPS.join(", ")
@@ -71,7 +69,7 @@ async fn main() -> Result<()> {
         ));
     }
     if wanted("search") {
-        rows.extend(search::run(if quick { 5_000 } else { 100_000 }).await?);
+        rows.extend(search::run(if quick { 5_000 } else { 100_000 }, !quick).await?);
     }
     if wanted("sync") {
         let cloud = drain::durable_server().await?;

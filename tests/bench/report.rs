@@ -143,14 +143,7 @@ pub(crate) fn write(rows: &[Row], partial: bool) -> Result<()> {
         let _ = writeln!(
             table,
             "| {} | {value} {} | {} | {base} {} | {:.2}× | {} | {} | {} |",
-            row.name,
-            row.unit,
-            row.baseline,
-            row.unit,
-            row.ratio,
-            row.better,
-            row.goal,
-            row.trials
+            row.name, row.unit, row.baseline, row.unit, row.ratio, row.better, row.goal, row.trials
         );
     }
     println!("\n{table}");

@@ -20,7 +20,8 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-pub(crate) async fn run(n: usize) -> Result<Vec<Row>> {
+/// The search rows; with `peers`, also against hnswlib and faiss (`peers.rs`).
+pub(crate) async fn run(n: usize, peers: bool) -> Result<Vec<Row>> {
     let mut voices = Clustered::new(21, n / 20, DIM, 0.15);
     let vectors = voices.samples(n);
     let queries = voices.samples(QUERIES);
@@ -30,6 +31,16 @@ pub(crate) async fn run(n: usize) -> Result<Vec<Row>> {
         rows.extend(one_precision(precision, &vectors, &queries).await?);
     }
     rows.extend(small_collection(&vectors[..SMALL], &queries).await?);
+    if peers {
+        let figure = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.value);
+        if let (Some(p50), Some(recall)) = (
+            figure("vector_search_p50_f16"),
+            figure("vector_search_recall_at_10_f16"),
+        ) {
+            let truths = exact_top10(&vectors, &queries);
+            rows.extend(crate::peers::run(&vectors, &queries, &truths, p50, recall)?);
+        }
+    }
     Ok(rows)
 }
 

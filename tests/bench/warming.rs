@@ -53,7 +53,13 @@ async fn store(dir: &std::path::Path, scale: &Scale, on: bool) -> Result<HybridS
         raw.put_many(
             chunk
                 .iter()
-                .map(|&i| (key(i), vec![(i % 251) as u8; PAYLOAD], WriteOptions::default()))
+                .map(|&i| {
+                    (
+                        key(i),
+                        vec![(i % 251) as u8; PAYLOAD],
+                        WriteOptions::default(),
+                    )
+                })
                 .collect(),
         )
         .await?;
@@ -70,7 +76,12 @@ fn cpu_time() -> Duration {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 

@@ -121,10 +121,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
             ledgers: Arc::default(),
             snapshot_dir: config.snapshot_dir,
             restored: Mutex::default(),
-            warmer: config
-                .warming
-                .enabled
-                .then(|| Warmer::new(config.warming)),
+            warmer: config.warming.enabled.then(|| Warmer::new(config.warming)),
         };
         engine.refresh_specs().await?;
         Ok(engine)
@@ -534,7 +531,10 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         });
         let mut loaded = 0;
         for prediction in predicted {
-            let Some(record) = self.store.get(&prediction.collection, &prediction.key).await?
+            let Some(record) = self
+                .store
+                .get(&prediction.collection, &prediction.key)
+                .await?
             else {
                 continue;
             };

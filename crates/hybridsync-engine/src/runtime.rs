@@ -205,7 +205,11 @@ where
     /// interval, when shorter) and runs a warming round every interval, until shutdown
     /// or until the engine is dropped.
     fn start_warming(&self) -> Option<SyncHandle> {
-        let interval = self.engine.warming()?.interval.max(Duration::from_millis(10));
+        let interval = self
+            .engine
+            .warming()?
+            .interval
+            .max(Duration::from_millis(10));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let engine = Arc::downgrade(&self.engine);
         let task = tokio::spawn(async move {

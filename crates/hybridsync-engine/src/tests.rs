@@ -488,7 +488,11 @@ async fn the_runtime_shuts_down_once_in_order() {
 /// 100 ms learn the cycle and load each key just before its turn.
 async fn periodic_reads(warming: bool) -> (crate::WarmingStats, hybridsync_core::HotCacheStats) {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(tmp.path())).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::open(StoreOptions::new(tmp.path()))
+            .await
+            .unwrap(),
+    );
     let config = EngineConfig {
         warming: crate::WarmingConfig {
             enabled: warming,
@@ -527,7 +531,11 @@ async fn periodic_reads(warming: bool) -> (crate::WarmingStats, hybridsync_core:
     for (i, k) in keys.iter().cycle().take(12 * 9).enumerate() {
         tick.tick().await;
         let record = engine.get(&name("notes"), k).await.unwrap().unwrap();
-        assert_eq!(record.payload, k.as_bytes(), "a prefetched record is the stored one");
+        assert_eq!(
+            record.payload,
+            k.as_bytes(),
+            "a prefetched record is the stored one"
+        );
         if i % 2 == 1 {
             engine.warm().await.unwrap();
         }
@@ -550,7 +558,11 @@ async fn periodic_reads(warming: bool) -> (crate::WarmingStats, hybridsync_core:
 #[tokio::test]
 async fn warming_loads_periodic_keys_ahead_of_their_reads_and_plain_lru_never_hits() {
     let (off, lru) = periodic_reads(false).await;
-    assert_eq!((lru.hits, off.enabled, off.prefetches), (0, false, 0), "{lru:?}");
+    assert_eq!(
+        (lru.hits, off.enabled, off.prefetches),
+        (0, false, 0),
+        "{lru:?}"
+    );
     let (on, warmed) = periodic_reads(true).await;
     // The last four cycles: 48 reads, after four cycles of learning.
     assert!(

@@ -1231,7 +1231,12 @@ async fn single_writes(store: &SqliteStore, dir: &std::path::Path, n: usize) -> 
     let mut largest = 0;
     for i in 0..n {
         store
-            .write(vec![put("notes", &format!("k{i:05}"), &[i as u8; 2_048], None)])
+            .write(vec![put(
+                "notes",
+                &format!("k{i:05}"),
+                &[i as u8; 2_048],
+                None,
+            )])
             .await
             .unwrap();
         largest = largest.max(wal_bytes(dir));
@@ -1239,7 +1244,11 @@ async fn single_writes(store: &SqliteStore, dir: &std::path::Path, n: usize) -> 
     largest
 }
 
-async fn open_with(dir: &std::path::Path, checkpoint_pages: u32, wal_cap_pages: u32) -> SqliteStore {
+async fn open_with(
+    dir: &std::path::Path,
+    checkpoint_pages: u32,
+    wal_cap_pages: u32,
+) -> SqliteStore {
     let store = SqliteStore::open(StoreOptions {
         checkpoint_pages,
         wal_cap_pages,

@@ -168,7 +168,12 @@ impl RecordCache for HotCache {
             return false;
         }
         let full = inner.lru.len() == inner.lru.cap().get() || inner.bytes + size > self.max_bytes;
-        if full && inner.lru.peek_lru().is_some_and(|(_, victim)| keep(&victim.record)) {
+        if full
+            && inner
+                .lru
+                .peek_lru()
+                .is_some_and(|(_, victim)| keep(&victim.record))
+        {
             return false;
         }
         inner.push(key, record, true, self.max_bytes);

@@ -192,7 +192,10 @@ fn a_prefetch_never_replaces_a_cached_key_nor_evicts_one_kept_and_counts_its_fir
     let keep_a = |victim: &Record| victim.key.as_str() == "a";
     assert!(!cache.prefetch(record("c", 1, 1), &keep_a));
     assert!(cache.contains(&name("c"), "a"));
-    assert!(cache.prefetch(record("c", 1, 1), &keep_none), "a colder victim goes");
+    assert!(
+        cache.prefetch(record("c", 1, 1), &keep_none),
+        "a colder victim goes"
+    );
     assert!(!cache.contains(&name("c"), "a"));
 
     assert!(cache.get(&name("c"), "c").is_some());
@@ -282,4 +285,33 @@ fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing() {
         3_499,
         "a refused restore changes nothing"
     );
+}
+
+/// A cosine index holds unit vectors and measures them by inner product: the distances
+/// it reports are the cosine distances of the vectors as given, whatever their length.
+#[test]
+fn a_cosine_index_reports_the_cosine_distance_of_unscaled_vectors() {
+    for precision in [Precision::F32, Precision::F16] {
+        let spec = VectorSpec::new(16, Metric::Cosine, precision).unwrap();
+        let vectors: Vec<Vec<f32>> = Clustered::new(5, 10, 16, 0.2)
+            .samples(3_000)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.iter().map(|x| x * (1 + i % 7) as f32).collect())
+            .collect();
+        let cache = UsearchCache::default();
+        cache.build(&name("v"), &spec, rows(&vectors)).unwrap();
+        let query: Vec<f32> = vectors[42].iter().map(|x| x * 0.3).collect();
+        let hits = cache.search(&name("v"), &query, 5).unwrap();
+        // `rows` labels vector i as i + 1.
+        assert_eq!(hits[0].label, 43, "{precision:?}");
+        for hit in &hits {
+            let exact = Metric::Cosine.distance(&query, &vectors[hit.label as usize - 1]);
+            assert!(
+                (hit.distance - exact).abs() < 2e-3,
+                "{precision:?}: {} against {exact}",
+                hit.distance
+            );
+        }
+    }
 }

@@ -12,8 +12,7 @@ use hybridsync_core::{
 };
 use hybridsync_engine::{
     Engine, EngineConfig, Runtime, RuntimeConfig, SearchOptions, SyncConfig, SyncReport,
-    WarmingConfig, WarmingStats,
-    SyncStatus, VerifyOptions, VerifyReport,
+    SyncStatus, VerifyOptions, VerifyReport, WarmingConfig, WarmingStats,
 };
 use hybridsync_store::{Durability, SqliteStore, StoreOptions};
 use hybridsync_telemetry::SyncMetrics;
@@ -291,7 +290,10 @@ impl HybridStoreBuilder {
             Err(hybridsync_core::Error::Parse { what, value }.into())
         };
         if !(0.0..=1.0).contains(&warming.threshold) {
-            return refuse("cache.warming.threshold (0 to 1)", warming.threshold.to_string());
+            return refuse(
+                "cache.warming.threshold (0 to 1)",
+                warming.threshold.to_string(),
+            );
         }
         if warming.interval.is_zero() {
             return refuse("cache.warming.interval_ms (at least 1)", "0".into());

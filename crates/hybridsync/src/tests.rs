@@ -133,7 +133,10 @@ async fn warming_is_configured_refused_by_name_and_its_loop_prefetches() {
             .to_string();
         assert!(err.contains(named), "{toml}: {err}");
     }
-    assert!(!tmp.path().join("bad").exists(), "a refused setting opens nothing");
+    assert!(
+        !tmp.path().join("bad").exists(),
+        "a refused setting opens nothing"
+    );
     assert!(toml::from_str::<Config>("[cache.warming]\ntopk = 3\n").is_err());
 
     let off: Config = toml::from_str("[cache.warming]\nenabled = false\n").unwrap();

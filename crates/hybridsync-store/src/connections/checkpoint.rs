@@ -146,7 +146,9 @@ impl Checkpoints {
                 ) {
                     return;
                 }
-                let Some(writer) = writer.upgrade() else { return };
+                let Some(writer) = writer.upgrade() else {
+                    return;
+                };
                 this.wait_for_idle().await;
                 let held = writer.lock_owned().await;
                 let rest = this.clone();

@@ -6,6 +6,6 @@ mod checkpoint;
 mod point;
 mod writer;
 
-pub(crate) use point::PointReaders;
 pub(crate) use checkpoint::{DEFAULT_CHECKPOINT_PAGES, DEFAULT_WAL_CAP_PAGES};
+pub(crate) use point::PointReaders;
 pub(crate) use writer::{HEAVY_ROWS, Writer};

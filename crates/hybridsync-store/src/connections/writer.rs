@@ -175,7 +175,9 @@ impl Writer {
     /// Background checkpoints run so far.
     #[cfg(test)]
     pub(crate) fn background_checkpoints(&self) -> u64 {
-        self.checkpoints.runs.load(std::sync::atomic::Ordering::Relaxed)
+        self.checkpoints
+            .runs
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
