@@ -12,6 +12,19 @@ use std::time::Instant;
 const DIM: usize = 192;
 const QUERIES: usize = 200;
 
+/// Resident memory of this process by kind, from /proc: (anonymous, file-backed).
+/// SQLite's memory-mapped database pages are the file-backed part.
+fn rss_split() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 /// Resident memory of this process, from /proc.
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -158,6 +171,7 @@ async fn one_precision(
     println!("vector search: {n} × {DIM}-D cosine {name}, top-10, {QUERIES} queries");
     let tmp = tempfile::tempdir()?;
     let rss_before = rss_bytes();
+    let split_before = rss_split();
     let store = HybridStore::builder(tmp.path()).open().await?;
     store
         .create_collection(
@@ -181,6 +195,15 @@ async fn one_precision(
         raw.put_many(items).await?;
     }
     let ours_rss = rss_bytes().saturating_sub(rss_before);
+    let split = rss_split();
+    let cache = store.cache_stats();
+    println!(
+        "  ours: RSS +{:.1} MiB anonymous, +{:.1} MiB file-backed (mapped SQLite pages); hot cache {} records, {:.1} MiB",
+        split.0.saturating_sub(split_before.0) as f64 / (1 << 20) as f64,
+        split.1.saturating_sub(split_before.1) as f64 / (1 << 20) as f64,
+        cache.entries,
+        cache.bytes as f64 / (1 << 20) as f64
+    );
 
     // Raw usearch, same metric, precision and defaults, built from the same vectors.
     let rss_before = rss_bytes();
