@@ -169,12 +169,12 @@ impl History {
             .map(|len| (len, mean_and_spread(&gaps[gaps.len() - len..])))
             .find(|&(_, (mean, spread))| mean > 0.0 && spread < 0.3 * mean);
         if let Some((len, (mean, spread))) = regular {
-            let (due, residual) = next_in_line(self.times.range(n - 1 - len..));
+            let (due, period, residual) = next_in_line(self.times.range(n - 1 - len..));
             // The next expected read not yet past (allowing twice the residual), and
             // how many expected reads have not come since.
             let slack = 2.0 * residual + SLACK_MS;
-            let missed = ((now_f - slack - due) / mean).ceil().max(0.0);
-            let due = due + missed * mean;
+            let missed = ((now_f - slack - due) / period.max(1.0)).ceil().max(0.0);
+            let due = due + missed * period;
             if due - slack <= now_f + ahead_f && missed < 8.0 {
                 // 0.8–0.95 by regularity, weighed by the evidence (n/(n+1) for n
                 // gaps): four exact gaps give 0.76, four loose ones 0.64.
@@ -197,9 +197,9 @@ impl History {
 
 /// The next time of a regular series, from the least-squares line through `times`
 /// (time against index): the line averages out each read's own jitter, where the last
-/// read plus the mean gap would carry the last read's. Also the residuals' standard
-/// deviation: how far off a read may fall.
-fn next_in_line<'a>(times: impl ExactSizeIterator<Item = &'a u64> + Clone) -> (f64, f64) {
+/// read plus the mean gap would carry the last read's. Also the line's slope (the
+/// period) and the residuals' standard deviation: how far off a read may fall.
+fn next_in_line<'a>(times: impl ExactSizeIterator<Item = &'a u64> + Clone) -> (f64, f64, f64) {
     let m = times.len() as f64;
     let base = *times.clone().next().expect("at least four times") as f64;
     let ys = times.map(|&t| t as f64 - base);
@@ -218,7 +218,7 @@ fn next_in_line<'a>(times: impl ExactSizeIterator<Item = &'a u64> + Clone) -> (f
         .map(|(i, y)| (y - intercept - slope * i as f64).powi(2))
         .sum();
     let residual = (squares / (m - 2.0).max(1.0)).sqrt();
-    (base + intercept + slope * m, residual)
+    (base + intercept + slope * m, slope, residual)
 }
 
 /// The mean of `gaps` and their standard deviation.
