@@ -15,7 +15,7 @@ const QUERIES: usize = 200;
 /// Resident memory of this process by kind, from /proc: (anonymous, file-backed).
 /// SQLite's memory-mapped database pages are the file-backed part.
 fn rss_split() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))

@@ -642,6 +642,20 @@ const PANELS: &[Panel] = &[
         )],
     },
     Panel {
+        title: "Predictive warming: prefetches and the reads they served",
+        unit: "ops",
+        targets: &[
+            (
+                "sum (rate(hybridsync_warming_prefetches_total{instance=~\"$instance\"}[$__rate_interval]))",
+                "prefetches/s",
+            ),
+            (
+                "sum (rate(hybridsync_warming_prefetch_hits_total{instance=~\"$instance\"}[$__rate_interval]))",
+                "prefetch hits/s",
+            ),
+        ],
+    },
+    Panel {
         title: "Conflicts by resolution",
         unit: "ops",
         targets: &[(

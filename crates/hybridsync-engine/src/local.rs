@@ -544,6 +544,13 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
             };
             if self.hot.prefetch(Arc::new(record), &hotter) {
                 loaded += 1;
+            } else if !self
+                .hot
+                .contains(&prediction.collection, prediction.key.as_str())
+            {
+                // Refused for a hotter entry: the rest rank no higher, and
+                // would be refused too (without reading the store for nothing).
+                break;
             }
         }
         self.warming_stats().publish();

@@ -348,9 +348,13 @@ impl Warmer {
 
     /// Learns the name behind a key's hash (on a miss the store answered).
     pub fn learn(&self, collection: &CollectionName, key: &Key) {
+        let hash = key_hash(collection, key.as_str());
         let mut learnt = self.learnt.lock_or_recover();
-        if learnt.pending.len() < PENDING_NAMES {
-            let hash = key_hash(collection, key.as_str());
+        let known = learnt
+            .histories
+            .peek(&hash)
+            .is_some_and(|h| h.name.is_some());
+        if !known && learnt.pending.len() < PENDING_NAMES {
             learnt.pending.push((hash, collection.clone(), key.clone()));
         }
     }
