@@ -1,8 +1,7 @@
 //! Vector search beside the libraries users would pick instead: hnswlib and faiss HNSW
 //! (from PyPI, in a venv this bench creates) on the same vectors and queries, one query
 //! at a time on one thread, with the same graph parameters (M 16, ef_construction 128);
-//! and raw usearch as our index now runs it (unit vectors, inner product), over the same
-//! `ef` values. Skipped, with a note, where Python or PyPI is not available.
+//! and raw usearch as our index runs it (f16, cosine), over the same `ef` values. Skipped, with a note, where Python or PyPI is not available.
 
 use crate::reads::{nanos, percentile};
 use crate::report::Row;
@@ -132,32 +131,27 @@ fn python_peers(
         .collect()
 }
 
-/// Raw usearch as our f16 cosine index runs it: unit vectors, inner product, usearch's
-/// graph defaults (M 16, ef_construction 128), built on two threads; each `ef` in turn.
+/// Raw usearch as our f16 cosine index runs it, with usearch's graph defaults (M 16,
+/// ef_construction 128), built on two threads; each `ef` in turn.
 fn usearch_sweep(
     vectors: &[Vec<f32>],
     queries: &[Vec<f32>],
     truths: &[Vec<u64>],
 ) -> Result<Vec<Point>> {
-    let unit = |v: &[f32]| -> Vec<f32> {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter().map(|x| x / norm).collect()
-    };
     let index = usearch::Index::new(&usearch::IndexOptions {
         dimensions: vectors[0].len(),
-        metric: usearch::MetricKind::IP,
+        metric: usearch::MetricKind::Cos,
         quantization: usearch::ScalarKind::F16,
         ..Default::default()
     })?;
     index.reserve_capacity_and_threads(vectors.len(), 2)?;
-    let units: Vec<Vec<f32>> = vectors.iter().map(|v| unit(v)).collect();
     std::thread::scope(|s| -> Result<()> {
         let parts: Vec<_> = (0..2)
             .map(|part| {
-                let (index, units) = (&index, &units);
+                let index = &index;
                 s.spawn(move || -> Result<()> {
-                    for i in (part..units.len()).step_by(2) {
-                        index.add(i as u64, &units[i])?;
+                    for i in (part..vectors.len()).step_by(2) {
+                        index.add(i as u64, &vectors[i])?;
                     }
                     Ok(())
                 })
@@ -168,7 +162,6 @@ fn usearch_sweep(
         }
         Ok(())
     })?;
-    let queries: Vec<Vec<f32>> = queries.iter().map(|q| unit(q)).collect();
     let mut points = Vec::new();
     for ef in EFS {
         index.change_expansion_search(ef);
@@ -183,7 +176,7 @@ fn usearch_sweep(
             found += hits.keys.iter().filter(|k| truth.contains(k)).count();
         }
         points.push(Point {
-            peer: "usearch_f16_unit_ip".into(),
+            peer: "usearch_f16_cos".into(),
             ef,
             p50_ns: nanos(percentile(&mut times, 0.5)),
             batch_mean_ns: None,
@@ -251,9 +244,9 @@ pub(crate) fn run(
         best.best_ns(),
         "<= 1.0x",
     )];
-    if let Some(raw) = fastest(&points, "usearch_f16_unit_ip") {
+    if let Some(raw) = fastest(&points, "usearch_f16_cos") {
         rows.push(Row::latency(
-            &format!("usearch_unit_ip_ef{}_p50_recall_{:.3}", raw.ef, raw.recall),
+            &format!("usearch_f16_ef{}_p50_recall_{:.3}", raw.ef, raw.recall),
             raw.p50_ns,
             &baseline,
             best.best_ns(),

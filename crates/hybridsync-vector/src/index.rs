@@ -40,9 +40,6 @@ struct CollectionIndex {
     used: Mutex<usize>,
     keys: RwLock<HashMap<u64, Key>>,
     slots: Slots,
-    /// Whether vectors and queries are scaled to unit length on their way in (see
-    /// [`unit_length`]).
-    unit: bool,
 }
 
 /// usearch serves at most as many concurrent calls as it reserved thread contexts for;
@@ -106,35 +103,11 @@ fn reserve(index: &usearch::Index, capacity: usize) -> Result<()> {
         .map_err(usearch_error)
 }
 
-/// Whether a collection's index holds its vectors at unit length and measures them by
-/// inner product: cosine at f32 or f16. `1 - a·b` of unit vectors is their cosine
-/// distance, the same figure, but usearch's cosine kernel recomputes both norms at
-/// every step of the walk, and on 100k 192-D f16 vectors the inner product kernel made
-/// a search about 40 % faster (`docs/benchmarks.md`). i8 keeps usearch's cosine, which
-/// normalises before quantising.
-fn unit_length(spec: &VectorSpec) -> bool {
-    spec.metric == Metric::Cosine && spec.precision != Precision::I8
-}
-
-/// `v` as the index takes it: scaled to unit length when `unit` (a zero vector, which
-/// cosine collections refuse, is left as it is).
-fn prepared(v: &[f32], unit: bool) -> std::borrow::Cow<'_, [f32]> {
-    if !unit {
-        return std::borrow::Cow::Borrowed(v);
-    }
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm == 0.0 || (norm - 1.0).abs() < 1e-6 {
-        return std::borrow::Cow::Borrowed(v);
-    }
-    std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())
-}
-
 fn index_options(spec: &VectorSpec, options: &VectorOptions) -> IndexOptions {
     IndexOptions {
         dimensions: spec.dim,
         metric: match spec.metric {
             Metric::L2 => MetricKind::L2sq,
-            Metric::Cosine if unit_length(spec) => MetricKind::IP,
             Metric::Cosine => MetricKind::Cos,
             Metric::Ip => MetricKind::IP,
         },
@@ -221,7 +194,6 @@ impl UsearchCache {
     fn install(
         &self,
         collection: &CollectionName,
-        spec: &VectorSpec,
         index: usearch::Index,
         used: usize,
         keys: impl Iterator<Item = (u64, Key)>,
@@ -231,7 +203,6 @@ impl UsearchCache {
             keys: RwLock::new(keys.collect()),
             used: Mutex::new(used),
             slots: Slots::new(THREAD_SLOTS),
-            unit: unit_length(spec),
         };
         self.collections
             .write_or_recover()
@@ -256,8 +227,7 @@ impl UsearchCache {
     ) -> Result<Vec<VectorHit>> {
         let entry = self.get(collection)?;
         let _slot = entry.slots.acquire();
-        let query = prepared(query, entry.unit);
-        let matches = entry.index.read_or_recover().exact_search(&query, k);
+        let matches = entry.index.read_or_recover().exact_search(query, k);
         hits(&entry, matches.map_err(usearch_error)?)
     }
 }
@@ -284,7 +254,6 @@ fn add_parallel(
     index: &usearch::Index,
     rows: &[(u64, Key, Vec<f32>)],
     threads: usize,
-    unit: bool,
 ) -> Result<()> {
     let threads = threads.clamp(1, THREAD_SLOTS);
     let chunk = rows.len().div_ceil(threads).max(1);
@@ -294,7 +263,7 @@ fn add_parallel(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .try_for_each(|(label, _, v)| index.add(*label, &prepared(v, unit)))
+                        .try_for_each(|(label, _, v)| index.add(*label, v))
                 })
             })
             .collect();
@@ -320,10 +289,10 @@ impl VectorCache for UsearchCache {
         rows: Vec<(u64, Key, Vec<f32>)>,
     ) -> hybridsync_core::Result<()> {
         let index = new_index(spec, &self.options, rows.len())?;
-        add_parallel(&index, &rows, self.options.build_threads, unit_length(spec))?;
+        add_parallel(&index, &rows, self.options.build_threads)?;
         let used = rows.len();
         let keys = rows.into_iter().map(|(label, key, _)| (label, key));
-        self.install(collection, spec, index, used, keys);
+        self.install(collection, index, used, keys);
         Ok(())
     }
 
@@ -354,7 +323,7 @@ impl VectorCache for UsearchCache {
         let index = load_index(spec, &self.options, path, &keys)?;
         // Slots written, removed ones included (a loaded file may keep them).
         let used = index.capacity().max(index.size());
-        self.install(collection, spec, index, used, keys.into_iter());
+        self.install(collection, index, used, keys.into_iter());
         Ok(())
     }
 
@@ -374,9 +343,7 @@ impl VectorCache for UsearchCache {
         if index.contains(label) {
             index.remove(label).map_err(usearch_error)?;
         }
-        index
-            .add(label, &prepared(embedding, entry.unit))
-            .map_err(usearch_error)?;
+        index.add(label, embedding).map_err(usearch_error)?;
         *used += 1;
         entry.keys.write_or_recover().insert(label, key.clone());
         Ok(())
@@ -409,7 +376,7 @@ impl VectorCache for UsearchCache {
                     index.remove(*label).map_err(usearch_error)?;
                 }
             }
-            add_parallel(&index, chunk, self.options.build_threads, entry.unit)?;
+            add_parallel(&index, chunk, self.options.build_threads)?;
             *used += chunk.len();
             entry
                 .keys
@@ -437,12 +404,11 @@ impl VectorCache for UsearchCache {
     ) -> hybridsync_core::Result<Vec<VectorHit>> {
         let entry = self.get(collection)?;
         let _slot = entry.slots.acquire();
-        let query = prepared(query, entry.unit);
         let index = entry.index.read_or_recover();
         let matches = if index.size() <= self.options.exact_below {
-            index.exact_search(&query, k)
+            index.exact_search(query, k)
         } else {
-            index.search(&query, k)
+            index.search(query, k)
         };
         Ok(hits(&entry, matches.map_err(usearch_error)?)?)
     }
