@@ -171,22 +171,13 @@ where
     /// Sets the gauges every `gauge_interval` (and once now) until shutdown or until
     /// the engine is dropped: the loop holds only weak references.
     fn start_gauges(&self) -> SyncHandle {
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let snapshots = self.snapshots.clone();
-        let engine = Arc::downgrade(&self.engine);
         let syncer: Option<Weak<Syncer<S, C>>> =
             self.cloud.as_ref().map(|c| Arc::downgrade(&c.syncer));
         let every = self.config.gauge_interval.max(Duration::from_millis(10));
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped.changed() => break,
-                }
-                let Some(engine) = engine.upgrade() else {
-                    break;
-                };
+        every_tick(&self.engine, every, move |engine| {
+            let (snapshots, syncer) = (snapshots.clone(), syncer.clone());
+            async move {
                 let syncer = syncer.as_ref().and_then(Weak::upgrade);
                 match metrics_of(&engine, syncer.as_deref()).await {
                     Ok(snapshot) => {
@@ -196,8 +187,7 @@ where
                     Err(e) => tracing::debug!(error = %e, "gauge refresh failed"),
                 }
             }
-        });
-        SyncHandle::new(stop, vec![task])
+        })
     }
 
     /// With warming enabled, digests the recorded reads every
@@ -210,31 +200,21 @@ where
             .warming()?
             .interval
             .max(Duration::from_millis(10));
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let engine = Arc::downgrade(&self.engine);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval.min(crate::WarmingConfig::DIGEST_EVERY));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_round = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped.changed() => break,
-                }
-                let Some(engine) = engine.upgrade() else {
-                    break;
-                };
-                if last_round.elapsed() < interval {
+        let mut last_round = std::time::Instant::now();
+        let every = interval.min(crate::WarmingConfig::DIGEST_EVERY);
+        Some(every_tick(&self.engine, every, move |engine| {
+            let round = last_round.elapsed() >= interval;
+            if round {
+                last_round = std::time::Instant::now();
+            }
+            async move {
+                if !round {
                     engine.digest_reads();
-                    continue;
-                }
-                last_round = tokio::time::Instant::now();
-                if let Err(e) = engine.warm().await {
+                } else if let Err(e) = engine.warm().await {
                     tracing::debug!(error = %e, "warming round failed");
                 }
             }
-        });
-        Some(SyncHandle::new(stop, vec![task]))
+        }))
     }
 
     /// Starts the background drain and health loops (idempotent).
@@ -373,6 +353,35 @@ where
         loops.shut_down = Some(left);
         Ok(left)
     }
+}
+
+/// Runs `round` on the engine at every tick of `every` (the first at once; a late tick
+/// delays the rest) until the handle stops it or the engine is dropped: between rounds
+/// the loop holds the engine only weakly.
+fn every_tick<S, V, F, R>(engine: &Arc<Engine<S, V>>, every: Duration, mut round: F) -> SyncHandle
+where
+    S: LocalStore + ?Sized,
+    V: VectorCache + ?Sized,
+    F: FnMut(Arc<Engine<S, V>>) -> R + Send + 'static,
+    R: std::future::Future<Output = ()> + Send,
+{
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let engine = Arc::downgrade(engine);
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped.changed() => break,
+            }
+            let Some(engine) = engine.upgrade() else {
+                break;
+            };
+            round(engine).await;
+        }
+    });
+    SyncHandle::new(stop, vec![task])
 }
 
 /// A fresh [`SyncMetrics`] of `engine` and, with a cloud, its drain.
