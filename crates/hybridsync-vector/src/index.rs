@@ -1,33 +1,11 @@
 //! usearch HNSW indexes, one per vector collection.
 
-use crate::{Error, Result};
+use crate::{Error, Result, VectorOptions};
 use hybridsync_core::{CollectionName, Key, Metric, Precision, VectorCache, VectorHit, VectorSpec};
 use hybridsync_core::{MutexExt, RwLockExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
-
-/// Tuning for the indexes.
-#[derive(Debug, Clone, Copy)]
-pub struct VectorOptions {
-    /// At or below this many vectors a search scans exactly instead of walking the graph:
-    /// it is as fast there and always exact.
-    pub exact_below: usize,
-    /// HNSW expansion factor at search time (0 = usearch's default).
-    pub expansion_search: usize,
-    /// Threads used to build an index at open.
-    pub build_threads: usize,
-}
-
-impl Default for VectorOptions {
-    fn default() -> Self {
-        Self {
-            exact_below: 2_000,
-            expansion_search: 0,
-            build_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-        }
-    }
-}
 
 /// One collection's index and its label → key map.
 struct CollectionIndex {

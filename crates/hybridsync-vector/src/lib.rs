@@ -9,14 +9,18 @@
 //! The README's example (a doc test) shows it in use.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod graph;
+mod hnsw;
 mod hot;
+mod kernels;
 #[cfg(feature = "usearch")]
 mod index;
 
+pub use hnsw::{DEFAULT_EF, HnswCache, VectorOptions};
 pub use hot::HotCache;
 #[cfg(feature = "usearch")]
 #[cfg_attr(docsrs, doc(cfg(feature = "usearch")))]
-pub use index::{UsearchCache, VectorOptions};
+pub use index::UsearchCache;
 
 /// Errors of the vector layer.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,8 @@ pub use index::{UsearchCache, VectorOptions};
 pub enum Error {
     #[error("usearch: {0}")]
     Usearch(String),
+    #[error("a {got}-d vector for a {expected}-d index")]
+    Dimension { expected: usize, got: usize },
     #[error("no vector index for collection {0}")]
     NoIndex(String),
     /// A saved index that cannot be used (missing, unreadable, or not the store's).

@@ -1,4 +1,4 @@
-//! Tests of the usearch indexes and the hot cache.
+//! Tests of the indexes (each test runs on our HNSW and on usearch) and the hot cache.
 
 use super::*;
 use hybridsync_core::{
@@ -7,6 +7,54 @@ use hybridsync_core::{
 };
 use hybridsync_testkit::workload::Clustered;
 use std::sync::Arc;
+
+/// An index under test.
+trait Index: VectorCache + Default {
+    fn with(options: VectorOptions) -> Self;
+    fn exact(&self, c: &CollectionName, q: &[f32], k: usize) -> Result<Vec<hybridsync_core::VectorHit>>;
+}
+
+impl Index for HnswCache {
+    fn with(options: VectorOptions) -> Self {
+        Self::new(options)
+    }
+    fn exact(&self, c: &CollectionName, q: &[f32], k: usize) -> Result<Vec<hybridsync_core::VectorHit>> {
+        self.exact_search(c, q, k)
+    }
+}
+
+impl Index for UsearchCache {
+    fn with(options: VectorOptions) -> Self {
+        Self::new(options)
+    }
+    fn exact(&self, c: &CollectionName, q: &[f32], k: usize) -> Result<Vec<hybridsync_core::VectorHit>> {
+        self.exact_search(c, q, k)
+    }
+}
+
+/// `#[test]`s of a generic test, one per index.
+macro_rules! on_both {
+    ($($test:ident),* $(,)?) => {
+        $(mod $test {
+            #[test]
+            fn hnsw() {
+                super::$test::<super::HnswCache>();
+            }
+            #[test]
+            fn usearch() {
+                super::$test::<super::UsearchCache>();
+            }
+        })*
+    };
+}
+
+on_both!(
+    hnsw_recall_on_clustered_data_is_at_least_095,
+    distances_match_the_core_metric,
+    upsert_replaces_remove_forgets_and_the_index_grows_under_concurrent_search,
+    a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing,
+    a_cosine_index_reports_the_cosine_distance_of_unscaled_vectors,
+);
 
 fn name(s: &str) -> CollectionName {
     CollectionName::new(s).unwrap()
@@ -20,11 +68,11 @@ fn rows(vectors: &[Vec<f32>]) -> Vec<(u64, Key, Vec<f32>)> {
         .collect()
 }
 
-fn recall_at_10(metric: Metric, precision: Precision) -> f64 {
+fn recall_at_10<C: Index>(metric: Metric, precision: Precision) -> f64 {
     let (dim, n) = (48, 6_000);
     let mut data = Clustered::new(7, 60, dim, 0.15);
     let vectors = data.samples(n);
-    let cache = UsearchCache::new(VectorOptions {
+    let cache = C::with(VectorOptions {
         exact_below: 0,
         ..VectorOptions::default()
     });
@@ -40,30 +88,28 @@ fn recall_at_10(metric: Metric, precision: Precision) -> f64 {
             .into_iter()
             .map(|h| h.key)
             .collect();
-        let exact = cache.exact_search(&name("v"), q, 10).unwrap();
+        let exact = cache.exact(&name("v"), q, 10).unwrap();
         assert_eq!(exact.len(), 10);
         found += exact.iter().filter(|h| approx.contains(&h.key)).count();
     }
     found as f64 / (queries.len() * 10) as f64
 }
 
-#[test]
-fn hnsw_recall_on_clustered_data_is_at_least_095() {
+fn hnsw_recall_on_clustered_data_is_at_least_095<C: Index>() {
     for (metric, precision) in [
         (Metric::Cosine, Precision::F32),
         (Metric::Cosine, Precision::F16),
         (Metric::Cosine, Precision::I8),
         (Metric::L2, Precision::F16),
     ] {
-        let recall = recall_at_10(metric, precision);
+        let recall = recall_at_10::<C>(metric, precision);
         assert!(recall >= 0.95, "{metric}/{precision}: recall@10 {recall}");
     }
 }
 
-#[test]
-fn distances_match_the_core_metric() {
+fn distances_match_the_core_metric<C: Index>() {
     let spec = VectorSpec::new(3, Metric::L2, Precision::F32).unwrap();
-    let cache = UsearchCache::default();
+    let cache = C::default();
     let a = vec![1.0, 2.0, 3.0];
     let b = vec![0.0, 0.0, 1.0];
     cache
@@ -75,10 +121,9 @@ fn distances_match_the_core_metric() {
     assert!((hits[1].distance - Metric::L2.distance(&a, &b)).abs() < 1e-4);
 }
 
-#[test]
-fn upsert_replaces_remove_forgets_and_the_index_grows_under_concurrent_search() {
+fn upsert_replaces_remove_forgets_and_the_index_grows_under_concurrent_search<C: Index>() {
     let spec = VectorSpec::new(8, Metric::Cosine, Precision::F16).unwrap();
-    let cache = Arc::new(UsearchCache::default());
+    let cache = Arc::new(C::default());
     let v = name("v");
     cache.build(&v, &spec, Vec::new()).unwrap();
     assert!(cache.search(&v, &[1.0; 8], 5).unwrap().is_empty());
@@ -111,12 +156,12 @@ fn upsert_replaces_remove_forgets_and_the_index_grows_under_concurrent_search() 
     cache.upsert(&v, 0, &Key::new("k0").unwrap(), &far).unwrap();
     assert_eq!(cache.len(&v), 3_000, "upsert replaces, it does not add");
     assert_eq!(
-        cache.exact_search(&v, &far, 1).unwrap()[0].key.as_str(),
+        cache.exact(&v, &far, 1).unwrap()[0].key.as_str(),
         "k0"
     );
     cache.remove(&v, 0).unwrap();
     assert_ne!(
-        cache.exact_search(&v, &far, 1).unwrap()[0].key.as_str(),
+        cache.exact(&v, &far, 1).unwrap()[0].key.as_str(),
         "k0"
     );
     assert_eq!(cache.len(&v), 2_999);
@@ -214,13 +259,12 @@ fn a_prefetch_never_replaces_a_cached_key_nor_evicts_one_kept_and_counts_its_fir
     assert_eq!((cache.stats().hits, cache.stats().misses), (4, 0));
 }
 
-#[test]
-fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing() {
+fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing<C: Index>() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("v.usearch");
     let spec = VectorSpec::new(16, Metric::Cosine, Precision::F16).unwrap();
     let vectors = Clustered::new(3, 10, 16, 0.1).samples(3_000);
-    let cache = UsearchCache::default();
+    let cache = C::default();
     cache.build(&name("v"), &spec, rows(&vectors)).unwrap();
     cache.remove(&name("v"), 1).unwrap();
     cache.save(&name("v"), &path).unwrap();
@@ -231,7 +275,7 @@ fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing() {
             .collect()
     };
 
-    let restored = UsearchCache::default();
+    let restored = C::default();
     restored
         .restore(&name("v"), &spec, &path, keys(rows(&vectors)))
         .unwrap();
@@ -290,8 +334,7 @@ fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing() {
 /// A cosine index reports the cosine distances of the vectors as given, whatever their
 /// length. (Holding f16 unit vectors and measuring them by inner product was 40 %
 /// faster, but lost near-ties: see `docs/benchmarks.md`, history.)
-#[test]
-fn a_cosine_index_reports_the_cosine_distance_of_unscaled_vectors() {
+fn a_cosine_index_reports_the_cosine_distance_of_unscaled_vectors<C: Index>() {
     // 3,000 vectors walk the graph; 1,000 are scanned exactly.
     for (precision, n) in [
         (Precision::F32, 3_000),
@@ -305,7 +348,7 @@ fn a_cosine_index_reports_the_cosine_distance_of_unscaled_vectors() {
             .enumerate()
             .map(|(i, v)| v.iter().map(|x| x * (1 + i % 7) as f32).collect())
             .collect();
-        let cache = UsearchCache::default();
+        let cache = C::default();
         cache.build(&name("v"), &spec, rows(&vectors)).unwrap();
         let query: Vec<f32> = vectors[42].iter().map(|x| x * 0.3).collect();
         let hits = cache.search(&name("v"), &query, 5).unwrap();

@@ -22,6 +22,9 @@ use std::path::PathBuf;
 /// bytes = 67108864
 /// [cache.warming]                                # predictive warming (on by default)
 /// interval_ms = 60000
+/// [vector]
+/// index = "hnsw"                                 # or "usearch"
+/// ef = 40                                        # search breadth: recall against speed
 /// [encryption]                                   # for collections created --encrypted
 /// key_file = "/etc/myapp/hybridsync.key"         # 32 raw bytes or 64 hex digits, 0600
 /// previous_key_files = []                        # rotated-out keys, still readable
@@ -38,6 +41,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub vector: VectorConfig,
     #[serde(default)]
     pub cloud: CloudConfig,
     #[serde(default)]
@@ -109,6 +114,16 @@ pub struct SyncSettings {
 pub struct LimitsConfig {
     pub max_key_bytes: Option<usize>,
     pub max_payload_bytes: Option<usize>,
+}
+
+/// `[vector]`: the index of vector collections.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorConfig {
+    /// `hnsw` (ours, the default) or `usearch`.
+    pub index: Option<String>,
+    /// Breadth of a search's walk (0 or unset: the index's default).
+    pub ef: Option<usize>,
 }
 
 /// `[cache]`.
@@ -232,6 +247,20 @@ pub const SETTINGS: &[Setting] = &[
         flag: "",
         default: "4096",
         meaning: "most keys with an access history (about 200 bytes each, plus a 256 KiB access ring)",
+    },
+    Setting {
+        key: "vector.index",
+        env: "",
+        flag: "",
+        default: "`hnsw`",
+        meaning: "the index of vector collections: `hnsw` (ours: prefetching walk, f16 and i8 read directly) or `usearch`",
+    },
+    Setting {
+        key: "vector.ef",
+        env: "",
+        flag: "",
+        default: "40 (`hnsw`), usearch's own (`usearch`)",
+        meaning: "breadth of a search's walk: wider finds more of the true nearest, slower (`docs/benchmarks.md` has recall at each)",
     },
     Setting {
         key: "cloud.tenant",

@@ -51,11 +51,13 @@ pub mod migrate;
 mod publish;
 mod store;
 
-pub use config::{Config, EncryptionConfig, RedisConfig, SETTINGS, Setting, WarmingSettings};
+pub use config::{
+    Config, EncryptionConfig, RedisConfig, SETTINGS, Setting, VectorConfig, WarmingSettings,
+};
 pub use health::{CloudHealth, Health};
 pub use store::{
     Collection, CollectionStatus, HybridStore, HybridStoreBuilder, RawCollection, Status,
-    WriteOptions,
+    VectorIndex, WriteOptions,
 };
 
 #[doc(inline)]

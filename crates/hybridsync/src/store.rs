@@ -46,6 +46,35 @@ pub struct HybridStoreBuilder {
     encryption_key: Option<EncryptionKey>,
     previous_keys: Vec<EncryptionKey>,
     redis: Option<RedisTarget>,
+    vector_index: VectorIndex,
+    vector_ef: usize,
+}
+
+/// Which HNSW implementation indexes vector collections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VectorIndex {
+    /// Ours (the default): at equal recall it searches faster than usearch on the same
+    /// graph parameters (`docs/benchmarks.md`).
+    #[default]
+    Hnsw,
+    /// usearch, through its C++ library.
+    Usearch,
+}
+
+impl std::str::FromStr for VectorIndex {
+    type Err = hybridsync_core::Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "hnsw" => Ok(Self::Hnsw),
+            "usearch" => Ok(Self::Usearch),
+            other => Err(hybridsync_core::Error::Parse {
+                what: "vector.index (hnsw or usearch)",
+                value: other.into(),
+            }),
+        }
+    }
 }
 
 impl HybridStoreBuilder {
@@ -91,6 +120,12 @@ impl HybridStoreBuilder {
             settings.max_keys = n;
         }
         self = self.warming(settings)?;
+        if let Some(index) = &config.vector.index {
+            self.vector_index = index.parse()?;
+        }
+        if let Some(ef) = config.vector.ef {
+            self.vector_ef = ef;
+        }
         if let Some(tenant) = &config.cloud.tenant {
             self.tenant = tenant.clone();
         }
@@ -308,6 +343,14 @@ impl HybridStoreBuilder {
         Ok(self)
     }
 
+    /// The index of vector collections, and the breadth of a search's walk (`ef`; 0 =
+    /// the index's default). A wider walk finds more of the true nearest, slower.
+    pub fn vector_index(mut self, index: VectorIndex, ef: usize) -> Self {
+        self.vector_index = index;
+        self.vector_ef = ef;
+        self
+    }
+
     /// The one clock of the store's version stamps, the drain's retry schedule and
     /// breaker, and sync history (tests inject a manual one).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -330,7 +373,7 @@ impl HybridStoreBuilder {
         let data_dir = self.store.data_dir.clone();
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
-        let engine = Engine::open(store, vector_index(), hot, self.engine).await;
+        let engine = Engine::open(store, vector_index(self.vector_index, self.vector_ef), hot, self.engine).await;
         let engine = match engine {
             Ok(engine) => Arc::new(engine),
             Err(e) => return Err(e.into()),
@@ -397,17 +440,22 @@ fn read_key_file(path: &std::path::Path) -> Result<EncryptionKey> {
     EncryptionKey::parse(&contents).map_err(|e| fail(e.to_string()))
 }
 
-/// The usearch indexes, with the `vector` feature.
+/// The vector indexes, with the `vector` feature.
 #[cfg(feature = "vector")]
-fn vector_index() -> Option<Arc<dyn VectorCache>> {
-    Some(Arc::new(hybridsync_vector::UsearchCache::new(
-        hybridsync_vector::VectorOptions::default(),
-    )))
+fn vector_index(index: VectorIndex, ef: usize) -> Option<Arc<dyn VectorCache>> {
+    let options = hybridsync_vector::VectorOptions {
+        expansion_search: ef,
+        ..hybridsync_vector::VectorOptions::default()
+    };
+    Some(match index {
+        VectorIndex::Hnsw => Arc::new(hybridsync_vector::HnswCache::new(options)),
+        VectorIndex::Usearch => Arc::new(hybridsync_vector::UsearchCache::new(options)),
+    })
 }
 
 /// Without the `vector` feature there is no index: vector collections are refused.
 #[cfg(not(feature = "vector"))]
-fn vector_index() -> Option<Arc<dyn VectorCache>> {
+fn vector_index(_: VectorIndex, _: usize) -> Option<Arc<dyn VectorCache>> {
     None
 }
 
@@ -532,6 +580,8 @@ impl HybridStore {
             encryption_key: None,
             previous_keys: Vec::new(),
             redis: None,
+            vector_index: VectorIndex::default(),
+            vector_ef: 0,
         }
     }
 

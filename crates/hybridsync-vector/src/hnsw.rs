@@ -1,0 +1,307 @@
+//! [`HnswCache`]: one HNSW graph of our own ([`crate::graph`]) per vector collection.
+
+use crate::graph::{Graph, Params};
+use crate::{Error, Result};
+use hybridsync_core::{CollectionName, Key, Precision, VectorCache, VectorHit, VectorSpec};
+use hybridsync_core::RwLockExt;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Tuning for the indexes.
+#[derive(Debug, Clone, Copy)]
+pub struct VectorOptions {
+    /// At or below this many vectors a search scans exactly instead of walking the graph:
+    /// it is as fast there and always exact.
+    pub exact_below: usize,
+    /// Breadth of a search's walk (`ef`; 0 = the index's default, [`DEFAULT_EF`] for
+    /// [`HnswCache`]). Wider finds more of the true nearest, slower.
+    pub expansion_search: usize,
+    /// Threads used to build an index at open, and to add a large batch.
+    pub build_threads: usize,
+}
+
+impl Default for VectorOptions {
+    fn default() -> Self {
+        Self {
+            exact_below: 2_000,
+            expansion_search: 0,
+            build_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// The walk's breadth unless [`VectorOptions::expansion_search`] sets one: recall@10 at
+/// or above 0.99 on the bench's 100k clustered 192-D voiceprints (`docs/benchmarks.md`).
+pub const DEFAULT_EF: usize = 40;
+
+/// Batches at least this large are added in parallel.
+const PARALLEL_ADD_MIN: usize = 64;
+
+/// A parallel batch holds the index exclusively for at most this many vectors, so
+/// searches interleave with a long batch.
+const PARALLEL_ADD_CHUNK: usize = 512;
+
+/// A graph of the collection's precision.
+#[derive(Debug)]
+enum AnyGraph {
+    F32(Graph<f32>),
+    F16(Graph<u16>),
+    I8(Graph<i8>),
+}
+
+/// Runs `$body` with `$g` bound to the graph inside `$any`, whatever its element type.
+macro_rules! each {
+    ($any:expr, $g:ident => $body:expr) => {
+        match $any {
+            AnyGraph::F32($g) => $body,
+            AnyGraph::F16($g) => $body,
+            AnyGraph::I8($g) => $body,
+        }
+    };
+}
+
+impl AnyGraph {
+    fn new(spec: &VectorSpec) -> Self {
+        let (dim, metric, params) = (spec.dim, spec.metric, Params::default());
+        match spec.precision {
+            Precision::F32 => Self::F32(Graph::new(dim, metric, params)),
+            Precision::F16 => Self::F16(Graph::new(dim, metric, params)),
+            Precision::I8 => Self::I8(Graph::new(dim, metric, params)),
+        }
+    }
+
+    fn from_bytes(spec: &VectorSpec, bytes: &[u8]) -> std::result::Result<Self, String> {
+        let (dim, metric) = (spec.dim, spec.metric);
+        Ok(match spec.precision {
+            Precision::F32 => Self::F32(Graph::from_bytes(bytes, dim, metric)?),
+            Precision::F16 => Self::F16(Graph::from_bytes(bytes, dim, metric)?),
+            Precision::I8 => Self::I8(Graph::from_bytes(bytes, dim, metric)?),
+        })
+    }
+}
+
+/// One collection: its graph and the key of each label.
+#[derive(Debug)]
+struct Collection {
+    graph: AnyGraph,
+    keys: HashMap<u64, Key>,
+}
+
+impl Collection {
+    fn hits(&self, found: Vec<(f32, u64)>) -> Vec<VectorHit> {
+        found
+            .into_iter()
+            .filter_map(|(distance, label)| {
+                self.keys.get(&label).map(|key| VectorHit {
+                    key: key.clone(),
+                    label,
+                    distance,
+                })
+            })
+            .collect()
+    }
+
+    fn add(&mut self, items: &[(u64, Key, Vec<f32>)], threads: usize) {
+        let rows: Vec<(u64, &[f32])> = items.iter().map(|(l, _, v)| (*l, v.as_slice())).collect();
+        each!(&mut self.graph, g => g.insert_parallel(&rows, threads));
+        self.keys
+            .extend(items.iter().map(|(label, key, _)| (*label, key.clone())));
+    }
+}
+
+/// HNSW indexes of our own, keyed by collection. Implements [`VectorCache`]; the
+/// default index.
+///
+/// Against usearch on the same graph parameters it searches faster at equal recall:
+/// the next vectors of a walk are prefetched while the current ones are measured, and
+/// f16 and i8 are read by AVX2 kernels directly (`docs/benchmarks.md`).
+#[derive(Debug, Default)]
+pub struct HnswCache {
+    options: VectorOptions,
+    collections: RwLock<HashMap<CollectionName, Arc<RwLock<Collection>>>>,
+}
+
+impl HnswCache {
+    /// An empty cache with `options`.
+    pub fn new(options: VectorOptions) -> Self {
+        Self {
+            options,
+            collections: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, collection: &CollectionName) -> Result<Arc<RwLock<Collection>>> {
+        self.collections
+            .read_or_recover()
+            .get(collection)
+            .cloned()
+            .ok_or_else(|| Error::NoIndex(collection.to_string()))
+    }
+
+    fn install(&self, collection: &CollectionName, entry: Collection) {
+        self.collections
+            .write_or_recover()
+            .insert(collection.clone(), Arc::new(RwLock::new(entry)));
+    }
+
+    fn ef(&self) -> usize {
+        match self.options.expansion_search {
+            0 => DEFAULT_EF,
+            ef => ef,
+        }
+    }
+
+    /// Exact search over the same index, bypassing the graph: the ground truth that
+    /// recall is measured against.
+    pub fn exact_search(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<VectorHit>> {
+        let entry = self.get(collection)?;
+        let entry = entry.read_or_recover();
+        let found = each!(&entry.graph, g => { g.check(query)?; g.exact(query, k) });
+        Ok(entry.hits(found))
+    }
+
+    /// Bytes the collection's graph holds (vectors, links and maps).
+    pub fn memory_bytes(&self, collection: &CollectionName) -> usize {
+        self.get(collection).map_or(0, |e| {
+            each!(&e.read_or_recover().graph, g => g.memory_bytes())
+        })
+    }
+}
+
+impl VectorCache for HnswCache {
+    fn build(
+        &self,
+        collection: &CollectionName,
+        spec: &VectorSpec,
+        rows: Vec<(u64, Key, Vec<f32>)>,
+    ) -> hybridsync_core::Result<()> {
+        let mut entry = Collection {
+            graph: AnyGraph::new(spec),
+            keys: HashMap::with_capacity(rows.len()),
+        };
+        for (_, _, v) in &rows {
+            each!(&entry.graph, g => g.check(v))?;
+        }
+        let distinct = rows
+            .iter()
+            .map(|(label, ..)| *label)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if distinct == rows.len() {
+            entry.add(&rows, self.options.build_threads);
+        } else {
+            for (label, key, v) in &rows {
+                each!(&mut entry.graph, g => g.insert(*label, v));
+                entry.keys.insert(*label, key.clone());
+            }
+        }
+        self.install(collection, entry);
+        Ok(())
+    }
+
+    fn save(
+        &self,
+        collection: &CollectionName,
+        path: &std::path::Path,
+    ) -> hybridsync_core::Result<()> {
+        let entry = self.get(collection)?;
+        let bytes = each!(&entry.read_or_recover().graph, g => g.to_bytes());
+        let temp = path.with_extension("tmp");
+        let fail = |e: std::io::Error| Error::Snapshot(format!("{}: {e}", path.display()));
+        std::fs::write(&temp, bytes).map_err(fail)?;
+        std::fs::rename(&temp, path).map_err(fail)?;
+        Ok(())
+    }
+
+    fn restore(
+        &self,
+        collection: &CollectionName,
+        spec: &VectorSpec,
+        path: &std::path::Path,
+        keys: Vec<(u64, Key)>,
+    ) -> hybridsync_core::Result<()> {
+        let fail = |why: String| Error::Snapshot(format!("{}: {why}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let graph = AnyGraph::from_bytes(spec, &bytes).map_err(fail)?;
+        let (len, all_in) = each!(&graph, g => (g.len(), keys.iter().all(|(label, _)| g.contains(*label))));
+        if len != keys.len() || !all_in {
+            return Err(fail(format!("it holds {len} vectors, not the {} the store has", keys.len())).into());
+        }
+        self.install(collection, Collection { graph, keys: keys.into_iter().collect() });
+        Ok(())
+    }
+
+    fn upsert(
+        &self,
+        collection: &CollectionName,
+        label: u64,
+        key: &Key,
+        embedding: &[f32],
+    ) -> hybridsync_core::Result<()> {
+        let entry = self.get(collection)?;
+        let mut entry = entry.write_or_recover();
+        each!(&mut entry.graph, g => { g.check(embedding)?; g.insert(label, embedding) });
+        entry.keys.insert(label, key.clone());
+        Ok(())
+    }
+
+    fn upsert_many(
+        &self,
+        collection: &CollectionName,
+        items: &[(u64, Key, Vec<f32>)],
+    ) -> hybridsync_core::Result<()> {
+        let distinct = items
+            .iter()
+            .map(|(label, ..)| *label)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if items.len() < PARALLEL_ADD_MIN || distinct < items.len() {
+            return items
+                .iter()
+                .try_for_each(|(label, key, v)| self.upsert(collection, *label, key, v));
+        }
+        let entry = self.get(collection)?;
+        for chunk in items.chunks(PARALLEL_ADD_CHUNK) {
+            let mut entry = entry.write_or_recover();
+            for (_, _, v) in chunk {
+                each!(&entry.graph, g => g.check(v))?;
+            }
+            entry.add(chunk, self.options.build_threads);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, collection: &CollectionName, label: u64) -> hybridsync_core::Result<()> {
+        let entry = self.get(collection)?;
+        let mut entry = entry.write_or_recover();
+        each!(&mut entry.graph, g => g.remove(label));
+        entry.keys.remove(&label);
+        Ok(())
+    }
+
+    fn search(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+    ) -> hybridsync_core::Result<Vec<VectorHit>> {
+        let entry = self.get(collection)?;
+        let entry = entry.read_or_recover();
+        let (exact_below, ef) = (self.options.exact_below, self.ef());
+        let found = each!(&entry.graph, g => {
+            g.check(query)?;
+            if g.len() <= exact_below { g.exact(query, k) } else { g.search(query, k, ef) }
+        });
+        Ok(entry.hits(found))
+    }
+
+    fn len(&self, collection: &CollectionName) -> usize {
+        self.get(collection)
+            .map_or(0, |e| each!(&e.read_or_recover().graph, g => g.len()))
+    }
+}
