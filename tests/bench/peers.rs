@@ -1,7 +1,7 @@
 //! Vector search beside the libraries users would pick instead: hnswlib and faiss HNSW
 //! (from PyPI, in a venv this bench creates) on the same vectors and queries, one query
 //! at a time on one thread, with the same graph parameters (M 16, ef_construction 128);
-//! and raw usearch as our index runs it (f16, cosine), over the same `ef` values. Skipped, with a note, where Python or PyPI is not available.
+//! raw usearch (f16, cosine); and our own index searched directly; over the same `ef` values. Skipped, with a note, where Python or PyPI is not available.
 
 use crate::reads::{nanos, percentile};
 use crate::report::Row;
@@ -162,21 +162,63 @@ fn usearch_sweep(
         }
         Ok(())
     })?;
+    sweep("usearch_f16_cos", queries, truths, |q, ef| {
+        index.change_expansion_search(ef);
+        Ok(index.search(q, 10)?.keys)
+    })
+}
+
+/// Our index as the store runs it (f16, cosine, M 16, ef_construction 128, built on
+/// two threads), searched directly at each `ef`.
+fn ours_sweep(
+    vectors: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    truths: &[Vec<u64>],
+) -> Result<Vec<Point>> {
+    use hybridsync_core::{CollectionName, Key, Metric, Precision, VectorCache, VectorSpec};
+    let index = hybridsync_vector::HnswCache::new(hybridsync_vector::VectorOptions {
+        exact_below: 0,
+        build_threads: 2,
+        ..Default::default()
+    });
+    let voices = CollectionName::new("voices")?;
+    let spec = VectorSpec::new(vectors[0].len(), Metric::Cosine, Precision::F16)?;
+    let rows = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Ok((i as u64, Key::new(format!("k{i}"))?, v.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    index.build(&voices, &spec, rows)?;
+    sweep("ours_hnsw_f16_cos", queries, truths, |q, ef| {
+        Ok(index
+            .search_with_ef(&voices, q, 10, ef)?
+            .iter()
+            .map(|h| h.label)
+            .collect())
+    })
+}
+
+/// p50 and recall@10 of `search` (a query and `ef` → the labels found) at each `ef`.
+fn sweep(
+    peer: &str,
+    queries: &[Vec<f32>],
+    truths: &[Vec<u64>],
+    mut search: impl FnMut(&[f32], usize) -> Result<Vec<u64>>,
+) -> Result<Vec<Point>> {
     let mut points = Vec::new();
     for ef in EFS {
-        index.change_expansion_search(ef);
         for q in queries.iter().take(20) {
-            std::hint::black_box(index.search(q, 10)?);
+            std::hint::black_box(search(q, ef)?);
         }
         let (mut times, mut found) = (Vec::new(), 0);
         for (q, truth) in queries.iter().zip(truths) {
             let started = Instant::now();
-            let hits = index.search(q, 10)?;
+            let hits = search(q, ef)?;
             times.push(started.elapsed());
-            found += hits.keys.iter().filter(|k| truth.contains(k)).count();
+            found += hits.iter().filter(|k| truth.contains(k)).count();
         }
         points.push(Point {
-            peer: "usearch_f16_cos".into(),
+            peer: peer.into(),
             ef,
             p50_ns: nanos(percentile(&mut times, 0.5)),
             batch_mean_ns: None,
@@ -209,6 +251,7 @@ pub(crate) fn run(
         vectors[0].len()
     );
     let mut points = usearch_sweep(vectors, queries, truths)?;
+    points.extend(ours_sweep(vectors, queries, truths)?);
     match python_peers(vectors, queries, truths) {
         Ok(peers) => points.extend(peers),
         Err(e) => {

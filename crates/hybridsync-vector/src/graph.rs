@@ -336,6 +336,10 @@ impl<T: Element> Graph<T> {
             self.remove(*label);
             fresh.push((*label, self.push(*label, v)));
         }
+        // The highest levels first, as faiss does: the upper layers take shape before
+        // the mass of level-0 nodes hangs from them.
+        let mut order: Vec<u32> = fresh.iter().map(|(_, id)| *id).collect();
+        order.sort_by_key(|id| Reverse(self.levels[*id as usize]));
         let threads = threads.clamp(1, 64).min(fresh.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let this = &*self;
@@ -345,7 +349,7 @@ impl<T: Element> Graph<T> {
                     let mut visited = Visited::default();
                     loop {
                         let at = next.fetch_add(1, Relaxed);
-                        let Some((_, id)) = fresh.get(at) else { break };
+                        let Some(id) = order.get(at) else { break };
                         this.link(*id, &mut visited);
                     }
                 });
@@ -584,14 +588,20 @@ impl<T: Element> Graph<T> {
             .collect()
     }
 
-    /// The `k` nearest live labels by an exact scan.
+    /// The `k` nearest live labels by an exact scan, in storage order.
     pub(crate) fn exact(&self, query: &[f32], k: usize) -> Vec<(f32, u64)> {
         let q = self.prepare(query);
         let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(k + 1);
-        for id in self.by_label.values() {
-            found.push(Near(self.distance(&q, *id), *id));
-            if found.len() > k {
+        for id in 0..self.nodes() as u32 {
+            if self.deleted[id as usize] || k == 0 {
+                continue;
+            }
+            let d = self.distance(&q, id);
+            if found.len() < k {
+                found.push(Near(d, id));
+            } else if found.peek().is_some_and(|worst| d < worst.0) {
                 found.pop();
+                found.push(Near(d, id));
             }
         }
         found

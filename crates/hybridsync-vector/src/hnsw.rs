@@ -165,6 +165,26 @@ impl HnswCache {
         Ok(entry.hits(found))
     }
 
+    /// The `k` nearest to `query` by a walk of breadth `ef` (at least `k`), whatever
+    /// [`VectorOptions::expansion_search`] says: for a search that wants more recall,
+    /// or less, than the rest.
+    pub fn search_with_ef(
+        &self,
+        collection: &CollectionName,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+    ) -> Result<Vec<VectorHit>> {
+        let entry = self.get(collection)?;
+        let entry = entry.read_or_recover();
+        let exact_below = self.options.exact_below;
+        let found = each!(&entry.graph, g => {
+            g.check(query)?;
+            if g.len() <= exact_below { g.exact(query, k) } else { g.search(query, k, ef) }
+        });
+        Ok(entry.hits(found))
+    }
+
     /// Bytes the collection's graph holds (vectors, links and maps).
     pub fn memory_bytes(&self, collection: &CollectionName) -> usize {
         self.get(collection).map_or(0, |e| {
@@ -290,14 +310,7 @@ impl VectorCache for HnswCache {
         query: &[f32],
         k: usize,
     ) -> hybridsync_core::Result<Vec<VectorHit>> {
-        let entry = self.get(collection)?;
-        let entry = entry.read_or_recover();
-        let (exact_below, ef) = (self.options.exact_below, self.ef());
-        let found = each!(&entry.graph, g => {
-            g.check(query)?;
-            if g.len() <= exact_below { g.exact(query, k) } else { g.search(query, k, ef) }
-        });
-        Ok(entry.hits(found))
+        Ok(self.search_with_ef(collection, query, k, self.ef())?)
     }
 
     fn len(&self, collection: &CollectionName) -> usize {
