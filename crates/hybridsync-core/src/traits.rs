@@ -354,6 +354,10 @@ pub trait VectorCache: Send + Sync + 'static {
     ) -> Result<Vec<VectorHit>>;
     /// Number of vectors indexed for a collection.
     fn len(&self, collection: &CollectionName) -> usize;
+    /// The name of this index's file format, the extension of the files [`Self::save`]
+    /// writes (lowercase letters): a snapshot of another format is not offered to
+    /// [`Self::restore`].
+    fn format(&self) -> &'static str;
     /// Writes a collection's index to `path` (replacing the file atomically).
     fn save(&self, collection: &CollectionName, path: &std::path::Path) -> Result<()>;
     /// Creates (or replaces) a collection's index from a file [`Self::save`] wrote,

@@ -246,7 +246,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         let Some(dir) = &self.snapshot_dir else {
             return Ok(false);
         };
-        let files = SnapshotFiles::new(dir, spec.name.as_str());
+        let files = SnapshotFiles::new(dir, spec.name.as_str(), vectors.format());
         let Some(saved) = files.saved_for(&vector) else {
             return Ok(false);
         };
@@ -303,7 +303,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         tokio::task::spawn_blocking(move || -> Result<()> {
             crate::snapshot::create_dir(&dir).map_err(io(&dir))?;
             for (name, vector) in specs {
-                let files = SnapshotFiles::new(&dir, name.as_str());
+                let files = SnapshotFiles::new(&dir, name.as_str(), vectors.format());
                 // Writes wait while the index and its description are saved together.
                 let ledgers = ledgers.lock_or_recover();
                 let Some(ledger) = ledgers.get(&name) else {

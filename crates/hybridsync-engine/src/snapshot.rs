@@ -79,7 +79,9 @@ pub(crate) struct Saved {
 
 /// Where one collection's snapshot lives. The description `<collection>.snapshot` names
 /// the index file it describes, and every save writes a new, uniquely named index
-/// file (`<collection>-<nonce>.usearch`; names cannot contain `-`) before it replaces
+/// file (`<collection>-<nonce>.<format>`, the index's
+/// [`VectorCache::format`](hybridsync_core::VectorCache::format); names
+/// cannot contain `-`) before it replaces
 /// the description. So a description and the index it names always belong together,
 /// even when two processes on one directory save at the same moment.
 #[derive(Debug, Clone)]
@@ -87,6 +89,8 @@ pub(crate) struct SnapshotFiles {
     dir: PathBuf,
     collection: String,
     description: PathBuf,
+    /// The index's file format: the extension of its files.
+    format: &'static str,
 }
 
 /// A name no other save (in this process or another) uses.
@@ -97,11 +101,12 @@ fn nonce() -> String {
 }
 
 impl SnapshotFiles {
-    pub(crate) fn new(dir: &Path, collection: &str) -> Self {
+    pub(crate) fn new(dir: &Path, collection: &str, format: &'static str) -> Self {
         Self {
             dir: dir.to_owned(),
             collection: collection.to_owned(),
             description: dir.join(format!("{collection}.snapshot")),
+            format,
         }
     }
 
@@ -114,8 +119,9 @@ impl SnapshotFiles {
         }
         let (body, file) = text.strip_suffix('\n')?.rsplit_once("\nfile ")?;
         let prefix = format!("{}-", self.collection);
-        let named_here =
-            file.starts_with(&prefix) && file.ends_with(".usearch") && !file.contains(['/', '\\']);
+        let named_here = file.starts_with(&prefix)
+            && file.ends_with(&format!(".{}", self.format))
+            && !file.contains(['/', '\\']);
         named_here.then(|| Saved {
             body: format!("{body}\n"),
             index: self.dir.join(file),
@@ -130,7 +136,7 @@ impl SnapshotFiles {
     /// A fresh path for the next index file.
     pub(crate) fn new_index(&self) -> PathBuf {
         self.dir
-            .join(format!("{}-{}.usearch", self.collection, nonce()))
+            .join(format!("{}-{}.{}", self.collection, nonce(), self.format))
     }
 
     /// Describes `index`, just written (owner-only, replaced atomically), then removes
@@ -156,8 +162,9 @@ impl SnapshotFiles {
         Ok(())
     }
 
-    /// Best effort: index files of this collection other than `keep`, and temporary
-    /// files an interrupted save left more than an hour ago.
+    /// Best effort: index files of this collection other than `keep` (of any format:
+    /// an index switched to another leaves none behind), and temporary files an
+    /// interrupted save left more than an hour ago.
     fn prune(&self, keep: &Path) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -178,7 +185,7 @@ impl SnapshotFiles {
                     .ok()
                     .and_then(|at| at.elapsed().ok())
                     .is_some_and(|age| age > std::time::Duration::from_secs(3600));
-            if name.ends_with(".usearch") || stale_temp {
+            if !name.ends_with(".tmp") || stale_temp {
                 let _ = std::fs::remove_file(&path);
             }
         }

@@ -396,7 +396,7 @@ fn a_snapshot_description_names_its_own_index_file_and_nothing_else() {
     use crate::snapshot::{Ledger, SnapshotFiles};
     let tmp = tempfile::tempdir().unwrap();
     let spec = voices().vector.unwrap();
-    let files = SnapshotFiles::new(tmp.path(), "voices");
+    let files = SnapshotFiles::new(tmp.path(), "voices", "usearch");
     let ledger = Ledger::default();
     let first = files.new_index();
     let second = files.new_index();
@@ -409,6 +409,22 @@ fn a_snapshot_description_names_its_own_index_file_and_nothing_else() {
     assert_eq!(saved.index, second);
     assert!(SnapshotFiles::matches(&saved, &spec, &ledger));
     assert!(!first.exists(), "the file no longer named is pruned");
+    // An index of another format: its files are not offered, and a save prunes them.
+    let hnsw = SnapshotFiles::new(tmp.path(), "voices", "hnsw");
+    assert!(
+        hnsw.saved_for(&spec).is_none(),
+        "a usearch file is not offered to hnsw"
+    );
+    let third = hnsw.new_index();
+    assert!(third.to_str().unwrap().ends_with(".hnsw"));
+    std::fs::write(&third, b"index").unwrap();
+    hnsw.describe(&spec, &ledger, &third).unwrap();
+    assert_eq!(hnsw.saved_for(&spec).unwrap().index, third);
+    assert!(!second.exists(), "the other format's file is pruned");
+    assert!(files.saved_for(&spec).is_none());
+    files.describe(&spec, &ledger, &second).unwrap_err();
+    std::fs::write(&second, b"index").unwrap();
+    files.describe(&spec, &ledger, &second).unwrap();
 
     // A description for another spec, or naming a file outside this collection's own,
     // is not trusted.

@@ -394,7 +394,8 @@ impl<T: Element> Graph<T> {
         }
         let mut scratch = Vec::with_capacity(self.dim);
         for l in (0..=level.min(top)).rev() {
-            let found = self.search_layer(&q, &[near], self.params.ef_construction, l, visited, false);
+            let found =
+                self.search_layer(&q, &[near], self.params.ef_construction, l, visited, false);
             let cap = if l == 0 { self.m0() } else { self.params.m };
             let chosen = self.select(&found, cap, &mut scratch);
             let chosen = self.set_own_links(id, l, chosen, cap, &mut scratch);
@@ -435,7 +436,11 @@ impl<T: Element> Graph<T> {
             }
         }
         all.sort_unstable();
-        let kept = if all.len() > cap { self.select(&all, cap, scratch) } else { all };
+        let kept = if all.len() > cap {
+            self.select(&all, cap, scratch)
+        } else {
+            all
+        };
         self.write_list(id, level, &kept);
         chosen
     }
@@ -455,7 +460,15 @@ impl<T: Element> Graph<T> {
     }
 
     /// Adds `new` to the links of `id`, pruning by the heuristic when full.
-    fn add_link(&self, id: u32, new: u32, d: f32, level: usize, cap: usize, scratch: &mut Vec<f32>) {
+    fn add_link(
+        &self,
+        id: u32,
+        new: u32,
+        d: f32,
+        level: usize,
+        cap: usize,
+        scratch: &mut Vec<f32>,
+    ) {
         let _guard = self.stripes[id as usize % STRIPES].lock_or_recover();
         let list = self.list(id, level);
         let count = list[0].load(Relaxed) as usize;
@@ -628,10 +641,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn len(&mut self, max: usize) -> Result<usize, String> {
         let n = usize::try_from(self.u64()?).map_err(|_| "a length overflows".to_string())?;
@@ -640,7 +657,12 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
-    fn array<V>(&mut self, n: usize, bytes: usize, read: impl Fn(&[u8]) -> V) -> Result<Vec<V>, String> {
+    fn array<V>(
+        &mut self,
+        n: usize,
+        bytes: usize,
+        read: impl Fn(&[u8]) -> V,
+    ) -> Result<Vec<V>, String> {
         let raw = self.take(n.checked_mul(bytes).ok_or("a length overflows")?)?;
         Ok(raw.chunks_exact(bytes).map(read).collect())
     }
@@ -658,7 +680,8 @@ impl<T: Element> Graph<T> {
     /// The graph as the bytes of an index file.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let n = self.nodes();
-        let mut out = Vec::with_capacity(64 + self.data.len() * T::BYTES + n * (26 + 4 * (1 + self.m0())));
+        let mut out =
+            Vec::with_capacity(64 + self.data.len() * T::BYTES + n * (26 + 4 * (1 + self.m0())));
         out.extend_from_slice(MAGIC);
         let (entry, top) = *self.head.lock_or_recover();
         for word in [
@@ -674,15 +697,21 @@ impl<T: Element> Graph<T> {
         }
         out.extend_from_slice(&(n as u64).to_le_bytes());
         out.extend_from_slice(&(self.upper.len() as u64).to_le_bytes());
-        self.labels.iter().for_each(|l| out.extend_from_slice(&l.to_le_bytes()));
+        self.labels
+            .iter()
+            .for_each(|l| out.extend_from_slice(&l.to_le_bytes()));
         out.extend_from_slice(&self.levels);
         out.extend(self.deleted.iter().map(|d| u8::from(*d)));
-        self.scale.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+        self.scale
+            .iter()
+            .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
         self.data.iter().for_each(|x| x.write_le(&mut out));
         for word in self.links0.iter().chain(&self.upper) {
             out.extend_from_slice(&word.load(Relaxed).to_le_bytes());
         }
-        self.upper_at.iter().for_each(|a| out.extend_from_slice(&a.to_le_bytes()));
+        self.upper_at
+            .iter()
+            .for_each(|a| out.extend_from_slice(&a.to_le_bytes()));
         out
     }
 
@@ -693,10 +722,19 @@ impl<T: Element> Graph<T> {
         if r.take(MAGIC.len())? != MAGIC {
             return Err("not a hybridsync index file (or another version)".into());
         }
-        let (file_dim, file_metric, width, m, ef_construction, entry, top) =
-            (r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?);
-        let shape = |d: u32, metric: u32, w: u32| format!("{d}-d, metric {metric}, {w}-byte elements");
-        if (file_dim as usize, file_metric, width as usize) != (dim, metric_code(metric), T::BYTES) {
+        let (file_dim, file_metric, width, m, ef_construction, entry, top) = (
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+            r.u32()?,
+        );
+        let shape =
+            |d: u32, metric: u32, w: u32| format!("{d}-d, metric {metric}, {w}-byte elements");
+        if (file_dim as usize, file_metric, width as usize) != (dim, metric_code(metric), T::BYTES)
+        {
             return Err(format!(
                 "it holds a {} index, the collection wants {}",
                 shape(file_dim, file_metric, width),
@@ -704,9 +742,18 @@ impl<T: Element> Graph<T> {
             ));
         }
         if !(2..=256).contains(&m) || top > 31 {
-            return Err(format!("its shape is out of range (m {m}, top level {top})"));
+            return Err(format!(
+                "its shape is out of range (m {m}, top level {top})"
+            ));
         }
-        let mut graph = Self::new(dim, metric, Params { m: m as usize, ef_construction: ef_construction as usize });
+        let mut graph = Self::new(
+            dim,
+            metric,
+            Params {
+                m: m as usize,
+                ef_construction: ef_construction as usize,
+            },
+        );
         let n = r.len(bytes.len())?;
         let upper_len = r.len(bytes.len() / 4)?;
         graph.labels = r.array(n, 8, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))?;
@@ -725,7 +772,10 @@ impl<T: Element> Graph<T> {
         let mut next_upper = 0usize;
         for (id, (&level, &at)) in graph.levels.iter().zip(&graph.upper_at).enumerate() {
             let words = usize::from(level) * (1 + graph.params.m);
-            if level > 31 || (level == 0) != (at == NONE) || (level > 0 && at as usize != next_upper) {
+            if level > 31
+                || (level == 0) != (at == NONE)
+                || (level > 0 && at as usize != next_upper)
+            {
                 return Err(format!("node {id}'s levels do not match its links"));
             }
             next_upper += words;
@@ -742,7 +792,9 @@ impl<T: Element> Graph<T> {
         if !check(&links0, 1 + graph.m0()) || !check(&upper, 1 + graph.params.m) {
             return Err("a link names no node, or a count overflows its list".into());
         }
-        if (n == 0) != (entry == NONE) || (n > 0 && (entry as usize >= n || u32::from(graph.levels[entry as usize]) != top)) {
+        if (n == 0) != (entry == NONE)
+            || (n > 0 && (entry as usize >= n || u32::from(graph.levels[entry as usize]) != top))
+        {
             return Err("the entry node is not in the graph".into());
         }
         graph.links0 = links0.into_iter().map(AtomicU32::new).collect();
@@ -780,7 +832,11 @@ mod tests {
         let mut voices = Clustered::new(7, n / 20, 48, 0.15);
         let vectors = voices.samples(n);
         let mut graph = Graph::<T>::new(48, metric, Params::default());
-        let rows: Vec<(u64, &[f32])> = vectors.iter().enumerate().map(|(i, v)| (i as u64 * 3, v.as_slice())).collect();
+        let rows: Vec<(u64, &[f32])> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64 * 3, v.as_slice()))
+            .collect();
         graph.insert_parallel(&rows, threads);
         (graph, voices.samples(50))
     }
@@ -839,16 +895,25 @@ mod tests {
         for q in &queries {
             assert_eq!(back.search(q, 10, 64), graph.search(q, 10, 64));
         }
-        assert!(Graph::<u16>::from_bytes(&bytes, 32, Metric::Cosine).unwrap_err().contains("48-d"));
+        assert!(
+            Graph::<u16>::from_bytes(&bytes, 32, Metric::Cosine)
+                .unwrap_err()
+                .contains("48-d")
+        );
         assert!(Graph::<f32>::from_bytes(&bytes, 48, Metric::Cosine).is_err());
         assert!(Graph::<u16>::from_bytes(&bytes, 48, Metric::L2).is_err());
         assert!(Graph::<u16>::from_bytes(&bytes[..bytes.len() - 1], 48, Metric::Cosine).is_err());
         // A link to a node that does not exist.
         let mut bad = bytes.clone();
-        let links0 = bytes.len() - graph.upper_at.len() * 4 - graph.upper.len() * 4 - graph.links0.len() * 4;
+        let links0 =
+            bytes.len() - graph.upper_at.len() * 4 - graph.upper.len() * 4 - graph.links0.len() * 4;
         bad[links0 + 4..links0 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
         bad[links0..links0 + 4].copy_from_slice(&1u32.to_le_bytes());
-        assert!(Graph::<u16>::from_bytes(&bad, 48, Metric::Cosine).unwrap_err().contains("names no node"));
+        assert!(
+            Graph::<u16>::from_bytes(&bad, 48, Metric::Cosine)
+                .unwrap_err()
+                .contains("names no node")
+        );
         let mut bad = bytes;
         bad[0] ^= 1;
         assert!(Graph::<u16>::from_bytes(&bad, 48, Metric::Cosine).is_err());
@@ -882,11 +947,22 @@ mod speed {
         let queries = voices.samples(200);
         let t = Instant::now();
         let mut graph = Graph::<u16>::new(192, Metric::Cosine, Params::default());
-        let rows: Vec<(u64, &[f32])> = vectors.iter().enumerate().map(|(i, v)| (i as u64, v.as_slice())).collect();
+        let rows: Vec<(u64, &[f32])> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice()))
+            .collect();
         let threads = std::env::var("THREADS").map_or(2, |t| t.parse().unwrap());
         graph.insert_parallel(&rows, threads);
-        println!("build {:?}, {} MiB", t.elapsed(), graph.memory_bytes() >> 20);
-        let truths: Vec<Vec<u64>> = queries.iter().map(|q| graph.exact(q, 10).into_iter().map(|h| h.1).collect()).collect();
+        println!(
+            "build {:?}, {} MiB",
+            t.elapsed(),
+            graph.memory_bytes() >> 20
+        );
+        let truths: Vec<Vec<u64>> = queries
+            .iter()
+            .map(|q| graph.exact(q, 10).into_iter().map(|h| h.1).collect())
+            .collect();
         for ef in [16, 24, 32, 48, 64] {
             let mut times = Vec::new();
             let mut hits = 0;
@@ -897,7 +973,18 @@ mod speed {
                 hits += found.iter().filter(|h| truth.contains(&h.1)).count();
             }
             times.sort();
-            println!("ef {ef}: p50 {:?} recall {:.3}", times[times.len() / 2], hits as f64 / 2000.0);
+            if std::env::var("PROFILE").is_ok() && ef == 32 {
+                for _ in 0..50 {
+                    for q in &queries {
+                        std::hint::black_box(graph.search(q, 10, ef));
+                    }
+                }
+            }
+            println!(
+                "ef {ef}: p50 {:?} recall {:.3}",
+                times[times.len() / 2],
+                hits as f64 / 2000.0
+            );
         }
     }
 }

@@ -2,8 +2,8 @@
 
 use crate::graph::{Graph, Params};
 use crate::{Error, Result};
-use hybridsync_core::{CollectionName, Key, Precision, VectorCache, VectorHit, VectorSpec};
 use hybridsync_core::RwLockExt;
+use hybridsync_core::{CollectionName, Key, Precision, VectorCache, VectorHit, VectorSpec};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -30,9 +30,10 @@ impl Default for VectorOptions {
     }
 }
 
-/// The walk's breadth unless [`VectorOptions::expansion_search`] sets one: recall@10 at
-/// or above 0.99 on the bench's 100k clustered 192-D voiceprints (`docs/benchmarks.md`).
-pub const DEFAULT_EF: usize = 40;
+/// The walk's breadth unless [`VectorOptions::expansion_search`] sets one: recall@10 of
+/// 0.995 on the bench's 100k clustered 192-D voiceprints, where 24 gave 0.990 and 16
+/// 0.975 (`docs/benchmarks.md`).
+pub const DEFAULT_EF: usize = 32;
 
 /// Batches at least this large are added in parallel.
 const PARALLEL_ADD_MIN: usize = 64;
@@ -187,9 +188,10 @@ impl HnswCache {
 
     /// Bytes the collection's graph holds (vectors, links and maps).
     pub fn memory_bytes(&self, collection: &CollectionName) -> usize {
-        self.get(collection).map_or(0, |e| {
-            each!(&e.read_or_recover().graph, g => g.memory_bytes())
-        })
+        self.get(collection).map_or(
+            0,
+            |e| each!(&e.read_or_recover().graph, g => g.memory_bytes()),
+        )
     }
 }
 
@@ -248,11 +250,22 @@ impl VectorCache for HnswCache {
         let fail = |why: String| Error::Snapshot(format!("{}: {why}", path.display()));
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let graph = AnyGraph::from_bytes(spec, &bytes).map_err(fail)?;
-        let (len, all_in) = each!(&graph, g => (g.len(), keys.iter().all(|(label, _)| g.contains(*label))));
+        let (len, all_in) =
+            each!(&graph, g => (g.len(), keys.iter().all(|(label, _)| g.contains(*label))));
         if len != keys.len() || !all_in {
-            return Err(fail(format!("it holds {len} vectors, not the {} the store has", keys.len())).into());
+            return Err(fail(format!(
+                "it holds {len} vectors, not the {} the store has",
+                keys.len()
+            ))
+            .into());
         }
-        self.install(collection, Collection { graph, keys: keys.into_iter().collect() });
+        self.install(
+            collection,
+            Collection {
+                graph,
+                keys: keys.into_iter().collect(),
+            },
+        );
         Ok(())
     }
 
@@ -316,5 +329,9 @@ impl VectorCache for HnswCache {
     fn len(&self, collection: &CollectionName) -> usize {
         self.get(collection)
             .map_or(0, |e| each!(&e.read_or_recover().graph, g => g.len()))
+    }
+
+    fn format(&self) -> &'static str {
+        "hnsw"
     }
 }

@@ -395,4 +395,8 @@ impl VectorCache for UsearchCache {
         self.get(collection)
             .map_or(0, |e| e.index.read_or_recover().size())
     }
+
+    fn format(&self) -> &'static str {
+        "usearch"
+    }
 }

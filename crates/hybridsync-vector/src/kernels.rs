@@ -49,17 +49,14 @@ macro_rules! avx_kernels {
             use std::arch::x86_64::*;
             let n = q.len() / 8 * 8;
             let (qp, sp) = (q.as_ptr(), s.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 2];
-            let mut i = 0;
-            while i < n {
+            let step = |acc: __m256, i: usize| {
                 // SAFETY: i + 8 <= n <= q.len() <= s.len().
                 let $p = unsafe { sp.add(i) };
                 let v = unsafe { $load };
                 let a = unsafe { _mm256_loadu_ps(qp.add(i)) };
-                acc[(i / 8) & 1] = _mm256_fmadd_ps(a, v, acc[(i / 8) & 1]);
-                i += 8;
-            }
-            hsum(_mm256_add_ps(acc[0], acc[1])) + dot_scalar(&q[n..], &s[n..])
+                _mm256_fmadd_ps(a, v, acc)
+            };
+            hsum(sum4(n, step)) + dot_scalar(&q[n..], &s[n..])
         }
 
         /// # Safety
@@ -70,20 +67,45 @@ macro_rules! avx_kernels {
             let n = q.len() / 8 * 8;
             let (qp, sp) = (q.as_ptr(), s.as_ptr());
             let k = _mm256_set1_ps(scale);
-            let mut acc = [_mm256_setzero_ps(); 2];
-            let mut i = 0;
-            while i < n {
+            let step = |acc: __m256, i: usize| {
                 // SAFETY: i + 8 <= n <= q.len() <= s.len().
                 let $p = unsafe { sp.add(i) };
                 let v = unsafe { $load };
                 let a = unsafe { _mm256_loadu_ps(qp.add(i)) };
                 let d = _mm256_fnmadd_ps(k, v, a);
-                acc[(i / 8) & 1] = _mm256_fmadd_ps(d, d, acc[(i / 8) & 1]);
-                i += 8;
-            }
-            hsum(_mm256_add_ps(acc[0], acc[1])) + l2_scalar(&q[n..], &s[n..], scale)
+                _mm256_fmadd_ps(d, d, acc)
+            };
+            hsum(sum4(n, step)) + l2_scalar(&q[n..], &s[n..], scale)
         }
     };
+}
+
+/// `step` over lanes `0..n` (a multiple of 8), into four accumulators so that the
+/// sums of one lane do not wait on each other, added together at the end.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn sum4(
+    n: usize,
+    step: impl Fn(std::arch::x86_64::__m256, usize) -> std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: setzero and add need only AVX, which the callers' AVX2 implies.
+    let zero = unsafe { _mm256_setzero_ps() };
+    let mut acc = [zero; 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        acc[0] = step(acc[0], i);
+        acc[1] = step(acc[1], i + 8);
+        acc[2] = step(acc[2], i + 16);
+        acc[3] = step(acc[3], i + 24);
+        i += 32;
+    }
+    while i < n {
+        acc[0] = step(acc[0], i);
+        i += 8;
+    }
+    // SAFETY: as above.
+    unsafe { _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -103,9 +125,9 @@ mod avx {
     avx_kernels!(u16, dot_f16, l2_f16, |p| _mm256_cvtph_ps(_mm_loadu_si128(
         p.cast::<__m128i>()
     )));
-    avx_kernels!(i8, dot_i8, l2_i8, |p| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-        _mm_loadl_epi64(p.cast::<__m128i>())
-    )));
+    avx_kernels!(i8, dot_i8, l2_i8, |p| _mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast::<__m128i>()))
+    ));
 }
 
 /// Dispatches to the AVX2 kernel where the CPU has it.
@@ -152,9 +174,9 @@ macro_rules! element {
 element!(f32, 4, dot_f32, l2_f32, |x| x, |b| f32::from_le_bytes([
     b[0], b[1], b[2], b[3]
 ]));
-element!(u16, 2, dot_f16, l2_f16, |x| f16_to_f32(x), |b| u16::from_le_bytes([
-    b[0], b[1]
-]));
+element!(u16, 2, dot_f16, l2_f16, |x| f16_to_f32(x), |b| {
+    u16::from_le_bytes([b[0], b[1]])
+});
 element!(i8, 1, dot_i8, l2_i8, |x| f32::from(x), |b| b[0] as i8);
 
 /// `x` as IEEE half precision bits, rounded to nearest even; out of range becomes ±∞.
@@ -232,7 +254,10 @@ mod tests {
         let mut x = 1e-7f32;
         while x < 6e4 {
             let back = f16_to_f32(f32_to_f16(x));
-            assert!((back - x).abs() <= x * 2f32.powi(-11) + 2f32.powi(-25), "{x} → {back}");
+            assert!(
+                (back - x).abs() <= x * 2f32.powi(-11) + 2f32.powi(-25),
+                "{x} → {back}"
+            );
             x *= 1.013;
         }
     }
@@ -244,7 +269,8 @@ mod tests {
             let f: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.11).cos()).collect();
             let h: Vec<u16> = f.iter().map(|x| f32_to_f16(*x)).collect();
             let b: Vec<i8> = f.iter().map(|x| (x * 127.0).round() as i8).collect();
-            let close = |a: f32, b: f32| assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+            let close =
+                |a: f32, b: f32| assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
             close(f32::dot(&q, &f), dot_scalar(&q, &f));
             close(u16::dot(&q, &h), dot_scalar(&q, &h));
             close(i8::dot(&q, &b), dot_scalar(&q, &b));

@@ -12,9 +12,9 @@
 mod graph;
 mod hnsw;
 mod hot;
-mod kernels;
 #[cfg(feature = "usearch")]
 mod index;
+mod kernels;
 
 pub use hnsw::{DEFAULT_EF, HnswCache, VectorOptions};
 pub use hot::HotCache;

@@ -11,14 +11,24 @@ use std::sync::Arc;
 /// An index under test.
 trait Index: VectorCache + Default {
     fn with(options: VectorOptions) -> Self;
-    fn exact(&self, c: &CollectionName, q: &[f32], k: usize) -> Result<Vec<hybridsync_core::VectorHit>>;
+    fn exact(
+        &self,
+        c: &CollectionName,
+        q: &[f32],
+        k: usize,
+    ) -> Result<Vec<hybridsync_core::VectorHit>>;
 }
 
 impl Index for HnswCache {
     fn with(options: VectorOptions) -> Self {
         Self::new(options)
     }
-    fn exact(&self, c: &CollectionName, q: &[f32], k: usize) -> Result<Vec<hybridsync_core::VectorHit>> {
+    fn exact(
+        &self,
+        c: &CollectionName,
+        q: &[f32],
+        k: usize,
+    ) -> Result<Vec<hybridsync_core::VectorHit>> {
         self.exact_search(c, q, k)
     }
 }
@@ -27,7 +37,12 @@ impl Index for UsearchCache {
     fn with(options: VectorOptions) -> Self {
         Self::new(options)
     }
-    fn exact(&self, c: &CollectionName, q: &[f32], k: usize) -> Result<Vec<hybridsync_core::VectorHit>> {
+    fn exact(
+        &self,
+        c: &CollectionName,
+        q: &[f32],
+        k: usize,
+    ) -> Result<Vec<hybridsync_core::VectorHit>> {
         self.exact_search(c, q, k)
     }
 }
@@ -155,15 +170,9 @@ fn upsert_replaces_remove_forgets_and_the_index_grows_under_concurrent_search<C:
     let far = vec![-5.0, 5.0, -5.0, 5.0, -5.0, 5.0, -5.0, 5.0];
     cache.upsert(&v, 0, &Key::new("k0").unwrap(), &far).unwrap();
     assert_eq!(cache.len(&v), 3_000, "upsert replaces, it does not add");
-    assert_eq!(
-        cache.exact(&v, &far, 1).unwrap()[0].key.as_str(),
-        "k0"
-    );
+    assert_eq!(cache.exact(&v, &far, 1).unwrap()[0].key.as_str(), "k0");
     cache.remove(&v, 0).unwrap();
-    assert_ne!(
-        cache.exact(&v, &far, 1).unwrap()[0].key.as_str(),
-        "k0"
-    );
+    assert_ne!(cache.exact(&v, &far, 1).unwrap()[0].key.as_str(), "k0");
     assert_eq!(cache.len(&v), 2_999);
     assert!(cache.search(&name("nope"), &far, 1).is_err());
 }

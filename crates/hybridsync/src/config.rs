@@ -24,7 +24,7 @@ use std::path::PathBuf;
 /// interval_ms = 60000
 /// [vector]
 /// index = "hnsw"                                 # or "usearch"
-/// ef = 40                                        # search breadth: recall against speed
+/// ef = 32                                        # search breadth: recall against speed
 /// [encryption]                                   # for collections created --encrypted
 /// key_file = "/etc/myapp/hybridsync.key"         # 32 raw bytes or 64 hex digits, 0600
 /// previous_key_files = []                        # rotated-out keys, still readable
@@ -259,7 +259,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "vector.ef",
         env: "",
         flag: "",
-        default: "40 (`hnsw`), usearch's own (`usearch`)",
+        default: "32 (`hnsw`), usearch's own (`usearch`)",
         meaning: "breadth of a search's walk: wider finds more of the true nearest, slower (`docs/benchmarks.md` has recall at each)",
     },
     Setting {

@@ -373,7 +373,13 @@ impl HybridStoreBuilder {
         let data_dir = self.store.data_dir.clone();
         let store = Arc::new(SqliteStore::open(self.store).await?);
         let hot = Arc::new(HotCache::new(self.hot_entries, self.hot_bytes));
-        let engine = Engine::open(store, vector_index(self.vector_index, self.vector_ef), hot, self.engine).await;
+        let engine = Engine::open(
+            store,
+            vector_index(self.vector_index, self.vector_ef),
+            hot,
+            self.engine,
+        )
+        .await;
         let engine = match engine {
             Ok(engine) => Arc::new(engine),
             Err(e) => return Err(e.into()),

@@ -435,3 +435,97 @@ async fn debug_output_never_shows_the_cloud_password() {
     );
     store.close().await;
 }
+
+/// `[vector]` picks the index and its breadth; an unknown index is refused by name and
+/// opens nothing. Both indexes answer the same search, and each restores its own saved
+/// file, while the other's file is refused and the index rebuilt from the store.
+#[tokio::test]
+async fn the_vector_index_is_configured_and_each_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad: Config = toml::from_str("[vector]\nindex = \"faiss\"\n").unwrap();
+    let err = HybridStore::builder(tmp.path().join("bad"))
+        .config(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vector.index"), "{err}");
+    assert!(!tmp.path().join("bad").exists());
+    assert!(toml::from_str::<Config>("[vector]\nefs = 3\n").is_err());
+
+    let dir = tmp.path().join("data");
+    let vectors: Vec<Vec<f32>> = (0..2_500)
+        .map(|i| {
+            (0..16)
+                .map(|j| ((i * 16 + j) as f32 * 0.731).sin())
+                .collect()
+        })
+        .collect();
+    let query = vectors[7].clone();
+    let mut answers = Vec::new();
+    // Each restores its own file and rebuilds from the other's.
+    for (index, restored) in [
+        ("usearch", false),
+        ("usearch", true),
+        ("hnsw", false),
+        ("hnsw", true),
+        ("usearch", false),
+    ] {
+        let config: Config =
+            toml::from_str(&format!("[vector]\nindex = \"{index}\"\nef = 64\n")).unwrap();
+        let store = HybridStore::builder(&dir)
+            .config(&config)
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
+        if answers.is_empty() {
+            store
+                .create_collection(
+                    "voices",
+                    Some(VectorSpec::new(16, Metric::Cosine, Precision::F16).unwrap()),
+                )
+                .await
+                .unwrap();
+            let items = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        format!("k{i}"),
+                        vec![1],
+                        WriteOptions::default().embedding(v.clone()),
+                    )
+                })
+                .collect();
+            store.raw("voices").unwrap().put_many(items).await.unwrap();
+        }
+        let hits = store
+            .raw("voices")
+            .unwrap()
+            .search(&query, 3)
+            .await
+            .unwrap();
+        assert_eq!(hits[0].key.as_str(), "k7", "{index}");
+        assert!(
+            hits[0].distance.abs() < 1e-3,
+            "{index}: {}",
+            hits[0].distance
+        );
+        answers.push(hits.iter().map(|h| h.key.to_string()).collect::<Vec<_>>());
+        let status = store.status().await.unwrap();
+        let voices = status
+            .collections
+            .iter()
+            .find(|c| c.name.as_str() == "voices")
+            .unwrap();
+        assert_eq!(
+            (voices.indexed, voices.index_restored),
+            (2_500, restored),
+            "{index}"
+        );
+        store.close().await;
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0][0] == w[1][0]),
+        "{answers:?}"
+    );
+}
