@@ -1,10 +1,12 @@
-//! The in-memory side of hybridsync's read path: one usearch HNSW index per vector
-//! collection ([`UsearchCache`], an implementation of [`hybridsync_core::VectorCache`])
-//! and a bounded LRU cache of hot records ([`HotCache`]).
+//! The in-memory side of hybridsync's read path: one HNSW index per vector collection,
+//! ours ([`HnswCache`], the default) or usearch's ([`UsearchCache`]), both
+//! implementations of [`hybridsync_core::VectorCache`]; and a bounded LRU cache of hot
+//! records ([`HotCache`]).
 //!
-//! This is the only crate that touches FFI (usearch, behind the default `usearch`
-//! feature; without it the crate is the hot cache alone). It knows nothing of SQLite,
-//! the cloud or metrics exporters: it keeps counts, and the engine reports them.
+//! This is the only crate with `unsafe` code: usearch's FFI (behind the default
+//! `usearch` feature), and our index's SIMD kernels and prefetch hints. It knows
+//! nothing of SQLite, the cloud or metrics exporters: it keeps counts, and the engine
+//! reports them.
 //!
 //! The README's example (a doc test) shows it in use.
 #![cfg_attr(docsrs, feature(doc_cfg))]

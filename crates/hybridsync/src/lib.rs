@@ -1,7 +1,7 @@
 //! hybridsync: local-first persistence with background cloud sync.
 //!
 //! An application writes and reads a local SQLite store at memory speed, searches its
-//! embeddings in an in-memory usearch index, and never waits on the network: every
+//! embeddings in an in-memory HNSW index, and never waits on the network: every
 //! change is durable locally first and queued in a transactional outbox for the cloud.
 //!
 //! ```no_run
@@ -29,7 +29,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `vector` | yes | usearch HNSW indexes for vector collections (without it they are refused) |
+//! | `vector` | yes | HNSW indexes for vector collections, ours or usearch ([`VectorIndex`]; without the feature they are refused) |
 //! | `cloud-postgres` | yes | the PostgreSQL sink (without it a cloud URL is refused at open) |
 //! | `prometheus` | no | [`install_prometheus`]: `/metrics`, `/healthz` and `/readyz` (a small HTTP server) |
 //! | `redis` | no | the Redis publisher ([`HybridStoreBuilder::redis_url`], `[redis] url`) and [`redis_instances`] |

@@ -246,7 +246,7 @@ fn snapshot_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Path
     let mut indexes: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "usearch"))
+        .filter(|p| p.extension().is_some_and(|x| x == "hnsw"))
         .collect();
     assert_eq!(indexes.len(), 1, "{indexes:?}");
     let index = indexes.remove(0);
