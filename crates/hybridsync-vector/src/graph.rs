@@ -161,7 +161,7 @@ impl<T: Element> Graph<T> {
             by_label: HashMap::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             visited: Mutex::new(Vec::new()),
-            rng: 0x5eed_0f_6a11,
+            rng: 0x005e_ed0f_6a11,
         }
     }
 
