@@ -323,8 +323,9 @@ impl<T: Element> Graph<T> {
     pub(crate) fn insert(&mut self, label: u64, v: &[f32]) {
         self.remove(label);
         let id = self.push(label, v);
-        let mut visited = Visited::default();
+        let mut visited = self.visited.lock_or_recover().pop().unwrap_or_default();
         self.link(id, &mut visited);
+        self.visited.lock_or_recover().push(visited);
         self.by_label.insert(label, id);
     }
 
@@ -792,6 +793,19 @@ impl<T: Element> Graph<T> {
         if !check(&links0, 1 + graph.m0()) || !check(&upper, 1 + graph.params.m) {
             return Err("a link names no node, or a count overflows its list".into());
         }
+        // A walk at level l only follows links to nodes that have level l.
+        let width = 1 + graph.params.m;
+        for (&level, &at) in graph.levels.iter().zip(&graph.upper_at) {
+            for l in 1..=usize::from(level) {
+                let list = &upper[at as usize + (l - 1) * width..][..width];
+                if list[1..=list[0] as usize]
+                    .iter()
+                    .any(|id| usize::from(graph.levels[*id as usize]) < l)
+                {
+                    return Err(format!("a level-{l} link names a node below that level"));
+                }
+            }
+        }
         if (n == 0) != (entry == NONE)
             || (n > 0 && (entry as usize >= n || u32::from(graph.levels[entry as usize]) != top))
         {
@@ -913,6 +927,20 @@ mod tests {
             Graph::<u16>::from_bytes(&bad, 48, Metric::Cosine)
                 .unwrap_err()
                 .contains("names no node")
+        );
+        // An upper-level link to a node without that level (a walk would read a list
+        // the node does not have).
+        let mut bad = bytes.clone();
+        let upper = bytes.len() - graph.upper_at.len() * 4 - graph.upper.len() * 4;
+        let low = graph.levels.iter().position(|l| *l == 0).unwrap() as u32;
+        let high = graph.levels.iter().position(|l| *l > 0).unwrap();
+        let at = upper + graph.upper_at[high] as usize * 4;
+        bad[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+        bad[at + 4..at + 8].copy_from_slice(&low.to_le_bytes());
+        assert!(
+            Graph::<u16>::from_bytes(&bad, 48, Metric::Cosine)
+                .unwrap_err()
+                .contains("below that level")
         );
         let mut bad = bytes;
         bad[0] ^= 1;
