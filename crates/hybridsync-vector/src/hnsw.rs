@@ -35,13 +35,6 @@ impl Default for VectorOptions {
 /// 0.975 (`docs/benchmarks.md`).
 pub const DEFAULT_EF: usize = 32;
 
-/// Batches at least this large are added in parallel.
-const PARALLEL_ADD_MIN: usize = 64;
-
-/// A parallel batch holds the index exclusively for at most this many vectors, so
-/// searches interleave with a long batch.
-const PARALLEL_ADD_CHUNK: usize = 512;
-
 /// A graph of the collection's precision.
 #[derive(Debug)]
 enum AnyGraph {
@@ -209,12 +202,7 @@ impl VectorCache for HnswCache {
         for (_, _, v) in &rows {
             each!(&entry.graph, g => g.check(v))?;
         }
-        let distinct = rows
-            .iter()
-            .map(|(label, ..)| *label)
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        if distinct == rows.len() {
+        if crate::in_parallel(&rows) {
             entry.add(&rows, self.options.build_threads);
         } else {
             for (label, key, v) in &rows {
@@ -288,18 +276,13 @@ impl VectorCache for HnswCache {
         collection: &CollectionName,
         items: &[(u64, Key, Vec<f32>)],
     ) -> hybridsync_core::Result<()> {
-        let distinct = items
-            .iter()
-            .map(|(label, ..)| *label)
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        if items.len() < PARALLEL_ADD_MIN || distinct < items.len() {
+        if !crate::in_parallel(items) {
             return items
                 .iter()
                 .try_for_each(|(label, key, v)| self.upsert(collection, *label, key, v));
         }
         let entry = self.get(collection)?;
-        for chunk in items.chunks(PARALLEL_ADD_CHUNK) {
+        for chunk in items.chunks(crate::PARALLEL_ADD_CHUNK) {
             let mut entry = entry.write_or_recover();
             for (_, _, v) in chunk {
                 each!(&entry.graph, g => g.check(v))?;

@@ -252,13 +252,6 @@ fn add_parallel(
     .map_err(usearch_error)
 }
 
-/// Batches at least this large are added in parallel.
-const PARALLEL_ADD_MIN: usize = 64;
-
-/// A parallel batch holds the index exclusively for at most this many vectors, so
-/// searches interleave with a long batch.
-const PARALLEL_ADD_CHUNK: usize = 512;
-
 impl VectorCache for UsearchCache {
     fn build(
         &self,
@@ -332,18 +325,13 @@ impl VectorCache for UsearchCache {
         collection: &CollectionName,
         items: &[(u64, Key, Vec<f32>)],
     ) -> hybridsync_core::Result<()> {
-        let distinct = items
-            .iter()
-            .map(|(label, ..)| *label)
-            .collect::<std::collections::HashSet<_>>()
-            .len();
-        if items.len() < PARALLEL_ADD_MIN || distinct < items.len() {
+        if !crate::in_parallel(items) {
             return items
                 .iter()
                 .try_for_each(|(label, key, v)| self.upsert(collection, *label, key, v));
         }
         let entry = self.get(collection)?;
-        for chunk in items.chunks(PARALLEL_ADD_CHUNK) {
+        for chunk in items.chunks(crate::PARALLEL_ADD_CHUNK) {
             let index = entry.index.write_or_recover();
             let mut used = entry.used.lock_or_recover();
             if *used + chunk.len() >= index.capacity() {

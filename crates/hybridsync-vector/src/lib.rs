@@ -45,6 +45,21 @@ impl From<Error> for hybridsync_core::Error {
     }
 }
 
+/// A parallel batch holds an index exclusively for at most this many vectors, so
+/// searches interleave with a long batch.
+const PARALLEL_ADD_CHUNK: usize = 512;
+
+/// Whether an index adds `items` as one parallel batch: at least 64 of them, no label
+/// twice (otherwise one by one, in order).
+fn in_parallel(items: &[(u64, hybridsync_core::Key, Vec<f32>)]) -> bool {
+    let distinct = items
+        .iter()
+        .map(|(label, ..)| *label)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    items.len() >= 64 && distinct == items.len()
+}
+
 /// `Result` with the vector layer's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

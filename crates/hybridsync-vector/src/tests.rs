@@ -19,33 +19,26 @@ trait Index: VectorCache + Default {
     ) -> Result<Vec<hybridsync_core::VectorHit>>;
 }
 
-impl Index for HnswCache {
-    fn with(options: VectorOptions) -> Self {
-        Self::new(options)
-    }
-    fn exact(
-        &self,
-        c: &CollectionName,
-        q: &[f32],
-        k: usize,
-    ) -> Result<Vec<hybridsync_core::VectorHit>> {
-        self.exact_search(c, q, k)
-    }
+/// Both indexes have the same inherent constructor and exact scan.
+macro_rules! index {
+    ($($cache:ty),*) => {
+        $(impl Index for $cache {
+            fn with(options: VectorOptions) -> Self {
+                Self::new(options)
+            }
+            fn exact(
+                &self,
+                c: &CollectionName,
+                q: &[f32],
+                k: usize,
+            ) -> Result<Vec<hybridsync_core::VectorHit>> {
+                self.exact_search(c, q, k)
+            }
+        })*
+    };
 }
 
-impl Index for UsearchCache {
-    fn with(options: VectorOptions) -> Self {
-        Self::new(options)
-    }
-    fn exact(
-        &self,
-        c: &CollectionName,
-        q: &[f32],
-        k: usize,
-    ) -> Result<Vec<hybridsync_core::VectorHit>> {
-        self.exact_search(c, q, k)
-    }
-}
+index!(HnswCache, UsearchCache);
 
 /// `#[test]`s of a generic test, one per index.
 macro_rules! on_both {
