@@ -133,7 +133,7 @@ pub(crate) async fn durable_server() -> Result<TempPostgres> {
     let admin = CloudUrl::new(pg.url("postgres"));
     hybridsync::cloud::migrate(&admin, Some("app")).await?;
     // The tenants the bench's devices act for.
-    for tenant in ["default", "recovery", "propagation", "pooled"] {
+    for tenant in ["default", "recovery", "propagation", "pooled", "plain"] {
         hybridsync::cloud::grant_tenant(&admin, Some("app"), tenant).await?;
     }
     Ok(pg)

@@ -98,6 +98,7 @@ async fn main() -> Result<()> {
         rows.extend(drained);
         rows.push(drain::recovery(&cloud, records, drain_secs).await?);
         rows.extend(replicate::hydrate(&cloud, records).await?);
+        rows.extend(replicate::hydrate_plain(&cloud, records).await?);
         rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
         drop(cloud);
         rows.extend(encryption::run(records).await?);

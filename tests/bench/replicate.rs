@@ -5,6 +5,7 @@
 
 use crate::reads::{nanos, percentile};
 use crate::report::Row;
+use crate::report::median;
 use anyhow::{Context, Result, ensure};
 use hybridsync::{EncryptionKey, HybridStore, Strategy, WriteOptions};
 use hybridsync_testkit::TempPostgres;
@@ -85,6 +86,85 @@ pub(crate) async fn hydrate(pg: &TempPostgres, records: usize) -> Result<Vec<Row
             with_index,
             "report",
         ),
+    ])
+}
+
+/// Plain records (256-byte payloads, no embeddings): one device writes `records` of them
+/// to collection `notes` of tenant `plain` and drains them; then a new device hydrates
+/// them, beside one raw SELECT of the same rows and columns: three paired trials,
+/// alternating, so a swing of the machine lands on both sides.
+pub(crate) async fn hydrate_plain(pg: &TempPostgres, records: usize) -> Result<Vec<Row>> {
+    println!("hydrate (plain): {records} records of 256 bytes into a new device");
+    let url = format!("postgres://app@127.0.0.1:{}/postgres", pg.port());
+    let open = |dir: &std::path::Path| {
+        HybridStore::builder(dir)
+            .cloud_url(url.clone())
+            .tenant("plain")
+            .open()
+    };
+    let source = tempfile::tempdir()?;
+    let writer = open(source.path()).await?;
+    writer.create_collection("notes", None).await?;
+    // Publishes the collection (nothing to push yet); the drain ships the writes.
+    writer.seed(&[], |_, _| {}).await?;
+    let notes = writer.raw("notes")?;
+    for chunk in (0..records).collect::<Vec<_>>().chunks(1_000) {
+        let items = chunk
+            .iter()
+            .map(|i| {
+                let mut payload = format!("note {i:08} ").into_bytes();
+                payload.resize(256, b'.');
+                (format!("note-{i:08}"), payload, WriteOptions::default())
+            })
+            .collect();
+        notes.put_many(items).await?;
+    }
+    ensure!(
+        writer.flush(Duration::from_secs(300)).await? == 0,
+        "the plain rows did not all drain"
+    );
+    writer.shutdown(Duration::from_secs(5)).await?;
+
+    let mut admin = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
+    let (mut ours, mut select) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let tmp = tempfile::tempdir()?;
+        let device = open(tmp.path()).await?;
+        let started = Instant::now();
+        let report = device.hydrate(&["notes"], |_, _| {}).await?;
+        ours.push(records as f64 / started.elapsed().as_secs_f64());
+        ensure!(
+            report.pulled as usize == records,
+            "hydrate pulled {} of {records}",
+            report.pulled
+        );
+        device.shutdown(Duration::from_secs(5)).await?;
+
+        let started = Instant::now();
+        let rows = sqlx::query(
+            "SELECT key, payload, hlc, origin, tombstone, hash FROM hs_records
+             WHERE tenant = 'plain' AND collection = 'notes'",
+        )
+        .fetch_all(&mut admin)
+        .await?;
+        select.push(rows.len() as f64 / started.elapsed().as_secs_f64());
+        ensure!(rows.len() == records, "SELECT read {} rows", rows.len());
+    }
+    let (ours_median, select_median) = (median(&mut ours.clone()), median(&mut select.clone()));
+    println!(
+        "  ours (hydrate):      {ours_median:>10.0} records/s (median of {})",
+        ours.len()
+    );
+    println!("  one raw SELECT:      {select_median:>10.0} records/s");
+    Ok(vec![
+        Row::throughput(
+            "hydrate_plain",
+            ours_median,
+            "raw_select",
+            select_median,
+            ">= 50k records/s",
+        )
+        .paired(&ours, &select),
     ])
 }
 

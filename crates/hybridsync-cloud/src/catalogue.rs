@@ -14,10 +14,14 @@ const SPECS: &str = "SELECT name, dim, metric, precision, encrypted FROM hs_coll
 
 impl PostgresSink {
     /// Publishes collection specs in one transaction; any name known with another spec
-    /// rolls it all back.
-    pub(crate) async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()> {
+    /// rolls it all back. Returns every definition of this tenant, read in the same
+    /// transaction.
+    pub(crate) async fn publish_collections(
+        &self,
+        specs: &[CollectionSpec],
+    ) -> Result<Vec<CollectionSpec>> {
         if specs.is_empty() {
-            return Ok(());
+            return self.remote_collections().await;
         }
         let (dims, metrics, precisions) = spec_columns(specs);
         let mut tx = self.begin().await?;
@@ -46,7 +50,7 @@ impl PostgresSink {
             }
         }
         self.commit(tx).await?;
-        Ok(())
+        Ok(known)
     }
 
     /// Every collection definition of this tenant.

@@ -34,6 +34,9 @@ const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 
                   set_config('idle_in_transaction_session_timeout', \
                              coalesce($3, current_setting('idle_in_transaction_session_timeout')), true)) AS scope";
 
+/// A pooled connection idle this long is checked with a round trip before use.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// How to reach the cloud and how hard to lean on it.
 #[derive(Debug, Clone)]
 pub struct CloudOptions {
@@ -303,8 +306,20 @@ impl PostgresSink {
             .acquire_timeout(options.acquire_timeout)
             .idle_timeout(options.idle_timeout)
             // A connection that died with a server restart is found and replaced here
-            // rather than failing the caller's statement.
-            .test_before_acquire(true)
+            // rather than failing the caller's statement: checked with a round trip if
+            // it sat idle for a while, where a dead one hides. One in steady use goes
+            // straight to work (the check would add a round trip to every transaction,
+            // on the path of every change to the other devices); should it have died
+            // meanwhile, the statement fails and is retried as any failure is.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= CHECK_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(connect);
         let listen = match &options.listen_url {
             Some(url) => ListenSource::Separate(

@@ -8,7 +8,7 @@ use sqlx::{Executor, Row};
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
@@ -51,6 +51,11 @@ pub(crate) fn migrator_until(last: i64) -> Migrator {
             6,
             "writer horizon",
             include_str!("../migrations/0006_writer_horizon.sql"),
+        ),
+        migration(
+            7,
+            "acting tenant in plpgsql",
+            include_str!("../migrations/0007_acting_tenant_plpgsql.sql"),
         ),
     ]);
     migrator.migrations = std::borrow::Cow::Owned(

@@ -29,7 +29,10 @@ impl CloudSink for PostgresSink {
         Ok(PostgresSink::count(self, collection).await?)
     }
 
-    async fn publish_collections(&self, specs: &[CollectionSpec]) -> hybridsync_core::Result<()> {
+    async fn publish_collections(
+        &self,
+        specs: &[CollectionSpec],
+    ) -> hybridsync_core::Result<Vec<CollectionSpec>> {
         Ok(PostgresSink::publish_collections(self, specs).await?)
     }
 

@@ -15,8 +15,11 @@ use sqlx::{Postgres, Transaction};
 /// other devices' change-feed horizon, a device that vanishes before its `COMMIT`
 /// loses its session within that timeout. Tightened here rather than at `BEGIN` (which
 /// sets a looser one), so a slow link uploading a large batch is not mistaken for a
-/// vanished one.
-const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id, bucket, leaf)
+/// vanished one. When it changed any row and `$14` is not NULL, it notifies `$14` on
+/// channel `$13`, delivered to the other devices' change listeners on commit: in the
+/// same round trip, which is on the path of every change to the other devices.
+const UPSERT: &str = "WITH changed AS (
+     INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id, bucket, leaf)
      SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
             unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[]),
             unnest($9::text[]), unnest($10::int8[]), unnest($11::int8[])
@@ -27,10 +30,11 @@ const UPSERT: &str = "INSERT INTO hs_records AS r (tenant, collection, key, payl
          origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
          key_id = excluded.key_id, bucket = excluded.bucket, leaf = excluded.leaf,
          txid = pg_current_xact_id(), seq = nextval('hs_change_seq'), updated_at = now()
-     WHERE (excluded.hlc, excluded.origin) > (r.hlc, r.origin)";
-
-/// Wakes other devices' change listeners when the transaction commits.
-const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+     WHERE (excluded.hlc, excluded.origin) > (r.hlc, r.origin)
+     RETURNING 1),
+   counted AS (SELECT count(*) AS n FROM changed)
+   SELECT n, CASE WHEN n > 0 AND $14::text IS NOT NULL THEN pg_notify($13, $14)::text END
+   FROM counted";
 
 impl PostgresSink {
     /// Upserts a batch in one statement, monotone in `(hlc, origin)`; returns how many
@@ -60,33 +64,27 @@ impl PostgresSink {
                 limit_ms: self.max_drift_ms,
             });
         }
-        let applied = self.upsert_rows(&mut tx, records).await?;
-        if applied > 0 {
-            // Delivered on commit, to the other devices' change listeners.
-            sqlx::query(NOTIFY)
-                .persistent(self.persistent)
-                .bind(CHANGES_CHANNEL)
-                .bind(format!("{} {}", self.token, self.tenant))
-                .execute(self.counted(&mut *tx))
-                .await?;
-        }
+        let signal = format!("{} {}", self.token, self.tenant);
+        let applied = self.upsert_rows(&mut tx, records, Some(&signal)).await?;
         hybridsync_core::crash_point("during_batch");
         self.commit(tx).await?;
         Ok(applied)
     }
 
     /// The upsert statement itself, in `tx` (which it leaves open, its idle timeout
-    /// armed); returns how many rows changed.
+    /// armed); returns how many rows changed. If any did, `signal` (when given) is
+    /// notified on the changes channel at commit.
     pub(crate) async fn upsert_rows(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         records: &[Record],
+        signal: Option<&str>,
     ) -> Result<u64> {
         // One statement per batch; the WHERE clause makes the upsert monotone. Bound
         // by reference: each value is copied once, into the statement's buffer.
         let embeddings = EmbeddingBytes::of(records);
         let (buckets, leaves): (Vec<i64>, Vec<i64>) = records.iter().map(tree_digests).unzip();
-        let applied = sqlx::query(UPSERT)
+        let (applied,): (i64,) = sqlx::query_as(UPSERT)
             .persistent(self.persistent)
             .bind(
                 records
@@ -130,10 +128,11 @@ impl PostgresSink {
             .bind(buckets)
             .bind(leaves)
             .bind(self.idle_in_transaction_ms.as_deref())
-            .execute(self.counted(&mut **tx))
-            .await?
-            .rows_affected();
-        Ok(applied)
+            .bind(CHANGES_CHANNEL)
+            .bind(signal)
+            .fetch_one(self.counted(&mut **tx))
+            .await?;
+        Ok(applied as u64)
     }
 }
 

@@ -419,8 +419,10 @@ pub trait CloudSink: Send + Sync + 'static {
     /// Records (tombstones included) the cloud holds for a collection.
     async fn count(&self, collection: &CollectionName) -> Result<u64>;
     /// Publishes collection definitions. A name the cloud already knows with another
-    /// spec is refused (permanent error) and nothing is published.
-    async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()>;
+    /// spec is refused (permanent error) and nothing is published. Returns every
+    /// definition the cloud then knows for this tenant, as [`Self::remote_collections`]
+    /// would, read in the same transaction.
+    async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<Vec<CollectionSpec>>;
     /// Every collection definition the cloud knows for this tenant.
     async fn remote_collections(&self) -> Result<Vec<CollectionSpec>>;
     /// A cheap round trip that proves the cloud is reachable.

@@ -4,11 +4,11 @@
 //! collection, so an interrupted run resumes where it stopped.
 
 use crate::{Engine, Error, Result, SyncHandle, Syncer};
-use hybridsync_core::RwLockExt;
 use hybridsync_core::{
     CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, LocalStore,
     Priority, Strategy, SyncEvent, SyncOperation, VectorCache, WriteRequest,
 };
+use hybridsync_core::{MutexExt, RwLockExt};
 use hybridsync_telemetry::catalogue;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -73,6 +73,8 @@ pub struct Replicator<S: ?Sized, V: ?Sized, C: ?Sized> {
     syncer: Arc<Syncer<S, C>>,
     resolvers: RwLock<HashMap<CollectionName, Arc<dyn ConflictResolver>>>,
     running: tokio::sync::Mutex<()>,
+    /// The definitions the cloud's catalogue held, identical, at the last sync.
+    confirmed: std::sync::Mutex<Vec<CollectionSpec>>,
 }
 
 impl<S: ?Sized, V: ?Sized, C: ?Sized> std::fmt::Debug for Replicator<S, V, C> {
@@ -89,6 +91,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
             syncer,
             resolvers: RwLock::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
+            confirmed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -182,7 +185,9 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
 
     /// Both ways: publishes and learns collection definitions, pulls remote changes
     /// (settling conflicts with the collection's resolver, else `resolver`), then pushes
-    /// every pending local change, including the conflict results.
+    /// every pending local change, including the conflict results. Collections whose
+    /// definitions the cloud confirmed at an earlier sync are pulled before the
+    /// catalogue step, the rest after it.
     pub async fn sync(
         &self,
         collections: &[CollectionName],
@@ -191,21 +196,36 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
     ) -> Result<SyncReport> {
         self.run(SyncOperation::Sync, progress, async |report| {
             let local = self.local_specs(collections).await?;
-            self.syncer.sink().publish_collections(&local).await?;
-            let specs = self.learn_catalogue(collections).await?;
+            // Collections whose definitions the cloud confirmed in an earlier round are
+            // pulled first, so a change another device signalled lands before the
+            // catalogue's round trip; those definitions never change in the cloud.
+            let early: Vec<CollectionSpec> = {
+                let confirmed = self.confirmed.lock_or_recover();
+                local
+                    .iter()
+                    .filter(|s| confirmed.contains(s))
+                    .cloned()
+                    .collect()
+            };
+            let mut of = local.len();
+            for (i, spec) in early.iter().enumerate() {
+                self.pull_with(spec, resolver, (i, of), progress, report)
+                    .await?;
+            }
+            // Publishing reads the cloud's catalogue back in the same transaction.
+            let remote = self.syncer.sink().publish_collections(&local).await?;
+            let specs = self.adopt_catalogue(collections, remote.clone()).await?;
+            *self.confirmed.lock_or_recover() = specs
+                .iter()
+                .filter(|s| remote.contains(s))
+                .cloned()
+                .collect();
             report.collections = specs.len();
-            for (i, spec) in specs.iter().enumerate() {
-                let custom = self.resolver_for(&spec.name);
-                let resolver = custom.as_deref().unwrap_or(resolver);
-                self.pull(
-                    SyncOperation::Sync,
-                    spec,
-                    resolver,
-                    (i, specs.len()),
-                    progress,
-                    report,
-                )
-                .await?;
+            of = of.max(specs.len());
+            let rest = specs.iter().filter(|s| !early.contains(s));
+            for (i, spec) in rest.enumerate() {
+                self.pull_with(spec, resolver, (early.len() + i, of), progress, report)
+                    .await?;
             }
             self.push(report).await?;
             self.progress(SyncOperation::Sync, progress, 100.0, "pushed local changes");
@@ -404,12 +424,44 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
     /// the chosen collections known on either side.
     async fn learn_catalogue(&self, collections: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
         let remote = self.syncer.sink().remote_collections().await?;
+        self.adopt_catalogue(collections, remote).await
+    }
+
+    /// [`Self::learn_catalogue`] with the cloud's catalogue already read.
+    async fn adopt_catalogue(
+        &self,
+        collections: &[CollectionName],
+        remote: Vec<CollectionSpec>,
+    ) -> Result<Vec<CollectionSpec>> {
         for spec in &remote {
             if collections.is_empty() || collections.contains(&spec.name) {
                 self.engine.create_collection(spec.clone()).await?;
             }
         }
         self.local_specs(collections).await
+    }
+
+    /// A sync's pull of one collection, settling conflicts with the collection's
+    /// resolver, else `resolver`.
+    async fn pull_with(
+        &self,
+        spec: &CollectionSpec,
+        resolver: &dyn ConflictResolver,
+        position: (usize, usize),
+        progress: Progress<'_>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let custom = self.resolver_for(&spec.name);
+        let resolver = custom.as_deref().unwrap_or(resolver);
+        self.pull(
+            SyncOperation::Sync,
+            spec,
+            resolver,
+            position,
+            progress,
+            report,
+        )
+        .await
     }
 
     /// Pulls one collection's changes from its cursor to the end of the feed.
@@ -424,10 +476,16 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
     ) -> Result<()> {
         let store = self.engine.store();
         let sink = self.syncer.sink();
-        let total = sink.count(&spec.name).await?.max(1);
         let cursor = store.cursor(&spec.name).await?;
         let mut seen = 0u64;
         let mut batch = sink.pull(&spec.name, &cursor, PAGE).await?;
+        // The cloud's row count, for progress, only when there is more than one page:
+        // a round that finds a few changes (the usual auto-sync round) saves the trip.
+        let total = if batch.records.len() == PAGE {
+            sink.count(&spec.name).await?.max(1)
+        } else {
+            batch.records.len().max(1) as u64
+        };
         loop {
             let rows = batch.records.len();
             if rows == 0 {

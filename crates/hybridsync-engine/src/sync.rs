@@ -305,12 +305,29 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
         }
         metrics::gauge!(catalogue::POOL_LOAD).set(self.sink.load());
         metrics::gauge!(catalogue::POOL_SIZE).set(f64::from(self.sink.pool_size().0));
-        let lanes = self.lanes();
-        let lane = || async move {
+        // One lane claims first; the others start only if that claim was a full batch
+        // (a backlog). A write or two (the usual nudge) ships at once, without lanes
+        // that would find nothing contending for the outbox on the way.
+        let batch = self.batch_size.load(Ordering::Relaxed);
+        let first = self.store.claim_outbox(batch, due_ms, self.gate()).await?;
+        if first.is_empty() {
+            return Ok(DrainReport::default());
+        }
+        let lanes = if first.len() >= batch {
+            self.lanes()
+        } else {
+            1
+        };
+        let lane = |mut claimed: Option<Vec<OutboxEntry>>| async move {
             let mut report = DrainReport::default();
             loop {
-                let batch = self.batch_size.load(Ordering::Relaxed);
-                let entries = self.store.claim_outbox(batch, due_ms, self.gate()).await?;
+                let entries = match claimed.take() {
+                    Some(entries) => entries,
+                    None => {
+                        let batch = self.batch_size.load(Ordering::Relaxed);
+                        self.store.claim_outbox(batch, due_ms, self.gate()).await?
+                    }
+                };
                 if entries.is_empty() {
                     return Ok(report);
                 }
@@ -329,7 +346,10 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
                 }
             }
         };
-        let results = futures_util::future::join_all((0..lanes).map(|_| lane())).await;
+        let results = futures_util::future::join_all(
+            std::iter::once(lane(Some(first))).chain((1..lanes).map(|_| lane(None))),
+        )
+        .await;
         let mut report = DrainReport::default();
         let mut settled = Ok(());
         for result in results {

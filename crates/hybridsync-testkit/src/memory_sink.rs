@@ -311,7 +311,7 @@ impl CloudSink for MemorySink {
         Ok(state.rows.keys().filter(|(c, _)| c == collection).count() as u64)
     }
 
-    async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<()> {
+    async fn publish_collections(&self, specs: &[CollectionSpec]) -> Result<Vec<CollectionSpec>> {
         self.gate()?;
         let mut state = self.state.lock_or_recover();
         if let Some(spec) = specs.iter().find(|s| {
@@ -328,7 +328,7 @@ impl CloudSink for MemorySink {
         for spec in specs {
             state.collections.insert(spec.name.clone(), spec.clone());
         }
-        Ok(())
+        Ok(state.collections.values().cloned().collect())
     }
 
     async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
