@@ -3,10 +3,12 @@ bench's own vectors, one thread, with the bench's graph parameters.
 
 Reads `data.bin` (u32 n, u32 queries, u32 dim, then n vectors and the queries as
 little-endian f32) and `truth.bin` (u32 queries, u32 k, then the exact top-k labels as
-u64), and prints one JSON line per (peer, ef): the p50 of one query at a time through
-the binding, the mean per query of one batched call on one thread (no per-call Python
-overhead), and recall@k. Never a dependency of the product: the bench runs it in a venv
-of its own when PyPI is reachable.
+u64) and builds both indexes; prints `ready`. Then, for each line `sweep` on its input,
+it prints one JSON line per (peer, ef): the p50 of one query at a time through the
+binding, the mean per query of one batched call on one thread (no per-call Python
+overhead), and recall@k; then `end`. The bench asks for a sweep between its own, so the
+two take turns in the same stretch of time. Never a dependency of the product: the
+bench runs it in a venv of its own when PyPI is reachable.
 """
 
 import json
@@ -74,6 +76,7 @@ def main():
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     unit_queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True))
 
+    import faiss
     import hnswlib
 
     index = hnswlib.Index(space="cosine", dim=vectors.shape[1])
@@ -81,36 +84,40 @@ def main():
     index.set_num_threads(2)
     index.add_items(vectors, np.arange(len(vectors)))
     index.set_num_threads(1)
-    for ef in efs:
-        index.set_ef(max(ef, k))
-        measure(
-            "hnswlib",
-            ef,
-            lambda q: index.knn_query(q, k=k)[0][0],
-            lambda qs: index.knn_query(qs, k=k),
-            queries,
-            truth,
-            k,
-        )
-
-    import faiss
 
     faiss.omp_set_num_threads(2)
     flat = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
     flat.hnsw.efConstruction = ef_construction
     flat.add(np.ascontiguousarray(unit, dtype="float32"))
     faiss.omp_set_num_threads(1)
-    for ef in efs:
-        flat.hnsw.efSearch = max(ef, k)
-        measure(
-            "faiss_hnsw",
-            ef,
-            lambda q: flat.search(q.reshape(1, -1), k)[1][0],
-            lambda qs: flat.search(qs, k),
-            unit_queries,
-            truth,
-            k,
-        )
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "sweep":
+            continue
+        for ef in efs:
+            index.set_ef(max(ef, k))
+            measure(
+                "hnswlib",
+                ef,
+                lambda q: index.knn_query(q, k=k)[0][0],
+                lambda qs: index.knn_query(qs, k=k),
+                queries,
+                truth,
+                k,
+            )
+        for ef in efs:
+            flat.hnsw.efSearch = max(ef, k)
+            measure(
+                "faiss_hnsw",
+                ef,
+                lambda q: flat.search(q.reshape(1, -1), k)[1][0],
+                lambda qs: flat.search(qs, k),
+                unit_queries,
+                truth,
+                k,
+            )
+        print("end", flush=True)
 
 
 if __name__ == "__main__":
