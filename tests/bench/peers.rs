@@ -165,8 +165,7 @@ impl Peers {
                 return Ok(points);
             }
             points.push(
-                serde_json::from_str(&line)
-                    .with_context(|| format!("peers.py said {line:?}"))?,
+                serde_json::from_str(&line).with_context(|| format!("peers.py said {line:?}"))?,
             );
         }
     }
@@ -213,7 +212,10 @@ fn usearch_index(vectors: &[Vec<f32>]) -> Result<usearch::Index> {
 /// two threads), to be searched directly.
 fn ours_index(
     vectors: &[Vec<f32>],
-) -> Result<(hybridsync_vector::HnswCache, hybridsync_core::CollectionName)> {
+) -> Result<(
+    hybridsync_vector::HnswCache,
+    hybridsync_core::CollectionName,
+)> {
     use hybridsync_core::{CollectionName, Key, Metric, Precision, VectorCache, VectorSpec};
     let index = hybridsync_vector::HnswCache::new(hybridsync_vector::VectorOptions {
         exact_below: 0,

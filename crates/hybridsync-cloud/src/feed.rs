@@ -47,14 +47,18 @@ const HORIZON: &str =
 const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// One page of the feed, below the horizon: a transaction with a smaller id may still
-/// commit a row that sorts before rows above it.
-const CHANGES: &str =
-    "SELECT key, payload, embedding, hlc, origin, tombstone, hash, txid::text::int8, seq
-     FROM hs_records
-     WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1
-       AND (txid, seq) > ($2::text::xid8, $3)
-       AND txid < $5::text::xid8
-     ORDER BY txid, seq
+/// commit a row that sorts before rows above it. The order names the table's columns
+/// (`r.txid`): a bare `txid` would name the output column `txid::text::int8`, which no
+/// index provides, and every page would sort every row after the cursor (a hydrate of
+/// n rows cost O(n²)); ordered by the columns, the feed index hands out one page.
+pub(crate) const CHANGES: &str =
+    "SELECT r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash,
+            r.txid::text::int8, r.seq
+     FROM hs_records r
+     WHERE r.tenant = current_setting('hybridsync.tenant') AND r.collection = $1
+       AND (r.txid, r.seq) > ($2::text::xid8, $3)
+       AND r.txid < $5::text::xid8
+     ORDER BY r.txid, r.seq
      LIMIT $4";
 
 const COUNT: &str = "SELECT count(*) FROM hs_records WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1";
