@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Relaxed, Orderin
 
 /// No node.
 const NONE: u32 = u32::MAX;
+/// How many neighbours ahead of the one being measured a walk prefetches.
+const PREFETCH_AHEAD: usize = 4;
 /// Stripe locks guarding link lists during a parallel build.
 const STRIPES: usize = 1024;
 
@@ -560,10 +562,17 @@ impl<T: Element> Graph<T> {
             }
             fresh.clear();
             fresh.extend(self.neighbours(c.1, level).filter(|n| visited.insert(*n)));
-            for n in &fresh {
+            // Prefetched a few ahead of the one measured: asked for all at once, the
+            // later vectors' lines were evicted or dropped before their turn came
+            // (measured on 100k f16 vectors, median over six paired rounds: ef 24
+            // 50.2 → 39.7 µs, ef 32 67.0 → 49.4 µs).
+            for n in fresh.iter().take(PREFETCH_AHEAD) {
                 self.prefetch(*n);
             }
-            for n in &fresh {
+            for (i, n) in fresh.iter().enumerate() {
+                if let Some(next) = fresh.get(i + PREFETCH_AHEAD) {
+                    self.prefetch(*next);
+                }
                 let d = self.distance(q, *n);
                 let bound = found.peek().map_or(f32::INFINITY, |w| w.0);
                 if found.len() < ef || d < bound {
