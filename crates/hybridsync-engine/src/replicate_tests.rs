@@ -415,6 +415,39 @@ async fn auto_sync_is_nudged_by_another_devices_write<T: TestCloud>(cloud: T) {
     auto.shutdown().await;
 }
 
+/// A sync pulls the collections the cloud confirmed at an earlier round before its
+/// catalogue step, and in the same round still learns and pulls a collection another
+/// device created since: one round brings both.
+async fn one_sync_brings_known_and_newly_created_collections<T: TestCloud>(cloud: T) {
+    let a = notes_device(cloud.own_sink()).await;
+    let b = notes_device(cloud.own_sink()).await;
+    a.put("k", "v1").await;
+    a.sync(&Strategy::NewestWins).await;
+    b.sync(&Strategy::NewestWins).await;
+    assert_eq!(b.value("k").await.as_deref(), Some("v1"));
+
+    let tasks = hybridsync_core::CollectionName::new("tasks").unwrap();
+    a.engine
+        .create_collection(CollectionSpec {
+            name: tasks.clone(),
+            vector: None,
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+    let todo = WriteRequest::put(tasks.clone(), Key::new("t1").unwrap(), "todo".into(), None);
+    a.engine.put(todo).await.unwrap();
+    a.put("k", "v2").await;
+    a.sync(&Strategy::NewestWins).await;
+
+    let report = b.sync(&Strategy::NewestWins).await;
+    assert_eq!(report.collections, 2);
+    assert_eq!(report.pulled, 2, "{report:?}");
+    assert_eq!(b.value("k").await.as_deref(), Some("v2"));
+    let task = b.engine.get(&tasks, "t1").await.unwrap().unwrap();
+    assert_eq!(task.payload, b"todo");
+}
+
 const LONG: std::time::Duration = std::time::Duration::from_secs(30);
 
 macro_rules! replicate_suite {
@@ -445,6 +478,11 @@ macro_rules! replicate_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn hydrate_restores_a_new_device_and_resumes() {
                 super::hydrate_restores_a_new_device_and_resumes($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_sync_brings_known_and_newly_created_collections() {
+                super::one_sync_brings_known_and_newly_created_collections($cloud).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
