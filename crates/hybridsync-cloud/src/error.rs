@@ -83,10 +83,22 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 let message = db.message().to_owned();
-                if code == "42P01" && message.contains("\"hs_") {
-                    // One of our tables is missing: the schema was never installed here.
+                if code == "HS403" {
+                    // The schema's hs_select_tenant names the tenant in its detail.
+                    let tenant = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .and_then(|e| e.detail())
+                        .unwrap_or_default()
+                        .to_owned();
+                    Error::TenantDenied { tenant }
+                } else if (code == "42P01" && message.contains("\"hs_"))
+                    || (code == "42883" && message.contains(" hs_"))
+                {
+                    // One of our tables or functions is missing: the schema was never
+                    // installed here, or is older than this build's.
                     Error::Schema(format!(
-                        "{message} (SQLSTATE 42P01): this database has no hybridsync schema; an administrator installs it once with `hybridsync --cloud-url ADMIN_URL cloud migrate --grant ROLE --tenant TENANT`"
+                        "{message} (SQLSTATE {code}): this database has no hybridsync schema, or an older one than this build's (version {}); an administrator installs or upgrades it with `hybridsync --cloud-url ADMIN_URL cloud migrate --grant ROLE --tenant TENANT`",
+                        crate::SCHEMA_VERSION
                     ))
                 } else if message.contains("unsupported startup parameter") {
                     // PgBouncer refuses the session settings a direct sink sends.

@@ -7,9 +7,11 @@
 //! advisory lock keyed by its tenant (or key 0, for every tenant), before it has a
 //! transaction id (the schema's trigger sees to it; version 6). A pull first reads the
 //! holders of its tenant's key and of key 0 that have an id, and takes the oldest of
-//! those ids, or the first id not yet completed when none (`HORIZON`); then, in a
-//! later statement of the same `READ COMMITTED` transaction (so with a later
-//! snapshot), it reads the rows below that horizon (`CHANGES`). Why nothing is skipped:
+//! those ids, or the first id not yet completed when none; then, in a later statement
+//! (so, under `READ COMMITTED`, with a later snapshot), it reads the rows below that
+//! horizon. Both statements are the schema's `hs_feed_page` (version 8), a `VOLATILE`
+//! PL/pgSQL function, whose statements each take a snapshot of their own; the pull
+//! sends it as one statement. Why nothing is skipped:
 //! a row below the horizon was written by a transaction whose id is older than the
 //! horizon statement's snapshot, so it announced itself before that snapshot; it was
 //! not among the holders, so it had ended before the holders were read, which is
@@ -23,43 +25,23 @@ use hybridsync_core::{
     ChangeBatch, ChangeCursor, CollectionName, ContentHash, DeviceId, Hlc, Key, Record,
 };
 use sqlx::Row;
+use std::sync::atomic::Ordering;
 
-/// The writer horizon (see the module docs): the oldest transaction id among the
-/// holders of this tenant's writer key or key 0, or the first id not yet completed.
-/// `backend_xid` is a 32-bit id; a running one lies within 2^31 below the snapshot's
-/// `xmax`, which places it in the 64-bit sequence. The lock's first key, 1213421891,
-/// is the schema's (`hs_enter_writer`).
-const HORIZON: &str =
-    "WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS id),
-     writers AS (
-         SELECT a.backend_xid::text::int8 AS xid
-         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND l.classid = 1213421891
-           AND l.objid IN (0, hs_writer_key(current_setting('hybridsync.tenant')))
-           AND a.backend_xid IS NOT NULL)
-     SELECT least(next.id, min(next.id - (next.id - w.xid) % 4294967296))
-     FROM next LEFT JOIN writers w ON true GROUP BY next.id";
+/// One page of the feed, below the writer horizon, in one statement: the schema's
+/// `hs_feed_page` (version 8) scopes itself to the tenant, reads the horizon (the
+/// oldest transaction id among the holders of this tenant's writer key or key 0, or
+/// the first id not yet completed), then, in a later statement with a later snapshot,
+/// the rows after the cursor below it, in `(txid, seq)` order from the feed index.
+const FEED_PAGE: &str = "SELECT * FROM hs_feed_page($1, $2, $3, $4, $5)";
 
-/// A pull's transaction: each statement takes its own snapshot, whatever the server's
-/// default isolation, so `CHANGES` sees every commit that ended before `HORIZON` ran.
+/// `hs_feed_page`'s refusal to run under an isolation level other than `READ
+/// COMMITTED`, where its two statements would share one snapshot.
+const NEEDS_READ_COMMITTED: &str = "HS001";
+
+/// A pull's transaction, where the feed page cannot be a transaction of its own (behind
+/// PgBouncer, whose sessions take the statement timeout from each transaction; or on a
+/// server whose default isolation is not `READ COMMITTED`).
 const BEGIN_READ_COMMITTED: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
-
-/// One page of the feed, below the horizon: a transaction with a smaller id may still
-/// commit a row that sorts before rows above it. The order names the table's columns
-/// (`r.txid`): a bare `txid` would name the output column `txid::text::int8`, which no
-/// index provides, and every page would sort every row after the cursor (a hydrate of
-/// n rows cost O(n²)); ordered by the columns, the feed index hands out one page.
-pub(crate) const CHANGES: &str =
-    "SELECT r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash,
-            r.txid::text::int8, r.seq
-     FROM hs_records r
-     WHERE r.tenant = current_setting('hybridsync.tenant') AND r.collection = $1
-       AND (r.txid, r.seq) > ($2::text::xid8, $3)
-       AND r.txid < $5::text::xid8
-     ORDER BY r.txid, r.seq
-     LIMIT $4";
 
 const COUNT: &str = "SELECT count(*) FROM hs_records WHERE tenant = current_setting('hybridsync.tenant') AND collection = $1";
 
@@ -73,21 +55,39 @@ impl PostgresSink {
         limit: usize,
     ) -> Result<ChangeBatch> {
         let (after_txid, after_seq) = decode_cursor(cursor)?;
-        let (mut tx, _) = self.begin_with(Some(BEGIN_READ_COMMITTED)).await?;
-        let horizon: i64 = sqlx::query_scalar(HORIZON)
-            .persistent(self.persistent)
-            .fetch_one(self.counted(&mut *tx))
-            .await?;
-        let rows = sqlx::query(CHANGES)
-            .persistent(self.persistent)
-            .bind(collection.as_str())
-            .bind(after_txid.to_string())
-            .bind(after_seq)
-            .bind(limit.min(i64::MAX as usize) as i64)
-            .bind(horizon.to_string())
-            .fetch_all(self.counted(&mut *tx))
-            .await?;
-        self.commit(tx).await?;
+        let after_txid = i64::try_from(after_txid)
+            .map_err(|_| Error::Config(format!("change cursor txid {after_txid} is out of range")))?;
+        let page = || {
+            sqlx::query(FEED_PAGE)
+                .persistent(self.persistent)
+                .bind(&self.tenant)
+                .bind(collection.as_str())
+                .bind(after_txid)
+                .bind(after_seq)
+                .bind(limit.min(i64::MAX as usize) as i64)
+        };
+        let mut rows = None;
+        // Direct, the page is a statement (and a round trip) of its own.
+        if self.persistent && !self.feed_in_transaction.load(Ordering::Relaxed) {
+            let mut conn = self.connection().await?;
+            match page().fetch_all(self.counted(&mut *conn)).await {
+                Ok(found) => rows = Some(found),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NEEDS_READ_COMMITTED) => {
+                    tracing::info!("the server's default isolation is not READ COMMITTED; the feed is read in transactions that ask for it");
+                    self.feed_in_transaction.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let rows = match rows {
+            Some(rows) => rows,
+            None => {
+                let mut tx = self.begin_with(Some(BEGIN_READ_COMMITTED)).await?;
+                let rows = page().fetch_all(self.counted(&mut *tx)).await?;
+                self.commit(tx).await?;
+                rows
+            }
+        };
         let mut next = cursor.clone();
         let mut records = Vec::with_capacity(rows.len());
         for row in rows {

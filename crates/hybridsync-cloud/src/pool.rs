@@ -6,6 +6,7 @@ use crate::schema::{SCHEMA_VERSION, applied_version};
 use crate::{Error, Result};
 use hybridsync_core::MutexExt;
 use hybridsync_core::{CloudUrl, Pooler};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use std::collections::VecDeque;
@@ -20,17 +21,13 @@ const PING: &str = "SELECT 1";
 
 /// Opens a transaction's tenant scope and its statement timeout (`set_config(..., true)`
 /// is transaction-local, so nothing outlives the transaction: the sink keeps no session
-/// state, which is what lets it run behind a transaction-pooling PgBouncer) and reads
-/// the server's clock in the same round trip.
-/// Also says whether the login role may act for the tenant (a member of it, or a role
-/// that bypasses row-level security anyway), so a device claiming another tenant gets a
-/// typed refusal instead of empty reads and policy violations.
-const BEGIN_FOR_TENANT: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
-     EXISTS (SELECT 1 FROM hs_tenant_members m WHERE m.tenant = $1 \
-             AND pg_has_role(current_user, m.member, 'MEMBER')) \
-     OR (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user) \
-     FROM (SELECT set_config('hybridsync.tenant', $1, true), \
-                  set_config('statement_timeout', $2, true), \
+/// state, which is what lets it run behind a transaction-pooling PgBouncer).
+/// `hs_select_tenant` refuses (SQLSTATE HS403, [`Error::TenantDenied`]) a login role
+/// that may not act for the tenant (not a member of it, nor a role that bypasses
+/// row-level security anyway), so a device claiming another tenant gets a typed
+/// refusal instead of empty reads and policy violations.
+const BEGIN_FOR_TENANT: &str = "SELECT hs_select_tenant($1) \
+     FROM (SELECT set_config('statement_timeout', $2, true), \
                   set_config('idle_in_transaction_session_timeout', \
                              coalesce($3, current_setting('idle_in_transaction_session_timeout')), true)) AS scope";
 
@@ -148,6 +145,9 @@ pub struct PostgresSink {
     acquire_errors: AtomicU64,
     acquire_wait_ns: AtomicU64,
     queries: AtomicU64,
+    /// Set once the server refused a feed page as a transaction of its own (its default
+    /// isolation is not `READ COMMITTED`); pages are then read inside transactions.
+    pub(crate) feed_in_transaction: AtomicBool,
 }
 
 impl Drop for PostgresSink {
@@ -360,6 +360,7 @@ impl PostgresSink {
             acquire_errors: AtomicU64::new(0),
             acquire_wait_ns: AtomicU64::new(0),
             queries: AtomicU64::new(0),
+            feed_in_transaction: AtomicBool::new(false),
         })
     }
 
@@ -458,16 +459,10 @@ impl PostgresSink {
     /// A transaction scoped to our tenant. `set_config(..., true)` is transaction-local,
     /// so the tenant is gone when the connection returns to the pool.
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.begin_clocked().await?.0)
-    }
-
-    /// [`Self::begin`], also returning the server's clock (ms since the epoch), read in
-    /// the same round trip.
-    pub(crate) async fn begin_clocked(&self) -> Result<(Transaction<'static, Postgres>, i64)> {
         self.begin_with(None).await
     }
 
-    /// [`Self::begin_clocked`] with a `BEGIN` statement of the caller's (`None`: plain
+    /// [`Self::begin`] with a `BEGIN` statement of the caller's (`None`: plain
     /// `BEGIN`). Every transaction starts with a loose idle-in-transaction timeout
     /// (three times the larger of the idle and statement timeouts, 30 s by default): a
     /// device that vanishes mid-transaction before any upsert holds no transaction id
@@ -477,38 +472,48 @@ impl PostgresSink {
     pub(crate) async fn begin_with(
         &self,
         statement: Option<&'static str>,
-    ) -> Result<(Transaction<'static, Postgres>, i64)> {
+    ) -> Result<Transaction<'static, Postgres>> {
         self.sample_load();
         let started = std::time::Instant::now();
         let began = match statement {
             Some(statement) => self.pool.begin_with(statement).await,
             None => self.pool.begin().await,
         };
-        self.acquire_wait_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let mut tx = match began {
-            Ok(tx) => {
-                self.acquires.fetch_add(1, Ordering::Relaxed);
-                self.counted(tx)
-            }
-            Err(e) => {
-                self.acquire_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e.into());
-            }
-        };
-        let (server_ms, member): (i64, Option<bool>) = sqlx::query_as(BEGIN_FOR_TENANT)
+        // BEGIN is a statement sent.
+        let mut tx = self.counted(self.acquired(started, began)?);
+        sqlx::query(BEGIN_FOR_TENANT)
             .persistent(self.persistent)
             .bind(&self.tenant)
             .bind(&self.statement_timeout_ms)
             .bind(self.begin_idle_ms.as_deref())
-            .fetch_one(self.counted(&mut *tx))
+            .execute(self.counted(&mut *tx))
             .await?;
-        if member != Some(true) {
-            return Err(Error::TenantDenied {
-                tenant: self.tenant.clone(),
-            });
+        Ok(tx)
+    }
+
+    /// A pooled connection for one statement that runs as its own transaction (and
+    /// scopes itself to the tenant, as the schema's `hs_feed_page` does).
+    pub(crate) async fn connection(&self) -> Result<PoolConnection<Postgres>> {
+        self.sample_load();
+        let started = std::time::Instant::now();
+        let acquired = self.pool.acquire().await;
+        self.acquired(started, acquired)
+    }
+
+    /// Counts a pool take that began at `started`, and its outcome.
+    fn acquired<T>(&self, started: std::time::Instant, result: sqlx::Result<T>) -> Result<T> {
+        self.acquire_wait_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match result {
+            Ok(taken) => {
+                self.acquires.fetch_add(1, Ordering::Relaxed);
+                Ok(taken)
+            }
+            Err(e) => {
+                self.acquire_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e.into())
+            }
         }
-        Ok((tx, server_ms))
     }
 
     /// Counts one statement sent through `executor` (for `queries_total`) and hands it

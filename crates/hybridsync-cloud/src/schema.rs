@@ -8,7 +8,7 @@ use sqlx::{Executor, Row};
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
@@ -56,6 +56,11 @@ pub(crate) fn migrator_until(last: i64) -> Migrator {
             7,
             "acting tenant in plpgsql",
             include_str!("../migrations/0007_acting_tenant_plpgsql.sql"),
+        ),
+        migration(
+            8,
+            "one-statement ship and feed page",
+            include_str!("../migrations/0008_one_statement_ship_and_pull.sql"),
         ),
     ]);
     migrator.migrations = std::borrow::Cow::Owned(

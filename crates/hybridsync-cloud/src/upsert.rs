@@ -9,32 +9,21 @@ use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
 use sqlx::{Postgres, Transaction};
 
-/// The upsert; the `WHERE` clause makes it monotone, so replays and reordering cannot
-/// move a row backwards. It also tightens the transaction's idle timeout (`$12`; NULL
-/// keeps what it was): from the moment the transaction holds an id, and with it the
-/// other devices' change-feed horizon, a device that vanishes before its `COMMIT`
-/// loses its session within that timeout. Tightened here rather than at `BEGIN` (which
-/// sets a looser one), so a slow link uploading a large batch is not mistaken for a
-/// vanished one. When it changed any row and `$14` is not NULL, it notifies `$14` on
-/// channel `$13`, delivered to the other devices' change listeners on commit: in the
-/// same round trip, which is on the path of every change to the other devices.
-const UPSERT: &str = "WITH changed AS (
-     INSERT INTO hs_records AS r (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, key_id, bucket, leaf)
-     SELECT current_setting('hybridsync.tenant'), unnest($1::text[]), unnest($2::text[]), unnest($3::bytea[]),
-            unnest($4::bytea[]), unnest($5::int8[]), unnest($6::bytea[]), unnest($7::bool[]), unnest($8::bytea[]),
-            unnest($9::text[]), unnest($10::int8[]), unnest($11::int8[])
-     FROM (SELECT set_config('idle_in_transaction_session_timeout',
-                             coalesce($12, current_setting('idle_in_transaction_session_timeout')), true)) AS armed
-     ON CONFLICT (tenant, collection, key) DO UPDATE SET
-         payload = excluded.payload, embedding = excluded.embedding, hlc = excluded.hlc,
-         origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
-         key_id = excluded.key_id, bucket = excluded.bucket, leaf = excluded.leaf,
-         txid = pg_current_xact_id(), seq = nextval('hs_change_seq'), updated_at = now()
-     WHERE (excluded.hlc, excluded.origin) > (r.hlc, r.origin)
-     RETURNING 1),
-   counted AS (SELECT count(*) AS n FROM changed)
-   SELECT n, CASE WHEN n > 0 AND $14::text IS NOT NULL THEN pg_notify($13, $14)::text END
-   FROM counted";
+/// The upsert: the schema's `hs_ship` (version 8) scopes the statement to the tenant,
+/// refuses a batch stamped too far ahead of the server's clock (`changed` is then NULL),
+/// and upserts the batch's columns, bound by reference as arrays and unnested in the
+/// select list (which PostgreSQL streams rather than materialising); its `WHERE` clause
+/// makes it monotone, so replays and reordering cannot move a row backwards. It also
+/// tightens the transaction's idle timeout (`$4`; NULL keeps what it was): from the
+/// moment the transaction holds an id, and with it the other devices' change-feed
+/// horizon, a device that vanishes before its `COMMIT` loses its session within that
+/// timeout. Tightened here rather than at `BEGIN` (which sets a looser one), so a slow
+/// link uploading a large batch is not mistaken for a vanished one. When it changed any
+/// row and `$6` is not NULL, it notifies `$6` on channel `$5`, delivered to the other
+/// devices' change listeners on commit: in the same round trip, which is on the path of
+/// every change to the other devices.
+const SHIP: &str = "SELECT changed, server_ms FROM hs_ship($1, $2, $3, $4, $5, $6, \
+     $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
 impl PostgresSink {
     /// Upserts a batch in one statement, monotone in `(hlc, origin)`; returns how many
@@ -52,18 +41,7 @@ impl PostgresSink {
         } else {
             records
         };
-        let (mut tx, server_ms) = self.begin_clocked().await?;
-        let limit_ms = server_ms.saturating_add(self.max_drift_ms);
-        if let Some(ahead) = records
-            .iter()
-            .find(|r| r.version.physical_ms.min(i64::MAX as u64) as i64 > limit_ms)
-        {
-            return Err(Error::ClockAhead {
-                record: format!("{}/{}", ahead.collection, ahead.key),
-                ahead_ms: ahead.version.physical_ms as i64 - server_ms,
-                limit_ms: self.max_drift_ms,
-            });
-        }
+        let mut tx = self.begin().await?;
         let signal = format!("{} {}", self.token, self.tenant);
         let applied = self.upsert_rows(&mut tx, records, Some(&signal)).await?;
         hybridsync_core::crash_point("during_batch");
@@ -73,7 +51,9 @@ impl PostgresSink {
 
     /// The upsert statement itself, in `tx` (which it leaves open, its idle timeout
     /// armed); returns how many rows changed. If any did, `signal` (when given) is
-    /// notified on the changes channel at commit.
+    /// notified on the changes channel at commit. A batch holding a record stamped
+    /// further ahead of the server's clock than the sink allows writes nothing and is
+    /// refused ([`Error::ClockAhead`]).
     pub(crate) async fn upsert_rows(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -84,8 +64,18 @@ impl PostgresSink {
         // by reference: each value is copied once, into the statement's buffer.
         let embeddings = EmbeddingBytes::of(records);
         let (buckets, leaves): (Vec<i64>, Vec<i64>) = records.iter().map(tree_digests).unzip();
-        let (applied,): (i64,) = sqlx::query_as(UPSERT)
+        let Some(newest) = records.iter().max_by_key(|r| r.version.physical_ms) else {
+            return Ok(0);
+        };
+        let newest_ms = newest.version.physical_ms.min(i64::MAX as u64) as i64;
+        let (changed, server_ms): (Option<i64>, i64) = sqlx::query_as(SHIP)
             .persistent(self.persistent)
+            .bind(&self.tenant)
+            .bind(newest_ms)
+            .bind(self.max_drift_ms)
+            .bind(self.idle_in_transaction_ms.as_deref())
+            .bind(CHANGES_CHANNEL)
+            .bind(signal)
             .bind(
                 records
                     .iter()
@@ -127,12 +117,16 @@ impl PostgresSink {
             )
             .bind(buckets)
             .bind(leaves)
-            .bind(self.idle_in_transaction_ms.as_deref())
-            .bind(CHANGES_CHANNEL)
-            .bind(signal)
             .fetch_one(self.counted(&mut **tx))
             .await?;
-        Ok(applied as u64)
+        match changed {
+            Some(changed) => Ok(changed as u64),
+            None => Err(Error::ClockAhead {
+                record: format!("{}/{}", newest.collection, newest.key),
+                ahead_ms: newest_ms.saturating_sub(server_ms),
+                limit_ms: self.max_drift_ms,
+            }),
+        }
     }
 }
 
