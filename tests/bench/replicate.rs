@@ -191,9 +191,10 @@ pub(crate) async fn hydrate_trial(
     Ok(records as f64 / secs)
 }
 
-/// Write on device A, poll device B until it reads the new value. B runs auto-sync on
-/// a one-minute interval, so what is measured is the nudge path: A's drain is woken by
-/// the write, its upsert notifies, B's listener wakes B's sync, B pulls and applies.
+/// Write on device A, read device B after each event it reports until it reads the
+/// new value. B runs auto-sync on a one-minute interval, so what is measured is the
+/// nudge path: A's drain is woken by the write, its upsert notifies, B's listener wakes
+/// B's sync, B pulls and applies.
 pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<Row>> {
     println!("propagation: {rounds} writes on device A, each awaited on device B");
     let url = format!("postgres://app@127.0.0.1:{}/postgres", pg.port());
@@ -212,6 +213,7 @@ pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<
     b.start_auto_sync(Duration::from_secs(60), Strategy::NewestWins)
         .await?;
     let (notes_a, notes_b) = (a.raw("notes")?, b.raw("notes")?);
+    let mut events = b.subscribe()?;
     // Let B's first (listen-triggered) round pass.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -230,7 +232,12 @@ pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<
                 started.elapsed() < Duration::from_secs(30),
                 "write {i} never reached device B"
             );
-            tokio::time::sleep(Duration::from_micros(500)).await;
+            // B reports each page it applies; a timer (1 ms at the finest in tokio)
+            // would add up to its own period to every figure.
+            let event = tokio::time::timeout(Duration::from_millis(5), events.recv()).await;
+            if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = event {
+                anyhow::bail!("device B stopped reporting events");
+            }
         }
         ours.push(started.elapsed());
     }

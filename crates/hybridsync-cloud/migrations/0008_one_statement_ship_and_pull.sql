@@ -1,17 +1,20 @@
--- hybridsync cloud schema, version 8: a shipment and a page of the change feed, each
--- in one statement.
+-- hybridsync cloud schema, version 8: a page of the change feed in one statement, and
+-- the upsert with its checks in one.
 --
--- Until now a shipment took four round trips (BEGIN, the tenant's scope, the upsert,
--- COMMIT) and a page of the feed five (BEGIN, the scope, the writer horizon, the page,
--- COMMIT), all of them on the path of every change from one device to another. These
--- two functions do the same work inside one statement, which a direct session sends
--- as one round trip and the server commits on its own. Both run as the caller
--- (SECURITY INVOKER), so row-level security applies to them as to any statement of
--- the login role; both select the tenant transaction-locally, as the sink always has.
+-- Until now a page of the feed took five round trips (BEGIN, the tenant's scope, the
+-- writer horizon, the page, COMMIT), and the horizon read pg_locks, which copies every
+-- lock of the server. hs_feed_page does the same work inside one statement, which a
+-- direct session sends as one round trip and the server commits on its own; it reads
+-- the holders of the writer keys only when a try of those keys finds one there.
+-- hs_ship is the upsert, with the clock check the sink made before (it read the
+-- server's clock at BEGIN), in the round trip of the upsert itself.
 --
--- A login role that may not act for the tenant (not a member of it, and neither a
--- superuser nor BYPASSRLS) is refused with SQLSTATE HS403 and the tenant as the
--- error's detail, as the sink refused it before.
+-- Every function runs as the caller (SECURITY INVOKER), so row-level security applies
+-- to them as to any statement of the login role, and selects the tenant
+-- transaction-locally, as the sink always has. A login role that may not act for the
+-- tenant (not a member of it, and neither a superuser nor BYPASSRLS) is refused with
+-- SQLSTATE HS403 and the tenant as the error's detail (hs_select_tenant), as the sink
+-- refused it before.
 
 -- The tenant's scope, checked: selects `tenant` for the rest of the transaction and
 -- raises HS403 unless the login role may act for it.
@@ -44,7 +47,10 @@ CREATE FUNCTION hs_ship(
     OUT changed int8, OUT server_ms int8) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM hs_select_tenant(tenant);
+    -- The tenant's scope. The sink's transaction has checked it already
+    -- (hs_select_tenant); row-level security refuses the rows of a role that may not
+    -- act for the tenant in any case.
+    PERFORM set_config('hybridsync.tenant', tenant, true);
     server_ms := (extract(epoch FROM clock_timestamp()) * 1000)::int8;
     IF latest_ms > server_ms + drift_ms THEN
         RETURN;
@@ -70,6 +76,25 @@ BEGIN
 END
 $$;
 
+-- Whether no transaction holds this tenant's writer key or key 0 now: tries both
+-- exclusively, without waiting, inside a subtransaction that is then rolled back, which
+-- releases whatever it took. Far cheaper than reading pg_locks, which copies every lock
+-- of the server: a page of the feed asks this first and reads the holders only when
+-- some writer is there (or another reader is trying at the same instant).
+CREATE FUNCTION hs_no_writer(tenant text) RETURNS bool LANGUAGE plpgsql AS $$
+DECLARE
+    free bool;
+BEGIN
+    BEGIN
+        free := pg_try_advisory_xact_lock(1213421891, hs_writer_key(tenant))
+                AND pg_try_advisory_xact_lock(1213421891, 0);
+        RAISE EXCEPTION USING ERRCODE = 'HS000';
+    EXCEPTION WHEN SQLSTATE 'HS000' THEN
+        RETURN free;
+    END;
+END
+$$;
+
 -- A page of the change feed: rows of `collection` after (after_txid, after_seq), in
 -- (txid, seq) order, below the writer horizon (schema version 6; the sink's feed.rs
 -- says why nothing is skipped). The horizon and the page are two statements of this
@@ -92,21 +117,32 @@ BEGIN
         RAISE EXCEPTION 'the change feed is read under READ COMMITTED, not %',
             current_setting('transaction_isolation') USING ERRCODE = 'HS001';
     END IF;
-    PERFORM hs_select_tenant(tenant);
-    -- The oldest transaction id among the holders of this tenant's writer key or key 0,
-    -- or the first id not yet completed. backend_xid is a 32-bit id; a running one lies
-    -- within 2^31 below the snapshot's xmax, which places it in the 64-bit sequence.
-    WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS id),
-         writers AS (
-             SELECT a.backend_xid::text::int8 AS xid
-             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND l.classid = 1213421891
-               AND l.objid IN (0, hs_writer_key(tenant))
-               AND a.backend_xid IS NOT NULL)
-    SELECT least(next.id, min(next.id - (next.id - w.xid) % 4294967296)) INTO horizon
-    FROM next LEFT JOIN writers w ON true GROUP BY next.id;
+    -- The tenant's scope. Row-level security hides every row from a role that may
+    -- not act for the tenant; only an empty page asks why (and refuses such a role).
+    PERFORM set_config('hybridsync.tenant', tenant, true);
+    -- The first id not yet completed, as of this statement's snapshot. If no writer
+    -- holds the keys after it, that is the horizon: a transaction with a smaller id
+    -- had announced itself before this snapshot, so it held its key until it ended,
+    -- which is before the keys were found free, which is before the page's snapshot
+    -- (and a transaction's locks are released only once its commit is visible).
+    horizon := pg_snapshot_xmax(pg_current_snapshot())::text::int8;
+    IF NOT hs_no_writer(tenant) THEN
+        -- Otherwise the oldest transaction id among the holders of this tenant's writer key
+        -- or key 0, or the first id not yet completed. backend_xid is a 32-bit id; a
+        -- running one lies within 2^31 below the snapshot's xmax, which places it in the
+        -- 64-bit sequence.
+        WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS id),
+             writers AS (
+                 SELECT a.backend_xid::text::int8 AS xid
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.classid = 1213421891
+                   AND l.objid IN (0, hs_writer_key(tenant))
+                   AND a.backend_xid IS NOT NULL)
+        SELECT least(next.id, min(next.id - (next.id - w.xid) % 4294967296)) INTO horizon
+        FROM next LEFT JOIN writers w ON true GROUP BY next.id;
+    END IF;
     -- The order names the table's columns: the feed index hands out one page.
     RETURN QUERY
         SELECT r.key, r.payload, r.embedding, r.hlc, r.origin, r.tombstone, r.hash,
@@ -117,5 +153,8 @@ BEGIN
           AND r.txid < horizon::text::xid8
         ORDER BY r.txid, r.seq
         LIMIT page_rows;
+    IF NOT FOUND THEN
+        PERFORM hs_select_tenant(tenant);
+    END IF;
 END
 $$;

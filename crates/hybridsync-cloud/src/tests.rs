@@ -521,6 +521,23 @@ async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
             "alice's role could run: {sql}"
         );
     }
+    // The schema's own functions run as the caller: bob's feed and an upsert into
+    // bob's tenant are refused like the statements inside them, for that reason.
+    for (sql, code) in [
+        ("SELECT * FROM hs_feed_page('bob', 'notes', 0, 0, 100)", "HS403"),
+        (
+            "SELECT * FROM hs_ship('bob', 0, 1000, NULL, 'c', NULL, ARRAY['notes'], \
+             ARRAY['secret'], ARRAY['\\x00'::bytea], ARRAY[NULL::bytea], ARRAY[99999::int8], \
+             ARRAY['\\x00'::bytea], ARRAY[false], ARRAY['\\x00'::bytea], ARRAY[NULL::text], \
+             ARRAY[0::int8], ARRAY[0::int8])",
+            "42501",
+        ),
+        ("SELECT hs_select_tenant('bob')", "HS403"),
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        let got = err.as_database_error().and_then(|e| e.code());
+        assert_eq!(got.as_deref(), Some(code), "{sql}: {err}");
+    }
     // Changing the tenant mid-transaction, or resetting it, reaches nothing more.
     let mut tx = conn.begin().await.unwrap();
     for (step, visible) in [

@@ -193,15 +193,21 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     /// Learns collections the store knows and this engine does not (created by another
     /// process, or at open) and builds their indexes.
     async fn refresh_specs(&self) -> Result<()> {
-        for spec in self.store.collections().await? {
+        self.known_specs().await.map(drop)
+    }
+
+    /// [`Self::refresh_specs`], returning every collection the store knows.
+    async fn known_specs(&self) -> Result<Vec<CollectionSpec>> {
+        let specs = self.store.collections().await?;
+        for spec in &specs {
             if self.spec(&spec.name).is_none() {
-                self.load_index(&spec).await?;
+                self.load_index(spec).await?;
                 self.specs
                     .write_or_recover()
-                    .insert(spec.name.clone(), spec);
+                    .insert(spec.name.clone(), spec.clone());
             }
         }
-        Ok(())
+        Ok(specs)
     }
 
     /// The vector index of a vector collection, or why there is none.
@@ -337,6 +343,11 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
     /// Declares a collection (idempotent for the same spec). A vector collection
     /// without a vector index is refused before anything is written.
     pub async fn create_collection(&self, spec: CollectionSpec) -> Result<()> {
+        // Collections are never dropped, so one this engine knows with the same spec
+        // exists (sync declares every collection of the cloud's catalogue each round).
+        if self.spec(&spec.name).as_ref() == Some(&spec) {
+            return Ok(());
+        }
         if spec.vector.is_some() {
             self.index(&spec.name)?;
         }
@@ -346,8 +357,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
 
     /// Every known collection.
     pub async fn collections(&self) -> Result<Vec<CollectionSpec>> {
-        self.refresh_specs().await?;
-        Ok(self.store.collections().await?)
+        self.known_specs().await
     }
 
     /// Applies writes durably (one transaction), then updates the index and the hot

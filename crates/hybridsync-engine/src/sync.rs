@@ -624,6 +624,12 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     /// entries are still pending or in flight (0 on success).
     pub async fn flush(&self, timeout: Duration) -> crate::Result<u64> {
         let deadline = Instant::now() + timeout;
+        // Nothing to ship (every auto-sync round of a device that only reads): one read
+        // of the outbox's counts, rather than a pass through the writer's queue.
+        let stats = self.store.outbox_stats().await?;
+        if stats.pending + stats.in_flight == 0 {
+            return Ok(0);
+        }
         self.store.requeue_in_flight().await?;
         let mut last_probe: Option<Instant> = None;
         let probe_every = self.config.health_interval.min(Duration::from_secs(1));
