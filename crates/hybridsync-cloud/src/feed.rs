@@ -55,8 +55,9 @@ impl PostgresSink {
         limit: usize,
     ) -> Result<ChangeBatch> {
         let (after_txid, after_seq) = decode_cursor(cursor)?;
-        let after_txid = i64::try_from(after_txid)
-            .map_err(|_| Error::Config(format!("change cursor txid {after_txid} is out of range")))?;
+        let after_txid = i64::try_from(after_txid).map_err(|_| {
+            Error::Config(format!("change cursor txid {after_txid} is out of range"))
+        })?;
         let page = || {
             sqlx::query(FEED_PAGE)
                 .persistent(self.persistent)
@@ -72,8 +73,12 @@ impl PostgresSink {
             let mut conn = self.connection().await?;
             match page().fetch_all(self.counted(&mut *conn)).await {
                 Ok(found) => rows = Some(found),
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NEEDS_READ_COMMITTED) => {
-                    tracing::info!("the server's default isolation is not READ COMMITTED; the feed is read in transactions that ask for it");
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some(NEEDS_READ_COMMITTED) =>
+                {
+                    tracing::info!(
+                        "the server's default isolation is not READ COMMITTED; the feed is read in transactions that ask for it"
+                    );
                     self.feed_in_transaction.store(true, Ordering::Relaxed);
                 }
                 Err(e) => return Err(e.into()),

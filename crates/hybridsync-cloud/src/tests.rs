@@ -131,7 +131,10 @@ async fn a_page_of_the_feed_comes_from_its_index_without_a_sort() {
         .unwrap();
         let plan = plan.join("\n");
         assert!(plan.contains("actual rows=1000"), "{plan}");
-        let line = plan.lines().find(|l| l.contains("Buffers: shared")).unwrap();
+        let line = plan
+            .lines()
+            .find(|l| l.contains("Buffers: shared"))
+            .unwrap();
         buffers = ["hit=", "read="]
             .iter()
             .filter_map(|what| line.split_once(what))
@@ -142,7 +145,10 @@ async fn a_page_of_the_feed_comes_from_its_index_without_a_sort() {
             .sum();
     }
     // Measured: about 25 from the index, about 300 when every row is sorted.
-    assert!(buffers < 100, "a page of 1,000 rows touched {buffers} buffers");
+    assert!(
+        buffers < 100,
+        "a page of 1,000 rows touched {buffers} buffers"
+    );
     // And the feed hands out every row once, in pages.
     let mut cursor = ChangeCursor::default();
     let mut seen = 0;
@@ -524,7 +530,10 @@ async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
     // The schema's own functions run as the caller: bob's feed and an upsert into
     // bob's tenant are refused like the statements inside them, for that reason.
     for (sql, code) in [
-        ("SELECT * FROM hs_feed_page('bob', 'notes', 0, 0, 100)", "HS403"),
+        (
+            "SELECT * FROM hs_feed_page('bob', 'notes', 0, 0, 100)",
+            "HS403",
+        ),
         (
             "SELECT * FROM hs_ship('bob', 0, 1000, NULL, 'c', NULL, ARRAY['notes'], \
              ARRAY['secret'], ARRAY['\\x00'::bytea], ARRAY[NULL::bytea], ARRAY[99999::int8], \
