@@ -452,10 +452,20 @@ async fn the_vector_index_is_configured_and_each_survives_a_restart() {
     assert!(toml::from_str::<Config>("[vector]\nefs = 3\n").is_err());
 
     let dir = tmp.path().join("data");
-    let vectors: Vec<Vec<f32>> = (0..2_500)
+    // Components from a 64-bit mixer (splitmix64): no two vectors lie within half
+    // precision's rounding of each other, so the nearest to vector 7 is vector 7 and
+    // every index must say so (a sine pattern repeated itself: vectors 996 and 1985
+    // were within 5e-8 of vector 7, and the top hit was a coin toss).
+    let mix = |x: u64| {
+        let x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    };
+    let vectors: Vec<Vec<f32>> = (0..2_500u64)
         .map(|i| {
-            (0..16)
-                .map(|j| ((i * 16 + j) as f32 * 0.731).sin())
+            (0..16u64)
+                .map(|j| (mix(i * 16 + j) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
                 .collect()
         })
         .collect();
