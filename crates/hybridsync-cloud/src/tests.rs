@@ -163,6 +163,36 @@ async fn a_page_of_the_feed_comes_from_its_index_without_a_sort() {
     assert_eq!(seen, records.len());
 }
 
+/// On a server whose default isolation is not `READ COMMITTED`, the one-statement page
+/// would read the horizon and the rows in one snapshot; it refuses (HS001), and the
+/// sink reads every later page inside a `READ COMMITTED` transaction, missing nothing.
+#[tokio::test]
+async fn a_server_defaulting_to_repeatable_read_gets_its_pages_in_transactions() {
+    let pg = migrated().await;
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'",
+    )
+    .unwrap();
+    let sink = sink(&pg, "t");
+    sink.upsert_batch(&[record("a", 1, "v"), record("b", 1, "v")])
+        .await
+        .unwrap();
+    assert!(
+        !sink
+            .feed_in_transaction
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(pulled_keys(&sink).await, ["a", "b"]);
+    assert!(
+        sink.feed_in_transaction
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "the refusal switched the sink to transactions"
+    );
+    sink.upsert_batch(&[record("c", 1, "v")]).await.unwrap();
+    assert_eq!(pulled_keys(&sink).await, ["a", "b", "c"]);
+}
+
 #[tokio::test]
 async fn upserts_are_idempotent_and_never_move_a_row_backwards() {
     let pg = migrated().await;
