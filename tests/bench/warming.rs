@@ -3,7 +3,7 @@
 //! (no pattern to learn) with the CPU it costs, and what recording a read costs.
 
 use crate::reads::{nanos, percentile};
-use crate::report::Row;
+use crate::report::{Row, median};
 use anyhow::Result;
 use hybridsync::{HybridStore, WarmingConfig, WarmingStats, WriteOptions};
 use rand::rngs::StdRng;
@@ -12,6 +12,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 const PAYLOAD: usize = 256;
+
+/// Paired trials of the random workload, warming off and on.
+const RANDOM_TRIALS: usize = 5;
 
 /// The workload's scale: keys, cache entries (a fifth of the keys), and how long the
 /// periodic run lasts (half of it learning, half measured).
@@ -220,11 +223,21 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
         nanos(on_lat[2])
     );
     println!("  warming: {stats:?}");
-    let (random_off, cpu_off) = random(&scale, false).await?;
-    let (random_on, cpu_on) = random(&scale, true).await?;
+    // Paired trials, in the order off-on, on-off, … so a drift of the machine's load
+    // weighs on both sides alike; CPU time is read in 10 ms ticks.
+    let (mut rates, mut cpus) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for trial in 0..RANDOM_TRIALS {
+        for on in [trial % 2 == 1, trial % 2 == 0] {
+            let (rate, cpu) = random(&scale, on).await?;
+            rates[usize::from(on)].push(rate);
+            cpus[usize::from(on)].push(cpu.as_secs_f64() * 1e3);
+        }
+    }
+    let [random_off, random_on] = rates.clone().map(|mut v| median(&mut v));
+    let [cpu_off, cpu_on] = cpus.clone().map(|mut v| median(&mut v));
     println!(
-        "  random, {} reads: hit rate off {random_off:.3} on {random_on:.3}; CPU off {:?} on {:?}",
-        scale.random_reads, cpu_off, cpu_on
+        "  random, {} reads x {RANDOM_TRIALS} trials: hit rate off {random_off:.3} on {random_on:.3}; CPU ms off {:?} on {:?}",
+        scale.random_reads, cpus[0], cpus[1]
     );
     let iterations = if quick { 20_000 } else { 200_000 };
     let read_off = cached_read_p50(false, iterations).await?;
@@ -289,15 +302,17 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
             "random_hit_rate_warming_off",
             random_off,
             "~1x (no loss)",
-        ),
+        )
+        .paired(&rates[1], &rates[0]),
         Row::new(
             "random_cpu_warming_on",
             "ms",
-            cpu_on.as_secs_f64() * 1e3,
+            cpu_on,
             "random_cpu_warming_off",
-            cpu_off.as_secs_f64() * 1e3,
+            cpu_off,
             "<= 1.05x",
-        ),
+        )
+        .paired(&cpus[1], &cpus[0]),
         Row::latency(
             "cached_read_p50_warming_on",
             nanos(read_on),

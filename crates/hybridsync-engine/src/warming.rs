@@ -93,7 +93,8 @@ pub struct WarmingStats {
     pub prefetch_hits: u64,
     /// `prefetch_hits / prefetches` (0 before the first prefetch).
     pub accuracy: f64,
-    /// Bytes the warming state holds: the ring, the histories and the key names.
+    /// Bytes the warming state holds: the ring, the known-names table, the histories
+    /// and the key names.
     pub memory_bytes: usize,
 }
 
@@ -153,12 +154,15 @@ impl History {
         if n < 3 {
             return (0.0, u64::MAX);
         }
-        let gaps: Vec<f64> = self
-            .times
-            .iter()
-            .zip(self.times.iter().skip(1))
-            .map(|(a, b)| (b - a) as f64)
-            .collect();
+        // On the stack: a round scores every tracked key under the histories' lock.
+        let mut buffer = [0.0f64; HISTORY - 1];
+        for (gap, (a, b)) in buffer
+            .iter_mut()
+            .zip(self.times.iter().zip(self.times.iter().skip(1)))
+        {
+            *gap = (b - a) as f64;
+        }
+        let gaps = &buffer[..n - 1];
         let (now_f, ahead_f, last_f) = (now as f64, ahead as f64, last as f64);
         let mut best = (0.0, u64::MAX);
         // The longest run of newest gaps that is regular (at least four, or three
@@ -232,7 +236,6 @@ struct Learnt {
     histories: lru::LruCache<u64, History>,
     /// Ring slots read up to here.
     cursor: u64,
-    pending: Vec<(u64, CollectionName, Key)>,
     /// Bytes of the key names held.
     name_bytes: usize,
 }
@@ -246,6 +249,13 @@ pub struct Warmer {
     head: AtomicU64,
     dropped: AtomicU64,
     learnt: Mutex<Learnt>,
+    /// Names learnt on misses, not yet digested: apart from the histories, so a miss
+    /// never waits for a digest or a prediction round.
+    pending: Mutex<Vec<(u64, CollectionName, Key)>>,
+    /// The hashes of the keys whose histories hold their names, one per slot (by the
+    /// hash's low bits; 0 for none), rebuilt by every digest. Two named keys may want
+    /// one slot: the other one's misses then queue its name again, to no harm.
+    named: Box<[AtomicU64]>,
     predictions: AtomicU64,
 }
 
@@ -311,9 +321,12 @@ impl Warmer {
             learnt: Mutex::new(Learnt {
                 histories: lru::LruCache::new(max_keys),
                 cursor: 0,
-                pending: Vec::new(),
                 name_bytes: 0,
             }),
+            pending: Mutex::new(Vec::new()),
+            named: (0..(2 * max_keys.get()).next_power_of_two())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             predictions: AtomicU64::new(0),
         }
     }
@@ -346,17 +359,23 @@ impl Warmer {
             .store(ms << INDEX_BITS | (index & INDEX_MASK), Ordering::Release);
     }
 
-    /// Learns the name behind a key's hash (on a miss the store answered).
+    /// Learns the name behind a key's hash (on a miss the store answered). Without a
+    /// lock when the name is known already, which is every miss but a key's first
+    /// since its history began; otherwise the name waits for the next digest.
     pub fn learn(&self, collection: &CollectionName, key: &Key) {
         let hash = key_hash(collection, key.as_str());
-        let mut learnt = self.learnt.lock_or_recover();
-        let known = learnt
-            .histories
-            .peek(&hash)
-            .is_some_and(|h| h.name.is_some());
-        if !known && learnt.pending.len() < PENDING_NAMES {
-            learnt.pending.push((hash, collection.clone(), key.clone()));
+        if self.named[self.named_slot(hash)].load(Ordering::Relaxed) == hash {
+            return;
         }
+        let mut pending = self.pending.lock_or_recover();
+        if pending.len() < PENDING_NAMES {
+            pending.push((hash, collection.clone(), key.clone()));
+        }
+    }
+
+    #[inline]
+    fn named_slot(&self, hash: u64) -> usize {
+        (hash as usize) & (self.named.len() - 1)
     }
 
     /// Moves the ring's new accesses and the names learnt into the histories.
@@ -385,7 +404,8 @@ impl Warmer {
                 .push(stamp >> INDEX_BITS);
         }
         learnt.cursor = head;
-        for (hash, collection, key) in std::mem::take(&mut learnt.pending) {
+        let pending = std::mem::take(&mut *self.pending.lock_or_recover());
+        for (hash, collection, key) in pending {
             let size = collection.as_str().len() + key.as_str().len();
             let Some(history) = learnt.histories.peek_mut(&hash) else {
                 continue;
@@ -395,13 +415,17 @@ impl Warmer {
                 learnt.name_bytes += size;
             }
         }
-        // Names of histories the LRU dropped are no longer held.
-        let held: usize = learnt
-            .histories
-            .iter()
-            .filter_map(|(_, h)| h.name.as_ref())
-            .map(|(c, k)| c.as_str().len() + k.as_str().len())
-            .sum();
+        // Names of histories the LRU dropped are no longer held, nor marked known.
+        for slot in &self.named {
+            slot.store(0, Ordering::Relaxed);
+        }
+        let mut held = 0;
+        for (&hash, history) in learnt.histories.iter() {
+            if let Some((collection, key)) = &history.name {
+                held += collection.as_str().len() + key.as_str().len();
+                self.named[self.named_slot(hash)].store(hash, Ordering::Relaxed);
+            }
+        }
         learnt.name_bytes = held;
     }
 
@@ -477,7 +501,8 @@ impl Warmer {
             + std::mem::size_of::<History>()
             + 2 * std::mem::size_of::<usize>()
             + HISTORY * std::mem::size_of::<u64>();
-        let ring = RING * std::mem::size_of::<Slot>();
+        let ring = RING * std::mem::size_of::<Slot>()
+            + self.named.len() * std::mem::size_of::<AtomicU64>();
         WarmingStats {
             enabled: true,
             accesses: self.head.load(Ordering::Relaxed),
@@ -610,6 +635,32 @@ mod tests {
         assert_eq!(stats.tracked_keys, 100);
         assert_eq!(stats.accesses, 1_000);
         assert!(stats.memory_bytes < 300 << 10, "{stats:?}");
+    }
+
+    #[test]
+    fn a_known_name_is_not_queued_again_and_an_evicted_one_is_relearnt() {
+        let w = Warmer::new(WarmingConfig {
+            max_keys: 1,
+            ..WarmingConfig::default()
+        });
+        read(&w, "a", 1);
+        w.learn(&name("c"), &key("a"));
+        assert_eq!(w.pending.lock_or_recover().len(), 1);
+        w.digest();
+        // Known now: a miss queues nothing.
+        w.learn(&name("c"), &key("a"));
+        assert!(w.pending.lock_or_recover().is_empty());
+        // "b" takes the only history; "a" is forgotten and must be learnt again.
+        read(&w, "b", 2);
+        w.learn(&name("c"), &key("b"));
+        w.digest();
+        w.learn(&name("c"), &key("a"));
+        assert_eq!(w.pending.lock_or_recover().len(), 1);
+        read(&w, "a", 3);
+        w.digest();
+        w.learn(&name("c"), &key("a"));
+        assert!(w.pending.lock_or_recover().is_empty());
+        assert_eq!(w.stats(0, 0).tracked_keys, 1);
     }
 
     #[test]
