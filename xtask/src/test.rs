@@ -156,6 +156,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
     install_prerequisites()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // Tidy reads the resolved graph offline, so the locked crates come down first: a
+    // fresh machine has an empty registry.
+    cargo(&["fetch", "--locked"])?;
     crate::tidy::run()?;
     cargo(&[
         "clippy",
