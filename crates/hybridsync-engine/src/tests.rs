@@ -345,6 +345,47 @@ async fn bad_queries_and_unknown_collections_are_typed_errors() {
     );
 }
 
+/// Declaring a known collection again returns early (sync does it every round), so the
+/// early return must take only the very same spec: a different one is still refused,
+/// and changes nothing.
+#[tokio::test]
+async fn a_collection_declared_again_keeps_its_spec_and_a_different_spec_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = engine(tmp.path()).await;
+    engine.put(enrol(0, vec![0.5; DIM])).await.unwrap();
+    engine.create_collection(voices()).await.unwrap();
+    let vector = |dim, metric, precision| Some(VectorSpec::new(dim, metric, precision).unwrap());
+    let others = [
+        (None, false),
+        (vector(DIM + 1, Metric::Cosine, Precision::F16), false),
+        (vector(DIM, Metric::L2, Precision::F16), false),
+        (vector(DIM, Metric::Cosine, Precision::I8), false),
+        (vector(DIM, Metric::Cosine, Precision::F16), true),
+    ];
+    for (vector, encrypted) in others {
+        let other = CollectionSpec {
+            vector,
+            encrypted,
+            ..voices()
+        };
+        assert!(
+            matches!(
+                engine.create_collection(other.clone()).await,
+                Err(crate::Error::Core(
+                    hybridsync_core::Error::CollectionSpecMismatch { .. }
+                ))
+            ),
+            "{other:?} was taken over the declared spec"
+        );
+    }
+    assert_eq!(engine.collections().await.unwrap(), vec![voices()]);
+    let hits = engine
+        .search(&name("voices"), &[0.5; DIM], 1, SearchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(hits[0].key.as_str(), "speaker-0");
+}
+
 #[tokio::test]
 async fn a_collection_created_by_another_handle_is_picked_up() {
     let tmp = tempfile::tempdir().unwrap();
