@@ -51,19 +51,22 @@ async fn main() -> Result<()> {
     let record = rows
         .iter()
         .find(|r| r.name == "warming_record_access")
-        .map(|r| r.value);
+        .map(|r| (r.value, r.trials.clone()));
     let cached = rows
         .iter()
         .find(|r| r.name == "cached_read_p50" && r.baseline == "hashmap_clone_p50")
         .map(|r| r.value);
-    if let (Some(record), Some(cached)) = (record, cached) {
-        rows.push(report::Row::latency(
-            "warming_record_access",
-            record,
-            "cached_read_p50",
-            cached,
-            "<= 0.05x",
-        ));
+    if let (Some((record, trials)), Some(cached)) = (record, cached) {
+        rows.push(report::Row {
+            trials,
+            ..report::Row::latency(
+                "warming_record_access",
+                record,
+                "cached_read_p50",
+                cached,
+                "<= 0.05x",
+            )
+        });
     }
     if wanted("local") {
         rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);
