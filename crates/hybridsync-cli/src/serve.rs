@@ -13,6 +13,11 @@ pub(crate) async fn run(
     metrics_addr: std::net::SocketAddr,
     auto_sync: Duration,
 ) -> Result<()> {
+    // Installed first: a SIGTERM during the start-up below (the cloud's schema check, the
+    // sync's start) is then a clean stop that deregisters from Redis, not the default
+    // exit that leaves the instance for its TTL to remove.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let metrics_addr = store.install_prometheus(metrics_addr)?;
     if store.cloud_configured() {
         if let Err(e) = store.verify_cloud_schema().await {
@@ -35,8 +40,6 @@ pub(crate) async fn run(
         );
     }
     // The store's runtime keeps the gauges current; this only waits for a signal.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
