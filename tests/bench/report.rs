@@ -57,11 +57,6 @@ impl Row {
         if !ratios.is_empty() {
             self.ratio = median(&mut ratios);
         }
-        let range = |v: &[f64]| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            format!("{}–{}", figure(lo), figure(hi))
-        };
         let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         self.trials = format!(
             "{} / {} (ratios {})",
@@ -69,6 +64,13 @@ impl Row {
             range(base),
             shown.join(", ")
         );
+        self
+    }
+
+    /// A row that is the median of several samples of ours alone (batches of one
+    /// loop): their range and count are shown.
+    pub(crate) fn spread(mut self, samples: &[f64], what: &str) -> Self {
+        self.trials = format!("{} ({} {what})", range(samples), samples.len());
         self
     }
 
@@ -101,10 +103,20 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Whole numbers for big figures, three decimals for small ones (recall).
+/// The lowest and highest of `values`.
+fn range(values: &[f64]) -> String {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{}–{}", figure(lo), figure(hi))
+}
+
+/// Whole numbers for big figures, one decimal for tens (a record's nanoseconds),
+/// three for small ones (recall).
 fn figure(value: f64) -> String {
     if value.abs() < 10.0 {
         format!("{value:.3}")
+    } else if value.abs() < 100.0 {
+        format!("{value:.1}")
     } else {
         format!("{value:.0}")
     }

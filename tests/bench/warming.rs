@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 const PAYLOAD: usize = 256;
 
 /// Paired trials of the random workload, warming off and on.
-const RANDOM_TRIALS: usize = 5;
+const RANDOM_TRIALS: usize = 11;
 
 /// Paired trials of the periodic workload, warming off and on.
 const PERIODIC_TRIALS: usize = 3;
@@ -73,22 +73,11 @@ async fn store(dir: &std::path::Path, scale: &Scale, on: bool) -> Result<HybridS
     Ok(store)
 }
 
-/// The CPU time this process has used (user + system).
+/// The CPU time this process has used (every thread, user and system), to the
+/// nanosecond: `/proc/self/stat` counts in 10 ms ticks, a percent of a trial.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are the 12th
-    // and 13th, in clock ticks (100 per second on Linux).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// One periodic run: every key is read every 2, 3 or 4 s (by key), each read jittered
@@ -256,7 +245,7 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
     );
     println!("  warming: {stats:?}");
     // Paired trials, in the order off-on, on-off, … so a drift of the machine's load
-    // weighs on both sides alike; CPU time is read in 10 ms ticks.
+    // weighs on both sides alike.
     let (mut rates, mut cpus) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     for trial in 0..RANDOM_TRIALS {
         for on in [trial % 2 == 1, trial % 2 == 0] {
@@ -276,13 +265,8 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
     let read_on = cached_read_p50(true, iterations).await?;
     let mut batches = record_cost(iterations * 5);
     let record = median(&mut batches);
-    let record_spread = format!(
-        "{:.1}–{:.1} ns ({RECORD_BATCHES} batches)",
-        batches[0],
-        batches[RECORD_BATCHES - 1]
-    );
     println!(
-        "  cached read p50: off {:.0} ns, on {:.0} ns; recording a read {record:.1} ns ({record_spread})",
+        "  cached read p50: off {:.0} ns, on {:.0} ns; recording a read {record:.1} ns (batches {batches:.1?})",
         nanos(read_off),
         nanos(read_on),
     );
@@ -360,15 +344,13 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
             nanos(read_off),
             "report",
         ),
-        Row {
-            trials: record_spread,
-            ..Row::latency(
-                "warming_record_access",
-                record,
-                "cached_read_p50_warming_off",
-                nanos(read_off),
-                "report",
-            )
-        },
+        Row::latency(
+            "warming_record_access",
+            record,
+            "cached_read_p50_warming_off",
+            nanos(read_off),
+            "report",
+        )
+        .spread(&batches, "batches"),
     ])
 }
