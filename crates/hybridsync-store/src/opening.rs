@@ -239,8 +239,11 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16384")
-            .pragma("mmap_size", "268435456");
+            .pragma(
+                "cache_size",
+                format!("-{}", crate::connections::READ_CACHE_KIB),
+            )
+            .pragma("mmap_size", "0");
         // Held until the identity is settled: see `setup_lock`.
         let lock = setup_lock(&options.data_dir).await?;
         // Setting up goes through sqlx (its migrator); writes after that go through

@@ -41,9 +41,11 @@ impl PointReaders {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(self.busy_timeout)?;
-        conn.execute_batch(
-            "PRAGMA query_only = ON; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;",
-        )?;
+        conn.execute_batch(&format!(
+            "PRAGMA query_only = ON; PRAGMA cache_size = -{}; PRAGMA mmap_size = {};",
+            super::READ_CACHE_KIB,
+            super::POINT_MMAP_BYTES
+        ))?;
         Ok(conn)
     }
 

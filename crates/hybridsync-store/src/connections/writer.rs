@@ -91,7 +91,8 @@ impl Writer {
         conn.busy_timeout(Duration::ZERO)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
-             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;"
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{}; PRAGMA mmap_size = 0;",
+            super::WRITER_CACHE_KIB
         ))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let checkpoints = Checkpoints::new(&conn, path, checkpoint_pages, wal_cap_pages)?;
