@@ -13,6 +13,11 @@ const PAYLOAD: usize = 256;
 /// Trials of each batched-write side (fresh keys each); the rows report medians.
 const BATCH_TRIALS: usize = 5;
 
+/// Trials of the single writes, each of `single_writes` writes on fresh keys: a p99
+/// is a handful of the slowest writes, and one run's raw p99 was 60 µs and the
+/// run before's 151 µs on the same code.
+const SINGLE_TRIALS: usize = 5;
+
 /// `keys` written in transactions of 1,000 through `raw`; rows/s.
 async fn batched_ours(
     raw: &hybridsync::RawCollection,
@@ -197,26 +202,34 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
         let floor = median(&mut floor);
         let untreed = median(&mut untreed);
 
-        // Single durable writes.
-        let (mut ours, mut base) = (Vec::new(), Vec::new());
-        for i in 0..single_writes {
-            let key = format!("single-{i}");
-            let started = Instant::now();
-            raw.put(&key, payload.clone(), WriteOptions::default())
-                .await?;
-            ours.push(started.elapsed());
-            let started = Instant::now();
-            conn.prepare_cached("INSERT OR REPLACE INTO t (key, payload) VALUES (?1, ?2)")?
-                .execute(rusqlite::params![key, payload])?;
-            base.push(started.elapsed());
+        // Single durable writes, the sides taking turns write by write.
+        let mut single: [[Vec<f64>; 2]; 2] = Default::default();
+        for trial in 0..SINGLE_TRIALS {
+            let (mut ours, mut base) = (Vec::new(), Vec::new());
+            for i in 0..single_writes {
+                let key = format!("single-{trial}-{i}");
+                let started = Instant::now();
+                raw.put(&key, payload.clone(), WriteOptions::default())
+                    .await?;
+                ours.push(started.elapsed());
+                let started = Instant::now();
+                conn.prepare_cached("INSERT OR REPLACE INTO t (key, payload) VALUES (?1, ?2)")?
+                    .execute(rusqlite::params![key, payload])?;
+                base.push(started.elapsed());
+            }
+            for (at, q) in [0.5, 0.99].into_iter().enumerate() {
+                single[at][0].push(nanos(percentile(&mut ours, q)));
+                single[at][1].push(nanos(percentile(&mut base, q)));
+            }
         }
-        let (o50, b50) = (percentile(&mut ours, 0.5), percentile(&mut base, 0.5));
-        let (o99, b99) = (percentile(&mut ours, 0.99), percentile(&mut base, 0.99));
+        let [[o50, b50], [o99, b99]] = single.clone().map(|q| q.map(|mut v| median(&mut v)));
         let mode = synchronous.to_ascii_lowercase();
         println!(
-            "  {mode}: batched {ours_batch:.0} vs {raw_batch:.0} rows/s ({floor:.0} by hand on our schema, {untreed:.0} without the checker's tree); single p50 {:.1} vs {:.1} µs",
-            nanos(o50) / 1e3,
-            nanos(b50) / 1e3
+            "  {mode}: batched {ours_batch:.0} vs {raw_batch:.0} rows/s ({floor:.0} by hand on our schema, {untreed:.0} without the checker's tree); single p50 {:.1} vs {:.1} µs, p99 {:.1} vs {:.1} µs (medians of {SINGLE_TRIALS} trials)",
+            o50 / 1e3,
+            b50 / 1e3,
+            o99 / 1e3,
+            b99 / 1e3
         );
         rows.push(Row::throughput(
             &format!("durable_write_batched_{mode}"),
@@ -239,20 +252,32 @@ pub(crate) async fn run(single_writes: usize) -> Result<Vec<Row>> {
             untreed,
             ">= 0.9x",
         ));
-        rows.push(Row::latency(
-            &format!("durable_write_single_p50_{mode}"),
-            nanos(o50),
-            "rusqlite_insert_p50",
-            nanos(b50),
-            "<= 5x",
-        ));
-        rows.push(Row::latency(
-            &format!("durable_write_single_p99_{mode}"),
-            nanos(o99),
-            "rusqlite_insert_p99",
-            nanos(b99),
-            "report",
-        ));
+        rows.push(
+            Row::latency(
+                &format!("durable_write_single_p50_{mode}"),
+                o50,
+                "rusqlite_insert_p50",
+                b50,
+                "<= 5x",
+            )
+            .paired(&single[0][0], &single[0][1]),
+        );
+        // The checkpoint kept off the commit path is what the p99 goal is about; under
+        // FULL each commit's fsync is the tail on both sides.
+        rows.push(
+            Row::latency(
+                &format!("durable_write_single_p99_{mode}"),
+                o99,
+                "rusqlite_insert_p99",
+                b99,
+                if durability == Durability::Normal {
+                    "<= 3x"
+                } else {
+                    "report"
+                },
+            )
+            .paired(&single[1][0], &single[1][1]),
+        );
 
         if durability == Durability::Normal {
             // Cache-miss point reads.

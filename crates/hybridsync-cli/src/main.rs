@@ -516,9 +516,24 @@ async fn real_main() -> Result<()> {
             return cloud_admin(command, &url).await;
         }
         Command::Serve {
-            sync_interval: Some(secs),
-            ..
-        } => config.sync.interval_secs = Some(*secs),
+            sync_interval,
+            metrics_addr,
+            auto_sync,
+        } => {
+            if let Some(secs) = sync_interval {
+                config.sync.interval_secs = Some(*secs);
+            }
+            let auto_sync =
+                std::time::Duration::try_from_secs_f64(*auto_sync).context("--auto-sync")?;
+            // Listening before the open, which starts publishing to Redis: a SIGTERM
+            // from then on is a clean stop that deregisters, never the default exit
+            // that leaves the instance listed until its TTL runs out.
+            let terminate = serve::terminate_signal()?;
+            let store = open(&config).await?;
+            let result = serve::run(&store, *metrics_addr, auto_sync, terminate).await;
+            store.close().await;
+            return result;
+        }
         _ => {}
     }
     let store = open(&config).await?;
@@ -756,16 +771,8 @@ async fn run(command: &Command, store: &HybridStore) -> Result<()> {
             }
             say!("deregistered {id}")?;
         }
-        Command::Serve {
-            metrics_addr,
-            auto_sync,
-            ..
-        } => {
-            let auto_sync =
-                std::time::Duration::try_from_secs_f64(*auto_sync).context("--auto-sync")?;
-            serve::run(store.clone(), *metrics_addr, auto_sync).await?
-        }
-        Command::Demo(_)
+        Command::Serve { .. }
+        | Command::Demo(_)
         | Command::Top { .. }
         | Command::Cloud(_)
         | Command::Keys(KeysCommand::Generate { .. }) => {

@@ -8,16 +8,20 @@ use std::time::Duration;
 /// How long shutdown may spend shipping what is left.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
+/// The SIGTERM stream `serve` waits on, installed before the store opens.
+pub(crate) fn terminate_signal() -> Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")
+}
+
+/// Serves `store` until SIGINT or a signal on `terminate` (pending ones included: a
+/// SIGTERM during the start-up below stops it as soon as it is done).
 pub(crate) async fn run(
-    store: HybridStore,
+    store: &HybridStore,
     metrics_addr: std::net::SocketAddr,
     auto_sync: Duration,
+    mut terminate: tokio::signal::unix::Signal,
 ) -> Result<()> {
-    // Installed first: a SIGTERM during the start-up below (the cloud's schema check, the
-    // sync's start) is then a clean stop that deregisters from Redis, not the default
-    // exit that leaves the instance for its TTL to remove.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let metrics_addr = store.install_prometheus(metrics_addr)?;
     if store.cloud_configured() {
         if let Err(e) = store.verify_cloud_schema().await {
