@@ -26,10 +26,10 @@ const GROUPS: [&str; 7] = [
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [probe, side, n] = &args[..] {
-        if probe == search::PROBE_ARG {
-            return search::run_memory_probe(side, n.parse()?).await;
-        }
+    if let [probe, side, n] = &args[..]
+        && probe == search::PROBE_ARG
+    {
+        return search::run_memory_probe(side, n.parse()?).await;
     }
     let quick = args.iter().any(|a| a == "--quick");
     let groups: Vec<&str> = args
