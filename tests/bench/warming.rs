@@ -257,7 +257,7 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
     let [random_off, random_on] = rates.clone().map(|mut v| median(&mut v));
     let [cpu_off, cpu_on] = cpus.clone().map(|mut v| median(&mut v));
     println!(
-        "  random, {} reads x {RANDOM_TRIALS} trials: hit rate off {random_off:.3} on {random_on:.3}; CPU ms off {:?} on {:?}",
+        "  random, {} reads x {RANDOM_TRIALS} trials: hit rate off {random_off:.3} on {random_on:.3}; CPU ms off {:.0?} on {:.0?}",
         scale.random_reads, cpus[0], cpus[1]
     );
     let iterations = if quick { 20_000 } else { 200_000 };

@@ -243,7 +243,7 @@ impl SqliteStore {
                 "cache_size",
                 format!("-{}", crate::connections::READ_CACHE_KIB),
             )
-            .pragma("mmap_size", "0");
+            .pragma("mmap_size", crate::connections::MMAP_BYTES.to_string());
         // Held until the identity is settled: see `setup_lock`.
         let lock = setup_lock(&options.data_dir).await?;
         // Setting up goes through sqlx (its migrator); writes after that go through
@@ -260,7 +260,7 @@ impl SqliteStore {
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
-            .connect_with(connect.pragma("query_only", "ON"))
+            .connect_with(connect.pragma("query_only", "ON").pragma("mmap_size", "0"))
             .await
             .map_err(|e| corrupt_or(&path, e))?;
 

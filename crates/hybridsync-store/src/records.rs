@@ -349,28 +349,64 @@ impl SqliteStore {
         } else {
             "SELECT id, key, hash FROM records WHERE collection = ?1 AND tombstone = 0 AND embedding IS NOT NULL"
         };
-        let rows = sqlx::query(sql)
-            .bind(collection.as_str())
-            .fetch_all(&self.readers)
-            .await?;
+        // The whole collection, read by a point reader: its mapping of the file serves
+        // each page without a copy (the pool's connections map nothing), and rusqlite
+        // hands rows over without sqlx's channel. Off the async worker when the runtime
+        // has others; the pool answers if the point reader fails.
+        type Columns = (i64, String, Vec<u8>, Option<Vec<u8>>);
+        let scan = || {
+            self.point.with(|conn| {
+                let mut statement = conn.prepare_cached(sql)?;
+                let rows = statement.query_map([collection.as_str()], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        if with_embedding { row.get(3)? } else { None },
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<Columns>>>()
+            })
+        };
+        let fast = if crate::connections::multi_thread() {
+            tokio::task::block_in_place(scan)
+        } else {
+            scan()
+        };
+        let rows = match fast {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "vector scan failed; answering through the reader pool");
+                let rows = sqlx::query(sql)
+                    .bind(collection.as_str())
+                    .fetch_all(&self.readers)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            row.try_get(2)?,
+                            if with_embedding {
+                                row.try_get(3)?
+                            } else {
+                                None
+                            },
+                        ))
+                    })
+                    .collect::<std::result::Result<Vec<Columns>, sqlx::Error>>()?
+            }
+        };
         let bad = |detail: String| Error::BadRow {
             table: "records",
             detail,
         };
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get(0)?;
-            let key: String = row.try_get(1)?;
+        for (id, key, hash, blob) in rows {
             let key = Key::new(key).map_err(|e| bad(e.to_string()))?;
-            let hash: Vec<u8> = row.try_get(2)?;
             let hash = ContentHash::from_slice(&hash)
                 .ok_or_else(|| bad(format!("hash of {} bytes", hash.len())))?;
-            let embedding = if with_embedding {
-                let blob: Vec<u8> = row.try_get(3)?;
-                Some(blob_to_embedding(&blob)?)
-            } else {
-                None
-            };
+            let embedding = blob.map(|blob| blob_to_embedding(&blob)).transpose()?;
             out.push(StoredVector {
                 label: id as u64,
                 key,

@@ -21,13 +21,23 @@ pub(crate) const READ_CACHE_KIB: u32 = 16_384;
 /// less than the runs' noise (a batch of 1,000 records changes about 1 MiB of pages).
 pub(crate) const WRITER_CACHE_KIB: u32 = 4_096;
 
-/// The file mapping of each point reader (`PRAGMA mmap_size`): a read of a page that
-/// SQLite does not hold is a memory access instead of a `pread` and a copy (a
-/// cache-miss read took 5.3 µs with it and 7.7 µs without). The writer and the pooled
-/// readers map nothing. The writer copies the pages it changes into its page cache
-/// anyway. The pool's once-a-second outbox counts walk an index spread through the
-/// file, and the kernel maps up to 64 KiB around each page touched: after 100,000
-/// vector records each mapping (the writer's, and every pool connection that had run
-/// a count) held about 25 MiB of the file resident, for no write or read throughput
-/// measurable above the runs' noise.
-pub(crate) const POINT_MMAP_BYTES: u64 = 256 << 20;
+/// The file mapping of each point reader and of the set-up connection (`PRAGMA
+/// mmap_size`): a read of a page SQLite does not hold is a memory access instead of a
+/// `pread` and a copy. A cache-miss read took 5.3 µs with it and 7.7 µs without; the
+/// quick check at open and the vector scans (a snapshot's check, an index build) read
+/// the whole file, and reopening a store of 100,000 vectors from its snapshot took
+/// 365 ms with it and 915 ms without. The writer and the pooled readers map nothing.
+/// The writer copies the pages it changes into its page cache anyway. The pool's
+/// once-a-second outbox counts walk an index spread through the file, and the kernel
+/// maps up to 64 KiB around each page touched: after 100,000 vector records each
+/// mapping (the writer's, and every pool connection that had run a count) held about
+/// 25 MiB of the file resident, for no write throughput measurable above the runs'
+/// noise.
+pub(crate) const MMAP_BYTES: u64 = 256 << 20;
+
+/// Whether the current runtime has other workers, so work that holds this thread for
+/// long may leave it (`block_in_place`); a current-thread runtime has none.
+pub(crate) fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}

@@ -44,7 +44,7 @@ impl PointReaders {
         conn.execute_batch(&format!(
             "PRAGMA query_only = ON; PRAGMA cache_size = -{}; PRAGMA mmap_size = {};",
             super::READ_CACHE_KIB,
-            super::POINT_MMAP_BYTES
+            super::MMAP_BYTES
         ))?;
         Ok(conn)
     }

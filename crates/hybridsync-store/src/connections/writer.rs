@@ -119,7 +119,7 @@ impl Writer {
         let slot = self.conn.lock().await;
         let mut retry = Retry::new(self.busy_timeout);
         loop {
-            let attempted = if rows >= HEAVY_ROWS && multi_thread() {
+            let attempted = if rows >= HEAVY_ROWS && super::multi_thread() {
                 tokio::task::block_in_place(|| attempt(&slot, &self.checkpoints, work))
             } else {
                 attempt(&slot, &self.checkpoints, work)
@@ -207,11 +207,6 @@ impl Retry {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Ok(())
     }
-}
-
-fn multi_thread() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
