@@ -193,6 +193,17 @@ impl<T: Element> Graph<T> {
         self.by_label.contains_key(&label)
     }
 
+    /// The node that holds `label` now.
+    pub(crate) fn node_of(&self, label: u64) -> Option<u32> {
+        self.by_label.get(&label).copied()
+    }
+
+    /// The label of `node`, unless the node was removed or replaced.
+    pub(crate) fn live_label(&self, node: u32) -> Option<u64> {
+        let label = *self.labels.get(node as usize)?;
+        (self.node_of(label) == Some(node)).then_some(label)
+    }
+
     /// Bytes held by the vectors, links and maps.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.data.capacity() * size_of::<T>()

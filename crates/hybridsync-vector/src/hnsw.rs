@@ -3,7 +3,7 @@
 use crate::graph::{Graph, Params};
 use crate::{Error, Result};
 use hybridsync_core::RwLockExt;
-use hybridsync_core::{CollectionName, Key, Precision, VectorCache, VectorHit, VectorSpec};
+use hybridsync_core::{CollectionName, Key, Limits, Precision, VectorCache, VectorHit, VectorSpec};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -74,20 +74,67 @@ impl AnyGraph {
     }
 }
 
-/// One collection: its graph and the key of each label.
+/// The key of every graph node, in node order, in one buffer: about ten bytes a key
+/// where a map from label to key took about eighty (its table, and an allocation per
+/// key). Nodes are never reused, so this only grows with the graph; a replaced or
+/// removed node keeps its text, as the graph keeps its vector.
+#[derive(Debug, Default)]
+struct Names {
+    text: String,
+    /// Where each node's key ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Names {
+    fn push(&mut self, key: &str) {
+        self.text.push_str(key);
+        self.ends.push(self.text.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Node `node`'s key. It was a valid key when stored, under the store's limits,
+    /// which may be wider than the defaults; so only the length bound is lifted here.
+    fn key(&self, node: u32) -> Option<Key> {
+        let node = node as usize;
+        let end = *self.ends.get(node)?;
+        let start = node.checked_sub(1).map_or(0, |before| self.ends[before]);
+        let limits = Limits {
+            max_key_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        Key::with_limits(&self.text[start..end], &limits).ok()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * size_of::<usize>()
+    }
+}
+
+/// One collection: its graph and the key of each node.
 #[derive(Debug)]
 struct Collection {
     graph: AnyGraph,
-    keys: HashMap<u64, Key>,
+    names: Names,
 }
 
 impl Collection {
+    fn new(graph: AnyGraph) -> Self {
+        Self {
+            graph,
+            names: Names::default(),
+        }
+    }
+
     fn hits(&self, found: Vec<(f32, u64)>) -> Vec<VectorHit> {
         found
             .into_iter()
             .filter_map(|(distance, label)| {
-                self.keys.get(&label).map(|key| VectorHit {
-                    key: key.clone(),
+                let node = each!(&self.graph, g => g.node_of(label))?;
+                Some(VectorHit {
+                    key: self.names.key(node)?,
                     label,
                     distance,
                 })
@@ -95,11 +142,29 @@ impl Collection {
             .collect()
     }
 
+    /// Adds or replaces one vector.
+    fn insert(&mut self, label: u64, key: &Key, v: &[f32]) {
+        each!(&mut self.graph, g => g.insert(label, v));
+        self.names.push(key.as_str());
+        self.check_names();
+    }
+
+    /// Adds or replaces `items` in parallel: the graph appends a node per item, in order.
     fn add(&mut self, items: &[(u64, Key, Vec<f32>)], threads: usize) {
         let rows: Vec<(u64, &[f32])> = items.iter().map(|(l, _, v)| (*l, v.as_slice())).collect();
         each!(&mut self.graph, g => g.insert_parallel(&rows, threads));
-        self.keys
-            .extend(items.iter().map(|(label, key, _)| (*label, key.clone())));
+        for (_, key, _) in items {
+            self.names.push(key.as_str());
+        }
+        self.check_names();
+    }
+
+    fn check_names(&self) {
+        debug_assert_eq!(
+            self.names.len(),
+            each!(&self.graph, g => g.nodes()),
+            "one name per graph node"
+        );
     }
 }
 
@@ -179,12 +244,12 @@ impl HnswCache {
         Ok(entry.hits(found))
     }
 
-    /// Bytes the collection's graph holds (vectors, links and maps).
+    /// Bytes the collection's index holds (vectors, links, maps and keys).
     pub fn memory_bytes(&self, collection: &CollectionName) -> usize {
-        self.get(collection).map_or(
-            0,
-            |e| each!(&e.read_or_recover().graph, g => g.memory_bytes()),
-        )
+        self.get(collection).map_or(0, |e| {
+            let e = e.read_or_recover();
+            each!(&e.graph, g => g.memory_bytes()) + e.names.memory_bytes()
+        })
     }
 }
 
@@ -195,10 +260,7 @@ impl VectorCache for HnswCache {
         spec: &VectorSpec,
         rows: Vec<(u64, Key, Vec<f32>)>,
     ) -> hybridsync_core::Result<()> {
-        let mut entry = Collection {
-            graph: AnyGraph::new(spec),
-            keys: HashMap::with_capacity(rows.len()),
-        };
+        let mut entry = Collection::new(AnyGraph::new(spec));
         for (_, _, v) in &rows {
             each!(&entry.graph, g => g.check(v))?;
         }
@@ -206,8 +268,7 @@ impl VectorCache for HnswCache {
             entry.add(&rows, self.options.build_threads);
         } else {
             for (label, key, v) in &rows {
-                each!(&mut entry.graph, g => g.insert(*label, v));
-                entry.keys.insert(*label, key.clone());
+                entry.insert(*label, key, v);
             }
         }
         self.install(collection, entry);
@@ -247,13 +308,16 @@ impl VectorCache for HnswCache {
             ))
             .into());
         }
-        self.install(
-            collection,
-            Collection {
-                graph,
-                keys: keys.into_iter().collect(),
-            },
-        );
+        let mut entry = Collection::new(graph);
+        let mut by_label: HashMap<u64, Key> = keys.into_iter().collect();
+        for node in 0..each!(&entry.graph, g => g.nodes()) as u32 {
+            // A replaced or removed node is never a hit: it keeps an empty name.
+            let live = each!(&entry.graph, g => g.live_label(node));
+            let key = live.and_then(|label| by_label.remove(&label));
+            entry.names.push(key.as_ref().map_or("", Key::as_str));
+        }
+        entry.check_names();
+        self.install(collection, entry);
         Ok(())
     }
 
@@ -266,8 +330,8 @@ impl VectorCache for HnswCache {
     ) -> hybridsync_core::Result<()> {
         let entry = self.get(collection)?;
         let mut entry = entry.write_or_recover();
-        each!(&mut entry.graph, g => { g.check(embedding)?; g.insert(label, embedding) });
-        entry.keys.insert(label, key.clone());
+        each!(&entry.graph, g => g.check(embedding))?;
+        entry.insert(label, key, embedding);
         Ok(())
     }
 
@@ -296,7 +360,6 @@ impl VectorCache for HnswCache {
         let entry = self.get(collection)?;
         let mut entry = entry.write_or_recover();
         each!(&mut entry.graph, g => g.remove(label));
-        entry.keys.remove(&label);
         Ok(())
     }
 

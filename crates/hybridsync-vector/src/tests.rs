@@ -269,6 +269,13 @@ fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing<C: In
     let cache = C::default();
     cache.build(&name("v"), &spec, rows(&vectors)).unwrap();
     cache.remove(&name("v"), 1).unwrap();
+    // Label 2 (key k1) moves far away: its first node is left behind, dead.
+    let far: Vec<f32> = (0..16)
+        .map(|i| if i % 2 == 0 { -5.0 } else { 5.0 })
+        .collect();
+    cache
+        .upsert(&name("v"), 2, &Key::new("k1").unwrap(), &far)
+        .unwrap();
     cache.save(&name("v"), &path).unwrap();
     let keys = |rows: Vec<(u64, Key, Vec<f32>)>| -> Vec<(u64, Key)> {
         rows.into_iter()
@@ -289,7 +296,13 @@ fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing<C: In
             "vector {i}"
         );
     }
-    // It keeps growing like a built one.
+    let nearest = |cache: &C, v: &[f32]| cache.exact(&name("v"), v, 1).unwrap()[0].clone();
+    assert_eq!(
+        (nearest(&restored, &far).label, nearest(&restored, &far).key),
+        (2, Key::new("k1").unwrap()),
+        "a replaced label is found where it moved, under its key"
+    );
+    // It keeps growing like a built one, each vector under its own key.
     let extra = Clustered::new(4, 10, 16, 0.1).samples(500);
     for (i, v) in extra.iter().enumerate() {
         let label = 10_000 + i as u64;
@@ -298,6 +311,9 @@ fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing<C: In
             .unwrap();
     }
     assert_eq!(restored.len(&name("v")), 3_499);
+    for (i, v) in extra.iter().enumerate().step_by(50) {
+        assert_eq!(nearest(&restored, v).key.as_str(), format!("x{i}"));
+    }
 
     // Another shape, other labels, a damaged file: refused, and the index in place stays.
     let other = VectorSpec::new(16, Metric::L2, Precision::F16).unwrap();
