@@ -260,7 +260,15 @@ impl SqliteStore {
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
-            .connect_with(connect.pragma("query_only", "ON").pragma("mmap_size", "0"))
+            .connect_with(
+                connect
+                    .pragma("query_only", "ON")
+                    .pragma("mmap_size", "0")
+                    .pragma(
+                        "cache_size",
+                        format!("-{}", crate::connections::POOL_CACHE_KIB),
+                    ),
+            )
             .await
             .map_err(|e| corrupt_or(&path, e))?;
 
