@@ -138,8 +138,9 @@ impl WriteRequest {
 /// What the store returns for an acknowledged (durable) write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteReceipt {
-    /// The record as stored, with its new version.
-    pub record: Record,
+    /// The record as stored, with its new version; shared with the hot cache, which
+    /// keeps it without a copy.
+    pub record: std::sync::Arc<Record>,
     /// The record's stable vector label (its row id), the same for every version.
     pub label: u64,
 }

@@ -406,7 +406,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
                     }
                 }
             }
-            self.hot.insert(Arc::new(record.clone()));
+            self.hot.insert(Arc::clone(record));
         }
         self.upsert_vectors(run_collection, &mut run)
     }

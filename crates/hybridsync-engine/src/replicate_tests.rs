@@ -82,16 +82,17 @@ async fn notes_device<C: CloudSink>(sink: Arc<C>) -> Device<C> {
 impl<C: CloudSink> Device<C> {
     async fn put(&self, key: &str, value: &str) -> Record {
         let request = WriteRequest::put(notes(), Key::new(key).unwrap(), value.into(), None);
-        self.engine.put(request).await.unwrap().record
+        Record::clone(&self.engine.put(request).await.unwrap().record)
     }
 
     async fn delete(&self, key: &str) -> Record {
         let priority = hybridsync_core::Priority::Normal;
-        self.engine
+        let receipt = self
+            .engine
             .delete(notes(), Key::new(key).unwrap(), priority)
             .await
-            .unwrap()
-            .record
+            .unwrap();
+        Record::clone(&receipt.record)
     }
 
     pub(crate) async fn sync(&self, resolver: &dyn ConflictResolver) -> crate::SyncReport {

@@ -180,7 +180,7 @@ impl SqliteStore {
                             }
                             outcome.applied += 1;
                             outcome.changed.push(WriteReceipt {
-                                record: remote.clone(),
+                                record: std::sync::Arc::new(remote.clone()),
                                 label,
                             });
                         }
@@ -205,7 +205,10 @@ impl SqliteStore {
                             floor = record.version.packed();
                             let label = save_record(tx, &record, spec.encrypted, &mut tree)?;
                             enqueue(tx, label, record.version, Priority::High, now)?;
-                            outcome.changed.push(WriteReceipt { record, label });
+                            outcome.changed.push(WriteReceipt {
+                                record: std::sync::Arc::new(record),
+                                label,
+                            });
                         }
                     }
                 }

@@ -212,7 +212,10 @@ impl SqliteStore {
                     )?;
                     enqueue(tx, label, record.version, priority, now)?;
                     note_write(tx, seq, label, &record, previous.as_ref())?;
-                    outcome.receipts.push(WriteReceipt { record, label });
+                    outcome.receipts.push(WriteReceipt {
+                        record: std::sync::Arc::new(record),
+                        label,
+                    });
                 }
                 tree.save(tx)?;
                 raise_high_water(tx, floor)?;
@@ -295,7 +298,10 @@ impl SqliteStore {
                     let record = Record::new(spec.name.clone(), key, payload, embedding, version, tombstone);
                     let label = save_record(tx, &record, spec.encrypted, &mut tree)?;
                     enqueue(tx, label, record.version, priority, now)?;
-                    outcome.receipts.push(WriteReceipt { record, label });
+                    outcome.receipts.push(WriteReceipt {
+                        record: std::sync::Arc::new(record),
+                        label,
+                    });
                 }
                 tree.save(tx)?;
                 raise_high_water(tx, floor)?;

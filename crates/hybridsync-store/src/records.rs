@@ -173,7 +173,10 @@ impl SqliteStore {
         Ok(records
             .into_iter()
             .zip(labels)
-            .map(|(record, label)| WriteReceipt { record, label })
+            .map(|(record, label)| WriteReceipt {
+                record: std::sync::Arc::new(record),
+                label,
+            })
             .collect())
     }
 

@@ -89,7 +89,7 @@ async fn write_read_delete_and_list() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(alice, receipts[0].record);
+    assert_eq!(alice, *receipts[0].record);
     assert_eq!(alice.embedding.as_deref(), Some(&[1.0, 0.0, 0.0][..]));
 
     let deleted = store
@@ -848,7 +848,10 @@ async fn a_point_read_the_fast_path_cannot_answer_is_answered_by_the_reader_pool
         1,
     );
     let read = store.get(&name("notes"), &key("n1")).await.unwrap();
-    assert_eq!(read, Some(receipts[0].record.clone()));
+    assert_eq!(
+        read,
+        Some(hybridsync_core::Record::clone(&receipts[0].record))
+    );
     assert_eq!(
         store.get(&name("notes"), &key("absent")).await.unwrap(),
         None
