@@ -145,6 +145,16 @@ pub struct WriteReceipt {
     pub label: u64,
 }
 
+impl WriteReceipt {
+    /// The receipt of `record`, stored under `label`.
+    pub fn new(record: Record, label: u64) -> Self {
+        Self {
+            record: std::sync::Arc::new(record),
+            label,
+        }
+    }
+}
+
 impl WriteRequest {
     /// Validates the request against its collection's spec and `limits`:
     /// payload size, embedding presence, dimension and finiteness.

@@ -86,13 +86,17 @@ async fn writes_are_readable_from_cache_and_after_restart_from_the_store() {
     {
         let engine = engine(tmp.path()).await;
         let batch = (0..50).map(|i| enrol(i, data.sample(i))).collect();
-        engine.write(batch).await.unwrap();
+        let receipts = engine.write(batch).await.unwrap();
         let record = engine
             .get(&name("voices"), "speaker-7")
             .await
             .unwrap()
             .unwrap();
         assert_eq!(record.payload, b"profile 7");
+        assert!(
+            Arc::ptr_eq(&record, &receipts[7].record),
+            "the cache keeps the written record itself, not a copy"
+        );
         let status = engine.status().await.unwrap();
         assert_eq!(
             status.cache.hits, 1,

@@ -179,10 +179,9 @@ impl SqliteStore {
                                     .execute(rusqlite::params![now, label as i64])?;
                             }
                             outcome.applied += 1;
-                            outcome.changed.push(WriteReceipt {
-                                record: std::sync::Arc::new(remote.clone()),
-                                label,
-                            });
+                            outcome
+                                .changed
+                                .push(WriteReceipt::new(remote.clone(), label));
                         }
                         Action::Restamp {
                             payload,
@@ -205,10 +204,7 @@ impl SqliteStore {
                             floor = record.version.packed();
                             let label = save_record(tx, &record, spec.encrypted, &mut tree)?;
                             enqueue(tx, label, record.version, Priority::High, now)?;
-                            outcome.changed.push(WriteReceipt {
-                                record: std::sync::Arc::new(record),
-                                label,
-                            });
+                            outcome.changed.push(WriteReceipt::new(record, label));
                         }
                     }
                 }

@@ -212,10 +212,7 @@ impl SqliteStore {
                     )?;
                     enqueue(tx, label, record.version, priority, now)?;
                     note_write(tx, seq, label, &record, previous.as_ref())?;
-                    outcome.receipts.push(WriteReceipt {
-                        record: std::sync::Arc::new(record),
-                        label,
-                    });
+                    outcome.receipts.push(WriteReceipt::new(record, label));
                 }
                 tree.save(tx)?;
                 raise_high_water(tx, floor)?;
@@ -298,10 +295,7 @@ impl SqliteStore {
                     let record = Record::new(spec.name.clone(), key, payload, embedding, version, tombstone);
                     let label = save_record(tx, &record, spec.encrypted, &mut tree)?;
                     enqueue(tx, label, record.version, priority, now)?;
-                    outcome.receipts.push(WriteReceipt {
-                        record: std::sync::Arc::new(record),
-                        label,
-                    });
+                    outcome.receipts.push(WriteReceipt::new(record, label));
                 }
                 tree.save(tx)?;
                 raise_high_water(tx, floor)?;

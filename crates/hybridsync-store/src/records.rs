@@ -173,10 +173,7 @@ impl SqliteStore {
         Ok(records
             .into_iter()
             .zip(labels)
-            .map(|(record, label)| WriteReceipt {
-                record: std::sync::Arc::new(record),
-                label,
-            })
+            .map(|(record, label)| WriteReceipt::new(record, label))
             .collect())
     }
 

@@ -190,7 +190,7 @@ impl<T: Element> Graph<T> {
     }
 
     pub(crate) fn contains(&self, label: u64) -> bool {
-        self.by_label.contains_key(&label)
+        self.node_of(label).is_some()
     }
 
     /// The node that holds `label` now.

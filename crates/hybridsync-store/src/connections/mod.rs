@@ -33,8 +33,8 @@ pub(crate) const WRITER_CACHE_KIB: u32 = 4_096;
 /// `pread` and a copy. A cache-miss read took 5.3 µs with it and 7.7 µs without; the
 /// quick check at open and the vector scans (a snapshot's check, an index build) read
 /// the whole file, and reopening a store of 100,000 vectors from its snapshot took
-/// 290-365 ms with the set-up connection mapped and 915 ms without. The writer and the pooled readers map nothing.
-/// The writer copies the pages it changes into its page cache anyway. The pool's
+/// 290-365 ms with the set-up connection mapped and 915 ms without. The writer and the
+/// pooled readers map nothing. The writer copies the pages it changes into its page cache anyway. The pool's
 /// once-a-second outbox counts walk an index spread through the file, and the kernel
 /// maps up to 64 KiB around each page touched: after 100,000 vector records each
 /// mapping (the writer's, and every pool connection that had run a count) held about
