@@ -16,13 +16,21 @@ mod warming;
 
 use anyhow::Result;
 
-const GROUPS: [&str; 7] = [
-    "reads", "warming", "local", "search", "sync", "verify", "migrate",
+const GROUPS: [&str; 8] = [
+    "reads",
+    "warming",
+    "local",
+    "search",
+    "sync",
+    "propagation",
+    "verify",
+    "migrate",
 ];
 
 /// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `warming`, `local`,
 /// `search`, `sync` (drain, hydrate, propagation, encryption), `verify` and `migrate`;
-/// all by default. A partial run leaves docs/benchmarks.md unchanged.
+/// all by default. `propagation` runs only the sync group's propagation rows. A
+/// partial run leaves docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -110,6 +118,9 @@ async fn main() -> Result<()> {
         rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
         drop(cloud);
         rows.extend(encryption::run(records).await?);
+    } else if wanted("propagation") {
+        let cloud = drain::durable_server().await?;
+        rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
     }
     if wanted("verify") {
         rows.extend(verify::run(quick).await?);
