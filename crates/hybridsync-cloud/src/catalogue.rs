@@ -3,7 +3,7 @@
 
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{CollectionName, CollectionSpec, VectorSpec};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Row};
 
 const PUBLISH: &str = "INSERT INTO hs_collections (tenant, name, dim, metric, precision, encrypted)
              SELECT current_setting('hybridsync.tenant'), * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::bool[])
@@ -11,6 +11,9 @@ const PUBLISH: &str = "INSERT INTO hs_collections (tenant, name, dim, metric, pr
 
 const SPECS: &str = "SELECT name, dim, metric, precision, encrypted FROM hs_collections
          WHERE tenant = current_setting('hybridsync.tenant') ORDER BY name";
+
+/// The same, as one statement that scopes itself to the tenant (schema version 9).
+const CATALOGUE: &str = "SELECT * FROM hs_catalogue($1)";
 
 impl PostgresSink {
     /// Publishes collection specs in one transaction; any name known with another spec
@@ -39,7 +42,7 @@ impl PostgresSink {
             .bind(specs.iter().map(|s| s.encrypted).collect::<Vec<_>>())
             .execute(self.counted(&mut *tx))
             .await?;
-        let known = read_specs(self.counted(&mut tx), self.persistent).await?;
+        let known = read_specs(self.counted(&mut *tx), self.persistent).await?;
         for spec in specs {
             if let Some(other) = known.iter().find(|k| k.name == spec.name && *k != spec) {
                 return Err(Error::SpecConflict {
@@ -53,10 +56,19 @@ impl PostgresSink {
         Ok(known)
     }
 
-    /// Every collection definition of this tenant.
+    /// Every collection definition of this tenant: direct, one statement (and round
+    /// trip) of its own; behind PgBouncer, in a transaction that sets its timeouts.
     pub(crate) async fn remote_collections(&self) -> Result<Vec<CollectionSpec>> {
+        if self.persistent {
+            let mut conn = self.connection().await?;
+            let rows = sqlx::query(CATALOGUE)
+                .bind(&self.tenant)
+                .fetch_all(self.counted(&mut *conn))
+                .await?;
+            return specs_from_rows(&rows);
+        }
         let mut tx = self.begin().await?;
-        let specs = read_specs(self.counted(&mut tx), self.persistent).await?;
+        let specs = read_specs(self.counted(&mut *tx), self.persistent).await?;
         self.commit(tx).await?;
         Ok(specs)
     }
@@ -93,14 +105,15 @@ fn describe(spec: &CollectionSpec) -> String {
     }
 }
 
-async fn read_specs(
-    tx: &mut Transaction<'static, Postgres>,
-    persistent: bool,
-) -> Result<Vec<CollectionSpec>> {
+async fn read_specs(conn: &mut PgConnection, persistent: bool) -> Result<Vec<CollectionSpec>> {
     let rows = sqlx::query(SPECS)
         .persistent(persistent)
-        .fetch_all(&mut **tx)
+        .fetch_all(conn)
         .await?;
+    specs_from_rows(&rows)
+}
+
+fn specs_from_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<CollectionSpec>> {
     rows.iter()
         .map(|row| {
             let bad = |e: hybridsync_core::Error| Error::BadRow(e.to_string());

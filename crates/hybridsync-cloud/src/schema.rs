@@ -8,7 +8,7 @@ use sqlx::{Executor, Row};
 use sqlx::postgres::PgPoolOptions;
 
 /// The schema version this build writes and expects.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The table recording applied migrations; our own name, so we never collide with an
 /// application's `_sqlx_migrations`.
@@ -61,6 +61,11 @@ pub(crate) fn migrator_until(last: i64) -> Migrator {
             8,
             "one-statement ship and feed page",
             include_str!("../migrations/0008_one_statement_ship_and_pull.sql"),
+        ),
+        migration(
+            9,
+            "ship checks the tenant",
+            include_str!("../migrations/0009_ship_checks_tenant.sql"),
         ),
     ]);
     migrator.migrations = std::borrow::Cow::Owned(

@@ -1217,7 +1217,7 @@ async fn a_device_gone_dark_before_its_commit_holds_the_feed_back_at_most_the_id
         "before the upsert, the loose timeout (3 x the 10 s statement timeout)"
     );
     vanishing
-        .upsert_rows(&mut tx, &[record("vanishing", 1, "v")], None)
+        .ship_rows(&mut tx, &[record("vanishing", 1, "v")], None)
         .await
         .unwrap();
     let armed: String =

@@ -7,14 +7,14 @@
 use crate::pool::CHANGES_CHANNEL;
 use crate::{Error, PostgresSink, Result};
 use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 
-/// The upsert: the schema's `hs_ship` (version 8) scopes the statement to the tenant,
-/// refuses a batch stamped too far ahead of the server's clock (`changed` is then NULL),
+/// The upsert: the schema's `hs_ship` (version 9) scopes the statement to the tenant
+/// after checking that the login role may act for it (SQLSTATE `HS403` if not), refuses a batch stamped too far ahead of the server's clock (`changed` is then NULL),
 /// and upserts the batch's columns, bound by reference as arrays and unnested in the
 /// select list (which PostgreSQL streams rather than materialising); its `WHERE` clause
-/// makes it monotone, so replays and reordering cannot move a row backwards. It also
-/// tightens the transaction's idle timeout (`$4`; NULL keeps what it was): from the
+/// makes it monotone, so replays and reordering cannot move a row backwards. Inside a
+/// transaction (behind PgBouncer) it also tightens the transaction's idle timeout (`$4`; NULL keeps what it was): from the
 /// moment the transaction holds an id, and with it the other devices' change-feed
 /// horizon, a device that vanishes before its `COMMIT` loses its session within that
 /// timeout. Tightened here rather than at `BEGIN` (which sets a looser one), so a slow
@@ -41,22 +41,31 @@ impl PostgresSink {
         } else {
             records
         };
-        let mut tx = self.begin().await?;
         let signal = format!("{} {}", self.token, self.tenant);
-        let applied = self.upsert_rows(&mut tx, records, Some(&signal)).await?;
+        // Direct, the shipment is one statement (and one round trip) that the server
+        // commits on its own: `hs_ship` checks the tenant, and the session carries the
+        // statement timeout. Behind PgBouncer it is a transaction of its own, whose
+        // statement and idle timeouts are set at `BEGIN`.
+        if self.persistent {
+            let mut conn = self.connection().await?;
+            return self.ship_rows(&mut *conn, records, Some(&signal)).await;
+        }
+        let mut tx = self.begin().await?;
+        let applied = self.ship_rows(&mut *tx, records, Some(&signal)).await?;
         hybridsync_core::crash_point("during_batch");
         self.commit(tx).await?;
         Ok(applied)
     }
 
-    /// The upsert statement itself, in `tx` (which it leaves open, its idle timeout
-    /// armed); returns how many rows changed. If any did, `signal` (when given) is
-    /// notified on the changes channel at commit. A batch holding a record stamped
-    /// further ahead of the server's clock than the sink allows writes nothing and is
-    /// refused ([`Error::ClockAhead`]).
-    pub(crate) async fn upsert_rows(
+    /// The upsert statement itself, on `conn`: a transaction (which it leaves open, its
+    /// idle timeout armed) or a direct session (where it commits on its own); returns
+    /// how many rows changed. If any did, `signal` (when given) is notified on the
+    /// changes channel at commit. A batch holding a record stamped further ahead of the
+    /// server's clock than the sink allows writes nothing and is refused
+    /// ([`Error::ClockAhead`]).
+    pub(crate) async fn ship_rows(
         &self,
-        tx: &mut Transaction<'static, Postgres>,
+        conn: &mut PgConnection,
         records: &[Record],
         signal: Option<&str>,
     ) -> Result<u64> {
@@ -117,7 +126,7 @@ impl PostgresSink {
             )
             .bind(buckets)
             .bind(leaves)
-            .fetch_one(self.counted(&mut **tx))
+            .fetch_one(self.counted(conn))
             .await?;
         match changed {
             Some(changed) => Ok(changed as u64),

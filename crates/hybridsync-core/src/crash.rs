@@ -6,7 +6,7 @@
 //! | point | where |
 //! |---|---|
 //! | `after_local_commit` | a local write is committed (record and outbox) but not yet returned |
-//! | `during_batch` | an upsert ran on the server, its transaction is not committed |
+//! | `during_batch` | an upsert ran on the server, its transaction is not committed (behind PgBouncer; a direct sink's upsert commits on its own) |
 //! | `after_server_commit` | the server committed a batch, the outbox does not know yet |
 //! | `during_pull_apply` | a pulled page is committed locally, the in-memory index not updated |
 //!

@@ -212,8 +212,14 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
                 self.pull_with(spec, resolver, (i, of), progress, report)
                     .await?;
             }
-            // Publishing reads the cloud's catalogue back in the same transaction.
-            let remote = self.syncer.sink().publish_collections(&local).await?;
+            // Publishing reads the cloud's catalogue back in the same transaction. When
+            // the cloud has confirmed every local definition already, reading it is
+            // enough (one statement, and no write on the server).
+            let remote = if local.iter().all(|s| early.contains(s)) {
+                self.syncer.sink().remote_collections().await?
+            } else {
+                self.syncer.sink().publish_collections(&local).await?
+            };
             let specs = self.adopt_catalogue(collections, remote.clone()).await?;
             *self.confirmed.lock_or_recover() = specs
                 .iter()
