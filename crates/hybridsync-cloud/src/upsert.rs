@@ -48,10 +48,10 @@ impl PostgresSink {
         // statement and idle timeouts are set at `BEGIN`.
         if self.persistent {
             let mut conn = self.connection().await?;
-            return self.ship_rows(&mut *conn, records, Some(&signal)).await;
+            return self.ship_rows(&mut conn, records, Some(&signal)).await;
         }
         let mut tx = self.begin().await?;
-        let applied = self.ship_rows(&mut *tx, records, Some(&signal)).await?;
+        let applied = self.ship_rows(&mut tx, records, Some(&signal)).await?;
         hybridsync_core::crash_point("during_batch");
         self.commit(tx).await?;
         Ok(applied)
