@@ -557,8 +557,9 @@ async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
             "alice's role could run: {sql}"
         );
     }
-    // The schema's own functions run as the caller: bob's feed and an upsert into
-    // bob's tenant are refused like the statements inside them, for that reason.
+    // The schema's own functions run as the caller, and check the tenant before they
+    // touch a row (since schema 9, `hs_ship` too, which a direct sink sends on its own):
+    // bob's feed and an upsert into bob's tenant are refused as not alice's to act for.
     for (sql, code) in [
         (
             "SELECT * FROM hs_feed_page('bob', 'notes', 0, 0, 100)",
@@ -569,7 +570,7 @@ async fn a_role_that_claims_another_tenant_reads_and_writes_nothing() {
              ARRAY['secret'], ARRAY['\\x00'::bytea], ARRAY[NULL::bytea], ARRAY[99999::int8], \
              ARRAY['\\x00'::bytea], ARRAY[false], ARRAY['\\x00'::bytea], ARRAY[NULL::text], \
              ARRAY[0::int8], ARRAY[0::int8])",
-            "42501",
+            "HS403",
         ),
         ("SELECT hs_select_tenant('bob')", "HS403"),
     ] {
