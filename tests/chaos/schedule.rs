@@ -610,10 +610,9 @@ impl Run<'_> {
         }
         if pid.is_some_and(frozen) {
             let since = Instant::now();
-            // Any session idle in a transaction with an id: behind PgBouncer the server
-            // session did not reliably carry the writer's application name (two freezes
-            // of three went unseen by name), and no other device holds one open (direct
-            // devices ship in one statement; no other fault runs meanwhile).
+            // Any session idle in a transaction with an id, not only the writer's by
+            // application name: no other device holds one open (direct devices ship in
+            // one statement; no other fault runs meanwhile).
             let open_sql = "SELECT count(*) FROM pg_stat_activity \
                  WHERE state LIKE 'idle in transaction%' AND backend_xid IS NOT NULL";
             let limit = vanish_bound() + Duration::from_secs(10);
@@ -623,9 +622,9 @@ impl Run<'_> {
                     .map_or(true, |n| n != "0")
             };
             // Seen open first, or the wait below would measure nothing. Behind
-            // PgBouncer the frozen transaction was not always visible at the first look
-            // (4 freezes of 11 were, in the runs that added this check); an unseen one
-            // is logged and not counted.
+            // PgBouncer the frozen transaction was often not visible at the first look
+            // (4 freezes of 11 were, by name or not, in the runs that added this check;
+            // the cause is not known yet); an unseen one is logged and not counted.
             if open() {
                 while open() && since.elapsed() < limit {
                     std::thread::sleep(Duration::from_millis(20));
