@@ -449,6 +449,40 @@ async fn one_sync_brings_known_and_newly_created_collections<T: TestCloud>(cloud
     assert_eq!(task.payload, b"todo");
 }
 
+/// Once the cloud has confirmed every local definition, a round reads the catalogue
+/// and publishes nothing. A definition the cloud has lost since (a restore from an
+/// older backup, a row deleted by hand) is noticed by that read and published again by
+/// the next round; the records keep flowing meanwhile.
+async fn a_definition_the_cloud_lost_is_published_again<T: TestCloud>(cloud: T) {
+    let a = notes_device(cloud.own_sink()).await;
+    let defined = async || {
+        let remote = cloud.sink().remote_collections().await.unwrap();
+        remote.iter().any(|s| s.name == notes())
+    };
+    a.put("k", "v1").await;
+    a.sync(&Strategy::NewestWins).await;
+    assert!(defined().await);
+
+    cloud.forget_collection(&notes());
+    a.put("k", "v2").await;
+    let report = a.sync(&Strategy::NewestWins).await;
+    assert_eq!(report.pushed, 1, "{report:?}");
+    assert!(
+        !defined().await,
+        "a confirmed round published its catalogue again"
+    );
+
+    a.sync(&Strategy::NewestWins).await;
+    assert!(
+        defined().await,
+        "the lost definition was not published again"
+    );
+    let b = device(cloud.own_sink(), Arc::new(SystemClock), None).await;
+    let report = b.sync(&Strategy::NewestWins).await;
+    assert_eq!(report.collections, 1, "{report:?}");
+    assert_eq!(b.value("k").await.as_deref(), Some("v2"));
+}
+
 const LONG: std::time::Duration = std::time::Duration::from_secs(30);
 
 macro_rules! replicate_suite {
@@ -484,6 +518,11 @@ macro_rules! replicate_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn one_sync_brings_known_and_newly_created_collections() {
                 super::one_sync_brings_known_and_newly_created_collections($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_definition_the_cloud_lost_is_published_again() {
+                super::a_definition_the_cloud_lost_is_published_again($cloud).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

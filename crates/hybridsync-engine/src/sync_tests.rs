@@ -24,6 +24,9 @@ pub(crate) trait TestCloud: Send + Sync {
     fn overwrite(&self, record: &Record);
     /// Deletes a stored row behind the sink's back (no tombstone).
     fn delete_row(&self, collection: &CollectionName, key: &Key);
+    /// Drops a collection's definition from the cloud's catalogue behind the sink's
+    /// back; its rows stay.
+    fn forget_collection(&self, collection: &CollectionName);
 }
 
 pub(crate) struct MemoryCloud(Arc<MemorySink>);
@@ -47,6 +50,9 @@ impl TestCloud for MemoryCloud {
     }
     fn delete_row(&self, collection: &CollectionName, key: &Key) {
         self.0.delete_row(collection, key);
+    }
+    fn forget_collection(&self, collection: &CollectionName) {
+        self.0.forget_collection(collection);
     }
 }
 
@@ -125,6 +131,14 @@ impl TestCloud for PgCloud {
                 &format!(
                     "DELETE FROM hs_records WHERE collection = '{collection}' AND key = '{key}'"
                 ),
+            )
+            .unwrap();
+    }
+    fn forget_collection(&self, collection: &CollectionName) {
+        self.server
+            .psql(
+                "postgres",
+                &format!("DELETE FROM hs_collections WHERE name = '{collection}'"),
             )
             .unwrap();
     }

@@ -137,6 +137,12 @@ impl MemorySink {
         state.rows.remove(&(collection.clone(), key.clone()));
     }
 
+    /// Drops a collection's definition from the catalogue behind the devices' backs (its
+    /// rows stay), as a cloud restored from an older backup would have lost it.
+    pub fn forget_collection(&self, collection: &CollectionName) {
+        self.state.lock_or_recover().collections.remove(collection);
+    }
+
     /// The checker's tree over a collection's rows (computed from them each time; a
     /// sealed live row is told by its payload, as the real sink tells it).
     fn tree(&self, collection: &CollectionName) -> LocalTree {
