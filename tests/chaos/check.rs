@@ -70,10 +70,12 @@ pub(crate) struct ScheduleResult {
     pub propagation_max_ms: u64,
     pub propagation_over_bound: u64,
     /// Invariant 10 (`vanish_mid_tx`): how long a frozen writer's open transaction
-    /// outlived its freeze, slowest, and how many outlived the bound.
+    /// outlived its freeze, slowest, and how many outlived the bound; and how many
+    /// freezes left no open transaction to time (each a violation: nothing was tested).
     pub vanished: u64,
     pub vanish_release_max_ms: u64,
     pub vanish_over_bound: u64,
+    pub vanish_unseen: u64,
 }
 
 impl ScheduleResult {
@@ -86,6 +88,7 @@ impl ScheduleResult {
             + self.outbox_left
             + self.propagation_over_bound
             + self.vanish_over_bound
+            + self.vanish_unseen
             + u64::from(self.max_pool > POOL_CAP)
             + self.read_errors
             + self

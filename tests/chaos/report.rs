@@ -183,10 +183,11 @@ impl Report {
                 crate::schedule::vanish_bound().as_millis()
             ),
             format!(
-                "{}, {} ms ({} over)",
+                "{}, {} ms ({} over; {} not seen open)",
                 sum(|s| s.vanished),
                 max(|s| s.vanish_release_max_ms),
-                sum(|s| s.vanish_over_bound)
+                sum(|s| s.vanish_over_bound),
+                sum(|s| s.vanish_unseen)
             ),
         );
         row("violations", self.violations().to_string());

@@ -45,10 +45,14 @@ pub fn crash_point(name: &'static str) {
     if let Some((point, nth, stop)) = armed {
         if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
             if *stop {
-                // Frozen until someone sends SIGCONT or SIGKILL.
+                // Frozen until someone sends SIGCONT or SIGKILL. The stop reaches each
+                // thread on its own way back from the kernel, and this one was seen to
+                // run on for 2-7 ms after `kill` returned (long enough to commit the
+                // batch it was meant to hold open), so it waits here for the stop.
                 let _ = std::process::Command::new("kill")
                     .args(["-STOP", &std::process::id().to_string()])
                     .status();
+                std::thread::sleep(std::time::Duration::from_secs(1));
             } else {
                 std::process::abort();
             }
