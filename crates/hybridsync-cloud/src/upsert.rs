@@ -10,18 +10,20 @@ use hybridsync_core::{CollectionName, Key, Record, sealed_key_id};
 use sqlx::PgConnection;
 
 /// The upsert: the schema's `hs_ship` (version 9) scopes the statement to the tenant
-/// after checking that the login role may act for it (SQLSTATE `HS403` if not), refuses a batch stamped too far ahead of the server's clock (`changed` is then NULL),
-/// and upserts the batch's columns, bound by reference as arrays and unnested in the
-/// select list (which PostgreSQL streams rather than materialising); its `WHERE` clause
-/// makes it monotone, so replays and reordering cannot move a row backwards. Inside a
-/// transaction (behind PgBouncer) it also tightens the transaction's idle timeout (`$4`; NULL keeps what it was): from the
-/// moment the transaction holds an id, and with it the other devices' change-feed
-/// horizon, a device that vanishes before its `COMMIT` loses its session within that
-/// timeout. Tightened here rather than at `BEGIN` (which sets a looser one), so a slow
-/// link uploading a large batch is not mistaken for a vanished one. When it changed any
-/// row and `$6` is not NULL, it notifies `$6` on channel `$5`, delivered to the other
-/// devices' change listeners on commit: in the same round trip, which is on the path of
-/// every change to the other devices.
+/// after checking that the login role may act for it (SQLSTATE `HS403` if not),
+/// refuses a batch stamped too far ahead of the server's clock (`changed` is then
+/// NULL), and upserts the batch's columns, bound by reference as arrays and unnested in
+/// the select list (which PostgreSQL streams rather than materialising); its `WHERE`
+/// clause makes it monotone, so replays and reordering cannot move a row backwards.
+/// Inside a transaction (behind PgBouncer) it also tightens the transaction's idle
+/// timeout (`$4`; NULL keeps what it was): from the moment the transaction holds an id,
+/// and with it the other devices' change-feed horizon, a device that vanishes before
+/// its `COMMIT` loses its session within that timeout. Tightened here rather than at
+/// `BEGIN` (which sets a looser one), so a slow link uploading a large batch is not
+/// mistaken for a vanished one. When it changed any row and `$6` is not NULL, it
+/// notifies `$6` on channel `$5`, delivered to the other devices' change listeners on
+/// commit: in the same round trip, which is on the path of every change to the other
+/// devices.
 const SHIP: &str = "SELECT changed, server_ms FROM hs_ship($1, $2, $3, $4, $5, $6, \
      $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
