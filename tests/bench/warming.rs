@@ -82,8 +82,9 @@ fn cpu_time() -> Duration {
 
 /// One periodic run: every key is read every 2, 3 or 4 s (by key), each read jittered
 /// by up to ±5 % of its period, from a random phase. Returns the hit rate, p50, p90
-/// and p99 of the reads in the second half, and warming's figures.
-async fn periodic(scale: &Scale, on: bool) -> Result<(f64, [Duration; 3], WarmingStats, usize)> {
+/// and p99 of the reads in the second half, warming's figures, and each read of the
+/// second half in order (its time, and whether it hit).
+async fn periodic(scale: &Scale, on: bool) -> Result<Periodic> {
     let tmp = tempfile::tempdir()?;
     let store = store(tmp.path(), scale, on).await?;
     let raw = store.raw("profiles")?;
@@ -102,6 +103,7 @@ async fn periodic(scale: &Scale, on: bool) -> Result<(f64, [Duration; 3], Warmin
     let measured_from = scale.run / 2;
     let (mut hits, mut reads) = (0u64, 0u64);
     let mut latencies = Vec::new();
+    let mut trace = Vec::new();
     let started = tokio::time::Instant::now();
     for (at, i) in events {
         tokio::time::sleep_until(started + at).await;
@@ -110,15 +112,66 @@ async fn periodic(scale: &Scale, on: bool) -> Result<(f64, [Duration; 3], Warmin
         black_box(raw.get(&key(i)).await?);
         let took = t.elapsed();
         if at >= measured_from {
+            let hit = store.cache_stats().hits > before;
             reads += 1;
-            hits += store.cache_stats().hits - before;
+            hits += u64::from(hit);
             latencies.push(took);
+            trace.push((took, hit));
         }
     }
     let (stats, cache_bytes) = (store.warming_stats(), store.cache_stats().bytes);
     store.close().await;
     let quantiles = [0.5, 0.9, 0.99].map(|q| percentile(&mut latencies, q));
-    Ok((hits as f64 / reads as f64, quantiles, stats, cache_bytes))
+    Ok((
+        hits as f64 / reads as f64,
+        quantiles,
+        stats,
+        cache_bytes,
+        trace,
+    ))
+}
+
+/// What [`periodic`] returns.
+type Periodic = (
+    f64,
+    [Duration; 3],
+    WarmingStats,
+    usize,
+    Vec<(Duration, bool)>,
+);
+
+/// The p50 and p90 of the misses, by how many hits came just before each: a miss after
+/// a run of hits finds the store's read path cold in the CPU's caches, so it is slower
+/// than one after a miss, with warming on or off (`tests/bench/measures.md`).
+fn misses_by_hits_before(reads: &[(Duration, bool)]) -> String {
+    let mut groups: [Vec<Duration>; 4] = Default::default();
+    let mut run = 0;
+    for &(took, hit) in reads {
+        if hit {
+            run += 1;
+            continue;
+        }
+        groups[match run {
+            0 => 0,
+            1..=2 => 1,
+            3..=6 => 2,
+            _ => 3,
+        }]
+        .push(took);
+        run = 0;
+    }
+    ["0", "1-2", "3-6", "7+"]
+        .into_iter()
+        .zip(groups)
+        .filter(|(_, misses)| !misses.is_empty())
+        .map(|(name, mut misses)| {
+            let n = misses.len();
+            let p50 = nanos(percentile(&mut misses, 0.5)) / 1e3;
+            let p90 = nanos(percentile(&mut misses, 0.9)) / 1e3;
+            format!("after {name} hits: {n} misses, p50 {p50:.1} us, p90 {p90:.1} us")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Uniform random reads as fast as they go: the hit rate and the CPU they take.
@@ -213,13 +266,15 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
     // and a swing of the machine between two single runs moved the p99 ratio 1.03-1.65x.
     let mut runs: [Vec<(f64, [Duration; 3])>; 2] = [Vec::new(), Vec::new()];
     let (mut stats, mut cache_bytes) = (WarmingStats::default(), 0);
+    let mut traces: [Vec<(Duration, bool)>; 2] = [Vec::new(), Vec::new()];
     for trial in 0..PERIODIC_TRIALS {
         for on in [trial % 2 == 1, trial % 2 == 0] {
-            let (rate, lat, run_stats, bytes) = periodic(&scale, on).await?;
+            let (rate, lat, run_stats, bytes, trace) = periodic(&scale, on).await?;
             if on {
                 (stats, cache_bytes) = (run_stats, bytes);
             }
             runs[usize::from(on)].push((rate, lat));
+            traces[usize::from(on)].extend(trace);
         }
     }
     let rate_of = |side: usize| runs[side].iter().map(|r| r.0).collect::<Vec<f64>>();
@@ -244,6 +299,8 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
         on_med[0], on_med[1], on_med[2], on_lat[2]
     );
     println!("  warming: {stats:?}");
+    println!("  misses, off: {}", misses_by_hits_before(&traces[0]));
+    println!("  misses, on:  {}", misses_by_hits_before(&traces[1]));
     // Paired trials, in the order off-on, on-off, … so a drift of the machine's load
     // weighs on both sides alike.
     let (mut rates, mut cpus) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
