@@ -82,8 +82,7 @@ fn cpu_time() -> Duration {
 
 /// One periodic run: every key is read every 2, 3 or 4 s (by key), each read jittered
 /// by up to ±5 % of its period, from a random phase. Returns the hit rate, p50, p90
-/// and p99 of the reads in the second half, warming's figures, and each read of the
-/// second half in order (its time, and whether it hit).
+/// and p99 of the reads in the second half, warming's figures, and those reads in order.
 async fn periodic(scale: &Scale, on: bool) -> Result<Periodic> {
     let tmp = tempfile::tempdir()?;
     let store = store(tmp.path(), scale, on).await?;
@@ -101,9 +100,7 @@ async fn periodic(scale: &Scale, on: bool) -> Result<Periodic> {
     }
     events.sort();
     let measured_from = scale.run / 2;
-    let (mut hits, mut reads) = (0u64, 0u64);
-    let mut latencies = Vec::new();
-    let mut trace = Vec::new();
+    let mut reads = Vec::new();
     let started = tokio::time::Instant::now();
     for (at, i) in events {
         tokio::time::sleep_until(started + at).await;
@@ -112,53 +109,56 @@ async fn periodic(scale: &Scale, on: bool) -> Result<Periodic> {
         black_box(raw.get(&key(i)).await?);
         let took = t.elapsed();
         if at >= measured_from {
-            let hit = store.cache_stats().hits > before;
-            reads += 1;
-            hits += u64::from(hit);
-            latencies.push(took);
-            trace.push((took, hit));
+            reads.push((took, store.cache_stats().hits > before));
         }
     }
     let (stats, cache_bytes) = (store.warming_stats(), store.cache_stats().bytes);
     store.close().await;
-    let quantiles = [0.5, 0.9, 0.99].map(|q| percentile(&mut latencies, q));
-    Ok((
-        hits as f64 / reads as f64,
-        quantiles,
+    let mut latencies: Vec<Duration> = reads.iter().map(|&(took, _)| took).collect();
+    let hits = reads.iter().filter(|&&(_, hit)| hit).count();
+    Ok(Periodic {
+        hit_rate: hits as f64 / reads.len() as f64,
+        quantiles: [0.5, 0.9, 0.99].map(|q| percentile(&mut latencies, q)),
         stats,
         cache_bytes,
-        trace,
-    ))
+        reads,
+    })
 }
 
-/// What [`periodic`] returns.
-type Periodic = (
-    f64,
-    [Duration; 3],
-    WarmingStats,
-    usize,
-    Vec<(Duration, bool)>,
-);
+/// One periodic run's figures.
+struct Periodic {
+    hit_rate: f64,
+    /// p50, p90 and p99 of the measured reads.
+    quantiles: [Duration; 3],
+    stats: WarmingStats,
+    /// The hot cache's bytes at the end.
+    cache_bytes: usize,
+    /// The measured reads in order: how long each took, and whether it hit.
+    reads: Vec<(Duration, bool)>,
+}
 
 /// The p50 and p90 of the misses, by how many hits came just before each: a miss after
 /// a run of hits finds the store's read path cold in the CPU's caches, so it is slower
-/// than one after a miss, with warming on or off (`tests/bench/measures.md`).
-fn misses_by_hits_before(reads: &[(Duration, bool)]) -> String {
+/// than one after a miss, with warming on or off (`tests/bench/measures.md`). Over the
+/// trials of one side, each counted from its own start.
+fn misses_by_hits_before(trials: &[Vec<(Duration, bool)>]) -> String {
     let mut groups: [Vec<Duration>; 4] = Default::default();
-    let mut run = 0;
-    for &(took, hit) in reads {
-        if hit {
-            run += 1;
-            continue;
+    for reads in trials {
+        let mut run = 0;
+        for &(took, hit) in reads {
+            if hit {
+                run += 1;
+                continue;
+            }
+            groups[match run {
+                0 => 0,
+                1..=2 => 1,
+                3..=6 => 2,
+                _ => 3,
+            }]
+            .push(took);
+            run = 0;
         }
-        groups[match run {
-            0 => 0,
-            1..=2 => 1,
-            3..=6 => 2,
-            _ => 3,
-        }]
-        .push(took);
-        run = 0;
     }
     ["0", "1-2", "3-6", "7+"]
         .into_iter()
@@ -266,15 +266,15 @@ pub(crate) async fn run(quick: bool) -> Result<Vec<Row>> {
     // and a swing of the machine between two single runs moved the p99 ratio 1.03-1.65x.
     let mut runs: [Vec<(f64, [Duration; 3])>; 2] = [Vec::new(), Vec::new()];
     let (mut stats, mut cache_bytes) = (WarmingStats::default(), 0);
-    let mut traces: [Vec<(Duration, bool)>; 2] = [Vec::new(), Vec::new()];
+    let mut traces: [Vec<Vec<(Duration, bool)>>; 2] = [Vec::new(), Vec::new()];
     for trial in 0..PERIODIC_TRIALS {
         for on in [trial % 2 == 1, trial % 2 == 0] {
-            let (rate, lat, run_stats, bytes, trace) = periodic(&scale, on).await?;
+            let run = periodic(&scale, on).await?;
             if on {
-                (stats, cache_bytes) = (run_stats, bytes);
+                (stats, cache_bytes) = (run.stats, run.cache_bytes);
             }
-            runs[usize::from(on)].push((rate, lat));
-            traces[usize::from(on)].extend(trace);
+            runs[usize::from(on)].push((run.hit_rate, run.quantiles));
+            traces[usize::from(on)].push(run.reads);
         }
     }
     let rate_of = |side: usize| runs[side].iter().map(|r| r.0).collect::<Vec<f64>>();
