@@ -288,7 +288,7 @@ pub trait RecordCache: Send + Sync + std::fmt::Debug + 'static {
     /// Caches `record` ahead of a read (predictive warming), unless the key is already
     /// cached, or the cache is full and the entry it would evict is one `keep` says is
     /// hotter. Returns whether it was loaded; its first read is counted as a
-    /// prefetch hit.
+    /// prefetch hit. A cache may keep an unread prefetched entry past one eviction.
     fn prefetch(&self, record: std::sync::Arc<Record>, keep: &dyn Fn(&Record) -> bool) -> bool;
     /// Hits, misses, entries and bytes.
     fn stats(&self) -> HotCacheStats;

@@ -11,6 +11,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Entry {
     record: Arc<Record>,
     prefetched: bool,
+    /// Set when eviction passed over this entry once, unread since warming loaded it.
+    reprieved: bool,
+}
+
+impl Entry {
+    fn new(record: Arc<Record>, prefetched: bool) -> Self {
+        Self {
+            record,
+            prefetched,
+            reprieved: false,
+        }
+    }
+
+    /// Whether eviction passes over this entry: warming loaded it for a read that has
+    /// not come yet, and it has not been passed over before.
+    fn second_chance(&self) -> bool {
+        self.prefetched && !self.reprieved
+    }
 }
 
 struct Inner {
@@ -19,26 +37,53 @@ struct Inner {
 }
 
 impl Inner {
-    /// Caches `record` at the most recently used end, then evicts from the other end
-    /// until the bytes fit.
+    /// Caches `record` at the most recently used end, then evicts until the entries
+    /// and the bytes fit.
     fn push(&mut self, key: String, record: Arc<Record>, prefetched: bool, max_bytes: usize) {
         let size = record.approx_size();
-        // `push` hands back either the replaced value or the entry it evicted.
-        if let Some((_, old)) = self.lru.push(key, Entry { record, prefetched }) {
+        if self.lru.len() == self.lru.cap().get() && !self.lru.contains(&key) {
+            self.evict_one();
+        }
+        // Room was made above, so `push` can only hand back the value it replaced.
+        if let Some((_, old)) = self.lru.push(key, Entry::new(record, prefetched)) {
             self.bytes -= old.record.approx_size();
         }
         self.bytes += size;
-        while self.bytes > max_bytes {
-            match self.lru.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.record.approx_size(),
-                None => break,
+        while self.bytes > max_bytes && self.evict_one() {}
+    }
+
+    /// Evicts the least recently used entry, passing over (once each, back to the most
+    /// recently used end) entries warming loaded that no read has used yet: a
+    /// prediction gets one more lap of the cache to come true. Returns whether one
+    /// was evicted.
+    fn evict_one(&mut self) -> bool {
+        while let Some((key, mut entry)) = self.lru.pop_lru() {
+            if entry.second_chance() {
+                entry.reprieved = true;
+                self.lru.push(key, entry);
+                continue;
             }
+            self.bytes -= entry.record.approx_size();
+            return true;
         }
+        false
+    }
+
+    /// The entry the next eviction removes.
+    fn victim(&self) -> Option<&Entry> {
+        let mut from_lru = self.lru.iter().rev().map(|(_, entry)| entry);
+        from_lru
+            .clone()
+            .find(|entry| !entry.second_chance())
+            .or_else(|| from_lru.next())
     }
 }
 
 /// Holds at most `max_entries` records and about `max_bytes` of them, evicting the
-/// least recently used. Tombstones are cached too, so a read of a deleted key is a hit.
+/// least recently used. An entry warming loaded that no read has used yet is passed
+/// over once, back to the most recently used end, so a prediction is not evicted by
+/// the misses of the interval it was made for. Tombstones are cached too, so a read of
+/// a deleted key is a hit.
 pub struct HotCache {
     inner: Mutex<Inner>,
     max_bytes: usize,
@@ -168,12 +213,7 @@ impl RecordCache for HotCache {
             return false;
         }
         let full = inner.lru.len() == inner.lru.cap().get() || inner.bytes + size > self.max_bytes;
-        if full
-            && inner
-                .lru
-                .peek_lru()
-                .is_some_and(|(_, victim)| keep(&victim.record))
-        {
+        if full && inner.victim().is_some_and(|victim| keep(&victim.record)) {
             return false;
         }
         inner.push(key, record, true, self.max_bytes);

@@ -261,6 +261,49 @@ fn a_prefetch_never_replaces_a_cached_key_nor_evicts_one_kept_and_counts_its_fir
     assert_eq!((cache.stats().hits, cache.stats().misses), (4, 0));
 }
 
+#[test]
+fn an_unread_prefetch_outlives_one_eviction_not_two_and_a_read_one_none() {
+    let keep_none = |_: &Record| false;
+    let cached = |cache: &HotCache, key: &str| cache.contains(&name("c"), key);
+    let cache = HotCache::new(3, usize::MAX);
+    assert!(cache.prefetch(record("p", 1, 1), &keep_none));
+    cache.insert(record("a", 1, 1));
+    cache.insert(record("b", 1, 1));
+    // `p` is least recently used, but the entry the next eviction takes is `a`, and
+    // that is what a prefetch asks `keep` about.
+    let keep_a = |victim: &Record| victim.key.as_str() == "a";
+    assert!(!cache.prefetch(record("r", 1, 1), &keep_a));
+    cache.insert(record("c", 1, 1));
+    assert!(cached(&cache, "p") && !cached(&cache, "a"), "p passed over once");
+    cache.insert(record("d", 1, 1));
+    assert!(cached(&cache, "p") && !cached(&cache, "b"));
+    cache.insert(record("e", 1, 1));
+    assert!(!cached(&cache, "p"), "passed over once only");
+    assert_eq!(cache.stats().entries, 3);
+
+    // Read once, a prefetched entry is an ordinary one.
+    assert!(cache.prefetch(record("q", 1, 1), &keep_none));
+    assert!(cache.get(&name("c"), "q").is_some());
+    for key in ["f", "g", "h"] {
+        cache.insert(record(key, 1, 1));
+    }
+    assert!(!cached(&cache, "q"), "a read entry gets no second chance");
+
+    // The byte bound passes over it the same way, and still holds.
+    let one = record("k", 1, 1_000).approx_size();
+    let cache = HotCache::new(100, one * 2);
+    assert!(cache.prefetch(record("p", 1, 1_000), &keep_none));
+    cache.insert(record("a", 1, 1_000));
+    cache.insert(record("b", 1, 1_000));
+    assert!(cached(&cache, "p") && !cached(&cache, "a"));
+    cache.insert(record("c", 1, 1_000));
+    assert!(cached(&cache, "p") && !cached(&cache, "b"));
+    cache.insert(record("d", 1, 1_000));
+    assert!(!cached(&cache, "p") && cached(&cache, "c") && cached(&cache, "d"));
+    let stats = cache.stats();
+    assert!(stats.bytes <= one * 2 && stats.entries == 2, "{stats:?}");
+}
+
 fn a_saved_index_restores_and_a_mismatched_one_is_refused_changing_nothing<C: Index>() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("v.usearch");
