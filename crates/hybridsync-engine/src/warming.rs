@@ -35,7 +35,13 @@ const RING: usize = 1 << 14;
 /// for one login is one event).
 const COALESCE_MS: u64 = 50;
 
-/// How early, beyond twice the spread of its gaps, a regular key's read is expected.
+/// How early a regular key's read is expected, in standard deviations of its reads
+/// about their line: three, since the hot cache keeps an unread prefetch for a second
+/// lap (with two, 13 % of the periodic bench's reads missed, the early ones most; with
+/// three, 10 %; `tests/bench/measures.md`).
+const RESIDUALS_EARLY: f64 = 3.0;
+
+/// How early, beyond [`RESIDUALS_EARLY`] residuals, a regular key's read is expected.
 const SLACK_MS: f64 = 10.0;
 
 /// Names learnt on misses and not yet digested, at most.
@@ -174,9 +180,9 @@ impl History {
             .find(|&(_, (mean, spread))| mean > 0.0 && spread < 0.3 * mean);
         if let Some((len, (mean, spread))) = regular {
             let (due, period, residual) = next_in_line(self.times.range(n - 1 - len..));
-            // The next expected read not yet past (allowing twice the residual), and
+            // The next expected read not yet past (allowing the slack), and
             // how many expected reads have not come since.
-            let slack = 2.0 * residual + SLACK_MS;
+            let slack = RESIDUALS_EARLY * residual + SLACK_MS;
             let missed = ((now_f - slack - due) / period.max(1.0)).ceil().max(0.0);
             let due = due + missed * period;
             if due - slack <= now_f + ahead_f && missed < 8.0 {

@@ -274,7 +274,10 @@ fn an_unread_prefetch_outlives_one_eviction_not_two_and_a_read_one_none() {
     let keep_a = |victim: &Record| victim.key.as_str() == "a";
     assert!(!cache.prefetch(record("r", 1, 1), &keep_a));
     cache.insert(record("c", 1, 1));
-    assert!(cached(&cache, "p") && !cached(&cache, "a"), "p passed over once");
+    assert!(
+        cached(&cache, "p") && !cached(&cache, "a"),
+        "p passed over once"
+    );
     cache.insert(record("d", 1, 1));
     assert!(cached(&cache, "p") && !cached(&cache, "b"));
     cache.insert(record("e", 1, 1));
