@@ -69,13 +69,15 @@ impl Inner {
         false
     }
 
-    /// The entry the next eviction removes.
+    /// The entry the next eviction removes: the least recently used one it does not
+    /// pass over, or, when it passes over them all, the least recently used.
     fn victim(&self) -> Option<&Entry> {
-        let mut from_lru = self.lru.iter().rev().map(|(_, entry)| entry);
-        from_lru
-            .clone()
+        self.lru
+            .iter()
+            .rev()
+            .map(|(_, entry)| entry)
             .find(|entry| !entry.second_chance())
-            .or_else(|| from_lru.next())
+            .or_else(|| self.lru.peek_lru().map(|(_, entry)| entry))
     }
 }
 

@@ -292,6 +292,16 @@ fn an_unread_prefetch_outlives_one_eviction_not_two_and_a_read_one_none() {
     }
     assert!(!cached(&cache, "q"), "a read entry gets no second chance");
 
+    // Every entry unread and prefetched: each is passed over once, so the least
+    // recently used goes, and that is the one `keep` is asked about.
+    let cache = HotCache::new(2, usize::MAX);
+    assert!(cache.prefetch(record("x", 1, 1), &keep_none));
+    assert!(cache.prefetch(record("y", 1, 1), &keep_none));
+    let keep_x = |victim: &Record| victim.key.as_str() == "x";
+    assert!(!cache.prefetch(record("z", 1, 1), &keep_x));
+    assert!(cache.prefetch(record("z", 1, 1), &keep_none));
+    assert!(!cached(&cache, "x") && cached(&cache, "y") && cached(&cache, "z"));
+
     // The byte bound passes over it the same way, and still holds.
     let one = record("k", 1, 1_000).approx_size();
     let cache = HotCache::new(100, one * 2);
