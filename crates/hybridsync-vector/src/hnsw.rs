@@ -31,8 +31,9 @@ impl Default for VectorOptions {
 }
 
 /// The walk's breadth unless [`VectorOptions::expansion_search`] sets one: recall@10 of
-/// 0.995 on the bench's 100k clustered 192-D voiceprints, where 24 gave 0.990 and 16
-/// 0.975 (`docs/benchmarks.md`).
+/// 0.995–0.998 on the bench's 100k clustered 192-D voiceprints. 24 gave 0.992–0.996
+/// over 1,000 queries and 16 gave 0.975–0.986 (`docs/benchmarks.md`); 32 keeps a margin
+/// above 0.99 on data less clustered than the bench's. `[vector] ef` sets another.
 pub const DEFAULT_EF: usize = 32;
 
 /// A graph of the collection's precision.
