@@ -14,7 +14,7 @@ const QUERIES: usize = 200;
 /// Queries of the peer sweep, drawn after the others. Recall at the 0.99 bar decides
 /// which `ef` each index is compared at, so it needs a finer grain than 200 queries
 /// give: there one missed neighbour moves recall by 0.0005, and our index at `ef` 24
-/// read 0.985–0.990 over three full runs where 1,000 queries read 0.992–0.995.
+/// read 0.985–0.990 over three full runs where 1,000 queries read 0.992–0.996.
 const PEER_QUERIES: usize = 1_000;
 
 /// Resident memory of this process by kind, from /proc: (anonymous, file-backed).
@@ -225,7 +225,6 @@ fn raw_index(precision: Precision) -> Result<usearch::Index> {
     .context("usearch index")
 }
 
-/// Exact top-10 of every query by brute force over the f32 vectors, as indexes.
 /// Exact top-10 of every query by brute force over the f32 vectors, as indexes; on
 /// two threads.
 fn exact_top10(vectors: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<u64>> {
