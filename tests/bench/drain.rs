@@ -78,7 +78,9 @@ async fn write_locally(
 }
 
 /// PostgreSQL binary COPY framing for (tenant, collection, key, payload, embedding, hlc,
-/// origin, tombstone, hash).
+/// origin, tombstone, hash, bucket, leaf): every column the drain writes, the checker's
+/// bucket and leaf included (left NULL, every entry of the tree index would land at one
+/// end of it, where the drain's land across it).
 fn copy_binary(records: &[Record]) -> Vec<u8> {
     let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
     out.extend_from_slice(&0i32.to_be_bytes());
@@ -88,7 +90,7 @@ fn copy_binary(records: &[Record]) -> Vec<u8> {
         out.extend_from_slice(bytes);
     };
     for r in records {
-        out.extend_from_slice(&9i16.to_be_bytes());
+        out.extend_from_slice(&11i16.to_be_bytes());
         field(&mut out, b"copy");
         field(&mut out, r.collection.as_str().as_bytes());
         field(&mut out, r.key.as_str().as_bytes());
@@ -101,6 +103,9 @@ fn copy_binary(records: &[Record]) -> Vec<u8> {
         field(&mut out, &r.version.origin.0);
         field(&mut out, &[u8::from(r.tombstone)]);
         field(&mut out, &r.hash.0);
+        let (bucket, leaf) = hybridsync_core::tree_digests(r, false);
+        field(&mut out, &i64::from(bucket).to_be_bytes());
+        field(&mut out, &(leaf as i64).to_be_bytes());
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     out
@@ -391,7 +396,7 @@ pub(crate) async fn copy_into(
     let started = Instant::now();
     let mut copy = admin
         .copy_in_raw(&format!(
-            "COPY {name} (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash) FROM STDIN (FORMAT binary)"
+            "COPY {name} (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, bucket, leaf) FROM STDIN (FORMAT binary)"
         ))
         .await?;
     copy.send(copy_binary(records)).await?;

@@ -16,12 +16,13 @@ mod warming;
 
 use anyhow::Result;
 
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "reads",
     "warming",
     "local",
     "search",
     "sync",
+    "drain",
     "propagation",
     "verify",
     "migrate",
@@ -29,8 +30,8 @@ const GROUPS: [&str; 8] = [
 
 /// `hybridsync-bench [--quick] [GROUP]...`: groups are `reads`, `warming`, `local`,
 /// `search`, `sync` (drain, hydrate, propagation, encryption), `verify` and `migrate`;
-/// all by default. `propagation` runs only the sync group's propagation rows. A
-/// partial run leaves docs/benchmarks.md unchanged.
+/// all by default. `drain` and `propagation` run only the sync group's drain rows or
+/// its propagation rows. A partial run leaves docs/benchmarks.md unchanged.
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -118,9 +119,15 @@ async fn main() -> Result<()> {
         rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
         drop(cloud);
         rows.extend(encryption::run(records).await?);
-    } else if wanted("propagation") {
-        let cloud = drain::durable_server().await?;
-        rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
+    } else {
+        if wanted("drain") {
+            let cloud = drain::durable_server().await?;
+            rows.extend(drain::run(&cloud, if quick { 3_000 } else { 100_000 }).await?);
+        }
+        if wanted("propagation") {
+            let cloud = drain::durable_server().await?;
+            rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
+        }
     }
     if wanted("verify") {
         rows.extend(verify::run(quick).await?);
