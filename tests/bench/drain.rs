@@ -350,7 +350,8 @@ pub(crate) async fn settle(admin: &mut sqlx::PgConnection) -> Result<()> {
 }
 
 /// Records/s of `sample` written as tenant `tenant` with one autocommitted
-/// `INSERT … ON CONFLICT` each, with the version guard.
+/// `INSERT … ON CONFLICT` each, with the version guard and every column the drain
+/// writes.
 async fn insert_per_row(
     admin: &mut sqlx::PgConnection,
     sample: &[Record],
@@ -358,11 +359,13 @@ async fn insert_per_row(
 ) -> Result<f64> {
     let started = Instant::now();
     for r in sample {
+        let (bucket, leaf) = hybridsync_core::tree_digests(r, false);
         sqlx::query(
-            "INSERT INTO hs_records AS t (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO hs_records AS t (tenant, collection, key, payload, embedding, hlc, origin, tombstone, hash, bucket, leaf)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (tenant, collection, key) DO UPDATE SET payload = excluded.payload, embedding = excluded.embedding,
-                 hlc = excluded.hlc, origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash
+                 hlc = excluded.hlc, origin = excluded.origin, tombstone = excluded.tombstone, hash = excluded.hash,
+                 bucket = excluded.bucket, leaf = excluded.leaf
              WHERE (excluded.hlc, excluded.origin) > (t.hlc, t.origin)",
         )
         .bind(tenant)
@@ -374,6 +377,8 @@ async fn insert_per_row(
         .bind(r.version.origin.0.to_vec())
         .bind(r.tombstone)
         .bind(r.hash.0.to_vec())
+        .bind(i64::from(bucket))
+        .bind(leaf as i64)
         .execute(&mut *admin)
         .await?;
     }

@@ -83,7 +83,7 @@ async fn main() -> Result<()> {
         });
     }
     if wanted("local") {
-        rows.extend(local::run(if quick { 200 } else { 1_000 }).await?);
+        rows.extend(local::run(if quick { 200 } else { 5_000 }).await?);
     }
     // A cache miss (served by SQLite) beside the direct PostgreSQL point read the reads
     // group measured in this run: the "before" of our users.
