@@ -116,7 +116,7 @@ async fn main() -> Result<()> {
         rows.push(drain::recovery(&cloud, records, drain_secs).await?);
         rows.extend(replicate::hydrate(&cloud, records).await?);
         rows.extend(replicate::hydrate_plain(&cloud, records).await?);
-        rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
+        rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 500 }).await?);
         drop(cloud);
         rows.extend(encryption::run(records).await?);
     } else {
@@ -126,7 +126,7 @@ async fn main() -> Result<()> {
         }
         if wanted("propagation") {
             let cloud = drain::durable_server().await?;
-            rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 200 }).await?);
+            rows.extend(replicate::propagation(&cloud, if quick { 20 } else { 500 }).await?);
         }
     }
     if wanted("verify") {

@@ -7,7 +7,7 @@ use crate::reads::{nanos, percentile};
 use crate::report::Row;
 use crate::report::median;
 use anyhow::{Context, Result, ensure};
-use hybridsync::{EncryptionKey, HybridStore, Strategy, WriteOptions};
+use hybridsync::{EncryptionKey, HybridStore, Strategy, SyncEvent, WriteOptions};
 use hybridsync_testkit::TempPostgres;
 use sqlx::{Connection, Row as _};
 use std::time::{Duration, Instant};
@@ -191,12 +191,65 @@ pub(crate) async fn hydrate_trial(
     Ok(records as f64 / secs)
 }
 
+/// Trials of the propagation rows in a full run. Each trial runs its share of our
+/// rounds, then as many baseline rounds, so both sides meet the machine's swings.
+const PROPAGATION_TRIALS: usize = 5;
+
+/// When each of A's writes was shipped and each of B's sync rounds started, as seen by
+/// tasks that only listen to the two devices' events.
+#[derive(Default)]
+struct Marks {
+    shipped: Vec<Instant>,
+    round_started: Vec<Instant>,
+}
+
+/// One round's stages, measured from the moment A's write was started.
+struct Stages {
+    /// A's `put` returned (the local commit).
+    committed: Duration,
+    /// A's drain had the record in the cloud (its upsert committed).
+    shipped: Duration,
+    /// B's sync round that read the record started.
+    started: Duration,
+    /// B read the new value.
+    visible: Duration,
+}
+
+impl Stages {
+    const HOPS: [&str; 4] = [
+        "A: write committed locally",
+        "A: commit → shipped (drain's upsert committed)",
+        "B: shipped → its sync round started",
+        "B: round started → value read",
+    ];
+
+    /// The time each hop of [`Self::HOPS`] took.
+    fn hops(&self) -> [Duration; 4] {
+        [
+            self.committed,
+            self.shipped.saturating_sub(self.committed),
+            self.started.saturating_sub(self.shipped),
+            self.visible.saturating_sub(self.started),
+        ]
+    }
+}
+
 /// Write on device A, read device B after each event it reports until it reads the
 /// new value. B runs auto-sync on a one-minute interval, so what is measured is the
 /// nudge path: A's drain is woken by the write, its upsert notifies, B's listener wakes
-/// B's sync, B pulls and applies.
+/// B's sync, B pulls and applies. Each round's stages are printed as well (medians and
+/// p99 over all rounds), so a slow figure says which hop it came from.
 pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<Row>> {
-    println!("propagation: {rounds} writes on device A, each awaited on device B");
+    let trials = if rounds >= 10 * PROPAGATION_TRIALS {
+        PROPAGATION_TRIALS
+    } else {
+        1
+    };
+    let per_trial = rounds / trials;
+    println!(
+        "propagation: {} writes on device A, each awaited on device B, in {trials} trials beside as many raw writes and reads",
+        per_trial * trials
+    );
     let url = format!("postgres://app@127.0.0.1:{}/postgres", pg.port());
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let open = |dir: &std::path::Path| {
@@ -214,36 +267,24 @@ pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<
         .await?;
     let (notes_a, notes_b) = (a.raw("notes")?, b.raw("notes")?);
     let mut events = b.subscribe()?;
+    let marks = std::sync::Arc::new(std::sync::Mutex::new(Marks::default()));
+    let listeners = [(a.subscribe()?, true), (b.subscribe()?, false)].map(|(mut device, is_a)| {
+        let marks = marks.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = device.recv().await {
+                let mut marks = marks.lock().expect("marks");
+                match event {
+                    SyncEvent::RecordSynced { .. } if is_a => marks.shipped.push(Instant::now()),
+                    SyncEvent::SyncStarted { .. } if !is_a => {
+                        marks.round_started.push(Instant::now());
+                    }
+                    _ => {}
+                }
+            }
+        })
+    });
     // Let B's first (listen-triggered) round pass.
     tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut ours = Vec::with_capacity(rounds);
-    for i in 0..rounds {
-        let value = format!("value {i}").into_bytes();
-        let started = Instant::now();
-        notes_a
-            .put("shared", value.clone(), WriteOptions::default())
-            .await?;
-        loop {
-            if notes_b.get("shared").await?.as_deref() == Some(value.as_slice()) {
-                break;
-            }
-            ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "write {i} never reached device B"
-            );
-            // B reports each page it applies; a timer (1 ms at the finest in tokio)
-            // would add up to its own period to every figure.
-            let event = tokio::time::timeout(Duration::from_millis(5), events.recv()).await;
-            if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = event {
-                anyhow::bail!("device B stopped reporting events");
-            }
-        }
-        ours.push(started.elapsed());
-    }
-    b.stop_auto_sync().await;
-    a.shutdown(Duration::from_secs(5)).await?;
-    b.shutdown(Duration::from_secs(5)).await?;
 
     // Baseline: an autocommitted write on one connection, read back on another.
     let mut writer = sqlx::PgConnection::connect(&pg.url("postgres")).await?;
@@ -252,42 +293,122 @@ pub(crate) async fn propagation(pg: &TempPostgres, rounds: usize) -> Result<Vec<
         .execute(&mut writer)
         .await
         .context("baseline table")?;
-    let mut base = Vec::with_capacity(rounds);
-    for i in 0..rounds {
-        let value = format!("value {i}").into_bytes();
-        let started = Instant::now();
-        sqlx::query(
-            "INSERT INTO bench_propagation VALUES ('shared', $1)
-             ON CONFLICT (key) DO UPDATE SET payload = excluded.payload",
-        )
-        .bind(&value)
-        .execute(&mut writer)
-        .await?;
-        let read: Vec<u8> =
-            sqlx::query_scalar("SELECT payload FROM bench_propagation WHERE key = 'shared'")
-                .fetch_one(&mut reader)
+
+    let (mut ours, mut base, mut stages) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut trial_ours, mut trial_base) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for trial in 0..trials {
+        let mut these = Vec::with_capacity(per_trial);
+        for i in trial * per_trial..(trial + 1) * per_trial {
+            let value = format!("value {i}").into_bytes();
+            let started = Instant::now();
+            notes_a
+                .put("shared", value.clone(), WriteOptions::default())
                 .await?;
-        ensure!(read == value, "baseline read a stale value");
-        base.push(started.elapsed());
+            let committed = started.elapsed();
+            loop {
+                if notes_b.get("shared").await?.as_deref() == Some(value.as_slice()) {
+                    break;
+                }
+                ensure!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "write {i} never reached device B"
+                );
+                // B reports each page it applies; a timer (1 ms at the finest in tokio)
+                // would add up to its own period to every figure.
+                let event = tokio::time::timeout(Duration::from_millis(5), events.recv()).await;
+                if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = event {
+                    anyhow::bail!("device B stopped reporting events");
+                }
+            }
+            let visible = started.elapsed();
+            these.push(visible);
+            let marks = marks.lock().expect("marks");
+            let since = |at: &Instant| at.checked_duration_since(started);
+            // The first shipment after the write, and the last round B started before
+            // it read the value (the one that pulled it).
+            if let (Some(shipped), Some(round)) = (
+                marks.shipped.iter().find_map(since),
+                marks
+                    .round_started
+                    .iter()
+                    .rev()
+                    .find_map(|at| since(at).filter(|d| *d <= visible)),
+            ) {
+                stages.push(Stages {
+                    committed,
+                    shipped,
+                    started: round,
+                    visible,
+                });
+            }
+        }
+        let mut raw = Vec::with_capacity(per_trial);
+        for i in trial * per_trial..(trial + 1) * per_trial {
+            let value = format!("value {i}").into_bytes();
+            let started = Instant::now();
+            sqlx::query(
+                "INSERT INTO bench_propagation VALUES ('shared', $1)
+                 ON CONFLICT (key) DO UPDATE SET payload = excluded.payload",
+            )
+            .bind(&value)
+            .execute(&mut writer)
+            .await?;
+            let read: Vec<u8> =
+                sqlx::query_scalar("SELECT payload FROM bench_propagation WHERE key = 'shared'")
+                    .fetch_one(&mut reader)
+                    .await?;
+            ensure!(read == value, "baseline read a stale value");
+            raw.push(started.elapsed());
+        }
+        for (q, at) in [0.5, 0.99].into_iter().enumerate() {
+            trial_ours[q].push(nanos(percentile(&mut these, at)));
+            trial_base[q].push(nanos(percentile(&mut raw, at)));
+        }
+        ours.extend(these);
+        base.extend(raw);
     }
+    for listener in listeners {
+        listener.abort();
+    }
+    b.stop_auto_sync().await;
+    a.shutdown(Duration::from_secs(5)).await?;
+    b.shutdown(Duration::from_secs(5)).await?;
+
     let (p50, p99) = (percentile(&mut ours, 0.5), percentile(&mut ours, 0.99));
     let (b50, b99) = (percentile(&mut base, 0.5), percentile(&mut base, 0.99));
     println!("  ours (A → B):        p50 {p50:?}, p99 {p99:?}");
     println!("  raw write + read:    p50 {b50:?}, p99 {b99:?}");
+    print_stages(&stages);
+    let row = |name: &str, ours: Duration, base: &str, value: Duration, q: usize| {
+        let row = Row::latency(name, nanos(ours), base, nanos(value), "report");
+        if trials > 1 {
+            row.paired(&trial_ours[q], &trial_base[q])
+        } else {
+            row
+        }
+    };
     Ok(vec![
-        Row::latency(
-            "propagation_p50",
-            nanos(p50),
-            "raw_write_then_read_p50",
-            nanos(b50),
-            "report",
-        ),
-        Row::latency(
-            "propagation_p99",
-            nanos(p99),
-            "raw_write_then_read_p99",
-            nanos(b99),
-            "report",
-        ),
+        row("propagation_p50", p50, "raw_write_then_read_p50", b50, 0),
+        row("propagation_p99", p99, "raw_write_then_read_p99", b99, 1),
     ])
+}
+
+/// Each hop's share of the propagation rounds: medians and p99 of the time between
+/// one stage and the next.
+fn print_stages(stages: &[Stages]) {
+    if stages.is_empty() {
+        return;
+    }
+    println!(
+        "  stages of {} rounds (p50 / p99 of each hop):",
+        stages.len()
+    );
+    for (i, name) in Stages::HOPS.iter().enumerate() {
+        let mut times: Vec<Duration> = stages.iter().map(|s| s.hops()[i]).collect();
+        println!(
+            "    {name:<48} {:>10.3?} / {:>10.3?}",
+            percentile(&mut times, 0.5),
+            percentile(&mut times, 0.99)
+        );
+    }
 }
