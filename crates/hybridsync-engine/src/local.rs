@@ -190,6 +190,11 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized> Engine<S, V> {
         self.specs.read_or_recover().get(collection).cloned()
     }
 
+    /// How many collections this engine knows, without asking the store.
+    pub(crate) fn known_collections(&self) -> usize {
+        self.specs.read_or_recover().len()
+    }
+
     /// Learns collections the store knows and this engine does not (created by another
     /// process, or at open) and builds their indexes.
     async fn refresh_specs(&self) -> Result<()> {

@@ -5,8 +5,8 @@
 
 use crate::{Engine, Error, Result, SyncHandle, Syncer};
 use hybridsync_core::{
-    CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry, LocalStore,
-    Priority, Strategy, SyncEvent, SyncOperation, VectorCache, WriteRequest,
+    ChangeCursor, CloudSink, CollectionName, CollectionSpec, ConflictResolver, HistoryEntry,
+    LocalStore, Priority, Strategy, SyncEvent, SyncOperation, VectorCache, WriteRequest,
 };
 use hybridsync_core::{MutexExt, RwLockExt};
 use hybridsync_telemetry::catalogue;
@@ -75,6 +75,8 @@ pub struct Replicator<S: ?Sized, V: ?Sized, C: ?Sized> {
     running: tokio::sync::Mutex<()>,
     /// The definitions the cloud's catalogue held, identical, at the last sync.
     confirmed: std::sync::Mutex<Vec<CollectionSpec>>,
+    /// Where this replicator's last pull of each collection left its cursor.
+    cursors: std::sync::Mutex<HashMap<CollectionName, ChangeCursor>>,
 }
 
 impl<S: ?Sized, V: ?Sized, C: ?Sized> std::fmt::Debug for Replicator<S, V, C> {
@@ -92,6 +94,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
             resolvers: RwLock::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
             confirmed: std::sync::Mutex::new(Vec::new()),
+            cursors: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -195,23 +198,21 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
         progress: Progress<'_>,
     ) -> Result<SyncReport> {
         self.run(SyncOperation::Sync, progress, async |report| {
-            let local = self.local_specs(collections).await?;
             // Collections whose definitions the cloud confirmed in an earlier round are
             // pulled first, so a change another device signalled lands before the
-            // catalogue's round trip; those definitions never change in the cloud.
-            let early: Vec<CollectionSpec> = {
-                let confirmed = self.confirmed.lock_or_recover();
-                local
-                    .iter()
-                    .filter(|s| confirmed.contains(s))
-                    .cloned()
-                    .collect()
-            };
-            let mut of = local.len();
+            // catalogue's round trip and before the local catalogue is read again:
+            // collections are never dropped, so each is still here, and its definition
+            // never changes on either side. A round naming a collection not confirmed
+            // reads the local catalogue first, which refuses an unknown name before
+            // anything is pulled.
+            let early = self.confirmed_of(collections)?;
+            let mut of = self.engine.known_collections().max(early.len());
             for (i, spec) in early.iter().enumerate() {
                 self.pull_with(spec, resolver, (i, of), progress, report)
                     .await?;
             }
+            let local = self.local_specs(collections).await?;
+            of = of.max(local.len());
             // Publishing reads the cloud's catalogue back in the same transaction. When
             // the cloud has confirmed every local definition already, reading it is
             // enough (one statement, and no write on the server).
@@ -220,7 +221,15 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
             } else {
                 self.syncer.sink().publish_collections(&local).await?
             };
-            let specs = self.adopt_catalogue(collections, remote.clone()).await?;
+            // A catalogue that holds nothing new (the usual round) is what was just
+            // read locally; otherwise its new collections are created here first.
+            let chosen =
+                |s: &&CollectionSpec| collections.is_empty() || collections.contains(&s.name);
+            let specs = if remote.iter().filter(chosen).all(|s| local.contains(s)) {
+                local.clone()
+            } else {
+                self.adopt_catalogue(collections, remote.clone()).await?
+            };
             *self.confirmed.lock_or_recover() = specs
                 .iter()
                 .filter(|s| remote.contains(s))
@@ -419,6 +428,20 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
         });
     }
 
+    /// The definitions the cloud confirmed at the last round, of the chosen collections
+    /// (all when none are chosen); none when a chosen one is not among them.
+    fn confirmed_of(&self, collections: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
+        let confirmed = self.confirmed.lock_or_recover();
+        if collections
+            .iter()
+            .all(|name| confirmed.iter().any(|s| s.name == *name))
+        {
+            select(confirmed.clone(), collections)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// The local specs of the chosen collections (all when none are chosen).
     async fn local_specs(&self, collections: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
         let all = self.engine.collections().await?;
@@ -482,9 +505,28 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
     ) -> Result<()> {
         let store = self.engine.store();
         let sink = self.syncer.sink();
-        let cursor = store.cursor(&spec.name).await?;
+        // The first page is asked for from where this replicator's last pull left the
+        // cursor while the stored cursor is read, so the local read hides behind the
+        // cloud's round trip. Should they differ (the first pull here, or another
+        // process pulled meanwhile), the page is fetched again from the stored one.
+        let left = self.cursors.lock_or_recover().get(&spec.name).cloned();
+        let mut batch = match left {
+            Some(left) => {
+                let (stored, page) =
+                    tokio::join!(store.cursor(&spec.name), sink.pull(&spec.name, &left, PAGE));
+                let stored = stored?;
+                if stored == left {
+                    page?
+                } else {
+                    sink.pull(&spec.name, &stored, PAGE).await?
+                }
+            }
+            None => {
+                let stored = store.cursor(&spec.name).await?;
+                sink.pull(&spec.name, &stored, PAGE).await?
+            }
+        };
         let mut seen = 0u64;
-        let mut batch = sink.pull(&spec.name, &cursor, PAGE).await?;
         // The cloud's row count, for progress, only when there is more than one page:
         // a round that finds a few changes (the usual auto-sync round) saves the trip.
         let total = if batch.records.len() == PAGE {
@@ -512,6 +554,9 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
                 .engine
                 .apply_remote(&spec.name, records, &batch.next, resolver)
                 .await?;
+            self.cursors
+                .lock_or_recover()
+                .insert(spec.name.clone(), batch.next.clone());
             seen += rows as u64;
             report.processed += rows as u64;
             report.pulled += outcome.applied as u64;

@@ -483,6 +483,92 @@ async fn a_definition_the_cloud_lost_is_published_again<T: TestCloud>(cloud: T) 
     assert_eq!(b.value("k").await.as_deref(), Some("v2"));
 }
 
+/// A round pulls from where the store's cursor stands, not from where this replicator
+/// last left it: here a second handle on B's directory (another process) pulled in
+/// between, and B's next round examines only the row written after that.
+async fn a_round_resumes_from_the_stored_cursor<T: TestCloud>(cloud: T) {
+    let a = notes_device(cloud.own_sink()).await;
+    let b = notes_device(cloud.own_sink()).await;
+    a.put("k1", "v1").await;
+    a.sync(&Strategy::NewestWins).await;
+    assert_eq!(b.sync(&Strategy::NewestWins).await.processed, 1);
+
+    a.put("k2", "v2").await;
+    a.put("k3", "v3").await;
+    a.sync(&Strategy::NewestWins).await;
+    let other = {
+        let store = Arc::new(
+            SqliteStore::open(StoreOptions::new(b._dir.path()))
+                .await
+                .unwrap(),
+        );
+        let engine = Arc::new(
+            Engine::open(
+                store.clone(),
+                Some(Arc::new(UsearchCache::default())),
+                Arc::new(hybridsync_vector::HotCache::new(100, 1 << 20)),
+                EngineConfig::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        let syncer = Arc::new(Syncer::new(
+            store,
+            cloud.own_sink(),
+            fast_config(),
+            engine.write_nudge(),
+        ));
+        Replicator::new(engine, syncer)
+    };
+    let report = other
+        .sync(&[], &Strategy::NewestWins, &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(report.processed, 2, "{report:?}");
+
+    a.put("k4", "v4").await;
+    a.sync(&Strategy::NewestWins).await;
+    let report = b.sync(&Strategy::NewestWins).await;
+    assert_eq!(
+        (report.processed, report.pulled),
+        (1, 1),
+        "B pulled again what the other handle had pulled: {report:?}"
+    );
+    for (key, value) in [("k1", "v1"), ("k2", "v2"), ("k3", "v3"), ("k4", "v4")] {
+        assert_eq!(b.value(key).await.as_deref(), Some(value), "{key}");
+    }
+}
+
+/// A round that names a collection this device does not know is refused before it
+/// pulls anything, even once the cloud has confirmed the others.
+async fn a_round_naming_an_unknown_collection_changes_nothing<T: TestCloud>(cloud: T) {
+    let a = notes_device(cloud.own_sink()).await;
+    let b = notes_device(cloud.own_sink()).await;
+    a.put("k", "v1").await;
+    a.sync(&Strategy::NewestWins).await;
+    b.sync(&Strategy::NewestWins).await;
+    a.put("k", "v2").await;
+    a.sync(&Strategy::NewestWins).await;
+
+    let unknown = hybridsync_core::CollectionName::new("unknown").unwrap();
+    for named in [vec![unknown.clone()], vec![notes(), unknown.clone()]] {
+        let refused = b
+            .repl
+            .sync(&named, &Strategy::NewestWins, &no_progress)
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(crate::Error::Core(hybridsync_core::Error::UnknownCollection(ref name))) if name == "unknown"
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(b.value("k").await.as_deref(), Some("v1"), "{named:?}");
+    }
+    b.sync(&Strategy::NewestWins).await;
+    assert_eq!(b.value("k").await.as_deref(), Some("v2"));
+}
+
 const LONG: std::time::Duration = std::time::Duration::from_secs(30);
 
 macro_rules! replicate_suite {
@@ -523,6 +609,16 @@ macro_rules! replicate_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_definition_the_cloud_lost_is_published_again() {
                 super::a_definition_the_cloud_lost_is_published_again($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_round_resumes_from_the_stored_cursor() {
+                super::a_round_resumes_from_the_stored_cursor($cloud).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_round_naming_an_unknown_collection_changes_nothing() {
+                super::a_round_naming_an_unknown_collection_changes_nothing($cloud).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

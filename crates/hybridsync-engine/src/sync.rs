@@ -625,9 +625,9 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
     pub async fn flush(&self, timeout: Duration) -> crate::Result<u64> {
         let deadline = Instant::now() + timeout;
         // Nothing to ship (every auto-sync round of a device that only reads): one read
-        // of the outbox's counts, rather than a pass through the writer's queue.
-        let stats = self.store.outbox_stats().await?;
-        if stats.pending + stats.in_flight == 0 {
+        // of the queue's depths (two index ranges, not a count of the whole outbox),
+        // rather than a pass through the writer's queue.
+        if self.queued().await? == 0 {
             return Ok(0);
         }
         self.store.requeue_in_flight().await?;
@@ -635,8 +635,7 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
         let probe_every = self.config.health_interval.min(Duration::from_secs(1));
         loop {
             let report = self.drain_pass(u64::MAX, true).await?;
-            let stats = self.store.outbox_stats().await?;
-            let left = stats.pending + stats.in_flight;
+            let left = self.queued().await?;
             if left == 0 || Instant::now() >= deadline {
                 return Ok(left);
             }
@@ -649,6 +648,11 @@ impl<S: LocalStore + ?Sized, C: CloudSink + ?Sized> Syncer<S, C> {
                 tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
             }
         }
+    }
+
+    /// Entries pending or in flight.
+    async fn queued(&self) -> crate::Result<u64> {
+        Ok(self.store.queue_depths().await?.values().sum())
     }
 
     /// A health check while the circuit is not closed. A healthy answer ends an open
