@@ -40,7 +40,29 @@ pub(crate) async fn keyed_device<C: CloudSink>(
     keyring: Option<hybridsync_core::Keyring>,
 ) -> Device<C> {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StoreOptions::new(dir.path());
+    let (engine, repl) = open_device(dir.path(), sink, clock, keyring).await;
+    if let Some(spec) = spec {
+        engine.create_collection(spec).await.unwrap();
+    }
+    Device {
+        _dir: dir,
+        engine,
+        repl,
+    }
+}
+
+/// The engine and replicator of a device whose store is in `dir` (a new one, or another
+/// handle on a device's directory, as another process would open it).
+async fn open_device<C: CloudSink>(
+    dir: &std::path::Path,
+    sink: Arc<C>,
+    clock: Arc<dyn Clock>,
+    keyring: Option<hybridsync_core::Keyring>,
+) -> (
+    Arc<DeviceEngine>,
+    Arc<Replicator<SqliteStore, UsearchCache, C>>,
+) {
+    let mut options = StoreOptions::new(dir);
     options.clock = clock;
     let store = Arc::new(SqliteStore::open(options).await.unwrap());
     let engine = Arc::new(
@@ -53,18 +75,11 @@ pub(crate) async fn keyed_device<C: CloudSink>(
         .await
         .unwrap(),
     );
-    if let Some(spec) = spec {
-        engine.create_collection(spec).await.unwrap();
-    }
     let syncer = Arc::new(
         Syncer::new(store, sink, fast_config(), engine.write_nudge()).with_keyring(keyring),
     );
     let repl = Arc::new(Replicator::new(engine.clone(), syncer));
-    Device {
-        _dir: dir,
-        engine,
-        repl,
-    }
+    (engine, repl)
 }
 
 fn notes_spec() -> Option<CollectionSpec> {
@@ -496,30 +511,8 @@ async fn a_round_resumes_from_the_stored_cursor<T: TestCloud>(cloud: T) {
     a.put("k2", "v2").await;
     a.put("k3", "v3").await;
     a.sync(&Strategy::NewestWins).await;
-    let other = {
-        let store = Arc::new(
-            SqliteStore::open(StoreOptions::new(b._dir.path()))
-                .await
-                .unwrap(),
-        );
-        let engine = Arc::new(
-            Engine::open(
-                store.clone(),
-                Some(Arc::new(UsearchCache::default())),
-                Arc::new(hybridsync_vector::HotCache::new(100, 1 << 20)),
-                EngineConfig::default(),
-            )
-            .await
-            .unwrap(),
-        );
-        let syncer = Arc::new(Syncer::new(
-            store,
-            cloud.own_sink(),
-            fast_config(),
-            engine.write_nudge(),
-        ));
-        Replicator::new(engine, syncer)
-    };
+    let (_, other) =
+        open_device(b._dir.path(), cloud.own_sink(), Arc::new(SystemClock), None).await;
     let report = other
         .sync(&[], &Strategy::NewestWins, &no_progress)
         .await
