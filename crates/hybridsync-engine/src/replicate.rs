@@ -189,8 +189,10 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
     /// Both ways: publishes and learns collection definitions, pulls remote changes
     /// (settling conflicts with the collection's resolver, else `resolver`), then pushes
     /// every pending local change, including the conflict results. Collections whose
-    /// definitions the cloud confirmed at an earlier sync are pulled before the
-    /// catalogue step, the rest after it.
+    /// definitions the cloud confirmed at an earlier sync are pulled first, before the
+    /// local catalogue is read and before the catalogue step; the rest after it. A
+    /// collection named in `collections` that this device does not know is refused
+    /// ([`hybridsync_core::Error::UnknownCollection`]) before anything is pulled.
     pub async fn sync(
         &self,
         collections: &[CollectionName],
