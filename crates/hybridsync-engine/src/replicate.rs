@@ -207,7 +207,7 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
             // never changes on either side. A round naming a collection not confirmed
             // reads the local catalogue first, which refuses an unknown name before
             // anything is pulled.
-            let early = self.confirmed_of(collections)?;
+            let early = self.confirmed_of(collections);
             let mut of = self.engine.known_collections().max(early.len());
             for (i, spec) in early.iter().enumerate() {
                 self.pull_with(spec, resolver, (i, of), progress, report)
@@ -432,16 +432,8 @@ impl<S: LocalStore + ?Sized, V: VectorCache + ?Sized, C: CloudSink + ?Sized> Rep
 
     /// The definitions the cloud confirmed at the last round, of the chosen collections
     /// (all when none are chosen); none when a chosen one is not among them.
-    fn confirmed_of(&self, collections: &[CollectionName]) -> Result<Vec<CollectionSpec>> {
-        let confirmed = self.confirmed.lock_or_recover();
-        if collections
-            .iter()
-            .all(|name| confirmed.iter().any(|s| s.name == *name))
-        {
-            select(confirmed.clone(), collections)
-        } else {
-            Ok(Vec::new())
-        }
+    fn confirmed_of(&self, collections: &[CollectionName]) -> Vec<CollectionSpec> {
+        select(self.confirmed.lock_or_recover().clone(), collections).unwrap_or_default()
     }
 
     /// The local specs of the chosen collections (all when none are chosen).
